@@ -1,0 +1,111 @@
+"""The ``petpal`` command: serve, migrate, seed and operate the platform."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from petpal.platform.settings import Settings, get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and replay background jobs.")
+app.add_typer(jobs_app, name="jobs")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="Folder for the SQLite database and media (PETPAL_DATA_DIR)."),
+]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    if data_dir is not None:
+        os.environ["PETPAL_DATA_DIR"] = str(data_dir)
+        get_settings.cache_clear()
+    return get_settings()
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Apply the database migrations."""
+    from petpal.platform.migrate import upgrade
+
+    upgrade(_settings(data_dir))
+    typer.echo("database is up to date")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: DataDir = None,
+) -> None:
+    """Apply migrations, then serve the API and run the jobs in this process."""
+    import uvicorn
+
+    from petpal.platform.app import create_app
+    from petpal.platform.migrate import upgrade
+
+    settings = _settings(data_dir)
+    upgrade(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        proxy_headers=False,
+        access_log=False,
+        log_level="warning",
+    )
+
+
+@app.command()
+def seed(data_dir: DataDir = None) -> None:
+    """Create demo accounts, pets, posts, likes and comments from real photos."""
+    from petpal.platform.migrate import upgrade
+    from petpal.seed.demo import seed_demo
+
+    settings = _settings(data_dir)
+    upgrade(settings)
+    summary = asyncio.run(seed_demo(settings))
+    typer.echo(summary)
+
+
+@jobs_app.command("dead")
+def jobs_dead(data_dir: DataDir = None) -> None:
+    """List jobs that failed every attempt."""
+    from petpal.platform.db import Database
+    from petpal.platform.jobs import list_dead_jobs
+
+    async def run() -> None:
+        db = Database(_settings(data_dir))
+        for row in await list_dead_jobs(db):
+            typer.echo(f"{row.id}  {row.kind}  attempts={row.attempts}  {row.last_error}")
+        await db.dispose()
+
+    asyncio.run(run())
+
+
+@jobs_app.command("replay")
+def jobs_replay(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Ids; none means all.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Queue dead jobs again."""
+    from petpal.platform.db import Database
+    from petpal.platform.jobs import replay_dead_jobs
+
+    async def run() -> int:
+        db = Database(_settings(data_dir))
+        try:
+            return await replay_dead_jobs(db, job_ids)
+        finally:
+            await db.dispose()
+
+    typer.echo(f"{asyncio.run(run())} job(s) queued again")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from petpal.identity import service
+from petpal.identity.schemas import (
+    LogIn,
+    Me,
+    Profile,
+    ProfileUpdate,
+    RefreshRequest,
+    SignUp,
+    TokenPair,
+)
+from petpal.platform.deps import CurrentAccount, OptionalAccount, ServicesDep
+
+router = APIRouter(tags=["identity"])
+
+
+@router.post("/accounts", status_code=201, response_model=Me)
+async def sign_up(data: SignUp, services: ServicesDep, response: Response) -> Me:
+    account = await service.do_sign_up(services, data)
+    response.headers["Location"] = f"/api/v1/accounts/{account.username}"
+    return await service.get_me(services, account.id)
+
+
+@router.post("/auth/token", response_model=TokenPair)
+async def log_in(data: LogIn, services: ServicesDep) -> TokenPair:
+    return await service.do_log_in(services, data)
+
+
+@router.post("/auth/refresh", response_model=TokenPair)
+async def refresh(data: RefreshRequest, services: ServicesDep) -> TokenPair:
+    return await service.do_refresh(services, data.refresh_token)
+
+
+@router.post("/auth/logout", status_code=204)
+async def log_out(data: RefreshRequest, services: ServicesDep) -> Response:
+    await service.do_log_out(services, data.refresh_token)
+    return Response(status_code=204)
+
+
+@router.get("/accounts/me", response_model=Me)
+async def get_me(me: CurrentAccount, services: ServicesDep) -> Me:
+    return await service.get_me(services, me.account_id)
+
+
+@router.patch("/accounts/me", response_model=Me)
+async def update_me(data: ProfileUpdate, me: CurrentAccount, services: ServicesDep) -> Me:
+    return await service.do_update_me(services, me.account_id, data)
+
+
+@router.get("/accounts/{username}", response_model=Profile)
+async def get_profile(
+    username: str, viewer: OptionalAccount, services: ServicesDep
+) -> Profile:
+    account_id = await service.resolve_username(services, username)
+    return await service.get_profile(
+        services, account_id, viewer.account_id if viewer else None
+    )

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from petpal.platform.text import StorableText
+
+DisplayName = Annotated[StorableText, StringConstraints(min_length=1, max_length=50)]
+Bio = Annotated[StorableText, StringConstraints(max_length=500)]
+Password = Annotated[StorableText, StringConstraints(min_length=8, max_length=256)]
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SignUp(Input):
+    username: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    email: Annotated[StorableText, StringConstraints(min_length=3, max_length=254)]
+    password: Password
+    display_name: DisplayName
+
+
+class LogIn(Input):
+    # A username or an e-mail address.
+    login: Annotated[StorableText, StringConstraints(min_length=1, max_length=254)]
+    password: Annotated[StorableText, StringConstraints(min_length=1, max_length=256)]
+
+
+class RefreshRequest(Input):
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class ProfileUpdate(Input):
+    display_name: DisplayName | None = None
+    bio: Bio | None = None
+    avatar_media_id: Annotated[str, StringConstraints(max_length=26)] | None = None
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class AccountSummary(BaseModel):
+    """How an account appears inside other objects (posts, comments, lists)."""
+
+    id: str
+    username: str
+    display_name: str
+    avatar_url: str | None = None
+
+
+class Profile(AccountSummary):
+    bio: str
+    avatar_media_id: str | None = None
+    created_at: datetime
+    follower_count: int = 0
+    following_count: int = 0
+    post_count: int = 0
+    followed_by_me: bool | None = Field(
+        default=None, description="Whether the caller follows this account"
+    )
+
+
+class Me(Profile):
+    email: str

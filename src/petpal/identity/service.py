@@ -1,0 +1,359 @@
+"""Accounts, log-in and token rotation.
+
+Other services use only the public read functions at the bottom
+(``get_summaries``, ``resolve_username``, ``ids_for_usernames``); the tables
+stay private to this package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import orjson
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from petpal.identity.models import Account, RefreshToken
+from petpal.identity.schemas import (
+    AccountSummary,
+    LogIn,
+    Me,
+    Profile,
+    ProfileUpdate,
+    SignUp,
+    TokenPair,
+)
+from petpal.platform.db import utcnow
+from petpal.platform.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    ProblemError,
+)
+from petpal.platform.ids import new_id
+from petpal.platform.security import (
+    AccessClaims,
+    hash_password,
+    hash_refresh_secret,
+    issue_access_token,
+    new_refresh_secret,
+    verify_password,
+)
+from petpal.platform.services import Services
+from petpal.platform.text import canonical_username, lookup_username
+
+ACCOUNT_TTL = 600.0
+
+
+def _account_key(account_id: str) -> str:
+    return f"account:{account_id}"
+
+
+def _username_key(canonical: str) -> str:
+    return f"username:{canonical}"
+
+
+def _canonical_email(raw: str) -> str:
+    email = raw.strip()
+    local, at, domain = email.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in email):
+        raise InvalidInputError("invalid_email", "the e-mail address is not valid")
+    return f"{local}@{domain.lower()}".casefold()
+
+
+async def do_sign_up(services: Services, data: SignUp) -> Account:
+    try:
+        canonical = canonical_username(data.username)
+    except ValueError as exc:
+        raise InvalidInputError("invalid_username", str(exc)) from exc
+    email_canonical = _canonical_email(data.email)
+    # Hashing takes tens of milliseconds of CPU; keep it off the event loop.
+    password_hash = await asyncio.to_thread(hash_password, data.password)
+    account = Account(
+        id=new_id(),
+        username=canonical,
+        username_canonical=canonical,
+        email=data.email.strip(),
+        email_canonical=email_canonical,
+        password_hash=password_hash,
+        display_name=data.display_name,
+        bio="",
+        created_at=utcnow(),
+    )
+    try:
+        async with services.db.write_session() as session:
+            taken = await session.scalar(
+                select(Account.username_canonical).where(
+                    or_(
+                        Account.username_canonical == canonical,
+                        Account.email_canonical == email_canonical,
+                    )
+                )
+            )
+            if taken is not None:
+                raise _taken(taken == canonical)
+            session.add(account)
+    except IntegrityError as exc:
+        # Lost a race with a concurrent sign-up for the same name or address.
+        raise _taken("username" in str(exc.orig)) from exc
+    await services.cache.invalidate(_username_key(canonical))
+    return account
+
+
+def _taken(username: bool) -> ConflictError:
+    if username:
+        return ConflictError("username_taken", "this username is already taken")
+    return ConflictError("email_taken", "an account with this e-mail already exists")
+
+
+def _invalid_credentials() -> ProblemError:
+    # The same answer whether the account exists or not.
+    return ProblemError(
+        401, "invalid_credentials", "the login or the password is wrong"
+    )
+
+
+async def do_log_in(services: Services, data: LogIn) -> TokenPair:
+    login = data.login.strip()
+    async with services.db.read_session() as session:
+        if "@" in login:
+            condition = Account.email_canonical == login.casefold()
+        else:
+            condition = Account.username_canonical == (lookup_username(login) or "")
+        account = await session.scalar(select(Account).where(condition))
+    stored_hash = account.password_hash if account else None
+    valid = await asyncio.to_thread(verify_password, stored_hash, data.password)
+    if account is None or not valid:
+        raise _invalid_credentials()
+    async with services.db.write_session() as session:
+        return _issue_pair(services, session, account, family_id=new_id())
+
+
+def _issue_pair(
+    services: Services, session: AsyncSession, account: Account, family_id: str
+) -> TokenPair:
+    secret = new_refresh_secret()
+    now = utcnow()
+    session.add(
+        RefreshToken(
+            id=new_id(),
+            account_id=account.id,
+            family_id=family_id,
+            token_hash=hash_refresh_secret(secret),
+            created_at=now,
+            expires_at=now + timedelta(seconds=services.settings.refresh_token_ttl_seconds),
+        )
+    )
+    ttl = services.settings.access_token_ttl_seconds
+    access = issue_access_token(
+        services.secret, AccessClaims(account.id, account.username), ttl
+    )
+    return TokenPair(access_token=access, refresh_token=secret, expires_in=ttl)
+
+
+def _invalid_refresh() -> ProblemError:
+    return ProblemError(
+        401, "invalid_refresh_token", "the refresh token is invalid or has expired"
+    )
+
+
+async def do_refresh(services: Services, secret: str) -> TokenPair:
+    token_hash = hash_refresh_secret(secret)
+    now = utcnow()
+    async with services.db.write_session() as session:
+        token = await session.scalar(
+            select(RefreshToken).where(RefreshToken.token_hash == token_hash)
+        )
+        if token is None or token.revoked_at is not None or token.expires_at <= now:
+            raise _invalid_refresh()
+        # Claim the token with a conditional update, so that of two concurrent
+        # refreshes with the same token exactly one wins.
+        claimed = await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
+            .values(used_at=now)
+        )
+        if getattr(claimed, "rowcount", 0) != 1:
+            family_id = token.family_id
+        else:
+            account = await session.get(Account, token.account_id)
+            if account is None:
+                raise _invalid_refresh()
+            return _issue_pair(services, session, account, token.family_id)
+    # A used token came back: it was stolen or replayed. Revoke the family, in
+    # a transaction of its own so the revocation stays when we answer 401.
+    await _revoke_family(services, family_id)
+    raise ProblemError(
+        401,
+        "refresh_token_reused",
+        "this refresh token was already used; every session from it is now revoked",
+    )
+
+
+async def _revoke_family(services: Services, family_id: str) -> None:
+    async with services.db.write_session() as session:
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+
+
+async def do_log_out(services: Services, secret: str) -> None:
+    async with services.db.read_session() as session:
+        family_id = await session.scalar(
+            select(RefreshToken.family_id).where(
+                RefreshToken.token_hash == hash_refresh_secret(secret)
+            )
+        )
+    if family_id is not None:
+        await _revoke_family(services, family_id)
+
+
+# --- profiles -----------------------------------------------------------------
+
+
+async def _load_account_blob(services: Services, account_id: str) -> bytes | None:
+    async with services.db.read_session() as session:
+        account = await session.get(Account, account_id)
+    if account is None:
+        return None
+    return orjson.dumps(
+        {
+            "id": account.id,
+            "username": account.username,
+            "display_name": account.display_name,
+            "bio": account.bio,
+            "avatar_media_id": account.avatar_media_id,
+            "created_at": account.created_at,
+        }
+    )
+
+
+async def _cached_account(services: Services, account_id: str) -> dict[str, object] | None:
+    blob = await services.cache.get_or_load(
+        _account_key(account_id),
+        lambda: _load_account_blob(services, account_id),
+        ttl=ACCOUNT_TTL,
+    )
+    if blob is None:
+        return None
+    loaded: dict[str, object] = orjson.loads(blob)
+    return loaded
+
+
+async def resolve_username(services: Services, username: str) -> str:
+    """The id of the account called ``username``; 404 if there is none."""
+    canonical = lookup_username(username)
+    if canonical is None:
+        raise NotFoundError("the account")
+
+    async def load() -> bytes | None:
+        async with services.db.read_session() as session:
+            found = await session.scalar(
+                select(Account.id).where(Account.username_canonical == canonical)
+            )
+        return found.encode() if found else None
+
+    blob = await services.cache.get_or_load(_username_key(canonical), load, ttl=ACCOUNT_TTL)
+    if blob is None:
+        raise NotFoundError("the account")
+    return blob.decode()
+
+
+async def get_summaries(
+    services: Services, account_ids: list[str]
+) -> dict[str, AccountSummary]:
+    """Public summaries of the given accounts, from the cache where possible."""
+    from petpal.media.service import display_urls
+
+    blobs = {}
+    for account_id in dict.fromkeys(account_ids):
+        blob = await _cached_account(services, account_id)
+        if blob is not None:
+            blobs[account_id] = blob
+    avatars = await display_urls(
+        services, [str(b["avatar_media_id"]) for b in blobs.values() if b["avatar_media_id"]]
+    )
+    return {
+        account_id: AccountSummary(
+            id=account_id,
+            username=str(blob["username"]),
+            display_name=str(blob["display_name"]),
+            avatar_url=avatars.get(str(blob["avatar_media_id"])),
+        )
+        for account_id, blob in blobs.items()
+    }
+
+
+async def ids_for_usernames(services: Services, usernames: list[str]) -> dict[str, str]:
+    """Canonical username to id, for the names that exist."""
+    if not usernames:
+        return {}
+    async with services.db.read_session() as session:
+        rows = await session.execute(
+            select(Account.username_canonical, Account.id).where(
+                Account.username_canonical.in_(usernames)
+            )
+        )
+        return {name: account_id for name, account_id in rows.tuples()}
+
+
+async def get_profile(
+    services: Services, account_id: str, viewer_id: str | None
+) -> Profile:
+    from petpal.media.service import display_urls
+    from petpal.social.service import account_counts, is_following
+
+    blob = await _cached_account(services, account_id)
+    if blob is None:
+        raise NotFoundError("the account")
+    followers, following, posts = await account_counts(services, account_id)
+    avatar_id = blob["avatar_media_id"]
+    avatar_url = None
+    if avatar_id:
+        avatar_url = (await display_urls(services, [str(avatar_id)])).get(str(avatar_id))
+    followed_by_me = None
+    if viewer_id is not None and viewer_id != account_id:
+        followed_by_me = await is_following(services, viewer_id, account_id)
+    return Profile.model_validate(
+        {
+            **blob,
+            "avatar_url": avatar_url,
+            "follower_count": followers,
+            "following_count": following,
+            "post_count": posts,
+            "followed_by_me": followed_by_me,
+        }
+    )
+
+
+async def get_me(services: Services, account_id: str) -> Me:
+    profile = await get_profile(services, account_id, None)
+    async with services.db.read_session() as session:
+        email = await session.scalar(select(Account.email).where(Account.id == account_id))
+    if email is None:
+        raise NotFoundError("the account")
+    return Me(**profile.model_dump(), email=email)
+
+
+async def do_update_me(services: Services, account_id: str, data: ProfileUpdate) -> Me:
+    from petpal.media.service import require_ready_media
+
+    changes = data.model_dump(exclude_unset=True)
+    if "display_name" in changes and changes["display_name"] is None:
+        raise InvalidInputError("invalid_display_name", "display_name cannot be null")
+    if "bio" in changes and changes["bio"] is None:
+        changes["bio"] = ""
+    async with services.db.write_session() as session:
+        account = await session.get(Account, account_id)
+        if account is None:
+            raise NotFoundError("the account")
+        if changes.get("avatar_media_id"):
+            await require_ready_media(session, [changes["avatar_media_id"]], account_id)
+        for field, value in changes.items():
+            setattr(account, field, value)
+    await services.cache.invalidate(_account_key(account_id))
+    return await get_me(services, account_id)

@@ -1,0 +1,1 @@
+"""Identity has no background jobs yet."""

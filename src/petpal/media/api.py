@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import ORJSONResponse
+
+from petpal.media import service
+from petpal.media.schemas import MediaView
+from petpal.platform.deps import CurrentAccount, OptionalAccount, ServicesDep
+
+router = APIRouter(tags=["media"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/media",
+    status_code=202,
+    response_model=MediaView,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Upload one photo; it is processed in the background",
+)
+async def upload(request: Request, me: CurrentAccount, services: ServicesDep) -> ORJSONResponse:
+    media = await service.do_upload(services, me.account_id, request)
+    view = service.to_view(services, media)
+    return ORJSONResponse(
+        view.model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": f"/api/v1/media/{media.id}"},
+    )
+
+
+@router.get("/media/{media_id}", response_model=MediaView)
+async def get_media(
+    media_id: str, viewer: OptionalAccount, services: ServicesDep
+) -> MediaView:
+    return await service.get_media(
+        services, media_id, viewer.account_id if viewer else None
+    )

@@ -1,0 +1,1 @@
+"""Placeholder: the pets tables are being written."""

@@ -1,0 +1,185 @@
+"""The app factory: mounts every service's routes on one FastAPI app.
+
+Embedded, one process serves all services; a distributed deployment runs the
+same factory with ``services=`` naming the ones that deployment serves.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from petpal.platform.errors import (
+    BodyTooLargeError,
+    NotFoundError,
+    install_problem_handlers,
+    problem_response,
+)
+from petpal.platform.jobs import refresh_outbox_gauges
+from petpal.platform.observability import RequestEdgeMiddleware, configure_logging
+from petpal.platform.services import Services
+from petpal.platform.settings import Settings, get_settings
+from petpal.platform.storage import ObjectNotFoundError
+
+SERVICE_NAMES = ("identity", "pets", "social", "media")
+API_PREFIX = "/api/v1"
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over the limit with 413, before a handler reads them.
+
+    Uploads (``POST /api/v1/media``) enforce their own, larger limit while
+    streaming; every other route gets ``max_json_body_bytes``.
+    """
+
+    def __init__(self, app: ASGIApp, max_json: int, max_upload: int) -> None:
+        self.app = app
+        self.max_json = max_json
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_upload = scope["path"] == f"{API_PREFIX}/media"
+        limit = self.max_upload if is_upload else self.max_json
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(scope, receive, send, limit)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLargeError(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        request = Request(scope, receive)
+        response = problem_response(
+            request,
+            413,
+            "body_too_large",
+            f"the request body exceeds {limit} bytes",
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def create_app(
+    settings: Settings | None = None, services: Iterable[str] = SERVICE_NAMES
+) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        platform = Services.build(settings)
+        app.state.services = platform
+        await platform.start()
+        try:
+            yield
+        finally:
+            await platform.close()
+
+    app = FastAPI(
+        title="PetPal Connect",
+        version="0.1.0",
+        description="The social platform for pet owners. All routes live under "
+        "/api/v1; errors are RFC 9457 problem documents.",
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    for name in services:
+        module = importlib.import_module(f"petpal.{name}.api")
+        app.include_router(module.router, prefix=API_PREFIX)
+        importlib.import_module(f"petpal.{name}.tasks")
+    _add_operational_routes(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_json=settings.max_json_body_bytes,
+        max_upload=settings.max_upload_bytes + 64 * 1024,
+    )
+    app.add_middleware(RequestEdgeMiddleware)
+    return app
+
+
+def _add_operational_routes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        platform: Services = request.app.state.services
+        checks: dict[str, str] = {}
+        try:
+            async with platform.db.read_session() as session:
+                await session.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # any failure means "not ready", reported as such
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            await platform.storage.check()
+            checks["storage"] = "ok"
+        except Exception as exc:  # idem
+            checks["storage"] = f"error: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        if ready:
+            return ORJSONResponse({"status": "ready", "checks": checks})
+        return problem_response(
+            request,
+            503,
+            "not_ready",
+            "a backend does not answer",
+            headers={"Retry-After": "5"},
+            extra={"checks": checks},
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        platform: Services = request.app.state.services
+        await refresh_outbox_gauges(platform.db)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/media-files/{key:path}", include_in_schema=False)
+    async def media_file(key: str, request: Request) -> Response:
+        # Only processed variants live under media/; raw uploads never leave.
+        if not key.startswith("media/") or ".." in key.split("/"):
+            raise NotFoundError("the file")
+        platform: Services = request.app.state.services
+        try:
+            size, chunks = await platform.storage.stream(key)
+        except ObjectNotFoundError as exc:
+            raise NotFoundError("the file") from exc
+        return StreamingResponse(
+            chunks,
+            media_type=_content_type_for(key),
+            headers={
+                "Content-Length": str(size),
+                "Cache-Control": "public, max-age=31536000, immutable",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+
+def _content_type_for(key: str) -> str:
+    suffix = key.rsplit(".", 1)[-1].lower()
+    return {"jpg": "image/jpeg", "webp": "image/webp", "png": "image/png"}.get(
+        suffix, "application/octet-stream"
+    )

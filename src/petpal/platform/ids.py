@@ -1,0 +1,37 @@
+"""Time-ordered identifiers.
+
+Ids are ULIDs (48-bit millisecond time, 80 random bits, 26 Crockford base32
+characters), so they sort like the rows they name and a cursor can page by id
+alone. Within one process they are also strictly increasing: two ids made in
+the same millisecond still sort in the order they were made.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ulid import ULID
+
+_lock = threading.Lock()
+_last = 0
+_MAX = (1 << 128) - 1
+
+
+def new_id() -> str:
+    global _last
+    with _lock:
+        candidate = int(ULID())
+        if candidate <= _last:
+            candidate = min(_last + 1, _MAX)
+        _last = candidate
+        return str(ULID.from_int(candidate))
+
+
+def is_valid_id(value: str) -> bool:
+    if len(value) != 26:
+        return False
+    try:
+        ULID.from_str(value)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,299 @@
+"""Background jobs through a transactional outbox.
+
+A use case that implies background work calls :func:`enqueue` with the same
+session that writes its change, so the job row and the change commit (or roll
+back) together: no job is lost and none runs for a change that never
+happened. The embedded relay below then claims due rows, runs their handlers
+and records the outcome; in distributed mode the relay publishes the rows to
+the broker instead and workers run the same handlers.
+
+Handlers must be idempotent: after a crash a claimed job whose lease ran out
+is claimed again and may run a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import JSON, Integer, String, Text, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from petpal.platform.db import Base, Database, UTCDateTime, utcnow
+from petpal.platform.ids import new_id
+
+log = structlog.get_logger(__name__)
+
+JOB_RUNS = Counter(
+    "petpal_jobs_total", "Finished job attempts by kind and outcome", ["kind", "outcome"]
+)
+JOB_SECONDS = Histogram(
+    "petpal_job_duration_seconds", "Time a job attempt took", ["kind"]
+)
+OUTBOX_BACKLOG = Gauge("petpal_outbox_backlog", "Jobs waiting in the outbox")
+OUTBOX_OLDEST_AGE = Gauge(
+    "petpal_outbox_oldest_age_seconds", "Age of the oldest job waiting in the outbox"
+)
+
+PENDING, RUNNING, DONE, DEAD = "pending", "running", "done", "dead"
+LEASE = timedelta(minutes=5)
+
+
+class OutboxJob(Base):
+    __tablename__ = "outbox_jobs"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a handler may use: the platform parts, never a request."""
+
+    services: Any  # petpal.platform.app.Services; Any avoids an import cycle
+    job_id: str
+    attempt: int
+
+
+Handler = Callable[[JobContext, dict[str, Any]], Awaitable[None]]
+_handlers: dict[str, Handler] = {}
+
+
+def job(kind: str) -> Callable[[Handler], Handler]:
+    """Register ``fn`` as the handler of jobs of ``kind``."""
+
+    def register(fn: Handler) -> Handler:
+        if kind in _handlers and _handlers[kind] is not fn:
+            raise RuntimeError(f"two handlers for job kind {kind!r}")
+        _handlers[kind] = fn
+        return fn
+
+    return register
+
+
+def enqueue(session: AsyncSession, kind: str, payload: dict[str, Any]) -> str:
+    """Add a job to the outbox in ``session``'s transaction; returns its id."""
+    now = utcnow()
+    job_id = new_id()
+    session.add(
+        OutboxJob(
+            id=job_id,
+            kind=kind,
+            payload=payload,
+            status=PENDING,
+            attempts=0,
+            available_at=now,
+            created_at=now,
+        )
+    )
+    return job_id
+
+
+def backoff(attempt: int) -> timedelta:
+    """Exponential back-off with full jitter: about 2, 4, 8 … seconds, max 10 min."""
+    ceiling = min(600.0, 2.0**attempt)
+    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))  # noqa: S311
+
+
+class EmbeddedRelay:
+    """Claims due outbox rows and runs their handlers inside this process."""
+
+    def __init__(
+        self,
+        db: Database,
+        services: Any,
+        *,
+        concurrency: int,
+        poll_seconds: float,
+        max_attempts: int,
+    ) -> None:
+        self._db = db
+        self._services = services
+        self._concurrency = max(1, concurrency)
+        self._poll_seconds = poll_seconds
+        self._max_attempts = max_attempts
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="petpal-job-relay")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until no job is due or running (tests and the seed use this)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            self.wake()
+            if not self._running and not await self._has_due_jobs():
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError("jobs still pending after drain timeout")
+
+    async def _has_due_jobs(self) -> bool:
+        async with self._db.read_session() as session:
+            found = await session.scalar(
+                select(OutboxJob.id)
+                .where(OutboxJob.status == PENDING, OutboxJob.available_at <= utcnow())
+                .limit(1)
+            )
+        return found is not None
+
+    async def _loop(self) -> None:
+        await self._reclaim_expired_leases()
+        while True:
+            try:
+                await self._claim_and_start()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The database may be briefly unavailable; the next turn retries.
+                log.exception("jobs.relay_error")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _reclaim_expired_leases(self) -> None:
+        async with self._db.write_session() as session:
+            await session.execute(
+                update(OutboxJob)
+                .where(OutboxJob.status == RUNNING, OutboxJob.available_at <= utcnow())
+                .values(status=PENDING)
+            )
+
+    async def _claim_and_start(self) -> None:
+        free = self._concurrency - len(self._running)
+        if free <= 0:
+            return
+        now = utcnow()
+        async with self._db.write_session() as session:
+            due = (
+                await session.scalars(
+                    select(OutboxJob)
+                    .where(OutboxJob.status == PENDING, OutboxJob.available_at <= now)
+                    .order_by(OutboxJob.available_at, OutboxJob.id)
+                    .limit(free)
+                )
+            ).all()
+            claimed = []
+            for row in due:
+                # The lease: if this process dies, the row is due again later.
+                row.status = RUNNING
+                row.attempts += 1
+                row.available_at = now + LEASE
+                claimed.append((row.id, row.kind, dict(row.payload), row.attempts))
+        for job_id, kind, payload, attempt in claimed:
+            task = asyncio.create_task(self._run(job_id, kind, payload, attempt))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wake.set()
+
+    async def _run(
+        self, job_id: str, kind: str, payload: dict[str, Any], attempt: int
+    ) -> None:
+        handler = _handlers.get(kind)
+        bound = log.bind(job_id=job_id, job_kind=kind, attempt=attempt)
+        started = asyncio.get_running_loop().time()
+        error: str | None = None
+        if handler is None:
+            error = f"no handler registered for job kind {kind!r}"
+        else:
+            try:
+                await handler(JobContext(self._services, job_id, attempt), payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = "".join(traceback.format_exception_only(exc)).strip()
+                bound.warning("job.failed", error=error)
+        JOB_SECONDS.labels(kind).observe(asyncio.get_running_loop().time() - started)
+        await self._record_outcome(job_id, kind, attempt, error)
+
+    async def _record_outcome(
+        self, job_id: str, kind: str, attempt: int, error: str | None
+    ) -> None:
+        now = utcnow()
+        async with self._db.write_session() as session:
+            row = await session.get(OutboxJob, job_id)
+            if row is None:
+                return
+            row.last_error = error
+            if error is None:
+                row.status, row.finished_at = DONE, now
+                outcome = "done"
+            elif attempt >= self._max_attempts:
+                row.status, row.finished_at = DEAD, now
+                outcome = "dead"
+            else:
+                row.status, row.available_at = PENDING, now + backoff(attempt)
+                outcome = "retry"
+        JOB_RUNS.labels(kind, outcome).inc()
+
+
+async def list_dead_jobs(db: Database, limit: int = 100) -> list[OutboxJob]:
+    async with db.read_session() as session:
+        rows = await session.scalars(
+            select(OutboxJob)
+            .where(OutboxJob.status == DEAD)
+            .order_by(OutboxJob.id)
+            .limit(limit)
+        )
+        return list(rows.all())
+
+
+async def replay_dead_jobs(db: Database, job_ids: list[str] | None = None) -> int:
+    """Put dead jobs (all, or the given ones) back in the queue with fresh attempts."""
+    async with db.write_session() as session:
+        query = update(OutboxJob).where(OutboxJob.status == DEAD)
+        if job_ids:
+            query = query.where(OutboxJob.id.in_(job_ids))
+        result = await session.execute(
+            query.values(status=PENDING, attempts=0, available_at=utcnow())
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def refresh_outbox_gauges(db: Database) -> None:
+    from sqlalchemy import func
+
+    async with db.read_session() as session:
+        count, oldest = (
+            await session.execute(
+                select(func.count(), func.min(OutboxJob.created_at)).where(
+                    OutboxJob.status.in_([PENDING, RUNNING])
+                )
+            )
+        ).one()
+    OUTBOX_BACKLOG.set(count)
+    age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+    OUTBOX_OLDEST_AGE.set(age)

@@ -1,0 +1,96 @@
+"""Passwords, access tokens and refresh-token secrets.
+
+Access tokens are short-lived signed JWTs that any service checks without a
+database round trip. Refresh tokens are opaque random strings; only their
+SHA-256 is stored, so a leaked table cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from petpal.platform.db import utcnow
+
+_hasher = PasswordHasher()
+# Verified against when the account does not exist, so that a log-in for an
+# unknown name costs the same time as one with a wrong password.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+ALGORITHM = "HS256"
+AUDIENCE = "petpal"
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(
+            password_hash
+        )
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def password_needs_rehash(password_hash: str) -> bool:
+    return _hasher.check_needs_rehash(password_hash)
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    account_id: str
+    username: str
+
+
+def issue_access_token(secret: str, claims: AccessClaims, ttl_seconds: int) -> str:
+    now = utcnow()
+    payload = {
+        "sub": claims.account_id,
+        "usr": claims.username,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + timedelta(seconds=ttl_seconds),
+        "jti": secrets.token_hex(8),
+    }
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+def read_access_token(secret: str, token: str) -> AccessClaims | None:
+    try:
+        payload = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            options={"require": ["sub", "exp", "aud"]},
+        )
+    except jwt.PyJWTError:
+        return None
+    subject, username = payload.get("sub"), payload.get("usr")
+    if not isinstance(subject, str) or not isinstance(username, str):
+        return None
+    return AccessClaims(account_id=subject, username=username)
+
+
+def new_refresh_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_refresh_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def sign(secret: str, message: bytes) -> bytes:
+    return hmac.new(secret.encode(), message, hashlib.sha256).digest()[:16]
+
+
+def signature_matches(secret: str, message: bytes, signature: bytes) -> bool:
+    return hmac.compare_digest(sign(secret, message), signature)

@@ -1,0 +1,53 @@
+"""The platform parts one process holds, built once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from petpal.platform.cache import Cache, InProcessBackend
+from petpal.platform.db import Database
+from petpal.platform.jobs import EmbeddedRelay
+from petpal.platform.settings import Settings
+from petpal.platform.storage import Storage
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    cache: Cache
+    storage: Storage
+    secret: str
+    relay: EmbeddedRelay | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        db = Database(settings)
+        services = cls(
+            settings=settings,
+            db=db,
+            cache=Cache(InProcessBackend(), settings.cache_default_ttl_seconds),
+            storage=Storage(settings),
+            secret=settings.secret_key_or_generate(),
+        )
+        if settings.run_jobs_in_process:
+            services.relay = EmbeddedRelay(
+                db,
+                services,
+                concurrency=settings.job_workers,
+                poll_seconds=settings.job_poll_seconds,
+                max_attempts=settings.job_max_attempts,
+            )
+            db.on_commit(services.relay.wake)
+        return services
+
+    async def start(self) -> None:
+        if self.relay is not None:
+            self.relay.start()
+
+    async def close(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+        await self.db.dispose()

@@ -1,0 +1,94 @@
+"""One typed settings object, read from ``PETPAL_*`` environment variables.
+
+With nothing set, PetPal runs embedded: SQLite, the in-process cache and job
+runner, and media on local disk, all below ``PETPAL_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PETPAL_", extra="ignore")
+
+    # Where the embedded mode keeps its database, media and generated secret.
+    data_dir: Path = Path("var")
+    # Empty means "SQLite in data_dir"; e.g. postgresql+asyncpg://… otherwise.
+    database_url: str = ""
+    # Empty means "local disk in data_dir/media".
+    storage_url: str = ""
+    # Base URL under which stored media files are served to clients.
+    media_base_url: str = "/media-files"
+
+    # Signs access tokens and cursors. Embedded mode generates one into
+    # data_dir on first start; a distributed deployment must set it, so that
+    # every replica signs alike (see `secret_key_or_generate`).
+    secret_key: str = ""
+    access_token_ttl_seconds: int = 15 * 60
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+
+    # Largest JSON body any route accepts; uploads have their own limit.
+    max_json_body_bytes: int = 64 * 1024
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_upload_pixels: int = 50_000_000
+
+    # Embedded job runner: worker threads and how often the relay polls the
+    # outbox when nothing woke it (a commit that writes a job wakes it at once).
+    job_workers: int = 2
+    job_poll_seconds: float = 1.0
+    job_max_attempts: int = 5
+    # The embedded runner can be switched off, e.g. for a process that only
+    # serves HTTP while a separate worker process runs the jobs.
+    run_jobs_in_process: bool = True
+
+    cache_default_ttl_seconds: int = 300
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    # Trending: how far back posts are considered, and the decay's half-life.
+    trending_window_hours: int = 72
+    trending_half_life_hours: float = 12.0
+
+    followers_page_max: int = Field(default=100, ge=1)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "petpal.sqlite3"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    def secret_key_or_generate(self) -> str:
+        if self.secret_key:
+            return self.secret_key
+        if self.database_url:
+            raise RuntimeError(
+                "PETPAL_SECRET_KEY must be set when PETPAL_DATABASE_URL is: every "
+                "replica has to sign tokens with the same key"
+            )
+        key_file = self.data_dir / "secret.key"
+        if not key_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(secrets.token_urlsafe(48))
+            key_file.chmod(0o600)
+        return key_file.read_text().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,70 @@
+"""Object storage for media: local disk embedded, S3-compatible distributed.
+
+Keys are relative paths such as ``media/01J…/small.jpg``. Only processed,
+metadata-free variants are ever served; raw uploads live under ``incoming/``
+until their job has replaced them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import obstore
+from obstore.exceptions import NotFoundError as ObjectNotFoundError
+from obstore.store import LocalStore, ObjectStore, from_url
+
+from petpal.platform.settings import Settings
+
+__all__ = ["ObjectNotFoundError", "Storage"]
+
+
+class Storage:
+    def __init__(self, settings: Settings) -> None:
+        self.store: ObjectStore
+        if settings.storage_url:
+            self.store = from_url(settings.storage_url)
+        else:
+            settings.media_dir.mkdir(parents=True, exist_ok=True)
+            self.store = LocalStore(settings.media_dir.resolve(), mkdir=True)
+        self.base_url = settings.media_base_url.rstrip("/")
+
+    def url_for(self, key: str) -> str:
+        return f"{self.base_url}/{key}"
+
+    async def put(self, key: str, data: bytes | Path, content_type: str) -> None:
+        await obstore.put_async(
+            self.store, key, data, attributes={"Content-Type": content_type}
+        )
+
+    async def get_bytes(self, key: str) -> bytes:
+        result = await obstore.get_async(self.store, key)
+        return bytes(await result.bytes_async())
+
+    async def download_to(self, key: str, target: Path) -> None:
+        result = await obstore.get_async(self.store, key)
+        with target.open("wb") as out:
+            async for chunk in result.stream(min_chunk_size=1024 * 1024):
+                out.write(chunk)
+
+    async def stream(self, key: str) -> tuple[int, AsyncIterator[bytes]]:
+        """Size and chunks of an object; raises ObjectNotFoundError."""
+        result = await obstore.get_async(self.store, key)
+        size = int(result.meta["size"])
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in result.stream(min_chunk_size=256 * 1024):
+                yield bytes(chunk)
+
+        return size, chunks()
+
+    async def delete(self, key: str) -> None:
+        try:
+            await obstore.delete_async(self.store, key)
+        except ObjectNotFoundError:
+            pass
+
+    async def check(self) -> None:
+        """Raise if the store does not answer (used by /readyz)."""
+        stream = obstore.list(self.store, prefix="media", chunk_size=1)
+        next(iter(stream), None)

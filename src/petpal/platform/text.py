@@ -1,0 +1,86 @@
+"""Rules for user-written text: usernames, free text, hashtags and mentions.
+
+Usernames are 3 to 30 characters from ``a-z``, ``0-9`` and ``_`` after
+Unicode NFKC normalisation, compared case-insensitively. Normalising first
+means a full-width or otherwise "compatible" spelling of an existing name
+collides with it instead of impersonating it; limiting the result to ASCII
+letters, digits and underscore leaves no room for Cyrillic or Greek
+look-alikes or for invisible characters (zero-width joiners, bidi marks).
+
+Free text (captions, bios, comments) is kept byte for byte: emoji sequences
+and right-to-left scripts survive unchanged. Only what no database can store
+is refused: NUL characters and unpaired surrogates.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Annotated
+
+import regex
+from pydantic import AfterValidator
+
+USERNAME_PATTERN = regex.compile(r"^[a-z0-9_]{3,30}$")
+RESERVED_USERNAMES = frozenset(
+    {"me", "admin", "administrator", "root", "api", "petpal", "support", "help",
+     "settings", "login", "logout", "signup", "system", "null", "undefined"}
+)
+# A hashtag: letters, marks and numbers of any script, and underscores; it must
+# follow the start of the text or a character that cannot be part of a word,
+# so "e-mail#x" is no tag but "(#x)" is.
+HASHTAG_PATTERN = regex.compile(r"(?<![\p{L}\p{M}\p{N}_&])#([\p{L}\p{M}\p{N}_]{1,100})")
+MENTION_PATTERN = regex.compile(r"(?<![\p{L}\p{M}\p{N}_@])@([A-Za-z0-9_]{3,30})\b")
+
+
+def canonical_username(raw: str) -> str:
+    """The form a username is stored and compared in; raise ValueError if invalid."""
+    normalized = unicodedata.normalize("NFKC", raw).casefold()
+    if not USERNAME_PATTERN.match(normalized):
+        raise ValueError(
+            "a username is 3 to 30 characters: letters a-z, digits and underscore"
+        )
+    if normalized in RESERVED_USERNAMES:
+        raise ValueError("this username is reserved")
+    return normalized
+
+
+def lookup_username(raw: str) -> str | None:
+    """The canonical form to look ``raw`` up by, or None if it can't exist."""
+    normalized = unicodedata.normalize("NFKC", raw).casefold()
+    return normalized if USERNAME_PATTERN.match(normalized) else None
+
+
+def check_storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text may not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text contains an unpaired surrogate") from exc
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(check_storable)]
+
+
+def canonical_tag(tag: str) -> str:
+    return unicodedata.normalize("NFKC", tag).casefold()
+
+
+def extract_hashtags(text: str) -> list[str]:
+    """Distinct canonical hashtags in order of first appearance."""
+    seen: dict[str, None] = {}
+    for match in HASHTAG_PATTERN.finditer(unicodedata.normalize("NFC", text)):
+        tag = canonical_tag(match.group(1))
+        if any(ch.isalpha() or ch.isdigit() for ch in tag) and not tag.isdigit():
+            seen.setdefault(tag, None)
+    return list(seen)
+
+
+def extract_mentions(text: str) -> list[str]:
+    seen: dict[str, None] = {}
+    for match in MENTION_PATTERN.finditer(text):
+        name = lookup_username(match.group(1))
+        if name is not None:
+            seen.setdefault(name, None)
+    return list(seen)

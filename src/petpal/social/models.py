@@ -1,0 +1,1 @@
+"""Placeholder: the social tables are being written."""

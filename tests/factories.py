@@ -1,0 +1,81 @@
+"""Small builders named for what they make, used by the API tests."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from petpal.platform.services import Services
+
+_counter = itertools.count(1)
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class User:
+    id: str
+    username: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+async def a_user(client: httpx.AsyncClient, username: str | None = None) -> User:
+    """Sign up and log in a fresh account."""
+    name = username or f"user_{next(_counter)}"
+    response = await client.post(
+        "/api/v1/accounts",
+        json={
+            "username": name,
+            "email": f"{name}@example.org",
+            "password": PASSWORD,
+            "display_name": name.title(),
+        },
+    )
+    assert response.status_code == 201, response.text
+    account = response.json()
+    tokens = await client.post(
+        "/api/v1/auth/token", json={"login": name, "password": PASSWORD}
+    )
+    assert tokens.status_code == 200, tokens.text
+    body = tokens.json()
+    return User(account["id"], account["username"], body["access_token"], body["refresh_token"])
+
+
+async def drain_jobs(services: Services) -> None:
+    assert services.relay is not None
+    await services.relay.drain()
+
+
+async def an_uploaded_photo(
+    client: httpx.AsyncClient, user: User, path: Path, services: Services | None = None
+) -> dict[str, Any]:
+    """Upload ``path`` as ``user``; with ``services``, wait until it is processed."""
+    with path.open("rb") as f:
+        response = await client.post(
+            "/api/v1/media",
+            headers=user.headers,
+            files={"file": (path.name, f, "application/octet-stream")},
+        )
+    assert response.status_code == 202, response.text
+    media: dict[str, Any] = response.json()
+    if services is not None:
+        await drain_jobs(services)
+        fetched = await client.get(f"/api/v1/media/{media['id']}", headers=user.headers)
+        media = fetched.json()
+    return media
+
+
+async def a_ready_photo(
+    client: httpx.AsyncClient, user: User, services: Services, path: Path
+) -> str:
+    media = await an_uploaded_photo(client, user, path, services)
+    assert media["status"] == "ready", media
+    return str(media["id"])
