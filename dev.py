@@ -33,8 +33,6 @@ def sh(*args: str | Path, env: dict[str, str] | None = None) -> None:
 
 def ensure_venv() -> None:
     """Create .venv and install the hash-checked pins, once per lock change."""
-    if sys.version_info < (3, 11):
-        sys.exit("PetPal needs Python 3.11 or newer")
     if not PY.exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
     digest = hashlib.sha256(
@@ -45,8 +43,15 @@ def ensure_venv() -> None:
     sh(PY, "-m", "pip", "install", "--quiet", "--require-hashes", "-r", REQUIREMENTS)
     # The project itself: editable, and without touching the pinned set.
     sh(
-        PY, "-m", "pip", "install", "--quiet", "--no-deps",
-        "--no-build-isolation", "-e", ".",
+        PY,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "-e",
+        ".",
     )
     STAMP.write_text(digest)
 
@@ -62,7 +67,9 @@ def run(argv: list[str]) -> None:
     host = os.environ.get("PETPAL_HOST", "127.0.0.1")
     port = os.environ.get("PETPAL_PORT", "8000")
     print(f"PetPal is at http://{host}:{port}  (API docs: /docs)", flush=True)
-    os.execve(petpal, [str(petpal), "serve", "--host", host, "--port", port, *argv], env)
+    os.execve(
+        petpal, [str(petpal), "serve", "--host", host, "--port", port, *argv], env
+    )
 
 
 def test(argv: list[str]) -> None:
@@ -76,8 +83,16 @@ def lock(_argv: list[str]) -> None:
     """Recompile the pins (needs uv on PATH): main first, dev constrained by it."""
     for name in ("main", "dev"):
         sh(
-            "uv", "pip", "compile", "--python-version", "3.11", "--generate-hashes",
-            "--no-header", f"requirements/{name}.in", "-o", f"requirements/{name}.txt",
+            "uv",
+            "pip",
+            "compile",
+            "--python-version",
+            "3.11",
+            "--generate-hashes",
+            "--no-header",
+            f"requirements/{name}.in",
+            "-o",
+            f"requirements/{name}.txt",
         )
 
 

@@ -73,10 +73,12 @@ def services(app: FastAPI) -> Services:
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://petpal.test") as c:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://petpal.test"
+    ) as c:
         yield c
 
 
 @pytest.fixture
 def photos() -> Iterator[Path]:
-    yield PHOTOS
+    return PHOTOS

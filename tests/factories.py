@@ -46,7 +46,9 @@ async def a_user(client: httpx.AsyncClient, username: str | None = None) -> User
     )
     assert tokens.status_code == 200, tokens.text
     body = tokens.json()
-    return User(account["id"], account["username"], body["access_token"], body["refresh_token"])
+    return User(
+        account["id"], account["username"], body["access_token"], body["refresh_token"]
+    )
 
 
 async def drain_jobs(services: Services) -> None:

@@ -82,7 +82,9 @@ def jobs_dead(data_dir: DataDir = None) -> None:
     async def run() -> None:
         db = Database(_settings(data_dir))
         for row in await list_dead_jobs(db):
-            typer.echo(f"{row.id}  {row.kind}  attempts={row.attempts}  {row.last_error}")
+            typer.echo(
+                f"{row.id}  {row.kind}  attempts={row.attempts}  {row.last_error}"
+            )
         await db.dispose()
 
     asyncio.run(run())
@@ -90,7 +92,9 @@ def jobs_dead(data_dir: DataDir = None) -> None:
 
 @jobs_app.command("replay")
 def jobs_replay(
-    job_ids: Annotated[list[str] | None, typer.Argument(help="Ids; none means all.")] = None,
+    job_ids: Annotated[
+        list[str] | None, typer.Argument(help="Ids; none means all.")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Queue dead jobs again."""

@@ -46,7 +46,9 @@ async def get_me(me: CurrentAccount, services: ServicesDep) -> Me:
 
 
 @router.patch("/accounts/me", response_model=Me)
-async def update_me(data: ProfileUpdate, me: CurrentAccount, services: ServicesDep) -> Me:
+async def update_me(
+    data: ProfileUpdate, me: CurrentAccount, services: ServicesDep
+) -> Me:
     return await service.do_update_me(services, me.account_id, data)
 
 

@@ -143,7 +143,8 @@ def _issue_pair(
             family_id=family_id,
             token_hash=hash_refresh_secret(secret),
             created_at=now,
-            expires_at=now + timedelta(seconds=services.settings.refresh_token_ttl_seconds),
+            expires_at=now
+            + timedelta(seconds=services.settings.refresh_token_ttl_seconds),
         )
     )
     ttl = services.settings.access_token_ttl_seconds
@@ -196,7 +197,9 @@ async def _revoke_family(services: Services, family_id: str) -> None:
     async with services.db.write_session() as session:
         await session.execute(
             update(RefreshToken)
-            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+            .where(
+                RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None)
+            )
             .values(revoked_at=utcnow())
         )
 
@@ -232,7 +235,9 @@ async def _load_account_blob(services: Services, account_id: str) -> bytes | Non
     )
 
 
-async def _cached_account(services: Services, account_id: str) -> dict[str, object] | None:
+async def _cached_account(
+    services: Services, account_id: str
+) -> dict[str, object] | None:
     blob = await services.cache.get_or_load(
         _account_key(account_id),
         lambda: _load_account_blob(services, account_id),
@@ -257,7 +262,9 @@ async def resolve_username(services: Services, username: str) -> str:
             )
         return found.encode() if found else None
 
-    blob = await services.cache.get_or_load(_username_key(canonical), load, ttl=ACCOUNT_TTL)
+    blob = await services.cache.get_or_load(
+        _username_key(canonical), load, ttl=ACCOUNT_TTL
+    )
     if blob is None:
         raise NotFoundError("the account")
     return blob.decode()
@@ -275,7 +282,8 @@ async def get_summaries(
         if blob is not None:
             blobs[account_id] = blob
     avatars = await display_urls(
-        services, [str(b["avatar_media_id"]) for b in blobs.values() if b["avatar_media_id"]]
+        services,
+        [str(b["avatar_media_id"]) for b in blobs.values() if b["avatar_media_id"]],
     )
     return {
         account_id: AccountSummary(
@@ -298,7 +306,7 @@ async def ids_for_usernames(services: Services, usernames: list[str]) -> dict[st
                 Account.username_canonical.in_(usernames)
             )
         )
-        return {name: account_id for name, account_id in rows.tuples()}
+        return dict(rows.tuples())
 
 
 async def get_profile(
@@ -314,7 +322,9 @@ async def get_profile(
     avatar_id = blob["avatar_media_id"]
     avatar_url = None
     if avatar_id:
-        avatar_url = (await display_urls(services, [str(avatar_id)])).get(str(avatar_id))
+        avatar_url = (await display_urls(services, [str(avatar_id)])).get(
+            str(avatar_id)
+        )
     followed_by_me = None
     if viewer_id is not None and viewer_id != account_id:
         followed_by_me = await is_following(services, viewer_id, account_id)
@@ -333,7 +343,9 @@ async def get_profile(
 async def get_me(services: Services, account_id: str) -> Me:
     profile = await get_profile(services, account_id, None)
     async with services.db.read_session() as session:
-        email = await session.scalar(select(Account.email).where(Account.id == account_id))
+        email = await session.scalar(
+            select(Account.email).where(Account.id == account_id)
+        )
     if email is None:
         raise NotFoundError("the account")
     return Me(**profile.model_dump(), email=email)

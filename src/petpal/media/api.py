@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
+from fastapi import APIRouter, Request, Response
 
 from petpal.media import service
 from petpal.media.schemas import MediaView
@@ -32,14 +31,12 @@ _UPLOAD_BODY = {
     openapi_extra=_UPLOAD_BODY,
     summary="Upload one photo; it is processed in the background",
 )
-async def upload(request: Request, me: CurrentAccount, services: ServicesDep) -> ORJSONResponse:
+async def upload(
+    request: Request, response: Response, me: CurrentAccount, services: ServicesDep
+) -> MediaView:
     media = await service.do_upload(services, me.account_id, request)
-    view = service.to_view(services, media)
-    return ORJSONResponse(
-        view.model_dump(mode="json"),
-        status_code=202,
-        headers={"Location": f"/api/v1/media/{media.id}"},
-    )
+    response.headers["Location"] = f"/api/v1/media/{media.id}"
+    return service.to_view(services, media)
 
 
 @router.get("/media/{media_id}", response_model=MediaView)

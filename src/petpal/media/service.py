@@ -9,6 +9,7 @@ the media as ``processing`` and queues the job; decoding happens in
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable
 
 import orjson
@@ -100,7 +101,9 @@ def to_view(services: Services, media: Media) -> MediaView:
     )
 
 
-async def get_media(services: Services, media_id: str, viewer_id: str | None) -> MediaView:
+async def get_media(
+    services: Services, media_id: str, viewer_id: str | None
+) -> MediaView:
     """A media item; others than its owner see it only once it is ready."""
     if is_valid_id(media_id):
         views = await media_views(services, [media_id])
@@ -113,7 +116,9 @@ async def get_media(services: Services, media_id: str, viewer_id: str | None) ->
     raise NotFoundError("the media")
 
 
-async def media_views(services: Services, media_ids: Iterable[str]) -> dict[str, MediaView]:
+async def media_views(
+    services: Services, media_ids: Iterable[str]
+) -> dict[str, MediaView]:
     """Views of the *ready* media among ``media_ids``, cached (they never change)."""
 
     async def load(media_id: str) -> bytes | None:
@@ -126,7 +131,10 @@ async def media_views(services: Services, media_ids: Iterable[str]) -> dict[str,
     views: dict[str, MediaView] = {}
     for media_id in dict.fromkeys(media_ids):
         blob = await services.cache.get_or_load(
-            media_key(media_id), lambda m=media_id: load(m), ttl=READY_TTL, missing_ttl=2.0
+            media_key(media_id),
+            functools.partial(load, media_id),
+            ttl=READY_TTL,
+            missing_ttl=2.0,
         )
         if blob is not None:
             views[media_id] = MediaView.model_validate(orjson.loads(blob))

@@ -41,7 +41,9 @@ def _bad_request(detail: str) -> ProblemError:
     return ProblemError(400, "malformed_upload", detail)
 
 
-async def receive_file(request: Request, directory: Path, max_bytes: int) -> ReceivedFile:
+async def receive_file(
+    request: Request, directory: Path, max_bytes: int
+) -> ReceivedFile:
     """Stream the ``file`` part of a multipart body into ``directory``.
 
     The caller owns the returned file and must delete it.
@@ -78,7 +80,9 @@ async def receive_file(request: Request, directory: Path, max_bytes: int) -> Rec
         name = disposition.get(b"name", b"").decode("utf-8", "replace")
         state.is_file_field = name == FILE_FIELD and not found
         raw_filename = disposition.get(b"filename")
-        state.filename = raw_filename.decode("utf-8", "replace")[:255] if raw_filename else None
+        state.filename = (
+            raw_filename.decode("utf-8", "replace")[:255] if raw_filename else None
+        )
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         nonlocal written

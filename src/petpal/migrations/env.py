@@ -35,7 +35,9 @@ async def _run_online() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata
+    )
     with context.begin_transaction():
         context.run_migrations()
 else:

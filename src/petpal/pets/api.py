@@ -1,3 +1,91 @@
-from fastapi import APIRouter
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from petpal.pets import service
+from petpal.pets.schemas import PetCreate, PetOfTheDayView, PetUpdate, PetView, Species
+from petpal.platform.deps import (
+    DEFAULT_PAGE_SIZE,
+    CurrentAccount,
+    CursorParam,
+    LimitParam,
+    ServicesDep,
+)
+from petpal.platform.pagination import Page
+from petpal.platform.text import StorableText
 
 router = APIRouter(tags=["pets"])
+
+LocationFilter = Annotated[
+    StorableText | None,
+    Query(
+        max_length=120,
+        description="Part of the location, in any letter case (e.g. 'lyon')",
+    ),
+]
+
+
+@router.post("/pets", status_code=201, response_model=PetView)
+async def create_pet(
+    data: PetCreate, me: CurrentAccount, services: ServicesDep, response: Response
+) -> PetView:
+    pet = await service.do_create_pet(services, me.account_id, data)
+    response.headers["Location"] = f"/api/v1/pets/{pet.id}"
+    return pet
+
+
+# Declared before /pets/{pet_id}, which would otherwise take "of-the-day".
+@router.get(
+    "/pets/of-the-day",
+    response_model=PetOfTheDayView,
+    summary="Today's Pet of the Day (UTC), the same for everyone all day",
+)
+async def get_pet_of_the_day(services: ServicesDep) -> PetOfTheDayView:
+    return await service.get_pet_of_the_day(services)
+
+
+@router.get("/pets/{pet_id}", response_model=PetView)
+async def get_pet(pet_id: str, services: ServicesDep) -> PetView:
+    return await service.get_pet(services, pet_id)
+
+
+@router.patch("/pets/{pet_id}", response_model=PetView)
+async def update_pet(
+    pet_id: str, data: PetUpdate, me: CurrentAccount, services: ServicesDep
+) -> PetView:
+    return await service.do_update_pet(services, pet_id, me.account_id, data)
+
+
+@router.delete("/pets/{pet_id}", status_code=204)
+async def delete_pet(
+    pet_id: str, me: CurrentAccount, services: ServicesDep
+) -> Response:
+    await service.do_delete_pet(services, pet_id, me.account_id)
+    return Response(status_code=204)
+
+
+@router.get("/accounts/{username}/pets", response_model=Page[PetView])
+async def list_account_pets(
+    username: str,
+    services: ServicesDep,
+    cursor: CursorParam = None,
+    limit: LimitParam = DEFAULT_PAGE_SIZE,
+) -> Page[PetView]:
+    return await service.list_account_pets(services, username, cursor, limit)
+
+
+@router.get(
+    "/adoptions",
+    response_model=Page[PetView],
+    summary="Pets listed for adoption, newest listing first",
+)
+async def list_adoptions(
+    services: ServicesDep,
+    species: Species | None = None,
+    location: LocationFilter = None,
+    cursor: CursorParam = None,
+    limit: LimitParam = DEFAULT_PAGE_SIZE,
+) -> Page[PetView]:
+    return await service.list_adoptions(services, species, location, cursor, limit)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.responses import Response, StreamingResponse
@@ -68,7 +68,9 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited_receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, limit: int
+    ) -> None:
         request = Request(scope, receive)
         response = problem_response(
             request,
@@ -101,7 +103,6 @@ def create_app(
         version="0.1.0",
         description="The social platform for pet owners. All routes live under "
         "/api/v1; errors are RFC 9457 problem documents.",
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
     )
     install_problem_handlers(app)
@@ -141,7 +142,7 @@ def _add_operational_routes(app: FastAPI) -> None:
             checks["storage"] = f"error: {type(exc).__name__}"
         ready = all(v == "ok" for v in checks.values())
         if ready:
-            return ORJSONResponse({"status": "ready", "checks": checks})
+            return JSONResponse({"status": "ready", "checks": checks})
         return problem_response(
             request,
             503,

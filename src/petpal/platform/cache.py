@@ -108,7 +108,9 @@ class Cache:
         in_flight = self._loading.get(key)
         if in_flight is not None:
             return await asyncio.shield(in_flight)
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes | None] = (
+            asyncio.get_running_loop().create_future()
+        )
         self._loading[key] = future
         generation = self._generation.get(key, 0)
         try:

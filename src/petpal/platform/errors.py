@@ -169,7 +169,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("request.unhandled_error", path=request.url.path)
+    log.error("request.unhandled_error", path=request.url.path)
     return problem_response(
         request, 500, "internal_error", "an unexpected error occurred; it was logged"
     )

@@ -33,7 +33,9 @@ from petpal.platform.ids import new_id
 log = structlog.get_logger(__name__)
 
 JOB_RUNS = Counter(
-    "petpal_jobs_total", "Finished job attempts by kind and outcome", ["kind", "outcome"]
+    "petpal_jobs_total",
+    "Finished job attempts by kind and outcome",
+    ["kind", "outcome"],
 )
 JOB_SECONDS = Histogram(
     "petpal_job_duration_seconds", "Time a job attempt took", ["kind"]
@@ -130,8 +132,10 @@ class EmbeddedRelay:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # True from the claim query until the claimed jobs are tasks, so that
+        # drain() never sees a claimed job that is neither due nor running.
+        self._claiming = False
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -140,18 +144,21 @@ class EmbeddedRelay:
         self._loop_task = asyncio.create_task(self._loop(), name="petpal-job-relay")
 
     async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def drain(self, timeout: float = 30.0) -> None:
+    async def drain(self, within_seconds: float = 30.0) -> None:
         """Wait until no job is due or running (tests and the seed use this)."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + within_seconds
         while asyncio.get_running_loop().time() < deadline:
             self.wake()
-            if not self._running and not await self._has_due_jobs():
+            idle = not self._running and not self._claiming
+            if idle and not await self._has_due_jobs() and not self._claiming:
                 return
             await asyncio.sleep(0.02)
         raise TimeoutError("jobs still pending after drain timeout")
@@ -167,7 +174,9 @@ class EmbeddedRelay:
 
     async def _loop(self) -> None:
         await self._reclaim_expired_leases()
-        while True:
+        # stop() sets the flag as well as cancelling, so the loop ends even
+        # if the cancellation arrives while a claim is being recorded.
+        while not self._stopping:
             try:
                 await self._claim_and_start()
             except asyncio.CancelledError:
@@ -175,11 +184,17 @@ class EmbeddedRelay:
             except Exception:
                 # The database may be briefly unavailable; the next turn retries.
                 log.exception("jobs.relay_error")
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await self._sleep_until_woken()
+
+    async def _sleep_until_woken(self) -> None:
+        # asyncio.wait, not wait_for or timeout(): on Python 3.11 those cancel
+        # this task when the timer fires, and a wake-up racing with the timer
+        # leaves a stray cancellation that then lands inside a database call.
+        waiter = asyncio.ensure_future(self._wake.wait())
+        done, _ = await asyncio.wait({waiter}, timeout=self._poll_seconds)
+        if not done:
+            waiter.cancel()
+        self._wake.clear()
 
     async def _reclaim_expired_leases(self) -> None:
         async with self._db.write_session() as session:
@@ -193,6 +208,13 @@ class EmbeddedRelay:
         free = self._concurrency - len(self._running)
         if free <= 0:
             return
+        self._claiming = True
+        try:
+            await self._claim(free)
+        finally:
+            self._claiming = False
+
+    async def _claim(self, free: int) -> None:
         now = utcnow()
         async with self._db.write_session() as session:
             due = (

@@ -54,6 +54,25 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     )
 
 
+def route_template(scope: Scope) -> str:
+    """The matched route as a template, e.g. ``/api/v1/posts/{post_id}``.
+
+    Rebuilt from the path and its parameters, because the route object that
+    the router leaves in the scope may not carry the prefix it was mounted at.
+    Unmatched paths share one label, so a scan cannot explode the series.
+    """
+    if scope.get("route") is None:
+        return "unmatched"
+    segments = scope["path"].split("/")
+    for name, value in scope.get("path_params", {}).items():
+        text = str(value)
+        for index in range(len(segments) - 1, -1, -1):
+            if segments[index] == text:
+                segments[index] = "{" + name + "}"
+                break
+    return "/".join(segments)
+
+
 class RequestEdgeMiddleware:
     """Request id, latency and query metrics, in plain ASGI to stay cheap."""
 
@@ -84,8 +103,7 @@ class RequestEdgeMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             REQUEST_SECONDS.labels(scope["method"], template, str(status)).observe(
                 time.perf_counter() - started
             )

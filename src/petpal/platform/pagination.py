@@ -33,7 +33,9 @@ class Page(BaseModel, Generic[T]):
 class InvalidCursorError(ProblemError):
     def __init__(self) -> None:
         super().__init__(
-            400, "invalid_cursor", "the cursor is malformed, expired or not for this list"
+            400,
+            "invalid_cursor",
+            "the cursor is malformed, expired or not for this list",
         )
 
 

@@ -7,6 +7,7 @@ until their job has replaced them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -59,10 +60,8 @@ class Storage:
         return size, chunks()
 
     async def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(ObjectNotFoundError):
             await obstore.delete_async(self.store, key)
-        except ObjectNotFoundError:
-            pass
 
     async def check(self) -> None:
         """Raise if the store does not answer (used by /readyz)."""

@@ -22,8 +22,23 @@ from pydantic import AfterValidator
 
 USERNAME_PATTERN = regex.compile(r"^[a-z0-9_]{3,30}$")
 RESERVED_USERNAMES = frozenset(
-    {"me", "admin", "administrator", "root", "api", "petpal", "support", "help",
-     "settings", "login", "logout", "signup", "system", "null", "undefined"}
+    {
+        "me",
+        "admin",
+        "administrator",
+        "root",
+        "api",
+        "petpal",
+        "support",
+        "help",
+        "settings",
+        "login",
+        "logout",
+        "signup",
+        "system",
+        "null",
+        "undefined",
+    }
 )
 # A hashtag: letters, marks and numbers of any script, and underscores; it must
 # follow the start of the text or a character that cannot be part of a word,

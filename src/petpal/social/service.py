@@ -1,13 +1,750 @@
-"""Placeholder until the social service lands."""
+"""Posts, follows, likes, comments, hashtags and feeds.
+
+Other services use only ``account_counts`` and ``is_following``; the tables
+stay private to this package. How a page of posts is read is told in
+:mod:`petpal.social.views`, trending in :mod:`petpal.social.trending`.
+
+Counters (likes, comments, followers, posts) are denormalized and kept exact:
+each write changes a counter only in the transaction that really inserted or
+deleted the row it counts, as the statement's row count says.
+"""
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Sequence
+from typing import Any, cast
+
+import orjson
+from prometheus_client import Counter as MetricCounter
+from sqlalchemy import (
+    ColumnElement,
+    Result,
+    Select,
+    Table,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from petpal.identity.schemas import AccountSummary
+from petpal.identity.service import get_summaries, ids_for_usernames, resolve_username
+from petpal.media.service import require_ready_media
+from petpal.platform.db import Base, utcnow
+from petpal.platform.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+)
+from petpal.platform.ids import is_valid_id, new_id
+from petpal.platform.pagination import (
+    InvalidCursorError,
+    Page,
+    decode_cursor,
+    encode_cursor,
+)
 from petpal.platform.services import Services
+from petpal.platform.text import (
+    HASHTAG_PATTERN,
+    extract_hashtags,
+    extract_mentions,
+)
+from petpal.social.models import (
+    TAG_MAX_LENGTH,
+    AccountStats,
+    Comment,
+    Follow,
+    Like,
+    Post,
+    PostMedia,
+    PostMention,
+    PostPet,
+    PostTag,
+)
+from petpal.social.schemas import (
+    CommentView,
+    LikeState,
+    PostCreate,
+    PostView,
+)
+from petpal.social.views import (
+    counted_query,
+    post_key,
+    post_views,
+    read_counted,
+)
+
+COUNTS_TTL = 600.0
+MAX_HASHTAGS = 30
+
+SOCIAL_WRITES = MetricCounter(
+    "petpal_social_writes_total",
+    "Social writes that changed something, by action",
+    ["action"],
+)
+
+
+def _counts_key(account_id: str) -> str:
+    return f"counts:{account_id}"
+
+
+# --- small helpers --------------------------------------------------------------
+
+
+def _require_id(value: str, what: str) -> None:
+    # A malformed id names nothing: 404, like any other unknown id.
+    if not is_valid_id(value):
+        raise NotFoundError(what)
+
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def _insert_if_absent(
+    session: AsyncSession, model: type[Base], values: dict[str, Any]
+) -> bool:
+    """Insert a row unless its key is taken; True when a row was really added.
+
+    ``ON CONFLICT DO NOTHING`` makes the check and the insert one atomic
+    statement, so a counter bumped only when this returns True stays exact
+    under any number of concurrent requests.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        statement: Any = postgresql.insert(_table(model)).on_conflict_do_nothing()
+    else:
+        statement = sqlite.insert(_table(model)).on_conflict_do_nothing()
+    return _rowcount(await session.execute(statement.values(values))) == 1
+
+
+async def _ensure_stats(session: AsyncSession, account_id: str) -> None:
+    await _insert_if_absent(
+        session,
+        AccountStats,
+        {
+            "account_id": account_id,
+            "follower_count": 0,
+            "following_count": 0,
+            "post_count": 0,
+        },
+    )
+
+
+async def _bump_stats(session: AsyncSession, account_id: str, **deltas: int) -> None:
+    """Add ``deltas`` to an account's counters, in the caller's transaction."""
+    await _ensure_stats(session, account_id)
+    changes = {
+        getattr(AccountStats, name): getattr(AccountStats, name) + delta
+        for name, delta in deltas.items()
+    }
+    await session.execute(
+        update(AccountStats)
+        .where(AccountStats.account_id == account_id)
+        .values(changes)
+    )
+
+
+async def _bump_follow_stats(
+    session: AsyncSession, follower_id: str, followee_id: str, delta: int
+) -> None:
+    # Always in id order: two accounts following each other at the same
+    # moment would otherwise lock the two rows in opposite orders, and one of
+    # the transactions would die in a deadlock (on PostgreSQL).
+    bumps = {follower_id: "following_count", followee_id: "follower_count"}
+    for account_id in sorted(bumps):
+        await _bump_stats(session, account_id, **{bumps[account_id]: delta})
+
+
+def _after_id(services: Services, scope: str, cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    last = decode_cursor(services.secret, scope, cursor).get("id")
+    if not isinstance(last, str) or not is_valid_id(last):
+        raise InvalidCursorError()
+    return last
+
+
+def _next_cursor(
+    services: Services, scope: str, ids: Sequence[str], has_more: bool
+) -> str | None:
+    if not has_more or not ids:
+        return None
+    return encode_cursor(services.secret, scope, {"id": ids[-1]})
+
+
+# --- follows --------------------------------------------------------------------
+
+
+async def do_follow(services: Services, follower_id: str, username: str) -> None:
+    followee_id = await resolve_username(services, username)
+    if followee_id == follower_id:
+        raise InvalidInputError("cannot_follow_self", "an account cannot follow itself")
+    try:
+        async with services.db.write_session() as session:
+            inserted = await _insert_if_absent(
+                session,
+                Follow,
+                {
+                    "id": new_id(),
+                    "follower_id": follower_id,
+                    "followee_id": followee_id,
+                    "created_at": utcnow(),
+                },
+            )
+            if inserted:
+                await _bump_follow_stats(session, follower_id, followee_id, 1)
+    except IntegrityError as exc:
+        # One of the two accounts was deleted after its name was resolved.
+        raise NotFoundError("the account") from exc
+    if inserted:
+        SOCIAL_WRITES.labels("follow").inc()
+        await services.cache.invalidate(
+            _counts_key(follower_id), _counts_key(followee_id)
+        )
+
+
+async def do_unfollow(services: Services, follower_id: str, username: str) -> None:
+    followee_id = await resolve_username(services, username)
+    if followee_id == follower_id:
+        raise InvalidInputError("cannot_follow_self", "an account cannot follow itself")
+    async with services.db.write_session() as session:
+        result = await session.execute(
+            delete(Follow).where(
+                Follow.follower_id == follower_id, Follow.followee_id == followee_id
+            )
+        )
+        removed = _rowcount(result) == 1
+        if removed:
+            await _bump_follow_stats(session, follower_id, followee_id, -1)
+    if removed:
+        SOCIAL_WRITES.labels("unfollow").inc()
+        await services.cache.invalidate(
+            _counts_key(follower_id), _counts_key(followee_id)
+        )
+
+
+async def list_followers(
+    services: Services, username: str, cursor: str | None, limit: int
+) -> Page[AccountSummary]:
+    account_id = await resolve_username(services, username)
+    return await _follow_page(
+        services,
+        f"followers:{account_id}",
+        Follow.followee_id == account_id,
+        Follow.follower_id,
+        cursor,
+        limit,
+    )
+
+
+async def list_following(
+    services: Services, username: str, cursor: str | None, limit: int
+) -> Page[AccountSummary]:
+    account_id = await resolve_username(services, username)
+    return await _follow_page(
+        services,
+        f"following:{account_id}",
+        Follow.follower_id == account_id,
+        Follow.followee_id,
+        cursor,
+        limit,
+    )
+
+
+async def _follow_page(
+    services: Services,
+    scope: str,
+    condition: ColumnElement[bool],
+    other: InstrumentedAttribute[str],
+    cursor: str | None,
+    limit: int,
+) -> Page[AccountSummary]:
+    """Accounts on the other end of ``condition``'s follows, newest follow first."""
+    query = select(Follow.id, other).where(condition)
+    after = _after_id(services, scope, cursor)
+    if after is not None:
+        query = query.where(Follow.id < after)
+    async with services.db.read_session() as session:
+        rows = (
+            await session.execute(query.order_by(Follow.id.desc()).limit(limit + 1))
+        ).all()
+    page = rows[:limit]
+    summaries = await get_summaries(services, [row[1] for row in page])
+    return Page[AccountSummary](
+        items=[summaries[row[1]] for row in page if row[1] in summaries],
+        next_cursor=_next_cursor(
+            services, scope, [row[0] for row in page], len(rows) > limit
+        ),
+    )
+
+
+# --- posts ----------------------------------------------------------------------
+
+
+def _check_post_input(data: PostCreate) -> list[str]:
+    """The post's canonical hashtags, once its lists and tags are acceptable."""
+    if len(set(data.media_ids)) != len(data.media_ids):
+        raise InvalidInputError("duplicate_media", "a media id appears more than once")
+    if len(set(data.pet_ids)) != len(data.pet_ids):
+        raise InvalidInputError("duplicate_pet", "a pet id appears more than once")
+    hashtags = extract_hashtags(data.caption)
+    if len(hashtags) > MAX_HASHTAGS:
+        raise InvalidInputError(
+            "too_many_hashtags", f"a caption may have at most {MAX_HASHTAGS} hashtags"
+        )
+    if any(len(tag) > TAG_MAX_LENGTH for tag in hashtags):
+        raise InvalidInputError(
+            "hashtag_too_long",
+            f"a hashtag may have at most {TAG_MAX_LENGTH} characters",
+        )
+    return hashtags
+
+
+async def _require_own_pets(
+    session: AsyncSession, pet_ids: list[str], owner_id: str
+) -> None:
+    # Imported on use: pets may come to call social, and two services that
+    # import each other at module level would make an import cycle.
+    from petpal.pets.service import require_own_pets
+
+    await require_own_pets(session, pet_ids, owner_id)
+
+
+async def do_create_post(services: Services, author_id: str, data: PostCreate) -> str:
+    """Create a post of ``author_id``'s ready media; returns its id."""
+    hashtags = _check_post_input(data)
+    names = extract_mentions(data.caption)
+    found = await ids_for_usernames(services, names)
+    mentioned = [found[name] for name in names if name in found]
+    post_id = new_id()
+    try:
+        async with services.db.write_session() as session:
+            await require_ready_media(session, data.media_ids, author_id)
+            if data.pet_ids:
+                await _require_own_pets(session, data.pet_ids, author_id)
+            session.add(
+                Post(
+                    id=post_id,
+                    author_id=author_id,
+                    caption=data.caption,
+                    like_count=0,
+                    comment_count=0,
+                    created_at=utcnow(),
+                )
+            )
+            await session.flush()
+            session.add_all(
+                [
+                    *(
+                        PostMedia(post_id=post_id, position=i, media_id=media_id)
+                        for i, media_id in enumerate(data.media_ids)
+                    ),
+                    *(
+                        PostPet(post_id=post_id, position=i, pet_id=pet_id)
+                        for i, pet_id in enumerate(data.pet_ids)
+                    ),
+                    *(
+                        PostTag(tag=tag, post_id=post_id, position=i)
+                        for i, tag in enumerate(hashtags)
+                    ),
+                    *(
+                        PostMention(post_id=post_id, account_id=account_id, position=i)
+                        for i, account_id in enumerate(mentioned)
+                    ),
+                ]
+            )
+            await _bump_stats(session, author_id, post_count=1)
+    except IntegrityError as exc:
+        # An account or media item referenced above was deleted meanwhile.
+        raise ConflictError(
+            "reference_changed", "something this post refers to just changed; retry"
+        ) from exc
+    SOCIAL_WRITES.labels("post").inc()
+    await services.cache.invalidate(_counts_key(author_id), post_key(post_id))
+    return post_id
+
+
+async def do_delete_post(services: Services, post_id: str, account_id: str) -> None:
+    """Delete a post; its likes, comments, tags and links go with it (cascade)."""
+    _require_id(post_id, "the post")
+    async with services.db.write_session() as session:
+        author_id = await _require_post(session, post_id)
+        if author_id != account_id:
+            raise ForbiddenError("only the author may delete a post")
+        result = await session.execute(delete(Post).where(Post.id == post_id))
+        removed = _rowcount(result) == 1
+        if removed:
+            await _bump_stats(session, author_id, post_count=-1)
+    if removed:
+        SOCIAL_WRITES.labels("delete_post").inc()
+    await services.cache.invalidate(post_key(post_id), _counts_key(author_id))
+
+
+async def get_post(services: Services, post_id: str, viewer_id: str | None) -> PostView:
+    _require_id(post_id, "the post")
+    query = counted_query().where(Post.id == post_id)
+    async with services.db.read_session() as session:
+        counted, liked = await read_counted(session, query, viewer_id)
+    views = await post_views(services, counted, liked)
+    if not views:
+        raise NotFoundError("the post")
+    return views[0]
+
+
+# --- likes ----------------------------------------------------------------------
+
+
+async def do_like(services: Services, post_id: str, account_id: str) -> LikeState:
+    _require_id(post_id, "the post")
+    try:
+        async with services.db.write_session() as session:
+            await _require_post(session, post_id)
+            inserted = await _insert_if_absent(
+                session,
+                Like,
+                {"post_id": post_id, "account_id": account_id, "created_at": utcnow()},
+            )
+            if inserted:
+                await session.execute(
+                    update(Post)
+                    .where(Post.id == post_id)
+                    .values(like_count=Post.like_count + 1)
+                )
+            count = await _like_count(session, post_id)
+    except IntegrityError as exc:
+        raise NotFoundError("the post") from exc  # deleted while we liked it
+    if inserted:
+        SOCIAL_WRITES.labels("like").inc()
+    return LikeState(liked=True, like_count=count)
+
+
+async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeState:
+    _require_id(post_id, "the post")
+    async with services.db.write_session() as session:
+        await _require_post(session, post_id)
+        result = await session.execute(
+            delete(Like).where(Like.post_id == post_id, Like.account_id == account_id)
+        )
+        removed = _rowcount(result) == 1
+        if removed:
+            await session.execute(
+                update(Post)
+                .where(Post.id == post_id)
+                .values(like_count=Post.like_count - 1)
+            )
+        count = await _like_count(session, post_id)
+    if removed:
+        SOCIAL_WRITES.labels("unlike").inc()
+    return LikeState(liked=False, like_count=count)
+
+
+async def _require_post(session: AsyncSession, post_id: str) -> str:
+    """The author of the post; 404 if there is no such post."""
+    author_id = await session.scalar(select(Post.author_id).where(Post.id == post_id))
+    if author_id is None:
+        raise NotFoundError("the post")
+    return author_id
+
+
+async def _like_count(session: AsyncSession, post_id: str) -> int:
+    count = await session.scalar(select(Post.like_count).where(Post.id == post_id))
+    return int(count or 0)
+
+
+# --- comments -------------------------------------------------------------------
+
+
+async def do_comment(
+    services: Services, post_id: str, author_id: str, body: str
+) -> CommentView:
+    _require_id(post_id, "the post")
+    comment = Comment(
+        id=new_id(),
+        post_id=post_id,
+        author_id=author_id,
+        body=body,
+        created_at=utcnow(),
+    )
+    try:
+        async with services.db.write_session() as session:
+            await _require_post(session, post_id)
+            session.add(comment)
+            await session.flush()
+            await session.execute(
+                update(Post)
+                .where(Post.id == post_id)
+                .values(comment_count=Post.comment_count + 1)
+            )
+    except IntegrityError as exc:
+        raise NotFoundError("the post") from exc  # deleted while we commented
+    SOCIAL_WRITES.labels("comment").inc()
+    views = await _comment_views(services, [comment])
+    if not views:
+        raise NotFoundError("the account")
+    return views[0]
+
+
+async def do_delete_comment(
+    services: Services, comment_id: str, account_id: str
+) -> None:
+    """Delete a comment; its author and the post's author may."""
+    _require_id(comment_id, "the comment")
+    async with services.db.write_session() as session:
+        found = (
+            await session.execute(
+                select(Comment.post_id, Comment.author_id, Post.author_id)
+                .join(Post, Post.id == Comment.post_id)
+                .where(Comment.id == comment_id)
+            )
+        ).one_or_none()
+        if found is None:
+            raise NotFoundError("the comment")
+        post_id, comment_author, post_author = found
+        if account_id not in (comment_author, post_author):
+            raise ForbiddenError(
+                "only the comment's author or the post's author may delete it"
+            )
+        result = await session.execute(delete(Comment).where(Comment.id == comment_id))
+        removed = _rowcount(result) == 1
+        if removed:
+            await session.execute(
+                update(Post)
+                .where(Post.id == post_id)
+                .values(comment_count=Post.comment_count - 1)
+            )
+    if removed:
+        SOCIAL_WRITES.labels("delete_comment").inc()
+
+
+async def list_comments(
+    services: Services, post_id: str, cursor: str | None, limit: int
+) -> Page[CommentView]:
+    """A post's comments, oldest first."""
+    _require_id(post_id, "the post")
+    scope = f"comments:{post_id}"
+    query = select(Comment).where(Comment.post_id == post_id)
+    after = _after_id(services, scope, cursor)
+    if after is not None:
+        query = query.where(Comment.id > after)
+    async with services.db.read_session() as session:
+        await _require_post(session, post_id)
+        rows = list(
+            (await session.scalars(query.order_by(Comment.id).limit(limit + 1))).all()
+        )
+    page = rows[:limit]
+    return Page[CommentView](
+        items=await _comment_views(services, page),
+        next_cursor=_next_cursor(
+            services, scope, [c.id for c in page], len(rows) > limit
+        ),
+    )
+
+
+async def _comment_views(
+    services: Services, comments: Sequence[Comment]
+) -> list[CommentView]:
+    summaries = await get_summaries(services, [c.author_id for c in comments])
+    return [
+        CommentView(
+            id=c.id,
+            post_id=c.post_id,
+            author=summaries[c.author_id],
+            body=c.body,
+            created_at=c.created_at,
+        )
+        for c in comments
+        if c.author_id in summaries
+    ]
+
+
+# --- feeds ----------------------------------------------------------------------
+
+
+async def home_feed(
+    services: Services, account_id: str, cursor: str | None, limit: int
+) -> Page[PostView]:
+    """Posts of the accounts ``account_id`` follows, and its own, newest first.
+
+    TODO(feed-fanout): this query reads the followees' posts at request time,
+    which is fine until an account follows thousands. At scale the design is
+    fan-out on write: each post id is pushed to its followers' capped timeline
+    lists (Redis), with accounts of very many followers merged in at read time.
+    """
+    followees = select(Follow.followee_id).where(Follow.follower_id == account_id)
+    query = counted_query().where(
+        or_(Post.author_id.in_(followees), Post.author_id == account_id)
+    )
+    return await _post_page(
+        services, f"home:{account_id}", query, Post.id, cursor, limit, account_id
+    )
+
+
+async def public_feed(
+    services: Services, viewer_id: str | None, cursor: str | None, limit: int
+) -> Page[PostView]:
+    return await _post_page(
+        services, "public", counted_query(), Post.id, cursor, limit, viewer_id
+    )
+
+
+async def account_posts(
+    services: Services,
+    username: str,
+    viewer_id: str | None,
+    cursor: str | None,
+    limit: int,
+) -> Page[PostView]:
+    account_id = await resolve_username(services, username)
+    query = counted_query().where(Post.author_id == account_id)
+    return await _post_page(
+        services, f"posts:{account_id}", query, Post.id, cursor, limit, viewer_id
+    )
+
+
+def lookup_tag(raw: str) -> str | None:
+    """The canonical form of the hashtag ``raw`` (with or without '#'), if valid."""
+    text = unicodedata.normalize("NFC", "#" + raw.removeprefix("#"))
+    if HASHTAG_PATTERN.fullmatch(text) is None:
+        return None
+    tags = extract_hashtags(text)
+    return tags[0] if tags and len(tags[0]) <= TAG_MAX_LENGTH else None
+
+
+async def tag_feed(
+    services: Services,
+    raw_tag: str,
+    viewer_id: str | None,
+    cursor: str | None,
+    limit: int,
+) -> Page[PostView]:
+    tag = lookup_tag(raw_tag)
+    if tag is None:
+        raise NotFoundError("the hashtag")
+    # Keyed on post_tags' own (tag, post_id) primary key, so the page is a
+    # range scan of that index.
+    query = (
+        counted_query()
+        .join(PostTag, PostTag.post_id == Post.id)
+        .where(PostTag.tag == tag)
+    )
+    return await _post_page(
+        services, f"tag:{tag}", query, PostTag.post_id, cursor, limit, viewer_id
+    )
+
+
+async def _post_page(
+    services: Services,
+    scope: str,
+    query: Select[str, int, int],
+    key: InstrumentedAttribute[str],
+    cursor: str | None,
+    limit: int,
+    viewer_id: str | None,
+) -> Page[PostView]:
+    """Newest first by ``key`` (a post id column), ``limit`` at a time.
+
+    Ids are unique and grow with time, so "below the last id seen" returns
+    every post exactly once across pages, whatever was posted meanwhile.
+    """
+    after = _after_id(services, scope, cursor)
+    if after is not None:
+        query = query.where(key < after)
+    query = query.order_by(key.desc()).limit(limit + 1)
+    async with services.db.read_session() as session:
+        counted, liked = await read_counted(session, query, viewer_id)
+    page = counted[:limit]
+    return Page[PostView](
+        items=await post_views(services, page, liked),
+        next_cursor=_next_cursor(
+            services, scope, [c.id for c in page], len(counted) > limit
+        ),
+    )
+
+
+# --- used by other services -----------------------------------------------------
 
 
 async def account_counts(services: Services, account_id: str) -> tuple[int, int, int]:
-    return 0, 0, 0
+    """Followers, following and posts of ``account_id``, from the cache."""
+
+    async def load() -> bytes:
+        async with services.db.read_session() as session:
+            row = (
+                await session.execute(
+                    select(
+                        AccountStats.follower_count,
+                        AccountStats.following_count,
+                        AccountStats.post_count,
+                    ).where(AccountStats.account_id == account_id)
+                )
+            ).one_or_none()
+        return orjson.dumps(list(row) if row is not None else [0, 0, 0])
+
+    blob = await services.cache.get_or_load(
+        _counts_key(account_id), load, ttl=COUNTS_TTL
+    )
+    followers, following, posts = orjson.loads(blob) if blob else (0, 0, 0)
+    return int(followers), int(following), int(posts)
 
 
 async def is_following(services: Services, follower_id: str, followee_id: str) -> bool:
-    return False
+    async with services.db.read_session() as session:
+        found = await session.scalar(
+            select(Follow.id).where(
+                Follow.follower_id == follower_id, Follow.followee_id == followee_id
+            )
+        )
+    return found is not None
+
+
+# --- repair ---------------------------------------------------------------------
+
+
+async def do_recount(
+    services: Services, account_ids: Sequence[str], post_ids: Sequence[str]
+) -> None:
+    """Recompute the counters of the given accounts and posts from their rows.
+
+    The counters stay exact under concurrent social writes by construction;
+    this repairs them after rows vanished by a cascade from outside, e.g. an
+    account deleted with its likes, comments and follows.
+    """
+
+    def count(model: type[Base], condition: ColumnElement[bool]) -> Any:
+        return (
+            select(func.count()).select_from(model).where(condition).scalar_subquery()
+        )
+
+    async with services.db.write_session() as session:
+        if post_ids:
+            await session.execute(
+                update(Post)
+                .where(Post.id.in_(list(post_ids)))
+                .values(
+                    like_count=count(Like, Like.post_id == Post.id),
+                    comment_count=count(Comment, Comment.post_id == Post.id),
+                )
+            )
+        for account_id in account_ids:
+            await _ensure_stats(session, account_id)
+            await session.execute(
+                update(AccountStats)
+                .where(AccountStats.account_id == account_id)
+                .values(
+                    follower_count=count(Follow, Follow.followee_id == account_id),
+                    following_count=count(Follow, Follow.follower_id == account_id),
+                    post_count=count(Post, Post.author_id == account_id),
+                )
+            )
+    await services.cache.invalidate(*(_counts_key(a) for a in account_ids))

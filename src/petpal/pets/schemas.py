@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+)
+
+from petpal.identity.schemas import AccountSummary
+from petpal.media.schemas import MediaView
+from petpal.platform.db import utcnow
+from petpal.platform.text import check_storable
+
+EARLIEST_BIRTH_DATE = dt.date(1950, 1, 1)
+# The calendar runs furthest ahead at UTC+14 (Kiribati): a pet born "today"
+# there is born tomorrow in UTC, and that is not a date in the future.
+_EARLIEST_TIME_ZONE = dt.timedelta(hours=14)
+
+
+class Species(StrEnum):
+    """What kind of animal a pet is; "other" for anything not listed."""
+
+    DOG = "dog"
+    CAT = "cat"
+    BIRD = "bird"
+    RABBIT = "rabbit"
+    RODENT = "rodent"
+    REPTILE = "reptile"
+    FISH = "fish"
+    HORSE = "horse"
+    OTHER = "other"
+
+
+def _iso_date_only(value: object) -> object:
+    # Lax pydantic would read a number as a Unix timestamp; JSON has no date
+    # type, so a date is an ISO string (or, from Python, a date) and that is all.
+    if isinstance(value, str | dt.date) and not isinstance(value, dt.datetime):
+        return value
+    raise ValueError("a date is a string in the form YYYY-MM-DD")
+
+
+def _plausible_birth_date(value: dt.date) -> dt.date:
+    if value < EARLIEST_BIRTH_DATE:
+        raise ValueError(f"a birth date cannot be before {EARLIEST_BIRTH_DATE}")
+    if value > (utcnow() + _EARLIEST_TIME_ZONE).date():
+        raise ValueError("a birth date cannot be in the future")
+    return value
+
+
+# The constraints come before the storable-text check: placed after it (as in
+# ``Annotated[StorableText, StringConstraints(...)]``) pydantic checks the
+# length before stripping, and "   " passes as a one-letter name.
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=50),
+    AfterValidator(check_storable),
+]
+Breed = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=80),
+    AfterValidator(check_storable),
+]
+Bio = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=1000),
+    AfterValidator(check_storable),
+]
+Location = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=120),
+    AfterValidator(check_storable),
+]
+BirthDate = Annotated[
+    dt.date, BeforeValidator(_iso_date_only), AfterValidator(_plausible_birth_date)
+]
+MediaId = Annotated[str, StringConstraints(max_length=26)]
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PetCreate(Input):
+    name: Name
+    species: Species
+    breed: Breed = ""
+    birth_date: BirthDate | None = None
+    bio: Bio = ""
+    photo_media_id: MediaId | None = None
+    available_for_adoption: StrictBool = False
+    location: Location = ""
+
+
+class PetUpdate(Input):
+    """Only the fields present change; ``null`` clears an optional field."""
+
+    name: Name | None = None
+    species: Species | None = None
+    breed: Breed | None = None
+    birth_date: BirthDate | None = None
+    bio: Bio | None = None
+    photo_media_id: MediaId | None = None
+    available_for_adoption: StrictBool | None = None
+    location: Location | None = None
+
+    @field_validator("name", "species", "available_for_adoption", mode="before")
+    @classmethod
+    def _required_fields_are_not_null(cls, value: object) -> object:
+        # These are optional in a PATCH body, but a pet always has them.
+        if value is None:
+            raise ValueError("this field cannot be null")
+        return value
+
+
+class PetSummary(BaseModel):
+    """How a pet appears inside other objects (e.g. the pets tagged in a post)."""
+
+    id: str
+    name: str
+    species: Species
+    photo_url: str | None = None
+
+
+class PetView(BaseModel):
+    id: str
+    owner: AccountSummary
+    name: str
+    species: Species
+    breed: str
+    birth_date: dt.date | None = None
+    bio: str
+    photo: MediaView | None = None
+    available_for_adoption: bool
+    location: str
+    created_at: dt.datetime
+
+
+class PetOfTheDayView(BaseModel):
+    date: dt.date
+    pet: PetView

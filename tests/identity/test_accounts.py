@@ -1,0 +1,345 @@
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from tests.factories import PASSWORD, a_user
+
+
+def assert_problem(
+    response: httpx.Response, status: int, code: str | None = None
+) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status
+    if code is not None:
+        assert body["code"] == code, body
+
+
+def sign_up_body(username: str, **overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "username": username,
+        "email": f"{username}@example.org",
+        "password": PASSWORD,
+        "display_name": "Someone",
+    }
+    body.update(overrides)
+    return body
+
+
+async def test_sign_up_log_in_and_read_own_profile(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/v1/accounts", json=sign_up_body("Alice_1"))
+    assert response.status_code == 201
+    assert response.headers["location"] == "/api/v1/accounts/alice_1"
+    assert response.json()["username"] == "alice_1"
+
+    for login in ("alice_1", "ALICE_1", "Alice_1@Example.org"):
+        tokens = await client.post(
+            "/api/v1/auth/token", json={"login": login, "password": PASSWORD}
+        )
+        assert tokens.status_code == 200, login
+    me = await client.get(
+        "/api/v1/accounts/me",
+        headers={"Authorization": f"Bearer {tokens.json()['access_token']}"},
+    )
+    assert me.status_code == 200
+    assert me.json()["email"] == "Alice_1@example.org"
+
+
+@pytest.mark.parametrize(
+    ("existing", "impostor"),
+    [
+        ("alice", "ALICE"),
+        ("alice", "ａｌｉｃｅ"),  # full-width letters normalise to ASCII
+        ("bob_1", "ＢＯＢ＿１"),
+    ],
+)
+async def test_look_alike_usernames_collide(
+    client: httpx.AsyncClient, existing: str, impostor: str
+) -> None:
+    await a_user(client, existing)
+    response = await client.post(
+        "/api/v1/accounts", json=sign_up_body(impostor, email="other@example.org")
+    )
+    assert_problem(response, 409, "username_taken")
+
+
+@pytest.mark.parametrize(
+    "username",
+    [
+        "аlice",  # Cyrillic а
+        "ali\u200bce",  # zero-width space
+        "ali\u202ece",  # right-to-left override
+        "al",
+        "a" * 31,
+        "with space",
+        "dash-name",
+        "me",
+        "",
+    ],
+)
+async def test_invalid_usernames_are_refused(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    response = await client.post("/api/v1/accounts", json=sign_up_body(username))
+    assert_problem(response, 422)
+
+
+async def test_duplicate_email_is_a_conflict(client: httpx.AsyncClient) -> None:
+    await a_user(client, "first")
+    response = await client.post(
+        "/api/v1/accounts", json=sign_up_body("second", email="FIRST@example.org")
+    )
+    assert_problem(response, 409, "email_taken")
+
+
+async def test_concurrent_sign_ups_for_one_name_make_one_account(
+    client: httpx.AsyncClient,
+) -> None:
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                "/api/v1/accounts",
+                json=sign_up_body("racer", email=f"r{i}@example.org"),
+            )
+            for i in range(5)
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [201, 409, 409, 409, 409]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "username": "x1x",
+            "email": "x@example.org",
+            "password": "short",
+            "display_name": "X",
+        },
+        {
+            "username": "x1x",
+            "email": "not-an-email",
+            "password": PASSWORD,
+            "display_name": "X",
+        },
+        {
+            "username": "x1x",
+            "email": "x@example.org",
+            "password": PASSWORD,
+            "display_name": "",
+        },
+        {
+            "username": 5,
+            "email": "x@example.org",
+            "password": PASSWORD,
+            "display_name": "X",
+        },
+        {"username": "x1x", "email": "x@example.org", "password": PASSWORD},
+        {
+            "username": "x1x",
+            "email": "x@ex.org",
+            "password": PASSWORD,
+            "display_name": "a\x00b",
+        },
+        {
+            "username": "x1x",
+            "email": "x@ex.org",
+            "password": PASSWORD,
+            "display_name": "X",
+            "is_admin": True,
+        },
+    ],
+)
+async def test_bad_sign_up_bodies_are_422(
+    client: httpx.AsyncClient, body: dict[str, object]
+) -> None:
+    assert_problem(await client.post("/api/v1/accounts", json=body), 422)
+
+
+async def test_unpaired_surrogate_in_json_is_refused(client: httpx.AsyncClient) -> None:
+    raw = (
+        b'{"username":"surr","email":"s@example.org","password":"'
+        + PASSWORD.encode()
+        + b'","display_name":"\\ud800"}'
+    )
+    response = await client.post(
+        "/api/v1/accounts", content=raw, headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 422)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{", b"not json", b"\xff\xfe", b'{"username": }', b"[]", b"null"]
+)
+async def test_malformed_json_is_a_problem(
+    client: httpx.AsyncClient, raw: bytes
+) -> None:
+    response = await client.post(
+        "/api/v1/accounts", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code in (400, 422)
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
+    body = sign_up_body("big", display_name="x" * 100_000)
+    assert_problem(
+        await client.post("/api/v1/accounts", json=body), 413, "body_too_large"
+    )
+
+
+async def test_wrong_password_and_unknown_account_look_the_same(
+    client: httpx.AsyncClient,
+) -> None:
+    await a_user(client, "known")
+    wrong = await client.post(
+        "/api/v1/auth/token", json={"login": "known", "password": "nope-nope-nope"}
+    )
+    unknown = await client.post(
+        "/api/v1/auth/token",
+        json={"login": "nobody_here", "password": "nope-nope-nope"},
+    )
+    assert_problem(wrong, 401, "invalid_credentials")
+    assert_problem(unknown, 401, "invalid_credentials")
+    assert wrong.json()["detail"] == unknown.json()["detail"]
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await a_user(client)
+    first = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": user.refresh_token}
+    )
+    assert first.status_code == 200
+    rotated = first.json()["refresh_token"]
+    assert rotated != user.refresh_token
+
+    replay = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": user.refresh_token}
+    )
+    assert_problem(replay, 401, "refresh_token_reused")
+    # The thief's replay also ends the legitimate session that rotated.
+    after = await client.post("/api/v1/auth/refresh", json={"refresh_token": rotated})
+    assert_problem(after, 401)
+
+
+async def test_concurrent_refreshes_with_one_token_let_one_win(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await a_user(client)
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                "/api/v1/auth/refresh", json={"refresh_token": user.refresh_token}
+            )
+            for _ in range(4)
+        )
+    )
+    assert sorted(r.status_code for r in responses)[0] == 200
+    assert [r.status_code for r in responses].count(200) == 1
+
+
+async def test_logout_revokes_the_refresh_token(client: httpx.AsyncClient) -> None:
+    user = await a_user(client)
+    out = await client.post(
+        "/api/v1/auth/logout", json={"refresh_token": user.refresh_token}
+    )
+    assert out.status_code == 204
+    again = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": user.refresh_token}
+    )
+    assert_problem(again, 401)
+    # Unknown tokens log out quietly: the answer reveals nothing.
+    unknown = await client.post(
+        "/api/v1/auth/logout", json={"refresh_token": "garbage"}
+    )
+    assert unknown.status_code == 204
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["", "Bearer", "Bearer ", "Basic abc", "Bearer not.a.jwt", "Bearer " + "a" * 5000],
+)
+async def test_bad_tokens_are_401(client: httpx.AsyncClient, header: str) -> None:
+    response = await client.get(
+        "/api/v1/accounts/me", headers={"Authorization": header}
+    )
+    assert_problem(response, 401)
+
+
+async def test_token_signed_with_another_key_is_401(client: httpx.AsyncClient) -> None:
+    from petpal.platform.security import AccessClaims, issue_access_token
+
+    user = await a_user(client)
+    forged = issue_access_token(
+        "another-secret-key-of-enough-length-000",
+        AccessClaims(user.id, user.username),
+        60,
+    )
+    response = await client.get(
+        "/api/v1/accounts/me", headers={"Authorization": f"Bearer {forged}"}
+    )
+    assert_problem(response, 401)
+
+
+async def test_profile_update_keeps_unicode_byte_for_byte(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await a_user(client)
+    bio = "👩‍👩‍👧‍👦 family · قطتي تحب النوم · 🏳️‍🌈 · e\u0301"
+    response = await client.patch(
+        "/api/v1/accounts/me",
+        headers=user.headers,
+        json={"bio": bio, "display_name": "Zoë"},
+    )
+    assert response.status_code == 200
+    public = await client.get(f"/api/v1/accounts/{user.username}")
+    assert public.json()["bio"] == bio
+    assert public.json()["bio"].encode() == bio.encode()
+    assert public.json()["display_name"] == "Zoë"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"display_name": None},
+        {"display_name": ""},
+        {"bio": "x" * 501},
+        {"avatar_media_id": "not-a-media-id"},
+        {"avatar_media_id": "01J00000000000000000000000"},
+        {"email": "new@example.org"},
+        {"bio": 7},
+    ],
+)
+async def test_bad_profile_updates_are_422(
+    client: httpx.AsyncClient, body: dict[str, object]
+) -> None:
+    user = await a_user(client)
+    response = await client.patch(
+        "/api/v1/accounts/me", headers=user.headers, json=body
+    )
+    assert_problem(response, 422)
+
+
+async def test_profile_update_needs_a_token(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.patch("/api/v1/accounts/me", json={"bio": "x"}), 401)
+
+
+@pytest.mark.parametrize("name", ["nobody", "x", "../../etc", "%00", "a" * 300])
+async def test_unknown_profiles_are_404(client: httpx.AsyncClient, name: str) -> None:
+    assert_problem(await client.get(f"/api/v1/accounts/{name}"), 404)
+
+
+async def test_profile_lookup_is_case_and_width_insensitive(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await a_user(client, "carol")
+    for spelling in ("CAROL", "Carol", "ｃａｒｏｌ"):
+        response = await client.get(f"/api/v1/accounts/{spelling}")
+        assert response.status_code == 200
+        assert response.json()["id"] == user.id

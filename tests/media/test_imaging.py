@@ -1,0 +1,634 @@
+"""The image core against real files: camera photos, phone HEICs and the
+corner cases image libraries keep tripping over (see the SOURCES.md files next
+to the fixtures for where each file comes from).
+
+Processing a 12 MP photo takes a few hundred milliseconds, so each file is
+processed at most once per test session and the tests share the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import blurhash
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageChops, ImageStat
+
+import petpal
+from petpal.media.imaging import (
+    VARIANT_SIZES,
+    ImageFailed,
+    ImageHeader,
+    ImageLimits,
+    ImageRejected,
+    ProcessedImage,
+    Variant,
+    inspect_header,
+    process_image,
+    sniff_format,
+)
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "photos"
+EDGE_CASES = FIXTURES / "edge-cases"
+CAMERA = FIXTURES / "camera-exif"
+SEED_PHOTOS = Path(petpal.__file__).parent / "seed" / "photos"
+NOT_PHOTOS = {"SOURCES.md"}
+
+LIMITS = ImageLimits()
+VARIANT_NAMES = ["small", "medium", "large", "original"]
+BLURHASH_LENGTH = 4 + 2 * 4 * 3  # header + 4x3 components
+
+# Mean absolute difference, in 8-bit levels, between two small thumbnails of
+# what should be the same picture. JPEG re-encoding of differently stored
+# pixels lands under 1; a wrong rotation or mirror lands above 50.
+SAME_PICTURE_TOLERANCE = 4.0
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Refused at upload time by inspect_header."""
+
+    status: int
+    code: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Accepted at upload time, then failed in the background job."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Processed; size of the upright original and type of the variants."""
+
+    width: int
+    height: int
+    content_type: str = "image/jpeg"
+    animated: bool = False
+
+
+TRUNCATED = "the image file is truncated or corrupt"
+
+# Every file in fixtures/photos/edge-cases, and what must become of it.
+EDGE_CASE_OUTCOMES: dict[str, Rejected | Failed | Ready] = {
+    "animated_42frames.gif": Ready(245, 245, "image/webp", animated=True),
+    "animated_42frames.webp": Ready(245, 245, "image/webp", animated=True),
+    "animated_apng.png": Ready(245, 245, "image/webp", animated=True),
+    # Stored 427x640; the irot/imir boxes turn it on its side.
+    "avif_irot_imir.avif": Ready(640, 427),
+    "bmp_cat_1_2MB.bmp": Rejected(415, "unsupported_media_type"),
+    "cmyk_real_photo.jpg": Ready(2048, 1536),
+    "decompression_bomb_65535x66601.gif": Rejected(413, "too_many_pixels"),
+    "heic_exif_at_end_gps.heic": Ready(3024, 4032),
+    "heic_iphone8_gps.heic": Ready(4032, 3024),
+    "icc_profile_big_progressive.jpg": Ready(425, 250),
+    "jpeg_1x1_with_gps.jpg": Ready(1, 1),
+    "malformed_gps_ifd.jpg": Ready(800, 531),
+    # The second frame is the other eye of a stereo pair, not an animation.
+    "mpo_stereo_2frames.mpo": Ready(640, 480),
+    "png_16bit_gray_trns.png": Ready(64, 64, "image/webp"),
+    "png_16bit_rgb.png": Ready(32, 32),
+    "png_1x1_palette_trns.png": Ready(1, 1, "image/webp"),
+    "png_palette_trns.png": Ready(64, 64, "image/webp"),
+    "png_text_chunk_bomb.png": Rejected(422, "unreadable_image"),
+    "progressive_camera_photo.jpg": Ready(1280, 960),
+    "truncated_real_photo.jpg": Failed(TRUNCATED),
+    "truncated_small_progressive.jpg": Failed(TRUNCATED),
+    # Stored 320x240 with orientation 6.
+    "webp_exif_ori6_gps.webp": Ready(240, 320),
+    "zero_width.gif": Rejected(422, "unreadable_image"),
+}
+
+CAMERA_PHOTOS: dict[str, Ready] = {
+    **{f"orientation_{n}_landscape.jpg": Ready(1800, 1200) for n in range(1, 9)},
+    "apple_iphone5_ori3_gps.jpg": Ready(3264, 2448),
+    "fujifilm_s1pro_gps_small.jpg": Ready(600, 400),
+    "samsung_sm-j327t1_ori6.jpg": Ready(1932, 2576),
+}
+
+SEED_PHOTOS_SIZES: dict[str, Ready] = {
+    "cameratrap_domestic_dog.jpg": Ready(2048, 1536),
+    "darknet_dog_bicycle.jpg": Ready(768, 576),
+    "darknet_dog_horse_person.jpg": Ready(640, 424),
+    "mde_cat_canon_eos70d.avif": Ready(5472, 3648),
+    "mde_dog_with_stick_fujifilm_mx1200.jpg": Ready(1280, 960),
+    "mde_grey_cat_minolta_dimage_ex.jpg": Ready(1344, 1008),
+    "skimage_chelsea_cat.png": Ready(451, 300),
+    "unsplash_cat_on_chair.jpg": Ready(800, 533),
+    "unsplash_cat_under_blanket.jpg": Ready(800, 500),
+}
+
+# Files that carry GPS coordinates or other personal metadata going in.
+WITH_LOCATION = [
+    CAMERA / "apple_iphone5_ori3_gps.jpg",
+    CAMERA / "fujifilm_s1pro_gps_small.jpg",
+    EDGE_CASES / "heic_iphone8_gps.heic",
+    EDGE_CASES / "heic_exif_at_end_gps.heic",
+    EDGE_CASES / "webp_exif_ori6_gps.webp",
+    EDGE_CASES / "jpeg_1x1_with_gps.jpg",
+]
+
+
+def _photos_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in NOT_PHOTOS)
+
+
+def _ready_paths() -> list[Path]:
+    edge = [
+        EDGE_CASES / name
+        for name, outcome in EDGE_CASE_OUTCOMES.items()
+        if isinstance(outcome, Ready)
+    ]
+    return [
+        *edge,
+        *(CAMERA / name for name in CAMERA_PHOTOS),
+        *(SEED_PHOTOS / name for name in SEED_PHOTOS_SIZES),
+    ]
+
+
+def _expected(path: Path) -> Ready:
+    for table in (EDGE_CASE_OUTCOMES, CAMERA_PHOTOS, SEED_PHOTOS_SIZES):
+        outcome = table.get(path.name)
+        if isinstance(outcome, Ready):
+            return outcome
+    raise LookupError(path)
+
+
+@functools.cache
+def _process(path: Path) -> ProcessedImage | ImageFailed:
+    try:
+        return process_image(path, LIMITS)
+    except ImageFailed as exc:
+        return exc
+
+
+def _ready(path: Path) -> ProcessedImage:
+    result = _process(path)
+    assert isinstance(result, ProcessedImage), f"{path.name}: {result}"
+    return result
+
+
+def _variant(result: ProcessedImage, name: str) -> Variant:
+    return next(v for v in result.variants if v.name == name)
+
+
+def _decode(variant: Variant) -> Image.Image:
+    im = Image.open(io.BytesIO(variant.data))
+    im.load()
+    return im
+
+
+def _thumb(im: Image.Image) -> Image.Image:
+    return im.convert("RGB").resize((48, 32), Image.Resampling.BOX)
+
+
+def _difference(a: Image.Image, b: Image.Image) -> float:
+    diff = ImageStat.Stat(ImageChops.difference(_thumb(a), _thumb(b)))
+    return sum(diff.mean) / len(diff.mean)
+
+
+def _frame_count(im: Image.Image) -> int:
+    return int(getattr(im, "n_frames", 1))
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [p.name for p in paths]
+
+
+# -- the edge-case table ------------------------------------------------------
+
+
+def test_edge_case_table_names_only_files_that_exist() -> None:
+    stale = set(EDGE_CASE_OUTCOMES) - set(_photos_in(EDGE_CASES))
+    assert not stale, f"outcomes listed for files that are gone: {sorted(stale)}"
+
+
+@pytest.mark.parametrize("name", _photos_in(EDGE_CASES))
+def test_edge_case_outcome(name: str) -> None:
+    expected = EDGE_CASE_OUTCOMES.get(name)
+    if expected is None:
+        pytest.fail(f"{name} has no expected outcome in EDGE_CASE_OUTCOMES")
+    path = EDGE_CASES / name
+
+    if isinstance(expected, Rejected):
+        with pytest.raises(ImageRejected) as rejected:
+            inspect_header(path, LIMITS)
+        assert (rejected.value.status, rejected.value.code) == (
+            expected.status,
+            expected.code,
+        )
+        assert rejected.value.detail
+        # The worker re-checks, so a file that slipped past upload still fails.
+        assert isinstance(_process(path), ImageFailed)
+        return
+
+    assert isinstance(inspect_header(path, LIMITS), ImageHeader)
+    result = _process(path)
+    if isinstance(expected, Failed):
+        assert isinstance(result, ImageFailed)
+        assert result.reason == expected.reason
+        return
+    assert isinstance(result, ProcessedImage), result
+    assert (result.width, result.height) == (expected.width, expected.height)
+    assert result.animated is expected.animated
+    assert {v.content_type for v in result.variants} == {expected.content_type}
+
+
+# -- orientation --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_comes_out_upright(orientation: int) -> None:
+    result = _ready(CAMERA / f"orientation_{orientation}_landscape.jpg")
+    reference = _ready(CAMERA / "orientation_1_landscape.jpg")
+
+    assert (result.width, result.height) == (1800, 1200)
+    assert (
+        _difference(
+            _decode(_variant(result, "small")), _decode(_variant(reference, "small"))
+        )
+        < SAME_PICTURE_TOLERANCE
+    )
+
+
+@pytest.mark.parametrize("method", list(Image.Transpose))
+def test_orientation_check_notices_any_wrong_turn(method: Image.Transpose) -> None:
+    reference = _decode(
+        _variant(_ready(CAMERA / "orientation_1_landscape.jpg"), "small")
+    )
+    turned = reference.transpose(method)
+    assert _difference(reference, turned) > 10 * SAME_PICTURE_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("name", "turn"),
+    [
+        ("camera-exif/apple_iphone5_ori3_gps.jpg", Image.Transpose.ROTATE_180),
+        ("camera-exif/samsung_sm-j327t1_ori6.jpg", Image.Transpose.ROTATE_270),
+        ("edge-cases/webp_exif_ori6_gps.webp", Image.Transpose.ROTATE_270),
+    ],
+)
+def test_phone_photos_are_turned_the_way_their_tag_says(
+    name: str, turn: Image.Transpose
+) -> None:
+    path = FIXTURES / name
+    small = _decode(_variant(_ready(path), "small"))
+    with Image.open(path) as stored:
+        stored.draft("RGB", (small.width * 2, small.height * 2))
+        as_stored = stored.convert("RGB")
+
+    assert _difference(small, as_stored.transpose(turn)) < SAME_PICTURE_TOLERANCE
+
+
+def test_avif_orientation_boxes_are_applied() -> None:
+    result = _ready(EDGE_CASES / "avif_irot_imir.avif")
+    with Image.open(EDGE_CASES / "avif_irot_imir.avif") as stored:
+        # Pillow maps irot/imir to EXIF orientation 5 (transpose).
+        as_stored = stored.convert("RGB").transpose(Image.Transpose.TRANSPOSE)
+
+    original = _decode(_variant(result, "original"))
+    assert original.size == as_stored.size == (640, 427)
+    assert _difference(original, as_stored) < SAME_PICTURE_TOLERANCE
+
+
+# -- metadata -----------------------------------------------------------------
+
+JPEG_SOS = 0xDA
+JPEG_FORBIDDEN = {*range(0xE1, 0xF0), 0xFE}  # APP1..APP15 and COM
+WEBP_PIXEL_CHUNKS = {b"VP8 ", b"VP8L", b"ALPH", b"ANMF"}
+WEBP_ALLOWED_CHUNKS = {*WEBP_PIXEL_CHUNKS, b"VP8X", b"ANIM"}
+WEBP_VP8X_METADATA_FLAGS = 0x20 | 0x08 | 0x04  # ICC, EXIF, XMP
+
+
+def _jpeg_header_segments(data: bytes) -> list[tuple[int, bytes]]:
+    assert data[:2] == b"\xff\xd8"
+    segments: list[tuple[int, bytes]] = []
+    pos = 2
+    while True:
+        assert data[pos] == 0xFF, "malformed JPEG marker"
+        marker = data[pos + 1]
+        if marker == JPEG_SOS:
+            return segments
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segments.append((marker, data[pos + 4 : pos + 2 + length]))
+        pos += 2 + length
+
+
+def _webp_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:4] == b"RIFF"
+    assert data[8:12] == b"WEBP"
+    chunks: list[tuple[bytes, bytes]] = []
+    pos = 12
+    while pos + 8 <= len(data):
+        fourcc = data[pos : pos + 4]
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        chunks.append((fourcc, data[pos + 8 : pos + 8 + size]))
+        pos += 8 + size + (size & 1)
+    return chunks
+
+
+def _metadata_bytes(variant: Variant) -> bytes:
+    """Every byte of the container that is not compressed pixel data."""
+    if variant.content_type == "image/jpeg":
+        segments = _jpeg_header_segments(variant.data)
+        assert not {marker for marker, _ in segments} & JPEG_FORBIDDEN
+        return b"".join(payload for _, payload in segments)
+    chunks = _webp_chunks(variant.data)
+    assert {fourcc for fourcc, _ in chunks} <= WEBP_ALLOWED_CHUNKS
+    for fourcc, payload in chunks:
+        if fourcc == b"VP8X":
+            assert not payload[0] & WEBP_VP8X_METADATA_FLAGS
+    return b"".join(p for fourcc, p in chunks if fourcc not in WEBP_PIXEL_CHUNKS)
+
+
+def _assert_no_metadata(variant: Variant) -> None:
+    im = _decode(variant)
+    assert len(im.getexif()) == 0
+    kept = {"exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "comment"}
+    assert not kept & set(im.info)
+    assert b"Exif\x00\x00" not in variant.data
+    # Only the container's own bytes are searched for "GPS": three bytes turn
+    # up by chance in about one megabyte of compressed pixels in sixteen.
+    assert b"GPS" not in _metadata_bytes(variant)
+
+
+@pytest.mark.parametrize("path", WITH_LOCATION, ids=_ids(WITH_LOCATION))
+def test_no_variant_of_a_located_photo_keeps_metadata(path: Path) -> None:
+    result = _ready(path)
+    for variant in result.variants:
+        _assert_no_metadata(variant)
+    expected = _expected(path)
+    assert (result.width, result.height) == (expected.width, expected.height)
+
+
+@pytest.mark.parametrize("path", _ready_paths(), ids=_ids(_ready_paths()))
+def test_no_variant_keeps_metadata(path: Path) -> None:
+    for variant in _ready(path).variants:
+        _assert_no_metadata(variant)
+
+
+# -- variants -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", _ready_paths(), ids=_ids(_ready_paths()))
+def test_variants_are_the_display_sizes_and_never_upscaled(path: Path) -> None:
+    result = _ready(path)
+    expected = _expected(path)
+    assert (result.width, result.height) == (expected.width, expected.height)
+    assert [v.name for v in result.variants] == VARIANT_NAMES
+
+    original_longest = max(result.width, result.height)
+    for variant in result.variants:
+        limit = VARIANT_SIZES.get(variant.name, original_longest)
+        assert max(variant.width, variant.height) == min(limit, original_longest)
+        # Same shape as the original, give or take rounding of one pixel.
+        assert abs(variant.width * result.height - variant.height * result.width) <= (
+            max(result.width, result.height)
+        )
+        decoded = _decode(variant)
+        assert decoded.size == (variant.width, variant.height)
+        assert Image.MIME[decoded.format or ""] == variant.content_type
+        assert (
+            variant.extension
+            == {"image/jpeg": "jpg", "image/webp": "webp"}[variant.content_type]
+        )
+        assert bool(getattr(decoded, "is_animated", False)) is result.animated
+    original = _variant(result, "original")
+    assert (original.width, original.height) == (result.width, result.height)
+
+
+@pytest.mark.parametrize("path", _ready_paths(), ids=_ids(_ready_paths()))
+def test_blurhash_is_a_valid_4x3_hash(path: Path) -> None:
+    value = _ready(path).blurhash
+    assert len(value) == BLURHASH_LENGTH
+    assert blurhash.components(value) == (4, 3)
+    assert len(blurhash.decode(value, 8, 6)) == 6
+
+
+@pytest.mark.parametrize(
+    "name", ["animated_42frames.gif", "animated_42frames.webp", "animated_apng.png"]
+)
+def test_animations_keep_their_frames_timing_and_loop(name: str) -> None:
+    with Image.open(EDGE_CASES / name) as source:
+        source_frames = _frame_count(source)
+        source_loop = source.info.get("loop")
+        source_durations = []
+        for index in range(source_frames):
+            source.seek(index)
+            source.load()
+            source_durations.append(source.info.get("duration") or 0)
+    # Browsers play frames of 10 ms or less for 100 ms, and so must we.
+    played = [d if d > 10 else 100 for d in source_durations]
+
+    output = _decode(_variant(_ready(EDGE_CASES / name), "original"))
+    assert output.format == "WEBP"
+    assert _frame_count(output) == source_frames
+    durations = []
+    for index in range(source_frames):
+        output.seek(index)
+        output.load()
+        durations.append(output.info["duration"])
+    assert durations == pytest.approx(played, abs=1)
+    assert output.info["loop"] == source_loop
+
+
+def test_transparency_survives() -> None:
+    output = _decode(_variant(_ready(EDGE_CASES / "png_palette_trns.png"), "original"))
+    assert output.mode == "RGBA"
+    assert output.getchannel("A").histogram()[0] > 0
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    # The file's 16-bit values stay below 256, i.e. near black. Clipping to
+    # 8 bits instead of scaling would paint them in every shade up to white.
+    output = _decode(
+        _variant(_ready(EDGE_CASES / "png_16bit_gray_trns.png"), "original")
+    )
+    assert output.mode == "RGBA"
+    assert not any(output.getchannel("R").histogram()[9:])
+    assert output.getchannel("A").histogram()[0] > 0
+
+
+# -- limits -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "limits", "status", "code"),
+    [
+        (
+            "camera-exif/orientation_1_landscape.jpg",
+            ImageLimits(max_bytes=1000),
+            413,
+            "file_too_large",
+        ),
+        (
+            "camera-exif/orientation_1_landscape.jpg",
+            ImageLimits(max_pixels=1800 * 1200 - 1),
+            413,
+            "too_many_pixels",
+        ),
+        (
+            "edge-cases/animated_42frames.gif",
+            ImageLimits(max_frames=41),
+            413,
+            "too_many_frames",
+        ),
+        (
+            "edge-cases/animated_42frames.gif",
+            ImageLimits(max_total_pixels=42 * 245 * 245 - 1),
+            413,
+            "animation_too_large",
+        ),
+    ],
+)
+def test_limits_are_enforced_before_and_after_upload(
+    name: str, limits: ImageLimits, status: int, code: str
+) -> None:
+    path = FIXTURES / name
+    with pytest.raises(ImageRejected) as rejected:
+        inspect_header(path, limits)
+    assert (rejected.value.status, rejected.value.code) == (status, code)
+    with pytest.raises(ImageFailed):
+        process_image(path, limits)
+
+
+def test_limits_at_the_exact_size_accept() -> None:
+    limits = ImageLimits(max_frames=42, max_total_pixels=42 * 245 * 245)
+    header = inspect_header(EDGE_CASES / "animated_42frames.gif", limits)
+    assert (header.format, header.frames, header.content_type) == (
+        "gif",
+        42,
+        "image/gif",
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "detail_mentions"),
+    [
+        (b"", "empty"),
+        (b"Hello, this is a text file and not a photo of a dog.\n", "not a"),
+        (b"BM" + bytes(100), "BMP"),
+        (b"%PDF-1.7\n" + bytes(100), "PDF"),
+    ],
+)
+def test_non_images_are_refused_as_unsupported(
+    tmp_path: Path, content: bytes, detail_mentions: str
+) -> None:
+    path = tmp_path / "upload.jpg"  # the name must not matter
+    path.write_bytes(content)
+    with pytest.raises(ImageRejected) as rejected:
+        inspect_header(path, LIMITS)
+    assert (rejected.value.status, rejected.value.code) == (
+        415,
+        "unsupported_media_type",
+    )
+    assert detail_mentions in rejected.value.detail
+    with pytest.raises(ImageFailed):
+        process_image(path, LIMITS)
+
+
+def test_a_missing_file_fails_processing_with_a_reason(tmp_path: Path) -> None:
+    with pytest.raises(ImageFailed) as failed:
+        process_image(tmp_path / "gone", LIMITS)
+    assert "missing" in failed.value.reason
+
+
+# -- sniffing -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("camera-exif/orientation_1_landscape.jpg", "jpeg"),
+        ("edge-cases/mpo_stereo_2frames.mpo", "jpeg"),
+        ("edge-cases/png_palette_trns.png", "png"),
+        ("edge-cases/animated_apng.png", "png"),
+        ("edge-cases/animated_42frames.gif", "gif"),
+        ("edge-cases/animated_42frames.webp", "webp"),
+        ("edge-cases/webp_exif_ori6_gps.webp", "webp"),
+        ("edge-cases/heic_iphone8_gps.heic", "heif"),
+        ("edge-cases/heic_exif_at_end_gps.heic", "heif"),
+        ("edge-cases/avif_irot_imir.avif", "avif"),
+        ("edge-cases/bmp_cat_1_2MB.bmp", None),
+    ],
+)
+def test_sniff_format_of_real_files(name: str, expected: str | None) -> None:
+    with (FIXTURES / name).open("rb") as fp:
+        assert sniff_format(fp.read(32)) == expected
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"", None),
+        (b"\xff\xd8", None),
+        (b"just some text, maybe a caption\n", None),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'>", None),
+        (b"RIFF\x00\x00\x00\x00AVI LIST", None),
+        # An MP4 video is an ISO box file too, with a video brand.
+        (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom", None),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1avif", "avif"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "heif"),
+        (b"\x00\x00\x00\x18ftypavis\x00\x00\x00\x00avismsf1", "avif"),
+        (b"GIF87a\x01\x00\x01\x00", "gif"),
+    ],
+)
+def test_sniff_format_of_crafted_heads(head: bytes, expected: str | None) -> None:
+    assert sniff_format(head) == expected
+
+
+def test_sniff_format_reads_only_the_first_32_bytes() -> None:
+    assert sniff_format(bytes(32) + b"\x89PNG\r\n\x1a\n") is None
+
+
+MAGIC_PREFIXES = [
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"RIFF\x00\x01\x00\x00WEBPVP8 ",
+    b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
+    b"\x00\x00\x00\x18ftypavif\x00\x00\x00\x00avifmif1",
+]
+# Small enough that a header claiming a huge canvas is refused, not decoded.
+FUZZ_LIMITS = ImageLimits(max_pixels=250_000, max_total_pixels=1_000_000)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    # One file in tmp_path, rewritten by every example, is exactly the point.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    content=st.one_of(
+        st.binary(max_size=200),
+        st.tuples(st.sampled_from(MAGIC_PREFIXES), st.binary(max_size=200)).map(
+            lambda parts: parts[0] + parts[1]
+        ),
+    )
+)
+def test_arbitrary_bytes_only_ever_end_in_our_own_errors(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "upload"
+    path.write_bytes(content)
+    try:
+        inspect_header(path, FUZZ_LIMITS)
+    except ImageRejected as exc:
+        rejected_with: int | None = exc.status
+    else:
+        rejected_with = None
+    if rejected_with is not None:
+        assert rejected_with in {413, 415, 422}
+        return
+    # The header passed, so the worker must cope with whatever follows it.
+    with contextlib.suppress(ImageFailed):
+        process_image(path, FUZZ_LIMITS)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import base64
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from petpal.platform.ids import is_valid_id, new_id
+from petpal.platform.pagination import InvalidCursorError, decode_cursor, encode_cursor
+from petpal.platform.text import canonical_username, extract_hashtags, extract_mentions
+
+SECRET = "cursor-test-secret"
+
+
+def test_cursor_round_trips_within_its_scope() -> None:
+    cursor = encode_cursor(SECRET, "home:1", {"id": "01ABC"})
+    assert decode_cursor(SECRET, "home:1", cursor) == {"id": "01ABC"}
+
+
+def test_cursor_of_another_list_is_refused() -> None:
+    cursor = encode_cursor(SECRET, "home:1", {"id": "01ABC"})
+    with pytest.raises(InvalidCursorError):
+        decode_cursor(SECRET, "home:2", cursor)
+
+
+def test_tampered_cursor_is_refused() -> None:
+    cursor = encode_cursor(SECRET, "s", {"id": "01ABC"})
+    raw = bytearray(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    raw[-3] ^= 0x01
+    forged = base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+    with pytest.raises(InvalidCursorError):
+        decode_cursor(SECRET, "s", forged)
+
+
+def test_cursor_signed_with_another_secret_is_refused() -> None:
+    with pytest.raises(InvalidCursorError):
+        decode_cursor(SECRET, "s", encode_cursor("other", "s", {"id": "x"}))
+
+
+@given(st.text(max_size=2000))
+def test_any_string_is_a_valid_cursor_or_refused(garbage: str) -> None:
+    with contextlib.suppress(InvalidCursorError):
+        decode_cursor(SECRET, "s", garbage)
+
+
+def test_ids_are_unique_and_increase() -> None:
+    ids = [new_id() for _ in range(5000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(is_valid_id(i) for i in ids[:10])
+    assert not is_valid_id("not-an-id")
+    assert not is_valid_id("U" * 26)
+
+
+@pytest.mark.parametrize(
+    ("text", "tags"),
+    [
+        ("Walk time #Dogs #dogs", ["dogs"]),
+        ("Café cat #café", ["café"]),
+        ("Decomposed #cafe\u0301", ["café"]),
+        ("#ペット と #猫", ["ペット", "猫"]),
+        ("हिंदी #कुत्ता", ["कुत्ता"]),
+        ("عربي #قطط", ["قطط"]),
+        ("digits #dog2024 and #2024", ["dog2024"]),
+        ("not a tag: mail#x, &#123; ## #", []),
+        ("(#wrapped) #under_score", ["wrapped", "under_score"]),
+    ],
+)
+def test_hashtags_in_any_script(text: str, tags: list[str]) -> None:
+    assert extract_hashtags(text) == tags
+
+
+def test_mentions_are_canonical_usernames() -> None:
+    assert extract_mentions("hi @Maya and @theo, not me@mail.org") == ["maya", "theo"]
+
+
+@pytest.mark.parametrize("name", ["Ｍａｙａ", "MAYA", "maya"])
+def test_usernames_normalise_to_one_form(name: str) -> None:
+    assert canonical_username(name) == "maya"

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from petpal.platform.jobs import (
+    DEAD,
+    DONE,
+    JobContext,
+    OutboxJob,
+    enqueue,
+    job,
+    list_dead_jobs,
+    replay_dead_jobs,
+)
+from petpal.platform.services import Services
+
+calls: dict[str, list[Any]] = {"ok": [], "flaky": [], "broken": []}
+
+
+@job("test.ok")
+async def ok_job(ctx: JobContext, payload: dict[str, Any]) -> None:
+    calls["ok"].append(payload["n"])
+
+
+@job("test.flaky")
+async def flaky_job(ctx: JobContext, payload: dict[str, Any]) -> None:
+    calls["flaky"].append(ctx.attempt)
+    if ctx.attempt < 2:
+        raise RuntimeError("transient")
+
+
+@job("test.broken")
+async def broken_job(ctx: JobContext, payload: dict[str, Any]) -> None:
+    calls["broken"].append(ctx.attempt)
+    raise ValueError("always fails")
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    for value in calls.values():
+        value.clear()
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    monkeypatch.setattr("petpal.platform.jobs.backoff", lambda attempt: timedelta(0))
+
+
+async def _status(services: Services, job_id: str) -> str:
+    async with services.db.read_session() as session:
+        row = await session.get(OutboxJob, job_id)
+        assert row is not None
+        return row.status
+
+
+async def test_a_job_commits_with_its_change_and_runs(services: Services) -> None:
+    async with services.db.write_session() as session:
+        job_id = enqueue(session, "test.ok", {"n": 1})
+    assert services.relay is not None
+    await services.relay.drain()
+    assert calls["ok"] == [1]
+    assert await _status(services, job_id) == DONE
+
+
+async def test_a_rolled_back_change_leaves_no_job(services: Services) -> None:
+    async def failing_use_case() -> None:
+        async with services.db.write_session() as session:
+            enqueue(session, "test.ok", {"n": 2})
+            raise RuntimeError("use case failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_use_case()
+    async with services.db.read_session() as session:
+        assert (await session.scalars(select(OutboxJob))).all() == []
+
+
+async def test_failures_retry_then_succeed(
+    services: Services, no_backoff: None
+) -> None:
+    async with services.db.write_session() as session:
+        job_id = enqueue(session, "test.flaky", {})
+    assert services.relay is not None
+    await services.relay.drain()
+    assert calls["flaky"] == [1, 2]
+    assert await _status(services, job_id) == DONE
+
+
+async def test_a_job_that_keeps_failing_is_dead_and_can_be_replayed(
+    services: Services, no_backoff: None
+) -> None:
+    async with services.db.write_session() as session:
+        job_id = enqueue(session, "test.broken", {})
+    assert services.relay is not None
+    await services.relay.drain()
+    attempts = services.settings.job_max_attempts
+    assert calls["broken"] == list(range(1, attempts + 1))
+    assert await _status(services, job_id) == DEAD
+    dead = await list_dead_jobs(services.db)
+    assert [d.id for d in dead] == [job_id]
+    assert "always fails" in (dead[0].last_error or "")
+
+    assert await replay_dead_jobs(services.db, [job_id]) == 1
+    await services.relay.drain()
+    assert len(calls["broken"]) == 2 * attempts

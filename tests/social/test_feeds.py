@@ -1,0 +1,314 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from ulid import ULID
+
+from petpal.platform.db import utcnow
+from petpal.platform.pagination import encode_cursor
+from petpal.platform.services import Services
+from petpal.social import service, trending
+from tests.factories import User, a_user
+from tests.social.builders import (
+    a_member,
+    a_photo,
+    a_post,
+    assert_problem,
+    many_users,
+    walk,
+)
+
+
+@contextmanager
+def posting_at(monkeypatch: pytest.MonkeyPatch, when: datetime) -> Iterator[None]:
+    """Posts made inside carry ``when`` as their time, and ids made then."""
+    with monkeypatch.context() as patch:
+        patch.setattr(service, "utcnow", lambda: when)
+        patch.setattr(service, "new_id", lambda: str(ULID.from_datetime(when)))
+        yield
+
+
+def ids(items: list[dict[str, Any]]) -> list[str]:
+    return [item["id"] for item in items]
+
+
+async def like(
+    client: httpx.AsyncClient, post: dict[str, Any], fans: list[User]
+) -> None:
+    for fan in fans:
+        response = await client.post(
+            f"/api/v1/posts/{post['id']}/like", headers=fan.headers
+        )
+        assert response.status_code == 200
+
+
+async def test_home_feed_follows_what_one_follows(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    alice, bob, carol = await a_user(client), await a_user(client), await a_user(client)
+    media = {
+        u.id: await a_photo(client, u, services, photos) for u in (alice, bob, carol)
+    }
+    own = await a_post(client, alice, media[alice.id], "mine")
+    by_bob = await a_post(client, bob, media[bob.id], "bob's")
+    by_carol = await a_post(client, carol, media[carol.id], "carol's")
+
+    async def home() -> list[str]:
+        response = await client.get("/api/v1/feed/home", headers=alice.headers)
+        assert response.status_code == 200, response.text
+        return ids(response.json()["items"])
+
+    assert await home() == [own["id"]]
+    await client.post(f"/api/v1/accounts/{bob.username}/follow", headers=alice.headers)
+    assert await home() == [by_bob["id"], own["id"]]
+    later = await a_post(client, bob, media[bob.id], "bob again")
+    assert await home() == [later["id"], by_bob["id"], own["id"]]
+    await client.delete(
+        f"/api/v1/accounts/{bob.username}/follow", headers=alice.headers
+    )
+    assert await home() == [own["id"]]
+    # Carol's post was in the public feed all along.
+    public = await client.get("/api/v1/feed/public")
+    assert ids(public.json()["items"]) == [
+        later["id"],
+        by_carol["id"],
+        by_bob["id"],
+        own["id"],
+    ]
+
+    assert_problem(await client.get("/api/v1/feed/home"), 401, "unauthorized")
+
+
+async def test_every_post_once_across_pages_despite_shared_times_and_new_posts(
+    client: httpx.AsyncClient,
+    services: Services,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alice = await a_member(services)
+    bob = await a_member(services)
+    media_id = await a_photo(client, alice, services, photos)
+    await client.post(f"/api/v1/accounts/{alice.username}/follow", headers=bob.headers)
+    instant = utcnow()
+    existing = []
+    with monkeypatch.context() as patch:
+        # Every post of the same instant: only the id can order them.
+        patch.setattr(service, "utcnow", lambda: instant)
+        for i in range(9):
+            existing.append(await a_post(client, alice, media_id, f"#walk {i}"))
+    assert len({p["created_at"] for p in existing}) == 1
+    newest_first = [p["id"] for p in reversed(existing)]
+
+    async def post_more() -> None:
+        await a_post(client, alice, media_id, "#walk arrives during the walk")
+
+    for url, headers in (
+        ("/api/v1/feed/public", None),
+        ("/api/v1/feed/home", bob.headers),
+        ("/api/v1/tags/walk", None),
+        (f"/api/v1/accounts/{alice.username}/posts", None),
+    ):
+        listed = await client.get(url, params={"limit": 100}, headers=headers)
+        before = ids(listed.json()["items"])
+        seen = await walk(
+            client, url, headers=headers, limit=2, between_pages=post_more
+        )
+        # Exactly what was there when the walk began, each once, in order;
+        # the posts made during the walk are newer than its first page.
+        assert ids(seen) == before, url
+        assert set(newest_first) <= set(before), url
+
+
+async def test_a_deleted_post_drops_out_of_a_walk_in_progress(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    alice = await a_member(services)
+    media_id = await a_photo(client, alice, services, photos)
+    posts = [await a_post(client, alice, media_id) for _ in range(6)]
+    first = await client.get("/api/v1/feed/public", params={"limit": 2})
+    assert ids(first.json()["items"]) == [posts[5]["id"], posts[4]["id"]]
+    await client.delete(f"/api/v1/posts/{posts[2]['id']}", headers=alice.headers)
+    rest = await client.get(
+        "/api/v1/feed/public",
+        params={"limit": 10, "cursor": first.json()["next_cursor"]},
+    )
+    assert ids(rest.json()["items"]) == [posts[3]["id"], posts[1]["id"], posts[0]["id"]]
+    assert rest.json()["next_cursor"] is None
+
+
+async def test_signed_but_nonsensical_cursors_are_400(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    for scope, key, url in (
+        ("public", {"id": "garbage"}, "/api/v1/feed/public"),
+        ("public", {"id": 5}, "/api/v1/feed/public"),
+        ("public", {}, "/api/v1/feed/public"),
+        ("trending", {"snapshot": "nope", "at": 2}, "/api/v1/feed/trending"),
+        ("trending", {"snapshot": str(ULID()), "at": -1}, "/api/v1/feed/trending"),
+        ("trending", {"snapshot": str(ULID()), "at": True}, "/api/v1/feed/trending"),
+        ("trending", {"snapshot": str(ULID()), "at": 10**9}, "/api/v1/feed/trending"),
+        ("trending", {"snapshot": str(ULID()), "at": "2"}, "/api/v1/feed/trending"),
+        # Well-formed, but no such snapshot (or it expired).
+        ("trending", {"snapshot": str(ULID()), "at": 2}, "/api/v1/feed/trending"),
+        ("tag:cat", {"id": str(ULID())}, "/api/v1/tags/dog"),
+    ):
+        cursor = encode_cursor(services.secret, scope, key)
+        response = await client.get(url, params={"cursor": cursor})
+        assert_problem(response, 400, "invalid_cursor")
+    forged = encode_cursor("not-our-secret", "public", {"id": str(ULID())})
+    response = await client.get("/api/v1/feed/public", params={"cursor": forged})
+    assert_problem(response, 400, "invalid_cursor")
+
+
+def test_trending_score_decays_with_age() -> None:
+    assert trending.trending_score(0, 0, 0) == pytest.approx(1 / 2**1.5)
+    assert trending.trending_score(10, 5, 0) == pytest.approx(21 / 2**1.5)
+    assert trending.trending_score(10, 0, 10) < trending.trending_score(10, 0, 1)
+    assert trending.trending_score(0, 1, 5) == trending.trending_score(2, 0, 5)
+    assert trending.trending_score(3, 0, -1) == trending.trending_score(3, 0, 0)
+
+
+async def test_trending_ranks_recent_engagement_first(
+    client: httpx.AsyncClient,
+    services: Services,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    authors = await many_users(services, 5)
+    media = [await a_photo(client, a, services, photos) for a in authors]
+    fans = await many_users(services, 20)
+    now = utcnow()
+
+    with posting_at(monkeypatch, now - timedelta(hours=80)):
+        too_old = await a_post(client, authors[0], media[0], "outside the window")
+    with posting_at(monkeypatch, now - timedelta(hours=30)):
+        old_famous = await a_post(client, authors[1], media[1], "famous long ago")
+    with posting_at(monkeypatch, now - timedelta(hours=5)):
+        discussed = await a_post(client, authors[2], media[2], "discussed")
+    quiet = await a_post(client, authors[3], media[3], "new and quiet")
+    liked = await a_post(client, authors[4], media[4], "new and liked")
+
+    await like(client, too_old, fans)
+    await like(client, old_famous, fans[:10])  # 11 / 32**1.5 ≈ 0.061
+    await client.post(  # (2 + 1) / 7**1.5 ≈ 0.162
+        f"/api/v1/posts/{discussed['id']}/comments",
+        headers=fans[0].headers,
+        json={"body": "wow"},
+    )
+    await like(client, liked, fans[:2])  # 3 / 2**1.5 ≈ 1.06; quiet: ≈ 0.35
+
+    response = await client.get("/api/v1/feed/trending", headers=fans[0].headers)
+    assert response.status_code == 200
+    page = response.json()
+    assert ids(page["items"]) == [
+        liked["id"],
+        quiet["id"],
+        discussed["id"],
+        old_famous["id"],
+    ]
+    assert page["next_cursor"] is None
+    assert [p["liked_by_me"] for p in page["items"]] == [True, False, False, True]
+    anonymous = await client.get("/api/v1/feed/trending")
+    assert {p["liked_by_me"] for p in anonymous.json()["items"]} == {None}
+
+
+async def test_trending_caps_each_author_and_pages_one_snapshot(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    prolific, other = await many_users(services, 2)
+    fans = await many_users(services, 6)
+    prolific_media = await a_photo(client, prolific, services, photos)
+    other_media = await a_photo(client, other, services, photos)
+    by_prolific = [await a_post(client, prolific, prolific_media) for _ in range(5)]
+    by_other = [await a_post(client, other, other_media) for _ in range(4)]
+    for i, post in enumerate(by_prolific):
+        await like(client, post, fans[: 6 - i])  # all outrank every post of other's
+
+    first = await client.get("/api/v1/feed/trending", params={"limit": 2})
+    assert ids(first.json()["items"]) == [by_prolific[0]["id"], by_prolific[1]["id"]]
+
+    # Engagement moves on and the ranking is recomputed meanwhile…
+    await like(client, by_other[0], fans)
+    await services.cache.invalidate("trending:current")
+    fresh = await client.get("/api/v1/feed/trending", params={"limit": 1})
+    assert ids(fresh.json()["items"]) == [by_other[0]["id"]]
+
+    # …but a walk that started earlier keeps its snapshot to the end.
+    seen = list(first.json()["items"])
+    cursor = first.json()["next_cursor"]
+    while cursor:
+        response = await client.get(
+            "/api/v1/feed/trending", params={"limit": 2, "cursor": cursor}
+        )
+        assert response.status_code == 200, response.text
+        seen.extend(response.json()["items"])
+        cursor = response.json()["next_cursor"]
+    # Three posts at most per author: the quiet ones rank by age, newest first.
+    expected = ids(by_prolific[:3]) + ids(by_other[::-1][:3])
+    assert ids(seen) == expected
+
+    # A walk whose snapshot left the cache must start over.
+    await services.cache.clear()
+    response = await client.get(
+        "/api/v1/feed/trending", params={"cursor": first.json()["next_cursor"]}
+    )
+    assert_problem(response, 400, "invalid_cursor")
+
+
+async def test_trending_is_cached_briefly(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    alice, bob = await many_users(services, 2)
+    media_id = await a_photo(client, alice, services, photos)
+    first = await a_post(client, alice, media_id)
+    second = await a_post(client, alice, media_id)
+    ranked = await client.get("/api/v1/feed/trending")
+    assert ids(ranked.json()["items"]) == [second["id"], first["id"]]
+
+    await like(client, first, [bob])
+    cached = await client.get("/api/v1/feed/trending")
+    assert ids(cached.json()["items"]) == [second["id"], first["id"]]
+    # Counts are read fresh even when the order comes from the cache.
+    assert cached.json()["items"][1]["like_count"] == 1
+
+    await client.delete(f"/api/v1/posts/{second['id']}", headers=alice.headers)
+    after_delete = await client.get("/api/v1/feed/trending")
+    assert ids(after_delete.json()["items"]) == [first["id"]]
+
+
+def _queries() -> float:
+    return REGISTRY.get_sample_value("petpal_db_queries_total") or 0.0
+
+
+async def test_a_feed_page_costs_the_same_queries_for_5_or_50_posts(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    alice = await a_member(services)
+    bob = await a_member(services)
+    media_id = await a_photo(client, alice, services, photos)
+    for i in range(50):
+        await a_post(client, alice, media_id, f"#many post {i} @{bob.username}")
+
+    async def cost(limit: int, *, cold: bool) -> float:
+        if cold:
+            await services.cache.clear()
+        before = _queries()
+        response = await client.get(
+            "/api/v1/feed/public", params={"limit": limit}, headers=bob.headers
+        )
+        assert len(response.json()["items"]) == limit
+        return _queries() - before
+
+    # Cold: the page, the viewer's likes, the post bodies in one batch, and
+    # one look-up per distinct author and media item, whatever the page size.
+    assert await cost(5, cold=True) == await cost(50, cold=True) <= 16
+    # Warm: the page with its counts and the viewer's likes, in one read
+    # transaction (on SQLite its BEGIN is counted as a statement too).
+    assert await cost(5, cold=False) == await cost(50, cold=False) <= 3

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from petpal.platform.services import Services
+from tests.factories import a_user
+from tests.social.builders import a_member, assert_problem, many_users, walk
+
+
+async def test_follow_and_unfollow_are_idempotent_and_counted(
+    client: httpx.AsyncClient,
+) -> None:
+    alice = await a_user(client)
+    bob = await a_user(client)
+    url = f"/api/v1/accounts/{bob.username}/follow"
+
+    for _ in range(2):
+        response = await client.post(url, headers=alice.headers)
+        assert response.status_code == 204, response.text
+        assert response.content == b""
+    bob_profile = await client.get(
+        f"/api/v1/accounts/{bob.username}", headers=alice.headers
+    )
+    assert bob_profile.json()["follower_count"] == 1
+    assert bob_profile.json()["followed_by_me"] is True
+    alice_profile = await client.get(f"/api/v1/accounts/{alice.username}")
+    assert alice_profile.json()["following_count"] == 1
+
+    for _ in range(2):
+        assert (await client.delete(url, headers=alice.headers)).status_code == 204
+    bob_profile = await client.get(
+        f"/api/v1/accounts/{bob.username}", headers=alice.headers
+    )
+    assert bob_profile.json()["follower_count"] == 0
+    assert bob_profile.json()["followed_by_me"] is False
+    alice_profile = await client.get(f"/api/v1/accounts/{alice.username}")
+    assert alice_profile.json()["following_count"] == 0
+
+
+async def test_usernames_are_matched_like_at_sign_up(client: httpx.AsyncClient) -> None:
+    alice = await a_user(client)
+    bob = await a_user(client, "bob_the_dog")
+    response = await client.post(
+        "/api/v1/accounts/ＢＯＢ_THE_DOG/follow", headers=alice.headers
+    )
+    assert response.status_code == 204
+    followers = await client.get(f"/api/v1/accounts/{bob.username}/followers")
+    assert [a["username"] for a in followers.json()["items"]] == [alice.username]
+
+
+async def test_follow_errors(client: httpx.AsyncClient, services: Services) -> None:
+    alice = await a_member(services)
+    me = f"/api/v1/accounts/{alice.username}/follow"
+    assert_problem(
+        await client.post(me, headers=alice.headers), 422, "cannot_follow_self"
+    )
+    assert_problem(await client.delete(me, headers=alice.headers), 422)
+    for name in ("nobody_at_all", "x", "a" * 300, "%00", "ünïcödé"):
+        url = f"/api/v1/accounts/{name}/follow"
+        assert_problem(await client.post(url, headers=alice.headers), 404, "not_found")
+        assert_problem(
+            await client.delete(url, headers=alice.headers), 404, "not_found"
+        )
+    assert_problem(await client.post(me), 401, "unauthorized")
+    assert_problem(await client.delete(me), 401, "unauthorized")
+    garbage = {"Authorization": "Bearer x.y.z"}
+    assert_problem(await client.post(me, headers=garbage), 401, "unauthorized")
+    basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+    assert_problem(await client.post(me, headers=basic), 401, "unauthorized")
+
+
+async def test_follow_lists_page_newest_first_exactly_once(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    star = await a_member(services)
+    fans = await many_users(services, 7)
+    for fan in fans:
+        response = await client.post(
+            f"/api/v1/accounts/{star.username}/follow", headers=fan.headers
+        )
+        assert response.status_code == 204
+
+    late_fans = iter(await many_users(services, 3))
+
+    async def another_fan_arrives() -> None:
+        fan = next(late_fans, None)
+        if fan is not None:
+            await client.post(
+                f"/api/v1/accounts/{star.username}/follow", headers=fan.headers
+            )
+
+    followers = await walk(
+        client,
+        f"/api/v1/accounts/{star.username}/followers",
+        between_pages=another_fan_arrives,
+    )
+    # Newest first; those who arrive during the walk sort before its cursor.
+    assert [f["username"] for f in followers] == [f.username for f in reversed(fans)]
+
+    following = await client.get(f"/api/v1/accounts/{fans[0].username}/following")
+    assert following.json() == {
+        "items": [
+            {
+                "id": star.id,
+                "username": star.username,
+                "display_name": star.username,
+                "avatar_url": None,
+            }
+        ],
+        "next_cursor": None,
+    }
+    profile = await client.get(f"/api/v1/accounts/{star.username}")
+    assert profile.json()["follower_count"] == 10
+
+
+async def test_follow_lists_of_unknown_accounts_and_bad_cursors(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    alice = await a_member(services)
+    bob = await a_member(services)
+    for fan in await many_users(services, 3):
+        await client.post(
+            f"/api/v1/accounts/{alice.username}/follow", headers=fan.headers
+        )
+        await client.post(
+            f"/api/v1/accounts/{bob.username}/follow", headers=fan.headers
+        )
+
+    for which in ("followers", "following", "posts"):
+        response = await client.get(f"/api/v1/accounts/nobody_here/{which}")
+        assert_problem(response, 404, "not_found")
+
+    page = await client.get(
+        f"/api/v1/accounts/{alice.username}/followers", params={"limit": 1}
+    )
+    cursor = page.json()["next_cursor"]
+    assert cursor
+    # A cursor of one list is refused on every other list.
+    for other in (
+        f"/api/v1/accounts/{bob.username}/followers",
+        f"/api/v1/accounts/{alice.username}/following",
+        "/api/v1/feed/public",
+        f"/api/v1/accounts/{alice.username}/posts",
+    ):
+        response = await client.get(other, params={"cursor": cursor})
+        assert_problem(response, 400, "invalid_cursor")
+    tampered = cursor[:-2] + ("AA" if not cursor.endswith("AA") else "BB")
+    for bad in (tampered, "", "!!!", "a" * 1024, "eyJzIjoiZm9sbG93ZXJzIn0"):
+        response = await client.get(
+            f"/api/v1/accounts/{alice.username}/followers", params={"cursor": bad}
+        )
+        assert_problem(response, 400, "invalid_cursor")
+    response = await client.get(
+        f"/api/v1/accounts/{alice.username}/followers", params={"cursor": "a" * 1025}
+    )
+    assert_problem(response, 422, "validation_failed")
+
+
+@pytest.mark.parametrize("limit", ["0", "101", "-1", "ten", "1.5", ""])
+async def test_page_sizes_out_of_range_are_422(
+    client: httpx.AsyncClient, services: Services, limit: str
+) -> None:
+    alice = await a_member(services)
+    for path in (
+        f"/api/v1/accounts/{alice.username}/followers",
+        f"/api/v1/accounts/{alice.username}/following",
+        f"/api/v1/accounts/{alice.username}/posts",
+        "/api/v1/feed/public",
+        "/api/v1/feed/trending",
+        "/api/v1/tags/dog",
+    ):
+        response = await client.get(path, params={"limit": limit})
+        assert_problem(response, 422, "validation_failed")
