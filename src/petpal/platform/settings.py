@@ -71,7 +71,8 @@ class Settings(BaseSettings):
 
     @property
     def media_dir(self) -> Path:
-        return self.data_dir / "media"
+        """Root of the local object store (keys start with media/ or incoming/)."""
+        return self.data_dir / "storage"
 
     def secret_key_or_generate(self) -> str:
         if self.secret_key:

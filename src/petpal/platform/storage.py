@@ -12,17 +12,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import obstore
-from obstore.exceptions import NotFoundError as ObjectNotFoundError
+from obstore.exceptions import NotFoundError as _StoreNotFoundError
 from obstore.store import LocalStore, ObjectStore, from_url
 
 from petpal.platform.settings import Settings
 
 __all__ = ["ObjectNotFoundError", "Storage"]
 
+# The local store reports a missing object as FileNotFoundError, remote ones
+# as obstore's NotFoundError: callers catch either through this one name.
+ObjectNotFoundError = (_StoreNotFoundError, FileNotFoundError)
+
 
 class Storage:
     def __init__(self, settings: Settings) -> None:
         self.store: ObjectStore
+        # Object stores keep the content type with the object; the local file
+        # system cannot, and the file route derives it from the key instead.
+        self._keeps_attributes = bool(settings.storage_url)
         if settings.storage_url:
             self.store = from_url(settings.storage_url)
         else:
@@ -34,9 +41,12 @@ class Storage:
         return f"{self.base_url}/{key}"
 
     async def put(self, key: str, data: bytes | Path, content_type: str) -> None:
-        await obstore.put_async(
-            self.store, key, data, attributes={"Content-Type": content_type}
-        )
+        if self._keeps_attributes:
+            await obstore.put_async(
+                self.store, key, data, attributes={"Content-Type": content_type}
+            )
+        else:
+            await obstore.put_async(self.store, key, data)
 
     async def get_bytes(self, key: str) -> bytes:
         result = await obstore.get_async(self.store, key)

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+
+from petpal.platform.app import create_app
+from petpal.platform.services import Services
+from petpal.platform.settings import Settings
+from tests.factories import a_user, an_uploaded_photo, drain_jobs
+from tests.identity.test_accounts import assert_problem
+
+EDGE = Path(__file__).parent.parent / "fixtures" / "photos" / "edge-cases"
+CAMERA = Path(__file__).parent.parent / "fixtures" / "photos" / "camera-exif"
+
+
+async def upload_bytes(
+    client: httpx.AsyncClient, headers: dict[str, str], data: bytes, name: str = "x.jpg"
+) -> httpx.Response:
+    return await client.post(
+        "/api/v1/media", headers=headers, files={"file": (name, data, "image/jpeg")}
+    )
+
+
+async def test_phone_photo_comes_out_upright_and_without_metadata(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    user = await a_user(client)
+    source = CAMERA / "apple_iphone5_ori3_gps.jpg"
+    with source.open("rb") as f:
+        accepted = await client.post(
+            "/api/v1/media",
+            headers=user.headers,
+            files={"file": ("p.jpg", f, "image/jpeg")},
+        )
+    assert accepted.status_code == 202
+    assert accepted.json()["status"] == "processing"
+    assert accepted.headers["location"] == f"/api/v1/media/{accepted.json()['id']}"
+
+    await drain_jobs(services)
+    media = (
+        await client.get(accepted.headers["location"], headers=user.headers)
+    ).json()
+    assert media["status"] == "ready"
+    assert media["blurhash"]
+    names = {v["name"] for v in media["variants"]}
+    assert {"small", "medium", "large", "original"} <= names
+
+    reference = Image.open(source)
+    upright = reference.rotate(180)  # orientation 3 means "stored upside down"
+    for variant in media["variants"]:
+        served = await client.get(variant["url"])
+        assert served.status_code == 200
+        assert b"Exif" not in served.content[:4096]
+        image = Image.open(io.BytesIO(served.content))
+        assert (image.width, image.height) == (variant["width"], variant["height"])
+        assert not dict(image.getexif())
+        assert not {"exif", "icc_profile", "xmp", "comment"} & set(image.info)
+        if variant["name"] == "small":
+            expected = upright.resize(image.size).convert("RGB")
+            diff = sum(
+                abs(a - b)
+                for a, b in zip(
+                    image.convert("L").tobytes(),
+                    expected.convert("L").tobytes(),
+                    strict=True,
+                )
+            ) / (image.width * image.height)
+            assert diff < 20, diff
+
+    # The raw upload, which held the GPS position, is gone from storage.
+    assert [
+        p
+        for p in (services.settings.media_dir).rglob("*")
+        if "incoming" in str(p) and p.is_file()
+    ] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("bmp_cat_1_2MB.bmp", 415, "unsupported_media_type"),
+        ("decompression_bomb_65535x66601.gif", 413, "too_many_pixels"),
+        ("zero_width.gif", 422, "unreadable_image"),
+        ("png_text_chunk_bomb.png", 422, "unreadable_image"),
+    ],
+)
+async def test_refused_before_decoding(
+    client: httpx.AsyncClient, name: str, status: int, code: str
+) -> None:
+    user = await a_user(client)
+    response = await upload_bytes(
+        client, user.headers, (EDGE / name).read_bytes(), name
+    )
+    assert_problem(response, status, code)
+
+
+async def test_truncated_photo_ends_failed_with_a_reason(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    user = await a_user(client)
+    media = await an_uploaded_photo(
+        client, user, EDGE / "truncated_real_photo.jpg", services
+    )
+    assert media["status"] == "failed"
+    assert "truncated" in media["failure_reason"]
+    assert media["variants"] == []
+
+
+@pytest.mark.parametrize(
+    "payload", [b"hello, this is text", b"%PDF-1.7\n", b"\x00" * 100, b"GIF8"]
+)
+async def test_non_images_are_415(client: httpx.AsyncClient, payload: bytes) -> None:
+    user = await a_user(client)
+    assert_problem(await upload_bytes(client, user.headers, payload), 415)
+
+
+async def test_empty_file_is_refused(client: httpx.AsyncClient) -> None:
+    user = await a_user(client)
+    response = await upload_bytes(client, user.headers, b"")
+    assert response.status_code in (415, 422)
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_upload_needs_a_token(client: httpx.AsyncClient) -> None:
+    assert_problem(await upload_bytes(client, {}, b"x"), 401)
+
+
+async def test_upload_must_be_multipart_with_a_file_field(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await a_user(client)
+    as_json = await client.post(
+        "/api/v1/media", headers=user.headers, json={"file": "x"}
+    )
+    assert_problem(as_json, 415)
+    wrong_field = await client.post(
+        "/api/v1/media",
+        headers=user.headers,
+        files={"photo": ("a.jpg", b"x", "image/jpeg")},
+    )
+    assert_problem(wrong_field, 400, "malformed_upload")
+    broken = await client.post(
+        "/api/v1/media",
+        headers={**user.headers, "content-type": "multipart/form-data; boundary=zzz"},
+        content=b"--zzz\r\nthis is not a part header\r\n\r\n",
+    )
+    assert broken.status_code == 400
+
+
+@pytest.fixture
+async def small_limit_client(settings: Settings) -> httpx.AsyncClient:
+    limited = settings.model_copy(update={"max_upload_bytes": 50_000})
+    app: FastAPI = create_app(limited)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            yield c
+
+
+async def test_oversized_upload_is_413(small_limit_client: httpx.AsyncClient) -> None:
+    user = await a_user(small_limit_client)
+    data = (CAMERA / "orientation_1_landscape.jpg").read_bytes()
+    response = await upload_bytes(small_limit_client, user.headers, data)
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_media_of_others_is_hidden_until_ready(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    owner, other = await a_user(client), await a_user(client)
+    media = await an_uploaded_photo(
+        client, owner, EDGE / "truncated_small_progressive.jpg"
+    )
+    assert_problem(
+        await client.get(f"/api/v1/media/{media['id']}", headers=other.headers), 404
+    )
+    assert (
+        await client.get(f"/api/v1/media/{media['id']}", headers=owner.headers)
+    ).status_code == 200
+
+
+@pytest.mark.parametrize("media_id", ["nope", "01J00000000000000000000000", "x" * 300])
+async def test_unknown_media_is_404(client: httpx.AsyncClient, media_id: str) -> None:
+    assert_problem(await client.get(f"/api/v1/media/{media_id}"), 404)
+
+
+@pytest.mark.parametrize(
+    "path", ["incoming/x", "media/../incoming/x", "../secret.key", "media/nothing.jpg"]
+)
+async def test_only_processed_files_are_served(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    response = await client.get(f"/media-files/{path}")
+    assert response.status_code == 404
