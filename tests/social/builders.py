@@ -37,10 +37,10 @@ async def a_photo(
     """A ready photo of ``user``, as the media service leaves one.
 
     Made in the database rather than uploaded: social needs a ready media item
-    of the author's, not image processing, which the media tests cover; and it
-    keeps these tests free of the job relay (see conftest.py).
-    TODO(media-upload): ``a_ready_photo(client, user, services, photos /
-    LANDSCAPE)`` once storage.put works on the local store.
+    of the author's, not image processing, which tests/media covers. A real
+    upload costs seconds of processing each on a shared machine, and needs the
+    job relay these tests run without (see conftest.py); with it back on,
+    ``a_ready_photo(client, user, services, photos / LANDSCAPE)`` drops in.
     """
     media_id = new_id()
     async with services.db.write_session() as session:

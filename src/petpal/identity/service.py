@@ -306,7 +306,7 @@ async def ids_for_usernames(services: Services, usernames: list[str]) -> dict[st
                 Account.username_canonical.in_(usernames)
             )
         )
-        return dict(rows.tuples())
+        return {row[0]: row[1] for row in rows}
 
 
 async def get_profile(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from enum import StrEnum
 from typing import Annotated
 
@@ -23,6 +24,7 @@ EARLIEST_BIRTH_DATE = dt.date(1950, 1, 1)
 # The calendar runs furthest ahead at UTC+14 (Kiribati): a pet born "today"
 # there is born tomorrow in UTC, and that is not a date in the future.
 _EARLIEST_TIME_ZONE = dt.timedelta(hours=14)
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class Species(StrEnum):
@@ -40,9 +42,11 @@ class Species(StrEnum):
 
 
 def _iso_date_only(value: object) -> object:
-    # Lax pydantic would read a number as a Unix timestamp; JSON has no date
-    # type, so a date is an ISO string (or, from Python, a date) and that is all.
-    if isinstance(value, str | dt.date) and not isinstance(value, dt.datetime):
+    # Lax pydantic reads a number as a Unix timestamp and a midnight datetime
+    # as its date; JSON has no date type, so a date is "YYYY-MM-DD" and only that.
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
         return value
     raise ValueError("a date is a string in the form YYYY-MM-DD")
 

@@ -46,6 +46,10 @@ queries_in_scope: contextvars.ContextVar[list[int] | None] = contextvars.Context
 )
 
 
+# Set in ``session.info`` by jobs.enqueue, so a commit knows it added jobs.
+JOBS_ENQUEUED = "petpal_jobs_enqueued"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -78,7 +82,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _count_query(*_args: Any) -> None:
+def _count_query(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    if statement.startswith("BEGIN"):
+        return  # our own transaction start on SQLite, not a query
     DB_QUERIES.inc()
     counter = queries_in_scope.get()
     if counter is not None:
@@ -124,8 +130,8 @@ class Database:
         self._writers = async_sessionmaker(writer, expire_on_commit=False)
         self._after_commit_hooks: list[Callable[[], None]] = []
 
-    def on_commit(self, hook: Callable[[], None]) -> None:
-        """Run ``hook`` after every successful write commit (wakes job relays)."""
+    def on_job_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` after a write commit that enqueued a job (wakes relays)."""
         self._after_commit_hooks.append(hook)
 
     @asynccontextmanager
@@ -136,10 +142,13 @@ class Database:
     @asynccontextmanager
     async def write_session(self) -> AsyncIterator[AsyncSession]:
         """A session whose transaction commits when the block ends cleanly."""
-        async with self._writers() as session, session.begin():
-            yield session
-        for hook in self._after_commit_hooks:
-            hook()
+        async with self._writers() as session:
+            async with session.begin():
+                yield session
+            enqueued = session.info.pop(JOBS_ENQUEUED, False)
+        if enqueued:
+            for hook in self._after_commit_hooks:
+                hook()
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -27,7 +27,7 @@ from sqlalchemy import JSON, Integer, String, Text, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from petpal.platform.db import Base, Database, UTCDateTime, utcnow
+from petpal.platform.db import JOBS_ENQUEUED, Base, Database, UTCDateTime, utcnow
 from petpal.platform.ids import new_id
 
 log = structlog.get_logger(__name__)
@@ -92,6 +92,7 @@ def enqueue(session: AsyncSession, kind: str, payload: dict[str, Any]) -> str:
     """Add a job to the outbox in ``session``'s transaction; returns its id."""
     now = utcnow()
     job_id = new_id()
+    session.info[JOBS_ENQUEUED] = True
     session.add(
         OutboxJob(
             id=job_id,
@@ -143,14 +144,26 @@ class EmbeddedRelay:
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name="petpal-job-relay")
 
-    async def stop(self) -> None:
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop claiming, let running jobs finish, then end the loop.
+
+        The loop is asked to stop between turns rather than cancelled: a task
+        cancelled inside an aiosqlite call can wait forever on a future the
+        driver's thread never resolves. Jobs still running after the grace
+        period are cancelled; their lease makes them due again later.
+        """
         self._stopping = True
         self._wake.set()
+        pending = set(self._running)
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+            pending.add(self._loop_task)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=grace_seconds)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1.0)
 
     async def drain(self, within_seconds: float = 30.0) -> None:
         """Wait until no job is due or running (tests and the seed use this)."""
@@ -174,8 +187,7 @@ class EmbeddedRelay:
 
     async def _loop(self) -> None:
         await self._reclaim_expired_leases()
-        # stop() sets the flag as well as cancelling, so the loop ends even
-        # if the cancellation arrives while a claim is being recorded.
+        # stop() sets the flag and wakes the loop: it ends between turns.
         while not self._stopping:
             try:
                 await self._claim_and_start()

@@ -40,7 +40,7 @@ class Services:
                 poll_seconds=settings.job_poll_seconds,
                 max_attempts=settings.job_max_attempts,
             )
-            db.on_commit(services.relay.wake)
+            db.on_job_commit(services.relay.wake)
         return services
 
     async def start(self) -> None:
