@@ -13,10 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy
 from fastapi import FastAPI
 
-from petpal.models import metadata
 from petpal.platform.app import create_app
 from petpal.platform.migrate import upgrade
 from petpal.platform.services import Services
@@ -30,11 +28,6 @@ PHOTOS = FIXTURES / "photos"
 def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = tmp_path_factory.mktemp("template")
     upgrade(Settings(data_dir=data_dir, secret_key="template"))
-    # TODO(initial-migration): drop once every service's tables are in the
-    # Alembic history; test_migrations checks models and migrations agree.
-    engine = sqlalchemy.create_engine(f"sqlite:///{data_dir / 'petpal.sqlite3'}")
-    metadata.create_all(engine, checkfirst=True)
-    engine.dispose()
     return data_dir / "petpal.sqlite3"
 
 
