@@ -70,7 +70,7 @@ class Storage:
         return size, chunks()
 
     async def delete(self, key: str) -> None:
-        with contextlib.suppress(ObjectNotFoundError):
+        with contextlib.suppress(*ObjectNotFoundError):
             await obstore.delete_async(self.store, key)
 
     async def check(self) -> None:
