@@ -15,6 +15,20 @@ _counter = itertools.count(1)
 PASSWORD = "correct horse battery staple"
 
 
+def assert_problem(
+    response: httpx.Response, status: int, code: str | None = None
+) -> dict[str, Any]:
+    """Check that ``response`` is an RFC 9457 problem with this status (and code)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert isinstance(body["code"], str)
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
 @dataclass
 class User:
     id: str

@@ -5,18 +5,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.factories import PASSWORD, a_user
-
-
-def assert_problem(
-    response: httpx.Response, status: int, code: str | None = None
-) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code, body
+from tests.factories import PASSWORD, a_user, assert_problem
 
 
 def sign_up_body(username: str, **overrides: object) -> dict[str, object]:

@@ -11,8 +11,7 @@ from PIL import Image
 from petpal.platform.app import create_app
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings
-from tests.factories import a_user, an_uploaded_photo, drain_jobs
-from tests.identity.test_accounts import assert_problem
+from tests.factories import a_user, an_uploaded_photo, assert_problem, drain_jobs
 
 EDGE = Path(__file__).parent.parent / "fixtures" / "photos" / "edge-cases"
 CAMERA = Path(__file__).parent.parent / "fixtures" / "photos" / "camera-exif"

@@ -18,18 +18,6 @@ ADOPTIONS = "/api/v1/adoptions"
 OF_THE_DAY = "/api/v1/pets/of-the-day"
 
 
-def assert_problem(
-    response: httpx.Response, status: int, code: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
 async def a_pet(
     client: httpx.AsyncClient, owner: User, **fields: Any
 ) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.factories import a_user
-from tests.pets.helpers import ADOPTIONS, PETS, a_pet, assert_problem, walk
+from tests.factories import a_user, assert_problem
+from tests.pets.helpers import ADOPTIONS, PETS, a_pet, walk
 
 
 async def _listed_ids(client: httpx.AsyncClient, **params: str) -> list[str]:

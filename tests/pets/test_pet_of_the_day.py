@@ -16,8 +16,8 @@ from petpal.pets import service
 from petpal.pets.models import Pet, PetOfTheDay
 from petpal.platform.db import queries_in_scope
 from petpal.platform.services import Services
-from tests.factories import User, a_user
-from tests.pets.helpers import OF_THE_DAY, PETS, a_pet, a_photo, assert_problem
+from tests.factories import User, a_user, assert_problem
+from tests.pets.helpers import OF_THE_DAY, PETS, a_pet, a_photo
 
 
 def _freeze_clock(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> None:
@@ -242,3 +242,28 @@ async def test_no_pick_when_no_pet_has_a_photo(
     await a_pet(client, owner)
 
     assert await service.do_pick_pet_of_the_day(services, date(2043, 1, 1)) is None
+
+
+async def test_a_stored_pick_that_lost_its_photo_is_replaced(
+    client: httpx.AsyncClient, services: Services, owner: User, photo_id: str
+) -> None:
+    # Removing a photo drops only today's pick; another day's pick of that
+    # pet is found stale, and replaced, when that day is asked for.
+    first, second = await _pets_with_photo(client, owner, photo_id, 2)
+    day = date(2044, 2, 29)
+    async with services.db.write_session() as session:
+        await service._claim_day(session, day, first)
+
+    response = await client.patch(
+        f"{PETS}/{first}", headers=owner.headers, json={"photo_media_id": None}
+    )
+    assert response.status_code == 200
+
+    assert await service.do_pick_pet_of_the_day(services, day) == second
+    async with services.db.read_session() as session:
+        stored = list(
+            await session.scalars(
+                select(PetOfTheDay.pet_id).where(PetOfTheDay.day == day)
+            )
+        )
+    assert stored == [second]

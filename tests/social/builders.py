@@ -19,18 +19,6 @@ LANDSCAPE = Path("camera-exif") / "orientation_1_landscape.jpg"
 VARIANT_URL = "/media-files/media/{}/medium.jpg"
 
 
-def assert_problem(
-    response: httpx.Response, status: int, code: str | None = None
-) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    assert isinstance(body["code"], str)
-    if code is not None:
-        assert body["code"] == code, body
-
-
 async def a_photo(
     client: httpx.AsyncClient, user: User, services: Services, photos: Path
 ) -> str:

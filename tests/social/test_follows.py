@@ -4,8 +4,8 @@ import httpx
 import pytest
 
 from petpal.platform.services import Services
-from tests.factories import a_user
-from tests.social.builders import a_member, assert_problem, many_users, walk
+from tests.factories import a_user, assert_problem
+from tests.social.builders import a_member, many_users, walk
 
 
 async def test_follow_and_unfollow_are_idempotent_and_counted(

@@ -7,11 +7,11 @@ import httpx
 import pytest
 
 from petpal.platform.services import Services
+from tests.factories import assert_problem
 from tests.social.builders import (
     a_member,
     a_photo,
     a_post,
-    assert_problem,
     many_users,
     walk,
 )

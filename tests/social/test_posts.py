@@ -15,13 +15,12 @@ from petpal.social.models import (
     PostMention,
     PostTag,
 )
-from tests.factories import a_user
+from tests.factories import a_user, assert_problem
 from tests.social.builders import (
     VARIANT_URL,
     a_member,
     a_photo,
     a_post,
-    assert_problem,
     many_users,
 )
 

@@ -222,7 +222,12 @@ async def _page(
 
 
 async def _owned_pet(session: AsyncSession, pet_id: str, account_id: str) -> Pet:
-    pet = await session.get(Pet, pet_id) if is_valid_id(pet_id) else None
+    """The pet, locked for this write (PostgreSQL; SQLite writers are serial)."""
+    pet = (
+        await session.get(Pet, pet_id, with_for_update=True)
+        if is_valid_id(pet_id)
+        else None
+    )
     if pet is None:
         raise NotFoundError("the pet")
     if pet.owner_id != account_id:
@@ -260,13 +265,13 @@ async def do_update_pet(
     for field in ("breed", "bio", "location"):
         if field in changes and changes[field] is None:
             changes[field] = ""
-    dropped_pick = False
+    today, dropped_pick = today_utc(), False
     async with services.db.write_session() as session:
         pet = await _owned_pet(session, pet_id, account_id)
         if changes.get("photo_media_id") is not None:
             await require_ready_media(session, [changes["photo_media_id"]], account_id)
         elif "photo_media_id" in changes and pet.photo_media_id is not None:
-            dropped_pick = await _drop_todays_pick(session, pet.id)
+            dropped_pick = await _drop_pick(session, today, pet.id)
         if "available_for_adoption" in changes:
             listed = changes.pop("available_for_adoption")
             if not listed:
@@ -282,20 +287,21 @@ async def do_update_pet(
         stored = _StoredPet.model_validate(pet)
     await services.cache.invalidate(pet_key(pet_id))
     if dropped_pick:
-        await services.cache.invalidate(pet_of_the_day_key(today_utc()))
+        await services.cache.invalidate(pet_of_the_day_key(today))
     return await _fresh_view(services, stored)
 
 
 async def do_delete_pet(services: Services, pet_id: str, account_id: str) -> None:
+    today = today_utc()
     async with services.db.write_session() as session:
         pet = await _owned_pet(session, pet_id, account_id)
-        # The foreign key would remove the pick too; asking first tells us
+        # The foreign key would remove the pick too; deleting it here tells us
         # whether the cached pick has to go.
-        dropped_pick = await _drop_todays_pick(session, pet.id)
+        dropped_pick = await _drop_pick(session, today, pet.id)
         await session.execute(delete(Pet).where(Pet.id == pet.id))
     await services.cache.invalidate(pet_key(pet_id))
     if dropped_pick:
-        await services.cache.invalidate(pet_of_the_day_key(today_utc()))
+        await services.cache.invalidate(pet_of_the_day_key(today))
 
 
 async def _fresh_view(services: Services, pet: _StoredPet) -> PetView:
@@ -434,12 +440,10 @@ async def _claim_day(session: AsyncSession, day: date, pet_id: str) -> str:
     return winner
 
 
-async def _drop_todays_pick(session: AsyncSession, pet_id: str) -> bool:
-    """Forget today's pick if it is ``pet_id``; True if it was."""
+async def _drop_pick(session: AsyncSession, day: date, pet_id: str) -> bool:
+    """Forget ``day``'s pick if it is ``pet_id``; True if it was."""
     dropped = await session.execute(
-        delete(PetOfTheDay).where(
-            PetOfTheDay.day == today_utc(), PetOfTheDay.pet_id == pet_id
-        )
+        delete(PetOfTheDay).where(PetOfTheDay.day == day, PetOfTheDay.pet_id == pet_id)
     )
     return bool(getattr(dropped, "rowcount", 0))
 

@@ -170,11 +170,15 @@ class EmbeddedRelay:
         deadline = asyncio.get_running_loop().time() + within_seconds
         while asyncio.get_running_loop().time() < deadline:
             self.wake()
-            idle = not self._running and not self._claiming
-            if idle and not await self._has_due_jobs() and not self._claiming:
+            # Idle before and after the query: the relay may claim and start a
+            # job while the query runs, and then nothing is "due" any more.
+            if self._idle() and not await self._has_due_jobs() and self._idle():
                 return
             await asyncio.sleep(0.02)
         raise TimeoutError("jobs still pending after drain timeout")
+
+    def _idle(self) -> bool:
+        return not self._running and not self._claiming
 
     async def _has_due_jobs(self) -> bool:
         async with self._db.read_session() as session:
