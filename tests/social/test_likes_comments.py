@@ -175,6 +175,8 @@ async def test_concurrent_comments_and_deletes_keep_the_count_exact(
     ("body", "code"),
     [
         ({"body": ""}, "validation_failed"),
+        ({"body": "  \n\t "}, "validation_failed"),
+        ({"body": "\u200b\u2060"}, "validation_failed"),
         ({"body": "x" * 1001}, "validation_failed"),
         ({"body": None}, "validation_failed"),
         ({"body": 7}, "validation_failed"),

@@ -75,7 +75,19 @@ def check_storable(value: str) -> str:
     return value
 
 
+def check_visible(value: str) -> str:
+    """Refuse text made only of spaces and invisible characters."""
+    if all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc") for ch in value):
+        raise ValueError("text must contain at least one visible character")
+    return value
+
+
 StorableText = Annotated[str, AfterValidator(check_storable)]
+# For names and comments: a value of only blanks or zero-width characters
+# would render as nothing at all.
+VisibleText = Annotated[
+    str, AfterValidator(check_storable), AfterValidator(check_visible)
+]
 
 
 def canonical_tag(tag: str) -> str:

@@ -7,10 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from petpal.identity.schemas import AccountSummary
 from petpal.media.schemas import MediaView
-from petpal.platform.text import StorableText
+from petpal.platform.text import StorableText, VisibleText
 
 Caption = Annotated[StorableText, StringConstraints(max_length=2200)]
-CommentBody = Annotated[StorableText, StringConstraints(min_length=1, max_length=1000)]
+CommentBody = Annotated[VisibleText, StringConstraints(min_length=1, max_length=1000)]
 # Generous for a 26-character ULID: the owning service says why an id is bad.
 ForeignId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
