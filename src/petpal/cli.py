@@ -81,10 +81,13 @@ def jobs_dead(data_dir: DataDir = None) -> None:
 
     async def run() -> None:
         db = Database(_settings(data_dir))
-        for row in await list_dead_jobs(db):
+        rows = await list_dead_jobs(db)
+        for row in rows:
             typer.echo(
                 f"{row.id}  {row.kind}  attempts={row.attempts}  {row.last_error}"
             )
+        if not rows:
+            typer.echo("no dead jobs")
         await db.dispose()
 
     asyncio.run(run())

@@ -302,6 +302,7 @@ async def test_profile_update_keeps_unicode_byte_for_byte(
         {"display_name": ""},
         {"bio": "x" * 501},
         {"avatar_media_id": "not-a-media-id"},
+        {"avatar_media_id": ""},
         {"avatar_media_id": "01J00000000000000000000000"},
         {"email": "new@example.org"},
         {"bio": 7},

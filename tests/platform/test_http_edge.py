@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 
 async def test_liveness_readiness_and_metrics(client: httpx.AsyncClient) -> None:
@@ -40,3 +41,36 @@ async def test_openapi_documents_the_api(client: httpx.AsyncClient) -> None:
     for path in ("/api/v1/accounts", "/api/v1/auth/token", "/api/v1/media"):
         assert path in schema["paths"]
     assert (await client.get("/docs")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "media//x",
+        "media/01M911CEGT3NK0JZ0V2W5W54ET//small.jpg",
+        "media/01M911CEGT3NK0JZ0V2W5W54ET/small.jpg/",
+        "media/01M911CEGT3NK0JZ0V2W5W54ET/../../secret.key",
+        "incoming/01M911CEGT3NK0JZ0V2W5W54ET",
+    ],
+)
+async def test_odd_media_file_paths_are_404(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(f"/media-files/{path}")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_file_paths_share_one_metrics_label(client: httpx.AsyncClient) -> None:
+    for n in range(3):
+        await client.get(f"/media-files/media/x{n}/y{n}")
+    metrics = (await client.get("/metrics")).text
+    assert 'route="/media-files/{key}"' in metrics
+    assert "x1/y1" not in metrics
+
+
+async def test_openapi_documents_problem_responses(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    assert "Problem" in schema["components"]["schemas"]
+    create_post = schema["paths"]["/api/v1/posts"]["post"]["responses"]
+    for status in ("401", "413", "422"):
+        assert "application/problem+json" in create_post[status]["content"]
+    assert "application/json" not in create_post["422"]["content"]

@@ -363,7 +363,7 @@ async def do_update_me(services: Services, account_id: str, data: ProfileUpdate)
         account = await session.get(Account, account_id)
         if account is None:
             raise NotFoundError("the account")
-        if changes.get("avatar_media_id"):
+        if changes.get("avatar_media_id") is not None:
             await require_ready_media(session, [changes["avatar_media_id"]], account_id)
         for field, value in changes.items():
             setattr(account, field, value)

@@ -7,17 +7,21 @@ same factory with ``services=`` naming the ones that deployment serves.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from petpal.platform.errors import (
+    PROBLEM_MEDIA_TYPE,
     BodyTooLargeError,
     NotFoundError,
     install_problem_handlers,
@@ -31,6 +35,41 @@ from petpal.platform.storage import ObjectNotFoundError
 
 SERVICE_NAMES = ("identity", "pets", "social", "media")
 API_PREFIX = "/api/v1"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, the body of every error response."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    code: str = Field(description="Machine-readable reason, e.g. 'not_found'")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="Each invalid field, for validation_failed"
+    )
+
+
+_PROBLEM_CONTENT = {
+    PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}
+}
+# Documented on every API route, so clients and schema-driven tests know that
+# errors are problem documents (this also replaces FastAPI's default 422 body).
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": _PROBLEM_CONTENT}
+    for status, description in {
+        400: "Malformed JSON, multipart body or cursor",
+        401: "Missing, invalid or expired access token",
+        403: "The object belongs to someone else",
+        404: "No such object",
+        409: "Conflicts with existing data (e.g. a taken username)",
+        413: "Body, file or image too large",
+        415: "Unsupported content or media type",
+        422: "Well-formed but invalid input",
+        503: "A backend is unavailable; retry after Retry-After seconds",
+    }.items()
+}
 
 
 class BodyLimitMiddleware:
@@ -108,9 +147,12 @@ def create_app(
     install_problem_handlers(app)
     for name in services:
         module = importlib.import_module(f"petpal.{name}.api")
-        app.include_router(module.router, prefix=API_PREFIX)
+        app.include_router(
+            module.router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES
+        )
         importlib.import_module(f"petpal.{name}.tasks")
     _add_operational_routes(app)
+    _register_problem_schema(app)
     app.add_middleware(
         BodyLimitMiddleware,
         max_json=settings.max_json_body_bytes,
@@ -118,6 +160,20 @@ def create_app(
     )
     app.add_middleware(RequestEdgeMiddleware)
     return app
+
+
+def _register_problem_schema(app: FastAPI) -> None:
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build_schema()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["Problem"] = Problem.model_json_schema()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_operational_routes(app: FastAPI) -> None:
@@ -165,7 +221,7 @@ def _add_operational_routes(app: FastAPI) -> None:
     @app.get("/media-files/{key:path}", include_in_schema=False)
     async def media_file(key: str, request: Request) -> Response:
         # Only processed variants live under media/; raw uploads never leave.
-        if not key.startswith("media/") or ".." in key.split("/"):
+        if not _SERVED_KEY.fullmatch(key):
             raise NotFoundError("the file")
         platform: Services = request.app.state.services
         try:
@@ -181,6 +237,11 @@ def _add_operational_routes(app: FastAPI) -> None:
                 "X-Content-Type-Options": "nosniff",
             },
         )
+
+
+# media/<26-character id>/<variant>.<extension>: what media.tasks writes, and
+# nothing else (no empty segments, no dot-dot, no trailing slash).
+_SERVED_KEY = re.compile(r"media/[0-9A-Z]{26}/[a-z]{1,20}\.(jpg|webp|png)")
 
 
 def _content_type_for(key: str) -> str:

@@ -63,8 +63,15 @@ def route_template(scope: Scope) -> str:
     """
     if scope.get("route") is None:
         return "unmatched"
-    segments = scope["path"].split("/")
-    for name, value in scope.get("path_params", {}).items():
+    path: str = scope["path"]
+    params = scope.get("path_params", {})
+    for name, value in params.items():
+        text = str(value)
+        # A {name:path} parameter spans segments; it always ends the path.
+        if "/" in text and path.endswith(text):
+            path = path[: len(path) - len(text)] + "{" + name + "}"
+    segments = path.split("/")
+    for name, value in params.items():
         text = str(value)
         for index in range(len(segments) - 1, -1, -1):
             if segments[index] == text:

@@ -1,8 +1,9 @@
 """Opaque, signed cursors and the list envelope every list route returns.
 
 A cursor is the sort key of the last item of a page, serialized, signed with
-the app's secret and base64url-encoded. Clients cannot read or forge it: a
-cursor that does not verify is a 400, never a silently wrong page.
+the app's secret and base64url-encoded. Clients must treat it as opaque (its
+content may change between releases) and cannot forge it: a cursor that does
+not verify is a 400, never a silently wrong page.
 """
 
 from __future__ import annotations
