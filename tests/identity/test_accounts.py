@@ -299,6 +299,7 @@ async def test_profile_update_keeps_unicode_byte_for_byte(
         {"display_name": None},
         {"display_name": "   "},
         {"display_name": "\u200b\u200d"},
+        {"display_name": "\u202egnp.exe"},
         {"display_name": ""},
         {"bio": "x" * 501},
         {"avatar_media_id": "not-a-media-id"},

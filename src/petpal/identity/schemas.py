@@ -5,9 +5,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from petpal.platform.text import StorableText, VisibleText
+from petpal.platform.text import NameText, StorableText
 
-DisplayName = Annotated[VisibleText, StringConstraints(min_length=1, max_length=50)]
+DisplayName = Annotated[NameText, StringConstraints(min_length=1, max_length=50)]
 Bio = Annotated[StorableText, StringConstraints(max_length=500)]
 Password = Annotated[StorableText, StringConstraints(min_length=8, max_length=256)]
 

@@ -82,12 +82,24 @@ def check_visible(value: str) -> str:
     return value
 
 
+# Embedding and override controls can make a name display as something else
+# ("\u202egnp.exe" shows as "exe.png"); right-to-left letters stay welcome.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def check_name(value: str) -> str:
+    if any(ch in _BIDI_CONTROLS for ch in value):
+        raise ValueError("names may not contain bidirectional control characters")
+    return value
+
+
 StorableText = Annotated[str, AfterValidator(check_storable)]
 # For names and comments: a value of only blanks or zero-width characters
 # would render as nothing at all.
 VisibleText = Annotated[
     str, AfterValidator(check_storable), AfterValidator(check_visible)
 ]
+NameText = Annotated[VisibleText, AfterValidator(check_name)]
 
 
 def canonical_tag(tag: str) -> str:
