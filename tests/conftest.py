@@ -1,19 +1,38 @@
-"""Shared fixtures: a migrated SQLite database per test and an app client.
+"""Shared fixtures: a freshly migrated database per test and an app client.
 
-Migrations run once per session into a template database; each test gets a
-copy of that file, so every test starts from the real schema in a few
-milliseconds.
+The suite runs in the mode the environment chooses, with the same tests:
+
+- embedded (the default): migrations run once per session into a template
+  SQLite file; each test gets a copy of it and the in-process cache.
+- distributed: ``PETPAL_TEST_DATABASE_URL`` names a PostgreSQL server by an
+  admin URL (``postgresql+asyncpg://postgres@127.0.0.1:5432/postgres``).
+  Migrations run once per session into a template database, and each test
+  gets ``CREATE DATABASE … TEMPLATE`` of it, dropped afterwards.
+  ``PETPAL_TEST_REDIS_URL`` (``redis://127.0.0.1:6379/0``) makes Redis the
+  cache; each test has its own key prefix and its keys are deleted after it.
+
+Either can be set alone. Names carry the process id, so parallel runs (and
+pytest-xdist workers) on one server never meet.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import os
+import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
+import asyncpg
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
+from sqlalchemy.engine import URL, make_url
 
 from petpal.platform.app import create_app
 from petpal.platform.migrate import upgrade
@@ -23,17 +42,138 @@ from petpal.platform.settings import Settings
 FIXTURES = Path(__file__).parent / "fixtures"
 PHOTOS = FIXTURES / "photos"
 
+TEST_DATABASE_URL = os.environ.get("PETPAL_TEST_DATABASE_URL", "")
+TEST_REDIS_URL = os.environ.get("PETPAL_TEST_REDIS_URL", "")
+# Every database and Redis key this process makes starts with one of these.
+RUN_TAG = f"{os.getpid()}_{secrets.token_hex(3)}"
+DATABASE_PREFIX = f"petpal_test_{RUN_TAG}"
+REDIS_PREFIX = f"petpal-test:{RUN_TAG}:"
+
+T = TypeVar("T")
+
+requires_postgresql = pytest.mark.skipif(
+    not TEST_DATABASE_URL, reason="PETPAL_TEST_DATABASE_URL is not set"
+)
+requires_redis = pytest.mark.skipif(
+    not TEST_REDIS_URL, reason="PETPAL_TEST_REDIS_URL is not set"
+)
+
+
+def pytest_report_header() -> list[str]:
+    database = (
+        f"PostgreSQL ({_redacted(TEST_DATABASE_URL)})"
+        if TEST_DATABASE_URL
+        else "SQLite"
+    )
+    cache = f"Redis ({_redacted(TEST_REDIS_URL)})" if TEST_REDIS_URL else "in-process"
+    return [f"petpal: database {database}, cache {cache}"]
+
+
+def _redacted(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True) if "://" in url else url
+
+
+def run_async(coroutine: Awaitable[T]) -> T:
+    """Run ``coroutine`` to the end from synchronous fixture code.
+
+    On a thread of its own, so that its event loop never meets the one
+    pytest-asyncio keeps for the tests.
+    """
+
+    async def main() -> T:
+        return await coroutine
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, main()).result()
+
+
+class PostgresServer:
+    """The admin side of the test server: template and per-test databases."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.url = make_url(admin_url).set(drivername="postgresql+asyncpg")
+        self._names = itertools.count()
+        # Dropping a database takes longer than making one, and nothing waits
+        # for it: drops run here in the background, all done by session end.
+        self._dropper = ThreadPoolExecutor(1, thread_name_prefix="petpal-dropdb")
+        self._drops: list[Future[None]] = []
+
+    def url_of(self, database: str) -> URL:
+        return self.url.set(database=database)
+
+    async def execute(self, *statements: str) -> None:
+        dsn = self.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        connection = await asyncpg.connect(dsn, timeout=10)
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    def new_name(self) -> str:
+        return f"{DATABASE_PREFIX}_{next(self._names)}"
+
+    def create(self, template: str | None = None) -> str:
+        name = self.new_name()
+        source = f' TEMPLATE "{template}"' if template else ""
+        run_async(self.execute(f'CREATE DATABASE "{name}"{source}'))
+        return name
+
+    def drop_later(self, name: str) -> None:
+        statement = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+        self._drops.append(
+            self._dropper.submit(lambda: run_async(self.execute(statement)))
+        )
+
+    def finish(self) -> None:
+        self._dropper.shutdown(wait=True)
+        for drop in self._drops:
+            drop.result()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer | None]:
+    if not TEST_DATABASE_URL:
+        yield None
+        return
+    server = PostgresServer(TEST_DATABASE_URL)
+    yield server
+    server.finish()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres: PostgresServer | None) -> Iterator[str | None]:
+    """A database migrated once per session, copied by every test."""
+    if postgres is None:
+        yield None
+        return
+    name = postgres.create()
+    try:
+        upgrade(_settings_for_migration(str(postgres.url_of(name))))
+        yield name
+    finally:
+        postgres.drop_later(name)
+
+
+def _settings_for_migration(database_url: str) -> Settings:
+    return make_settings(Path("unused"), database_url=database_url)
+
 
 @pytest.fixture(scope="session")
 def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = tmp_path_factory.mktemp("template")
-    upgrade(Settings(data_dir=data_dir, secret_key="template"))
+    upgrade(make_settings(data_dir, secret_key="template"))
     return data_dir / "petpal.sqlite3"
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    """Embedded settings for a test, whatever ``PETPAL_*`` the shell has set."""
     values: dict[str, object] = {
         "data_dir": data_dir,
+        "database_url": "",
+        "redis_url": "",
         "secret_key": "test-secret-key-that-is-long-enough-for-hs256",
         "job_poll_seconds": 0.05,
         "log_level": "WARNING",
@@ -42,12 +182,58 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="session")
+def redis_sweeper() -> Iterator[None]:
+    """Deletes whatever keys this run left in Redis, at the end of the session."""
+    yield
+    if TEST_REDIS_URL:
+        delete_redis_keys(TEST_REDIS_URL, REDIS_PREFIX)
+
+
+def delete_redis_keys(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        batch = list(client.scan_iter(match=prefix.replace("*", r"\*") + "*"))
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()
+
+
+_redis_prefixes = itertools.count()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, migrated_template: Path) -> Settings:
+def settings(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    postgres: PostgresServer | None,
+    postgres_template: str | None,
+    redis_sweeper: None,
+) -> Iterator[Settings]:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    shutil.copyfile(migrated_template, data_dir / "petpal.sqlite3")
-    return make_settings(data_dir)
+    overrides: dict[str, object] = {}
+    database: str | None = None
+    if postgres is not None and postgres_template is not None:
+        database = postgres.create(template=postgres_template)
+        overrides["database_url"] = postgres.url_of(database).render_as_string(
+            hide_password=False
+        )
+    else:
+        # Asked for here, not as a parameter: a PostgreSQL run needs no SQLite.
+        template: Path = request.getfixturevalue("migrated_template")
+        shutil.copyfile(template, data_dir / "petpal.sqlite3")
+    prefix = f"{REDIS_PREFIX}{next(_redis_prefixes)}:"
+    if TEST_REDIS_URL:
+        overrides.update(redis_url=TEST_REDIS_URL, cache_key_prefix=prefix)
+    try:
+        yield make_settings(data_dir, **overrides)
+    finally:
+        if database is not None and postgres is not None:
+            postgres.drop_later(database)
+        if TEST_REDIS_URL:
+            delete_redis_keys(TEST_REDIS_URL, prefix)
 
 
 @pytest.fixture

@@ -53,7 +53,9 @@ async def test_openapi_documents_the_api(client: httpx.AsyncClient) -> None:
         "incoming/01M911CEGT3NK0JZ0V2W5W54ET",
     ],
 )
-async def test_odd_media_file_paths_are_404(client: httpx.AsyncClient, path: str) -> None:
+async def test_odd_media_file_paths_are_404(
+    client: httpx.AsyncClient, path: str
+) -> None:
     response = await client.get(f"/media-files/{path}")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"

@@ -1,10 +1,18 @@
 """Cache-aside with explicit invalidation.
 
-The backend is a byte store (in-process here; Redis in distributed mode).
-``Cache.get_or_load`` adds the rules from DESIGN.md on top of it: TTLs with
-jitter so keys written together do not expire together, one loader per
-missing key so a cold key does not stampede the database, and a cached
-"not found" so lookups of missing ids do not reach it either.
+The backend is a byte store: in-process when embedded, Redis when
+``PETPAL_REDIS_URL`` is set (see ``redis_cache``). ``Cache.get_or_load`` adds
+the rules from DESIGN.md on top of it: TTLs with jitter so keys written
+together do not expire together, one loader per missing key so a cold key does
+not stampede the database, and a cached "not found" so lookups of missing ids
+do not reach it either.
+
+The cache is never a reason for a request to fail. A backend that errs or
+times out makes a read a miss answered by the loader, and is then bypassed for
+a moment so that only one request per interval waits for its timeout. An
+invalidation that cannot reach the backend is kept and retried before this
+process reads from the backend again, so a value that a write replaced is not
+served once the backend is back.
 """
 
 from __future__ import annotations
@@ -13,28 +21,58 @@ import asyncio
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
-from prometheus_client import Counter
+import structlog
+from prometheus_client import Counter, Gauge
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 CACHE_REQUESTS = Counter(
     "petpal_cache_requests_total",
     "Cache look-ups by key family and outcome",
     ["family", "outcome"],
 )
+CACHE_BACKEND_ERRORS = Counter(
+    "petpal_cache_backend_errors_total",
+    "Cache backend calls that failed or timed out, by operation",
+    ["operation"],
+)
+CACHE_OWED_INVALIDATIONS = Gauge(
+    "petpal_cache_owed_invalidations",
+    "Invalidations waiting for the cache backend to answer again",
+)
 
 # Stored for a key whose loader found nothing; never a valid serialized value.
 _MISSING_MARK = b"\x00petpal:missing"
+# Keys whose invalidation is still owed to the backend, at most; past this the
+# whole namespace is cleared instead once the backend answers again.
+_MAX_OWED_INVALIDATIONS = 100_000
+
+
+class CacheBackendError(Exception):
+    """The backend did not answer, or answered with an error.
+
+    Backends raise only this, so that the cache can tell "the cache is down"
+    (served from the loader) from a bug (raised).
+    """
 
 
 class CacheBackend(Protocol):
     async def get(self, key: str) -> bytes | None: ...
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The keys that are present, in one round trip."""
+        ...
+
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None: ...
     async def delete(self, *keys: str) -> None: ...
-    async def clear(self) -> None: ...
+    async def clear(self) -> None:
+        """Delete every key of this cache (its namespace), nothing else."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class InProcessBackend:
@@ -55,6 +93,14 @@ class InProcessBackend:
         self._data.move_to_end(key)
         return value
 
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        found = {}
+        for key in keys:
+            value = await self.get(key)
+            if value is not None:
+                found[key] = value
+        return found
+
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
         self._data[key] = (time.monotonic() + ttl_seconds, value)
         self._data.move_to_end(key)
@@ -68,16 +114,33 @@ class InProcessBackend:
     async def clear(self) -> None:
         self._data.clear()
 
+    async def close(self) -> None:
+        self._data.clear()
+
 
 class Cache:
-    def __init__(self, backend: CacheBackend, default_ttl: float = 300.0) -> None:
+    def __init__(
+        self,
+        backend: CacheBackend,
+        default_ttl: float = 300.0,
+        *,
+        bypass_after_error: float = 1.0,
+    ) -> None:
         self.backend = backend
         self.default_ttl = default_ttl
+        self.enabled = True
         self._loading: dict[str, asyncio.Future[bytes | None]] = {}
         # Bumped by every invalidation: a load that started before a write must
         # not store what it read once the write has invalidated the key.
         self._generation: dict[str, int] = {}
-        self.enabled = True
+        # The backend is skipped until this monotonic time after it failed.
+        self._bypass_after_error = bypass_after_error
+        self._bypass_until = 0.0
+        # Invalidations the backend has not received yet (it was down).
+        self._owed: set[str] = set()
+        self._owe_everything = False
+        self._settle_task: asyncio.Task[None] | None = None
+        self._settling = asyncio.Lock()
 
     def _ttl(self, ttl: float | None) -> float:
         base = self.default_ttl if ttl is None else ttl
@@ -99,10 +162,15 @@ class Cache:
         family = key.split(":", 1)[0]
         if not self.enabled:
             return await load()
-        cached = await self.backend.get(key)
-        if cached is not None:
-            CACHE_REQUESTS.labels(family, "hit").inc()
-            return None if cached == _MISSING_MARK else cached
+        if await self._backend_usable():
+            try:
+                cached = await self.backend.get(key)
+            except CacheBackendError as exc:
+                self._backend_failed("get", exc)
+            else:
+                if cached is not None:
+                    CACHE_REQUESTS.labels(family, "hit").inc()
+                    return None if cached == _MISSING_MARK else cached
         CACHE_REQUESTS.labels(family, "miss").inc()
 
         in_flight = self._loading.get(key)
@@ -115,12 +183,9 @@ class Cache:
         generation = self._generation.get(key, 0)
         try:
             value = await load()
-            if self._generation.get(key, 0) != generation:
-                pass  # invalidated while loading: serve, but do not store
-            elif value is None:
-                await self.backend.set(key, _MISSING_MARK, missing_ttl)
-            else:
-                await self.backend.set(key, value, self._ttl(ttl))
+            # Stored before the waiters are released, so that a reader who
+            # comes after them finds the value instead of loading it again.
+            await self._store(key, generation, value, ttl, missing_ttl)
             future.set_result(value)
             return value
         except BaseException as exc:
@@ -134,7 +199,115 @@ class Cache:
             if len(self._generation) > 100_000:
                 self._generation.clear()
 
+    async def get_or_load_many(
+        self,
+        keys: Sequence[str],
+        load_many: Callable[[list[str]], Awaitable[Mapping[str, bytes | None]]],
+        *,
+        ttl: float | None = None,
+        missing_ttl: float = 30.0,
+    ) -> dict[str, bytes | None]:
+        """Like ``get_or_load`` for several keys: one backend round trip for
+        the look-up and one ``load_many`` call for the keys it misses.
+
+        ``load_many`` gets the missing keys and returns what it found; a key it
+        leaves out (or maps to ``None``) does not exist, and that is cached.
+        Keys another caller is already loading are awaited, not loaded twice.
+        """
+        wanted = list(dict.fromkeys(keys))
+        if not self.enabled:
+            loaded = await load_many(wanted)
+            return {key: loaded.get(key) for key in wanted}
+        results: dict[str, bytes | None] = {}
+        if wanted and await self._backend_usable():
+            try:
+                found = await self.backend.get_many(wanted)
+            except CacheBackendError as exc:
+                self._backend_failed("get", exc)
+            else:
+                for key, cached in found.items():
+                    CACHE_REQUESTS.labels(key.split(":", 1)[0], "hit").inc()
+                    results[key] = None if cached == _MISSING_MARK else cached
+        missing = [key for key in wanted if key not in results]
+        for key in missing:
+            CACHE_REQUESTS.labels(key.split(":", 1)[0], "miss").inc()
+
+        joined = {key: self._loading[key] for key in missing if key in self._loading}
+        mine = [key for key in missing if key not in joined]
+        if mine:
+            results.update(await self._load_batch(mine, load_many, ttl, missing_ttl))
+        for key, in_flight in joined.items():
+            results[key] = await asyncio.shield(in_flight)
+        return {key: results[key] for key in wanted}
+
+    async def _load_batch(
+        self,
+        keys: list[str],
+        load_many: Callable[[list[str]], Awaitable[Mapping[str, bytes | None]]],
+        ttl: float | None,
+        missing_ttl: float,
+    ) -> dict[str, bytes | None]:
+        loop = asyncio.get_running_loop()
+        futures: dict[str, asyncio.Future[bytes | None]] = {
+            key: loop.create_future() for key in keys
+        }
+        self._loading.update(futures)
+        generations = {key: self._generation.get(key, 0) for key in keys}
+        try:
+            loaded = await load_many(keys)
+            values = {key: loaded.get(key) for key in keys}
+            await asyncio.gather(
+                *(
+                    self._store(key, generations[key], values[key], ttl, missing_ttl)
+                    for key in keys
+                )
+            )
+            for key, future in futures.items():
+                future.set_result(values[key])
+            return values
+        except BaseException as exc:
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()
+            raise
+        finally:
+            for key, future in futures.items():
+                if self._loading.get(key) is future:
+                    del self._loading[key]
+
+    async def _store(
+        self,
+        key: str,
+        generation: int,
+        value: bytes | None,
+        ttl: float | None,
+        missing_ttl: float,
+    ) -> None:
+        """Store a loaded value unless a write invalidated the key meanwhile."""
+        if self._generation.get(key, 0) != generation:
+            return  # invalidated while loading: serve, but do not store
+        if not await self._backend_usable():
+            return
+        try:
+            if value is None:
+                await self.backend.set(key, _MISSING_MARK, missing_ttl)
+            else:
+                await self.backend.set(key, value, self._ttl(ttl))
+        except CacheBackendError as exc:
+            self._backend_failed("set", exc)
+            return
+        if self._generation.get(key, 0) != generation:
+            # An invalidation ran while the value was on its way and may have
+            # reached the backend first (another connection): take it back.
+            await self._delete_or_owe([key])
+
     async def invalidate(self, *keys: str) -> None:
+        """Forget ``keys`` after a write changed what they hold.
+
+        Never raises for a backend failure: the write has committed, and the
+        deletion is owed to the backend until it answers again.
+        """
         for key in keys:
             self._generation[key] = self._generation.get(key, 0) + 1
             pending = self._loading.pop(key, None)
@@ -142,10 +315,90 @@ class Cache:
                 # Later readers must not join a load that may predate the write.
                 pending.add_done_callback(_consume)
         if keys:
-            await self.backend.delete(*keys)
+            await self._delete_or_owe(list(keys))
 
     async def clear(self) -> None:
+        self._owed.clear()
+        self._owe_everything = False
         await self.backend.clear()
+
+    async def close(self) -> None:
+        if self._owed or self._owe_everything:
+            log.warning("cache.invalidations_undelivered", keys=len(self._owed))
+        if self._settle_task is not None:
+            self._settle_task.cancel()
+            await asyncio.gather(self._settle_task, return_exceptions=True)
+        await self.backend.close()
+
+    async def _delete_or_owe(self, keys: list[str]) -> None:
+        if await self._backend_usable():
+            try:
+                await self.backend.delete(*keys)
+            except CacheBackendError as exc:
+                self._backend_failed("delete", exc)
+                log.warning(
+                    "cache.invalidate_failed", keys=len(keys), error=type(exc).__name__
+                )
+            else:
+                return
+        self._owe(keys)
+
+    def _owe(self, keys: Iterable[str]) -> None:
+        self._owed.update(keys)
+        if len(self._owed) > _MAX_OWED_INVALIDATIONS:
+            self._owed.clear()
+            self._owe_everything = True
+        CACHE_OWED_INVALIDATIONS.set(len(self._owed))
+        if self._settle_task is None or self._settle_task.done():
+            self._settle_task = asyncio.get_running_loop().create_task(
+                self._settle_debts(), name="petpal-cache-settle"
+            )
+
+    async def _settle_debts(self) -> None:
+        """Deliver owed invalidations even if this process reads nothing."""
+        while self._owed or self._owe_everything:
+            await asyncio.sleep(max(0.05, self._bypass_until - time.monotonic()))
+            await self._backend_usable()
+
+    async def _backend_usable(self) -> bool:
+        """False while the backend is bypassed after an error.
+
+        Delivers owed invalidations first: nothing is read from the backend
+        while it may still hold a value that a write replaced.
+        """
+        if time.monotonic() < self._bypass_until:
+            return False
+        if not (self._owed or self._owe_everything):
+            return True
+        async with self._settling:
+            if time.monotonic() < self._bypass_until:
+                return False  # the delivery we waited for failed
+            owed, everything = list(self._owed), self._owe_everything
+            try:
+                if everything:
+                    await self.backend.clear()
+                elif owed:
+                    await self.backend.delete(*owed)
+            except CacheBackendError as exc:
+                self._backend_failed("delete", exc)
+                return False
+            self._owed.difference_update(owed)
+            self._owe_everything = self._owe_everything and not everything
+            CACHE_OWED_INVALIDATIONS.set(len(self._owed))
+            if owed or everything:
+                log.info("cache.invalidations_delivered", keys=len(owed))
+        return True
+
+    def _backend_failed(self, operation: str, exc: CacheBackendError) -> None:
+        CACHE_BACKEND_ERRORS.labels(operation).inc()
+        if time.monotonic() >= self._bypass_until:
+            log.warning(
+                "cache.backend_bypassed",
+                operation=operation,
+                error=str(exc),
+                seconds=self._bypass_after_error,
+            )
+        self._bypass_until = time.monotonic() + self._bypass_after_error
 
 
 def _consume(future: asyncio.Future[bytes | None]) -> None:

@@ -5,7 +5,8 @@ Requests and jobs share one async engine. Sessions come in two kinds:
 commit is owned by the wrapper. On SQLite a write transaction starts with
 ``BEGIN IMMEDIATE``: two deferred transactions that both try to upgrade to a
 write lock would otherwise deadlock and one would fail with "database is
-locked" instead of waiting its turn.
+locked" instead of waiting its turn. On PostgreSQL (asyncpg) the pool size,
+its timeouts, pre-ping and the statement timeout come from settings.
 """
 
 from __future__ import annotations
@@ -109,6 +110,35 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _postgresql_engine(url: str, settings: Settings) -> AsyncEngine:
+    """An asyncpg engine whose pool and timeouts come from ``settings``.
+
+    A restart of the server costs only the requests in flight: pre-ping finds
+    the pooled connections that died with it, and the errors of those requests
+    become 503 problems (see ``errors.backend_unavailable``).
+    """
+    statement_ms = round(settings.db_statement_timeout_seconds * 1000)
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        pool_recycle=settings.db_pool_recycle_seconds,
+        connect_args={
+            "timeout": settings.db_connect_timeout_seconds,
+            # The client's own limit, a little above the server's: it only
+            # fires when the server stops answering altogether (a partition),
+            # which statement_timeout cannot catch.
+            "command_timeout": settings.db_statement_timeout_seconds + 5.0,
+            "server_settings": {
+                "statement_timeout": str(statement_ms),
+                "application_name": "petpal",
+            },
+        },
+    )
+
+
 class Database:
     """The engine plus the two session factories every service uses."""
 
@@ -121,9 +151,7 @@ class Database:
             _configure_sqlite(self.engine)
             writer = self.engine.execution_options(petpal_begin="IMMEDIATE")
         else:
-            self.engine = create_async_engine(
-                url, pool_size=10, max_overflow=10, pool_pre_ping=True
-            )
+            self.engine = _postgresql_engine(url, settings)
             writer = self.engine
         event.listen(self.engine.sync_engine, "before_cursor_execute", _count_query)
         self._readers = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -4,24 +4,40 @@ Services raise :class:`ProblemError` (or one of its named subclasses) with the
 HTTP status and a short machine-readable ``code``; the handlers installed by
 :func:`install_problem_handlers` turn it, and every error raised by the
 framework itself, into ``application/problem+json``. Nothing reaches the
-client as a bare 500 with a stack trace.
+client as a bare 500 with a stack trace, and a backend that is down or
+restarting is a 503 with ``Retry-After`` (see :func:`backend_unavailable`).
 """
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import orjson
+import redis.exceptions
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger(__name__)
+
+UNAVAILABLE_ANSWERS = Counter(
+    "petpal_http_unavailable_total",
+    "Requests answered 503 because a backend was down, restarting or saturated",
+    ["code"],
+)
+# Seconds a client is told to wait after a 503: about what a PostgreSQL
+# restart or a failover takes.
+RETRY_AFTER_SECONDS = 5
 
 
 class ProblemError(Exception):
@@ -175,8 +191,116 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
+# SQLSTATE classes and codes after which the same request, retried a moment
+# later, succeeds: 08 the connection broke, 53 the server ran out of
+# connections, memory or disk, 57 an operator or the server intervened
+# (shutdown, restart in progress, statement_timeout); 40001 and 40P01 lost a
+# serialization or deadlock race.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57")
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+# OSError numbers that say a peer cannot be reached, as opposed to the
+# file-system errors that share the OSError type.
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.EADDRNOTAVAIL,
+    }
+)
+
+
+def _is_transient_sqlstate(sqlstate: object) -> bool:
+    return isinstance(sqlstate, str) and (
+        sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
+    )
+
+
+def _is_network_error(exc: OSError) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return True
+    if exc.errno in _NETWORK_ERRNOS:
+        return True
+    # asyncio's connect to a name with several addresses (localhost: 127.0.0.1
+    # and ::1) raises a bare OSError("Multiple exceptions: …") without errno.
+    return type(exc) is OSError and exc.errno is None
+
+
+def backend_unavailable(exc: BaseException) -> str | None:
+    """The problem code for an error that means "a backend is down, try later".
+
+    ``None`` for every other error, which stays a bug (500). This is the one
+    place that knows how SQLAlchemy, asyncpg, aiosqlite and redis-py report a
+    server that is down, restarting or saturated.
+    """
+    if isinstance(exc, sqlalchemy.exc.TimeoutError):
+        return "database_busy"  # no pooled connection came free in time
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return "database_unavailable"
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(
+            exc.orig, "pgcode", None
+        )
+        if sqlstate is not None:
+            return "database_unavailable" if _is_transient_sqlstate(sqlstate) else None
+        # No SQLSTATE: SQLite ("database is locked" past busy_timeout, "unable
+        # to open database file") or the driver's own broken-connection error.
+        interface_or_operational = (
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.InterfaceError,
+        )
+        if isinstance(exc, interface_or_operational):
+            return "database_unavailable"
+        return None
+    if isinstance(exc, asyncpg.PostgresError):
+        return "database_unavailable" if _is_transient_sqlstate(exc.sqlstate) else None
+    if isinstance(
+        exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+    ):
+        return "backend_unavailable"
+    if isinstance(exc, OSError) and _is_network_error(exc):
+        # Raised as is by the drivers while connecting (refused, timed out).
+        return "backend_unavailable"
+    return None
+
+
+async def _on_backend_error(request: Request, exc: Exception) -> Response:
+    code = backend_unavailable(exc)
+    if code is None:
+        raise exc  # a bug after all: the generic handler answers 500
+    UNAVAILABLE_ANSWERS.labels(code).inc()
+    log.warning(
+        "request.backend_unavailable",
+        path=request.url.path,
+        code=code,
+        error=type(exc).__name__,
+    )
+    return problem_response(
+        request,
+        503,
+        code,
+        "a backend service is unavailable or overloaded; retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    for backend_error in (
+        sqlalchemy.exc.DBAPIError,
+        sqlalchemy.exc.TimeoutError,
+        asyncpg.PostgresError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        OSError,
+    ):
+        app.add_exception_handler(backend_error, _on_backend_error)
     app.add_exception_handler(Exception, _on_unexpected)

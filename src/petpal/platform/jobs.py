@@ -190,10 +190,17 @@ class EmbeddedRelay:
         return found is not None
 
     async def _loop(self) -> None:
-        await self._reclaim_expired_leases()
+        next_reclaim = 0.0
         # stop() sets the flag and wakes the loop: it ends between turns.
         while not self._stopping:
             try:
+                # Jobs whose outcome could not be recorded (the database was
+                # down, or another process died) come back once their lease
+                # ends; checked at start and then once a minute.
+                now = asyncio.get_running_loop().time()
+                if now >= next_reclaim:
+                    await self._reclaim_expired_leases()
+                    next_reclaim = now + 60.0
                 await self._claim_and_start()
             except asyncio.CancelledError:
                 raise

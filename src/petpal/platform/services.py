@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from petpal.platform.cache import Cache, InProcessBackend
+from petpal.platform.cache import Cache, CacheBackend, InProcessBackend
 from petpal.platform.db import Database
 from petpal.platform.jobs import EmbeddedRelay
+from petpal.platform.redis_cache import RedisBackend
 from petpal.platform.settings import Settings
 from petpal.platform.storage import Storage
 
@@ -28,7 +29,11 @@ class Services:
         services = cls(
             settings=settings,
             db=db,
-            cache=Cache(InProcessBackend(), settings.cache_default_ttl_seconds),
+            cache=Cache(
+                _cache_backend(settings),
+                settings.cache_default_ttl_seconds,
+                bypass_after_error=settings.cache_bypass_after_error_seconds,
+            ),
             storage=Storage(settings),
             secret=settings.secret_key_or_generate(),
         )
@@ -50,4 +55,11 @@ class Services:
     async def close(self) -> None:
         if self.relay is not None:
             await self.relay.stop()
+        await self.cache.close()
         await self.db.dispose()
+
+
+def _cache_backend(settings: Settings) -> CacheBackend:
+    if settings.redis_url:
+        return RedisBackend.from_settings(settings)
+    return InProcessBackend()

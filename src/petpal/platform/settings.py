@@ -1,7 +1,9 @@
 """One typed settings object, read from ``PETPAL_*`` environment variables.
 
 With nothing set, PetPal runs embedded: SQLite, the in-process cache and job
-runner, and media on local disk, all below ``PETPAL_DATA_DIR``.
+runner, and media on local disk, all below ``PETPAL_DATA_DIR``. The URLs
+choose the distributed engines: ``PETPAL_DATABASE_URL`` (PostgreSQL through
+asyncpg) and ``PETPAL_REDIS_URL`` (Redis as the cache).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     # Empty means "SQLite in data_dir"; e.g. postgresql+asyncpg://… otherwise.
     database_url: str = ""
+    # Empty means the in-process cache; e.g. redis://127.0.0.1:6379/0 otherwise.
+    redis_url: str = ""
     # Empty means "local disk in data_dir/media".
     storage_url: str = ""
     # Base URL under which stored media files are served to clients.
@@ -47,7 +51,42 @@ class Settings(BaseSettings):
     # serves HTTP while a separate worker process runs the jobs.
     run_jobs_in_process: bool = True
 
+    # PostgreSQL connection pool, per process. A process holds at most
+    # pool_size + max_overflow connections, so replicas × that must stay below
+    # the server's max_connections (or a pooler's limit in front of it).
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    # How long a request waits for a free pooled connection before it is
+    # answered 503: a saturated pool sheds load instead of queueing without end.
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Test each pooled connection with a cheap round trip before handing it
+    # out, so connections that died in a server restart are replaced silently
+    # instead of failing the first request that draws them.
+    db_pool_pre_ping: bool = True
+    # Connections are replaced after this long, so a failover behind a DNS
+    # name or a pooler is picked up and server-side memory does not creep.
+    db_pool_recycle_seconds: int = Field(default=1800, ge=1)
+    # TCP connect plus start-up handshake; a server that does not answer within
+    # this is treated as down (503) rather than holding the request.
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Server-side statement_timeout: PostgreSQL cancels a statement running
+    # longer than this (503 to the client) so one runaway query cannot hold a
+    # connection and its locks indefinitely.
+    db_statement_timeout_seconds: float = Field(default=15.0, gt=0)
+
     cache_default_ttl_seconds: int = 300
+    # Prepended to every Redis key, so several deployments (or test runs) can
+    # share one Redis without touching each other's keys.
+    cache_key_prefix: str = "petpal:"
+    # Redis socket timeouts. Short on purpose: a hung Redis may slow a request
+    # by at most this much before the answer comes from the database instead.
+    cache_connect_timeout_seconds: float = Field(default=0.25, gt=0)
+    cache_socket_timeout_seconds: float = Field(default=0.25, gt=0)
+    # After a Redis failure the cache is bypassed for this long, so that only
+    # one request per interval waits for the timeout while Redis is down.
+    cache_bypass_after_error_seconds: float = Field(default=1.0, ge=0)
+    # Connections each process may open to Redis.
+    cache_max_connections: int = Field(default=64, ge=1)
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -63,7 +102,12 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
+        url = self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
+        # The URL a PostgreSQL provider hands out names no driver; ours is asyncpg.
+        for bare in ("postgres://", "postgresql://"):
+            if url.startswith(bare):
+                return "postgresql+asyncpg://" + url.removeprefix(bare)
+        return url
 
     @property
     def is_sqlite(self) -> bool:

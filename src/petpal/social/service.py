@@ -506,6 +506,7 @@ async def do_delete_comment(
                 select(Comment.post_id, Comment.author_id, Post.author_id)
                 .join(Post, Post.id == Comment.post_id)
                 .where(Comment.id == comment_id)
+                .with_for_update(of=Comment)
             )
         ).one_or_none()
         if found is None:

@@ -1,0 +1,190 @@
+"""The Redis cache backend (redis-py asyncio), used when PETPAL_REDIS_URL is set.
+
+Timeouts are short and a command is retried at most once, and only after a
+broken connection (a restarted Redis), never after a timeout: a Redis that
+hangs costs a request one socket timeout, after which ``Cache`` answers from
+the database and bypasses Redis for a moment.
+
+Look-ups and stores issued in the same turn of the event loop travel
+together, as one ``MGET`` and one pipeline: a page that asks the cache for
+fifty posts at once makes one round trip on one connection, not fifty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from petpal.platform.cache import CacheBackendError
+from petpal.platform.settings import Settings
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+# SCAN page size when clearing a namespace.
+_SCAN_COUNT = 1000
+
+
+class _TurnBatch(Generic[Item, Result]):
+    """Runs the calls made during one event-loop turn as one batch.
+
+    The first call schedules the batch as a task; every call made before that
+    task first runs (the rest of the turn, e.g. the other members of a
+    ``gather``) joins it.
+    """
+
+    def __init__(self, run: Callable[[list[Item]], Awaitable[list[Result]]]) -> None:
+        self._run = run
+        self._items: list[Item] = []
+        self._futures: list[asyncio.Future[Result]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume)
+        self._items.append(item)
+        self._futures.append(future)
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush())
+        # Shielded: a caller that is cancelled must not cancel the others.
+        return await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        items, futures = self._items, self._futures
+        self._items, self._futures, self._task = [], [], None
+        try:
+            results = await self._run(items)
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        except Exception as exc:
+            # Not swallowed: every caller raises it from its own await.
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, result in zip(futures, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def wait_idle(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _consume(future: asyncio.Future[Result]) -> None:
+    # An error nobody awaits any more (its caller was cancelled) is not news.
+    if not future.cancelled():
+        future.exception()
+
+
+class RedisBackend:
+    """A ``CacheBackend`` over one Redis, every key under ``prefix``."""
+
+    def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._gets: _TurnBatch[str, bytes | None] = _TurnBatch(self._mget)
+        self._sets: _TurnBatch[tuple[str, bytes, int], object] = _TurnBatch(
+            self._pipelined_set
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisBackend:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.cache_max_connections,
+            # Waiting for a free connection counts against the same budget.
+            timeout=settings.cache_socket_timeout_seconds,
+            socket_connect_timeout=settings.cache_connect_timeout_seconds,
+            socket_timeout=settings.cache_socket_timeout_seconds,
+            # One retry, at once, and only for a connection that broke (Redis
+            # restarted and the pooled socket is dead): the retry gets a new
+            # one. A timeout is not retried; it would double the wait.
+            retry=Retry(
+                NoBackoff(),
+                retries=1,
+                supported_errors=(redis.exceptions.ConnectionError,),
+            ),
+        )
+        return cls(redis.asyncio.Redis(connection_pool=pool), settings.cache_key_prefix)
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._gets.submit(key)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        values = await self._mget(list(keys))
+        return {
+            key: value
+            for key, value in zip(keys, values, strict=True)
+            if value is not None
+        }
+
+    async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        await self._sets.submit((key, value, max(1, round(ttl_seconds * 1000))))
+
+    async def delete(self, *keys: str) -> None:
+        if keys:
+            await self._call(self._client.delete(*(self._key(k) for k in keys)))
+
+    async def clear(self) -> None:
+        """Delete the keys under this backend's prefix, a page at a time."""
+        pattern = _glob_escape(self._prefix) + "*"
+        cursor = 0
+        while True:
+            cursor, keys = await self._call(
+                self._client.scan(cursor, match=pattern, count=_SCAN_COUNT)
+            )
+            if keys:
+                await self._call(self._client.unlink(*keys))
+            if cursor == 0:
+                return
+
+    async def close(self) -> None:
+        await self._gets.wait_idle()
+        await self._sets.wait_idle()
+        await self._client.aclose(close_connection_pool=True)
+
+    async def ping(self) -> None:
+        await self._call(self._client.ping())
+
+    async def _mget(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        # Bytes, never str: the client is built without decode_responses.
+        values = await self._call(self._client.mget([self._key(k) for k in keys]))
+        return [value if isinstance(value, bytes) else None for value in values]
+
+    async def _pipelined_set(
+        self, entries: list[tuple[str, bytes, int]]
+    ) -> list[object]:
+        async def run() -> list[object]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value, ttl_ms in entries:
+                    pipe.set(self._key(key), value, px=ttl_ms)
+                results: list[object] = await pipe.execute()
+                return results
+
+        return await self._call(run())
+
+    @staticmethod
+    async def _call(operation: Awaitable[Result]) -> Result:
+        try:
+            return await operation
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise CacheBackendError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
