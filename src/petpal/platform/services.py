@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from petpal.platform.cache import Cache, CacheBackend, InProcessBackend
 from petpal.platform.db import Database
@@ -21,7 +20,6 @@ class Services:
     storage: Storage
     secret: str
     relay: EmbeddedRelay | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -90,11 +90,9 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
 
-    # Trending: how far back posts are considered, and the decay's half-life.
+    # Trending: how far back posts are considered (the decay is in
+    # social/trending.py).
     trending_window_hours: int = 72
-    trending_half_life_hours: float = 12.0
-
-    followers_page_max: int = Field(default=100, ge=1)
 
     @property
     def sqlite_path(self) -> Path:
