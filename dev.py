@@ -148,8 +148,8 @@ def test(argv: list[str]) -> None:
     mode = os.environ.get("PETPAL_TEST_MODE", "both")
     if mode not in ("both", "embedded", "distributed"):
         sys.exit("PETPAL_TEST_MODE is embedded, distributed or unset (both)")
-    sh(BIN / "ruff", "check", "src", "tests", "dev.py")
-    sh(BIN / "ruff", "format", "--check", "src", "tests", "dev.py")
+    sh(BIN / "ruff", "check", "src", "tests", "benchmarks", "dev.py")
+    sh(BIN / "ruff", "format", "--check", "src", "tests", "benchmarks", "dev.py")
     sh(BIN / "mypy")
     distributed = dict(os.environ)
     distributed.setdefault("PETPAL_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
