@@ -172,3 +172,37 @@ async def test_page_sizes_out_of_range_are_422(
     ):
         response = await client.get(path, params={"limit": limit})
         assert_problem(response, 422, "validation_failed")
+
+
+def _profile_queries() -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "petpal_http_request_db_queries_sum", {"route": "/api/v1/accounts/{username}"}
+    )
+    return value or 0.0
+
+
+async def test_followed_by_me_is_cached_and_exact_after_each_change(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    viewer, target = await a_member(services), await a_member(services)
+    profile = f"/api/v1/accounts/{target.username}"
+    path = f"{profile}/follow"
+
+    assert (await client.get(profile, headers=viewer.headers)).json()[
+        "followed_by_me"
+    ] is False
+    before = _profile_queries()
+    warm = await client.get(profile, headers=viewer.headers)
+    assert warm.json()["followed_by_me"] is False
+    assert _profile_queries() == before  # a warm profile read sends no SQL
+
+    await client.post(path, headers=viewer.headers)
+    assert (await client.get(profile, headers=viewer.headers)).json()[
+        "followed_by_me"
+    ] is True
+    await client.delete(path, headers=viewer.headers)
+    assert (await client.get(profile, headers=viewer.headers)).json()[
+        "followed_by_me"
+    ] is False

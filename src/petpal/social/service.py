@@ -210,7 +210,9 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
     if inserted:
         SOCIAL_WRITES.labels("follow").inc()
         await services.cache.invalidate(
-            _counts_key(follower_id), _counts_key(followee_id)
+            _counts_key(follower_id),
+            _counts_key(followee_id),
+            _following_key(follower_id),
         )
 
 
@@ -230,7 +232,9 @@ async def do_unfollow(services: Services, follower_id: str, username: str) -> No
     if removed:
         SOCIAL_WRITES.labels("unfollow").inc()
         await services.cache.invalidate(
-            _counts_key(follower_id), _counts_key(followee_id)
+            _counts_key(follower_id),
+            _counts_key(followee_id),
+            _following_key(follower_id),
         )
 
 
@@ -699,7 +703,42 @@ async def account_counts(services: Services, account_id: str) -> tuple[int, int,
     return int(followers), int(following), int(posts)
 
 
+def _following_key(account_id: str) -> str:
+    return f"following:{account_id}"
+
+
+# Above this many followees the id set is not cached (it would be a large
+# value read whole for one membership test); such accounts query instead.
+FOLLOWING_SET_MAX = 5000
+_TOO_MANY = b"many"
+
+
+async def _cached_followees(services: Services, follower_id: str) -> set[str] | None:
+    """The ids ``follower_id`` follows, from the cache; None if too many to cache."""
+
+    async def load() -> bytes:
+        async with services.db.read_session() as session:
+            ids = (
+                await session.scalars(
+                    select(Follow.followee_id)
+                    .where(Follow.follower_id == follower_id)
+                    .limit(FOLLOWING_SET_MAX + 1)
+                )
+            ).all()
+        return _TOO_MANY if len(ids) > FOLLOWING_SET_MAX else orjson.dumps(ids)
+
+    blob = await services.cache.get_or_load(
+        _following_key(follower_id), load, ttl=COUNTS_TTL
+    )
+    if blob is None or blob == _TOO_MANY:
+        return None
+    return set(orjson.loads(blob))
+
+
 async def is_following(services: Services, follower_id: str, followee_id: str) -> bool:
+    followees = await _cached_followees(services, follower_id)
+    if followees is not None:
+        return followee_id in followees
     async with services.db.read_session() as session:
         found = await session.scalar(
             select(Follow.id).where(
