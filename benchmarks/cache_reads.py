@@ -281,6 +281,9 @@ if __name__ == "__main__":
             data_dir=Path(tmp),
             secret_key="benchmark-secret-key-0123456789abcdef",
             log_level="WARNING",
+            # One client seeds every account: the sign-up limit per IP would
+            # stop it; limits are not what this benchmark measures.
+            rate_limits_enabled=False,
         )
         upgrade(settings)  # Alembic runs its own event loop: before ours starts
         sys.exit(asyncio.run(run(settings, args.users, args.requests)))

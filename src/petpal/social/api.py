@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
 from petpal.identity.schemas import AccountSummary
 from petpal.platform.deps import (
@@ -10,6 +10,7 @@ from petpal.platform.deps import (
     LimitParam,
     OptionalAccount,
     ServicesDep,
+    limit_per_account,
 )
 from petpal.platform.pagination import Page
 from petpal.social import service, trending
@@ -31,7 +32,11 @@ def _viewer_id(viewer: OptionalAccount) -> str | None:
 # --- follows --------------------------------------------------------------------
 
 
-@router.post("/accounts/{username}/follow", status_code=204)
+@router.post(
+    "/accounts/{username}/follow",
+    status_code=204,
+    dependencies=[Depends(limit_per_account("follow"))],
+)
 async def follow(username: str, me: CurrentAccount, services: ServicesDep) -> Response:
     await service.do_follow(services, me.account_id, username)
     return Response(status_code=204)
@@ -81,7 +86,12 @@ async def account_posts(
 # --- posts, likes, comments -----------------------------------------------------
 
 
-@router.post("/posts", status_code=201, response_model=PostView)
+@router.post(
+    "/posts",
+    status_code=201,
+    response_model=PostView,
+    dependencies=[Depends(limit_per_account("post"))],
+)
 async def create_post(
     data: PostCreate, me: CurrentAccount, services: ServicesDep, response: Response
 ) -> PostView:
@@ -105,7 +115,11 @@ async def delete_post(
     return Response(status_code=204)
 
 
-@router.post("/posts/{post_id}/like", response_model=LikeState)
+@router.post(
+    "/posts/{post_id}/like",
+    response_model=LikeState,
+    dependencies=[Depends(limit_per_account("like"))],
+)
 async def like(post_id: str, me: CurrentAccount, services: ServicesDep) -> LikeState:
     return await service.do_like(services, post_id, me.account_id)
 
@@ -125,7 +139,12 @@ async def comments(
     return await service.list_comments(services, post_id, cursor, limit)
 
 
-@router.post("/posts/{post_id}/comments", status_code=201, response_model=CommentView)
+@router.post(
+    "/posts/{post_id}/comments",
+    status_code=201,
+    response_model=CommentView,
+    dependencies=[Depends(limit_per_account("comment"))],
+)
 async def comment(
     post_id: str, data: CommentCreate, me: CurrentAccount, services: ServicesDep
 ) -> CommentView:

@@ -75,7 +75,11 @@ from petpal.social.schemas import (
     PostView,
 )
 from petpal.social.views import (
+    Counted,
     counted_query,
+    counts_key,
+    liked_key,
+    likes_of,
     post_key,
     post_views,
     read_counted,
@@ -375,7 +379,9 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
             "reference_changed", "something this post refers to just changed; retry"
         ) from exc
     SOCIAL_WRITES.labels("post").inc()
-    await services.cache.invalidate(_counts_key(author_id), post_key(post_id))
+    await services.cache.invalidate(
+        _counts_key(author_id), post_key(post_id), counts_key(post_id)
+    )
     return post_id
 
 
@@ -392,15 +398,32 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
             await _bump_stats(session, author_id, post_count=-1)
     if removed:
         SOCIAL_WRITES.labels("delete_post").inc()
-    await services.cache.invalidate(post_key(post_id), _counts_key(author_id))
+    await services.cache.invalidate(
+        post_key(post_id), _counts_key(author_id), counts_key(post_id)
+    )
 
 
 async def get_post(services: Services, post_id: str, viewer_id: str | None) -> PostView:
     _require_id(post_id, "the post")
-    query = counted_query().where(Post.id == post_id)
-    async with services.db.read_session() as session:
-        counted, liked = await read_counted(session, query, viewer_id)
-    views = await post_views(services, counted, liked)
+
+    async def load_counts() -> bytes | None:
+        query = counted_query().where(Post.id == post_id)
+        async with services.db.read_session() as session:
+            rows = await read_counted(session, query)
+        return (
+            orjson.dumps([rows[0].like_count, rows[0].comment_count]) if rows else None
+        )
+
+    blob = await services.cache.get_or_load(
+        counts_key(post_id), load_counts, ttl=COUNTS_TTL
+    )
+    if blob is None:
+        raise NotFoundError("the post")
+    like_count, comment_count = orjson.loads(blob)
+    counted = [Counted(post_id, like_count, comment_count)]
+    views = await post_views(
+        services, counted, await likes_of(services, viewer_id, [post_id])
+    )
     if not views:
         raise NotFoundError("the post")
     return views[0]
@@ -430,6 +453,9 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
         raise NotFoundError("the post") from exc  # deleted while we liked it
     if inserted:
         SOCIAL_WRITES.labels("like").inc()
+        await services.cache.invalidate(
+            counts_key(post_id), liked_key(account_id, post_id)
+        )
     return LikeState(liked=True, like_count=count)
 
 
@@ -450,6 +476,9 @@ async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeSt
         count = await _like_count(session, post_id)
     if removed:
         SOCIAL_WRITES.labels("unlike").inc()
+        await services.cache.invalidate(
+            counts_key(post_id), liked_key(account_id, post_id)
+        )
     return LikeState(liked=False, like_count=count)
 
 
@@ -493,6 +522,7 @@ async def do_comment(
     except IntegrityError as exc:
         raise NotFoundError("the post") from exc  # deleted while we commented
     SOCIAL_WRITES.labels("comment").inc()
+    await services.cache.invalidate(counts_key(post_id))
     views = await _comment_views(services, [comment])
     if not views:
         raise NotFoundError("the account")
@@ -530,6 +560,7 @@ async def do_delete_comment(
             )
     if removed:
         SOCIAL_WRITES.labels("delete_comment").inc()
+        await services.cache.invalidate(counts_key(post_id))
 
 
 async def list_comments(
@@ -667,8 +698,9 @@ async def _post_page(
         query = query.where(key < after)
     query = query.order_by(key.desc()).limit(limit + 1)
     async with services.db.read_session() as session:
-        counted, liked = await read_counted(session, query, viewer_id)
+        counted = await read_counted(session, query)
     page = counted[:limit]
+    liked = await likes_of(services, viewer_id, [c.id for c in page])
     return Page[PostView](
         items=await post_views(services, page, liked),
         next_cursor=_next_cursor(

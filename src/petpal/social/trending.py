@@ -26,7 +26,7 @@ from petpal.platform.pagination import (
 from petpal.platform.services import Services
 from petpal.social.models import Post
 from petpal.social.schemas import PostView
-from petpal.social.views import counted_query, post_views, read_counted
+from petpal.social.views import counted_query, likes_of, post_views, read_counted
 
 # The ranked list is recomputed at most this often; a page-walk keeps the
 # snapshot it started on for TRENDING_SNAPSHOT_TTL, long enough to scroll.
@@ -180,9 +180,8 @@ async def trending_feed(
             {"snapshot": snapshot["snapshot"], "at": start + limit},
         )
     async with services.db.read_session() as session:
-        counted, liked = await read_counted(
-            session, counted_query().where(Post.id.in_(ids)), viewer_id
-        )
+        counted = await read_counted(session, counted_query().where(Post.id.in_(ids)))
+    liked = await likes_of(services, viewer_id, [c.id for c in counted])
     by_id = {c.id: c for c in counted}
     in_rank_order = [by_id[i] for i in ids if i in by_id]
     return Page[PostView](

@@ -45,21 +45,48 @@ def counted_query() -> Select[str, int, int]:
     return select(Post.id, Post.like_count, Post.comment_count)
 
 
+def liked_key(viewer_id: str, post_id: str) -> str:
+    return f"liked:{viewer_id}:{post_id}"
+
+
+def counts_key(post_id: str) -> str:
+    return f"post-counts:{post_id}"
+
+
 async def read_counted(
-    session: AsyncSession,
-    query: Select[str, int, int],
-    viewer_id: str | None,
-) -> tuple[list[Counted], set[str] | None]:
-    """The rows of ``query``, and which of them ``viewer_id`` likes."""
-    counted = [Counted(*row) for row in (await session.execute(query))]
+    session: AsyncSession, query: Select[str, int, int]
+) -> list[Counted]:
+    return [Counted(*row) for row in (await session.execute(query))]
+
+
+async def likes_of(
+    services: Services, viewer_id: str | None, post_ids: list[str]
+) -> set[str] | None:
+    """Which of ``post_ids`` ``viewer_id`` likes; None for an anonymous viewer.
+
+    One cache key per (viewer, post), fetched in one round trip: a viewer's
+    whole set of likes would grow without bound, a page's pairs do not.
+    """
     if viewer_id is None:
-        return counted, None
-    liked = await session.scalars(
-        select(Like.post_id).where(
-            Like.account_id == viewer_id, Like.post_id.in_([c.id for c in counted])
-        )
-    )
-    return counted, set(liked.all())
+        return None
+    keys = {liked_key(viewer_id, post_id): post_id for post_id in post_ids}
+
+    async def load(missing: list[str]) -> dict[str, bytes | None]:
+        wanted = [keys[key] for key in missing]
+        async with services.db.read_session() as session:
+            liked = set(
+                (
+                    await session.scalars(
+                        select(Like.post_id).where(
+                            Like.account_id == viewer_id, Like.post_id.in_(wanted)
+                        )
+                    )
+                ).all()
+            )
+        return {key: b"1" if keys[key] in liked else b"0" for key in missing}
+
+    found = await services.cache.get_or_load_many(list(keys), load, ttl=POST_TTL)
+    return {keys[key] for key, value in found.items() if value == b"1"}
 
 
 class _PostBody(TypedDict):
