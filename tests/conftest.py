@@ -177,6 +177,9 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "secret_key": "test-secret-key-that-is-long-enough-for-hs256",
         "job_poll_seconds": 0.05,
         "log_level": "WARNING",
+        # Off: the suite signs up and logs in hundreds of times from one
+        # address. tests/platform/test_rate_limits.py turns them on.
+        "rate_limits_enabled": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

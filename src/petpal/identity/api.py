@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
 from petpal.identity import service
 from petpal.identity.schemas import (
@@ -12,19 +12,32 @@ from petpal.identity.schemas import (
     SignUp,
     TokenPair,
 )
-from petpal.platform.deps import CurrentAccount, OptionalAccount, ServicesDep
+from petpal.platform.deps import (
+    CurrentAccount,
+    OptionalAccount,
+    ServicesDep,
+    limit_log_in,
+    limit_sign_up,
+)
 
 router = APIRouter(tags=["identity"])
 
 
-@router.post("/accounts", status_code=201, response_model=Me)
+@router.post(
+    "/accounts",
+    status_code=201,
+    response_model=Me,
+    dependencies=[Depends(limit_sign_up)],
+)
 async def sign_up(data: SignUp, services: ServicesDep, response: Response) -> Me:
     account = await service.do_sign_up(services, data)
     response.headers["Location"] = f"/api/v1/accounts/{account.username}"
     return await service.get_me(services, account.id)
 
 
-@router.post("/auth/token", response_model=TokenPair)
+@router.post(
+    "/auth/token", response_model=TokenPair, dependencies=[Depends(limit_log_in)]
+)
 async def log_in(data: LogIn, services: ServicesDep) -> TokenPair:
     return await service.do_log_in(services, data)
 

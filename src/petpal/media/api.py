@@ -1,10 +1,15 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from petpal.media import service
 from petpal.media.schemas import MediaView
-from petpal.platform.deps import CurrentAccount, OptionalAccount, ServicesDep
+from petpal.platform.deps import (
+    CurrentAccount,
+    OptionalAccount,
+    ServicesDep,
+    limit_per_account,
+)
 
 router = APIRouter(tags=["media"])
 
@@ -30,6 +35,7 @@ _UPLOAD_BODY = {
     response_model=MediaView,
     openapi_extra=_UPLOAD_BODY,
     summary="Upload one photo; it is processed in the background",
+    dependencies=[Depends(limit_per_account("upload"))],
 )
 async def upload(
     request: Request, response: Response, me: CurrentAccount, services: ServicesDep

@@ -29,6 +29,7 @@ from petpal.platform.errors import (
 )
 from petpal.platform.jobs import refresh_outbox_gauges
 from petpal.platform.observability import RequestEdgeMiddleware, configure_logging
+from petpal.platform.ratelimit import AnonymousLimitMiddleware
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings, get_settings
 from petpal.platform.storage import ObjectNotFoundError
@@ -67,6 +68,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Body, file or image too large",
         415: "Unsupported content or media type",
         422: "Well-formed but invalid input",
+        429: "Rate limited; retry after Retry-After seconds",
         503: "A backend is unavailable; retry after Retry-After seconds",
     }.items()
 }
@@ -158,6 +160,9 @@ def create_app(
         max_json=settings.max_json_body_bytes,
         max_upload=settings.max_upload_bytes + 64 * 1024,
     )
+    # Outside the body limit, inside the request edge: anonymous floods are
+    # refused before any body is read, and still show in the metrics.
+    app.add_middleware(AnonymousLimitMiddleware)
     app.add_middleware(RequestEdgeMiddleware)
     return app
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+import orjson
+from fastapi import Depends, Query, Request, Response
 
 from petpal.platform.errors import UnauthorizedError
 from petpal.platform.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from petpal.platform.ratelimit import client_ip, login_key
 from petpal.platform.security import AccessClaims, read_access_token
 from petpal.platform.services import Services
 
@@ -45,6 +48,63 @@ def require_account(
     if claims is None:
         raise UnauthorizedError()
     return claims
+
+
+async def _enforce(
+    response: Response, services: Services, checks: Sequence[tuple[str, str]]
+) -> None:
+    quota = await services.limiter.enforce(checks)
+    if quota is not None:
+        # Reaches the client when the handler returns a model, not a Response.
+        response.headers.update(quota.headers())
+
+
+def _client_ip(request: Request, services: Services) -> str:
+    return client_ip(request, services.settings.trusted_proxies)
+
+
+async def limit_sign_up(
+    request: Request,
+    response: Response,
+    services: Annotated[Services, Depends(get_services)],
+) -> None:
+    await _enforce(response, services, [("sign_up", _client_ip(request, services))])
+
+
+async def limit_log_in(
+    request: Request,
+    response: Response,
+    services: Annotated[Services, Depends(get_services)],
+) -> None:
+    checks = [("log_in_ip", _client_ip(request, services))]
+    login = await _submitted_login(request)
+    if login is not None:
+        checks.append(("log_in_name", login_key(login)))
+    await _enforce(response, services, checks)
+
+
+async def _submitted_login(request: Request) -> str | None:
+    # Read here rather than declared as the LogIn model, which belongs to the
+    # identity service; FastAPI has already read (and cached) the body.
+    try:
+        body: Any = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return None  # the handler answers 422; the per-IP limit still counted
+    login = body.get("login") if isinstance(body, dict) else None
+    return login if isinstance(login, str) and login.strip() else None
+
+
+def limit_per_account(name: str) -> Callable[..., Awaitable[None]]:
+    """A dependency that charges the signed-in account against limit ``name``."""
+
+    async def enforce(
+        response: Response,
+        me: Annotated[AccessClaims, Depends(require_account)],
+        services: Annotated[Services, Depends(get_services)],
+    ) -> None:
+        await _enforce(response, services, [(name, me.account_id)])
+
+    return enforce
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from petpal.platform.cache import Cache, CacheBackend, InProcessBackend
 from petpal.platform.db import Database
 from petpal.platform.jobs import EmbeddedRelay
+from petpal.platform.ratelimit import RateLimiter
 from petpal.platform.redis_cache import RedisBackend
 from petpal.platform.settings import Settings
 from petpal.platform.storage import Storage
@@ -19,6 +20,7 @@ class Services:
     cache: Cache
     storage: Storage
     secret: str
+    limiter: RateLimiter
     relay: EmbeddedRelay | None = None
 
     @classmethod
@@ -34,6 +36,7 @@ class Services:
             ),
             storage=Storage(settings),
             secret=settings.secret_key_or_generate(),
+            limiter=RateLimiter.from_settings(settings),
         )
         if settings.run_jobs_in_process:
             services.relay = EmbeddedRelay(
@@ -54,6 +57,7 @@ class Services:
         if self.relay is not None:
             await self.relay.stop()
         await self.cache.close()
+        await self.limiter.close()
         await self.db.dispose()
 
 

@@ -8,11 +8,13 @@ asyncpg) and ``PETPAL_REDIS_URL`` (Redis as the cache).
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from limits import parse
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,9 +92,55 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
 
+    # Rate limits (platform/ratelimit.py), in the `limits` notation
+    # ("<count>/<n><unit>"), checked against a moving window. The figures sit
+    # where large public platforms publish theirs. Off only for tests that
+    # would otherwise sign up hundreds of accounts from one address.
+    rate_limits_enabled: bool = True
+    # Every API request without a valid access token, per client IP.
+    rate_limit_anonymous: str = "300/5minutes"
+    # Per client IP; a household or an office shares one address.
+    rate_limit_sign_up: str = "5/hour"
+    # Log-in attempts, per client IP and per submitted login (whether or not
+    # an account has it): the second slows guessing spread over many IPs.
+    rate_limit_log_in_ip: str = "10/minute"
+    rate_limit_log_in_name: str = "10/minute"
+    # Per account.
+    rate_limit_upload: str = "30/30minutes"
+    rate_limit_post: str = "50/hour"
+    rate_limit_like: str = "300/hour"
+    rate_limit_comment: str = "100/hour"
+    rate_limit_follow: str = "100/hour"
+    # Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For is
+    # believed, e.g. ["10.0.0.0/8"]. Empty: the TCP peer is the client.
+    trusted_proxies: list[str] = []
+
     # Trending: how far back posts are considered (the decay is in
     # social/trending.py).
     trending_window_hours: int = 72
+
+    @field_validator(
+        "rate_limit_anonymous",
+        "rate_limit_sign_up",
+        "rate_limit_log_in_ip",
+        "rate_limit_log_in_name",
+        "rate_limit_upload",
+        "rate_limit_post",
+        "rate_limit_like",
+        "rate_limit_comment",
+        "rate_limit_follow",
+    )
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        parse(value)  # raises ValueError, so a typo fails at start-up
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)
+        return value
 
     @property
     def sqlite_path(self) -> Path:

@@ -1,0 +1,353 @@
+"""Rate limits: 429 with its headers, per account and per IP, reset, fail-open.
+
+Limits are off in the rest of the suite (conftest.make_settings); each test
+here turns them on with small figures. In the distributed run the counters
+live in the shared Redis under the test's own prefix, deleted after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from limits.errors import StorageError
+from starlette.requests import HTTPConnection
+
+from petpal.platform.app import create_app
+from petpal.platform.ratelimit import (
+    STORAGE_FAILURES,
+    client_ip,
+)
+from petpal.platform.services import Services
+from petpal.platform.settings import Settings
+from tests.conftest import requires_redis
+from tests.factories import PASSWORD, User, assert_problem
+from tests.social.builders import LANDSCAPE, a_member, a_photo
+
+# Generous defaults, so that a test meets only the limit it is about.
+ROOMY = {
+    "rate_limit_anonymous": "1000/minute",
+    "rate_limit_sign_up": "1000/minute",
+    "rate_limit_log_in_ip": "1000/minute",
+    "rate_limit_log_in_name": "1000/minute",
+    "rate_limit_upload": "1000/minute",
+    "rate_limit_post": "1000/minute",
+    "rate_limit_like": "1000/minute",
+    "rate_limit_comment": "1000/minute",
+    "rate_limit_follow": "1000/minute",
+}
+
+
+@asynccontextmanager
+async def limited_app(settings: Settings, **limits: object) -> AsyncIterator[FastAPI]:
+    values = {**ROOMY, **limits, "rate_limits_enabled": True}
+    # No job runner: uploads are refused or accepted, never processed here.
+    values["run_jobs_in_process"] = False
+    app = create_app(settings.model_copy(update=values))
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@asynccontextmanager
+async def client_from(app: FastAPI, ip: str) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://petpal.test"
+    ) as client:
+        yield client
+
+
+def assert_rate_limited(response: httpx.Response, limit: int) -> None:
+    assert_problem(response, 429, "rate_limited")
+    retry_after = response.headers["Retry-After"]
+    assert retry_after.isdigit()
+    assert int(retry_after) > 0
+    assert response.headers["X-RateLimit-Limit"] == str(limit)
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert int(response.headers["X-RateLimit-Reset"]) >= int(time.time())
+
+
+Action = Callable[[httpx.AsyncClient, User], Awaitable[httpx.Response]]
+
+
+def _actions(services: Services, photos: Path) -> dict[str, Action]:
+    async def post(client: httpx.AsyncClient, user: User) -> httpx.Response:
+        media_id = await a_photo(client, user, services, photos)
+        return await client.post(
+            "/api/v1/posts", json={"media_ids": [media_id]}, headers=user.headers
+        )
+
+    async def target_post(client: httpx.AsyncClient) -> str:
+        author = await a_member(services)
+        media_id = await a_photo(client, author, services, photos)
+        services.limiter.enabled = False  # the author's own post is not counted
+        try:
+            created = await client.post(
+                "/api/v1/posts", json={"media_ids": [media_id]}, headers=author.headers
+            )
+        finally:
+            services.limiter.enabled = True
+        assert created.status_code == 201, created.text
+        return str(created.json()["id"])
+
+    async def like(client: httpx.AsyncClient, user: User) -> httpx.Response:
+        post_id = await target_post(client)
+        return await client.post(f"/api/v1/posts/{post_id}/like", headers=user.headers)
+
+    async def comment(client: httpx.AsyncClient, user: User) -> httpx.Response:
+        post_id = await target_post(client)
+        return await client.post(
+            f"/api/v1/posts/{post_id}/comments",
+            json={"body": "good dog"},
+            headers=user.headers,
+        )
+
+    async def follow(client: httpx.AsyncClient, user: User) -> httpx.Response:
+        other = await a_member(services)
+        return await client.post(
+            f"/api/v1/accounts/{other.username}/follow", headers=user.headers
+        )
+
+    async def upload(client: httpx.AsyncClient, user: User) -> httpx.Response:
+        with (photos / LANDSCAPE).open("rb") as f:
+            return await client.post(
+                "/api/v1/media",
+                files={"file": ("photo.jpg", f, "application/octet-stream")},
+                headers=user.headers,
+            )
+
+    return {
+        "post": post,
+        "like": like,
+        "comment": comment,
+        "follow": follow,
+        "upload": upload,
+    }
+
+
+@pytest.mark.parametrize("action", ["post", "like", "comment", "follow", "upload"])
+async def test_each_account_action_is_refused_past_its_limit(
+    settings: Settings, photos: Path, action: str
+) -> None:
+    async with (
+        limited_app(settings, **{f"rate_limit_{action}": "2/hour"}) as app,
+        client_from(app, "192.0.2.10") as client,
+    ):
+        services: Services = app.state.services
+        act = _actions(services, photos)[action]
+        alice, bob = await a_member(services), await a_member(services)
+
+        for remaining in (1, 0):
+            response = await act(client, alice)
+            assert response.status_code < 300, response.text
+            if action != "follow":  # its handler answers a bare 204 Response
+                assert response.headers["X-RateLimit-Limit"] == "2"
+                assert response.headers["X-RateLimit-Remaining"] == str(remaining)
+        assert_rate_limited(await act(client, alice), 2)
+
+        # Per account: another one, from the same address, is unaffected.
+        assert (await act(client, bob)).status_code < 300
+
+
+async def test_sign_up_is_limited_per_ip(settings: Settings) -> None:
+    async with limited_app(settings, rate_limit_sign_up="2/hour") as app:
+        async with client_from(app, "192.0.2.20") as client:
+            for n in range(2):
+                assert (await _sign_up(client, f"crowd_{n}")).status_code == 201
+            refused = await _sign_up(client, "crowd_2")
+            assert_rate_limited(refused, 2)
+        async with client_from(app, "192.0.2.21") as elsewhere:
+            assert (await _sign_up(elsewhere, "crowd_2")).status_code == 201
+
+
+async def _sign_up(client: httpx.AsyncClient, name: str) -> httpx.Response:
+    return await client.post(
+        "/api/v1/accounts",
+        json={
+            "username": name,
+            "email": f"{name}@example.org",
+            "password": PASSWORD,
+            "display_name": name,
+        },
+    )
+
+
+async def _log_in(
+    client: httpx.AsyncClient, login: str, password: str | None = None
+) -> httpx.Response:
+    password = password or "not the password"
+    return await client.post(
+        "/api/v1/auth/token", json={"login": login, "password": password}
+    )
+
+
+async def test_log_in_is_limited_per_ip_whatever_the_login(settings: Settings) -> None:
+    async with limited_app(settings, rate_limit_log_in_ip="3/minute") as app:
+        async with client_from(app, "192.0.2.30") as client:
+            for n in range(3):
+                assert (await _log_in(client, f"nobody_{n}")).status_code == 401
+            assert_rate_limited(await _log_in(client, "nobody_3"), 3)
+        async with client_from(app, "192.0.2.31") as elsewhere:
+            assert (await _log_in(elsewhere, "nobody_3")).status_code == 401
+
+
+async def test_log_in_is_limited_per_login_alike_for_known_and_unknown(
+    settings: Settings,
+) -> None:
+    async with limited_app(settings, rate_limit_log_in_name="3/minute") as app:
+        async with client_from(app, "192.0.2.40") as client:
+            # Signed up, never logged in: its login has no attempts yet.
+            assert (await _sign_up(client, "known_owner")).status_code == 201
+
+        async def attempts(login: str) -> list[tuple[int, str | None, set[str]]]:
+            seen = []
+            # From a new address each time: only the per-login limit applies.
+            for n, spelled in enumerate([login, login.upper(), login, login]):
+                async with client_from(app, f"198.51.100.{n + 1}") as client:
+                    response = await _log_in(client, spelled)
+                code = response.json().get("code")
+                limit_headers = {h for h in response.headers if h.startswith("x-rate")}
+                seen.append((response.status_code, code, limit_headers))
+            return seen
+
+        for_known = await attempts("known_owner")
+        for_unknown = await attempts("no_such_owner")
+
+    assert for_known == for_unknown
+    assert [status for status, _, _ in for_known] == [401, 401, 401, 429]
+    # The right password does not get past a spent limit either.
+    async with client_from(app, "198.51.100.9") as client:
+        assert_rate_limited(await _log_in(client, "known_owner", PASSWORD), 3)
+
+
+async def test_the_window_frees_as_it_moves(settings: Settings, photos: Path) -> None:
+    async with (
+        limited_app(settings, rate_limit_comment="2/second") as app,
+        client_from(app, "192.0.2.50") as client,
+    ):
+        services: Services = app.state.services
+        comment = _actions(services, photos)["comment"]
+        alice = await a_member(services)
+        for _ in range(2):
+            assert (await comment(client, alice)).status_code == 201
+        assert_rate_limited(await comment(client, alice), 2)
+
+        await asyncio.sleep(1.1)
+        assert (await comment(client, alice)).status_code == 201
+
+
+async def test_anonymous_requests_are_limited_per_ip(settings: Settings) -> None:
+    async with limited_app(settings, rate_limit_anonymous="3/minute") as app:
+        services: Services = app.state.services
+        member = await a_member(services)
+        async with client_from(app, "192.0.2.60") as client:
+            for _ in range(3):
+                response = await client.get("/api/v1/feed/public")
+                assert response.status_code == 200
+            assert_rate_limited(await client.get("/api/v1/feed/public"), 3)
+            assert_rate_limited(await client.get("/api/v1/no/such/route"), 3)
+            # Outside the API, and signed in, nothing is charged to the address.
+            assert (await client.get("/healthz")).status_code == 200
+            signed_in = await client.get("/api/v1/feed/public", headers=member.headers)
+            assert signed_in.status_code == 200
+            bogus = {"Authorization": "Bearer not-a-token"}
+            assert_rate_limited(
+                await client.get("/api/v1/feed/public", headers=bogus), 3
+            )
+        async with client_from(app, "192.0.2.61") as elsewhere:
+            assert (await elsewhere.get("/api/v1/feed/public")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [StorageError(ConnectionError("redis is down")), ConnectionRefusedError()],
+    ids=["wrapped", "socket"],
+)
+async def test_a_failing_storage_lets_requests_through(
+    settings: Settings,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+) -> None:
+    async with (
+        limited_app(settings, rate_limit_post="1/hour") as app,
+        client_from(app, "192.0.2.70") as client,
+    ):
+        services: Services = app.state.services
+        alice = await a_member(services)
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise failure
+
+        for method in ("acquire_entry", "get_moving_window"):
+            monkeypatch.setattr(services.limiter.storage, method, broken)
+        failures_before = STORAGE_FAILURES._value.get()
+
+        post = _actions(services, photos)["post"]
+        for _ in range(3):  # past the limit of 1: nothing can count
+            response = await post(client, alice)
+            assert response.status_code == 201, response.text
+            assert "X-RateLimit-Limit" not in response.headers
+        # Counted once; the limiter then leaves the storage alone for a moment.
+        assert STORAGE_FAILURES._value.get() == failures_before + 1
+
+
+async def test_limits_can_be_switched_off(settings: Settings, photos: Path) -> None:
+    async with limited_app(settings, rate_limit_post="1/hour") as app:
+        services: Services = app.state.services
+        services.limiter.enabled = False
+        alice = await a_member(services)
+        async with client_from(app, "192.0.2.80") as client:
+            post = _actions(services, photos)["post"]
+            for _ in range(2):
+                assert (await post(client, alice)).status_code == 201
+
+
+def _connection(peer: str, forwarded: str | None = None) -> HTTPConnection:
+    headers = [] if forwarded is None else [(b"x-forwarded-for", forwarded.encode())]
+    return HTTPConnection(
+        {"type": "http", "client": (peer, 1234), "headers": headers, "path": "/"}
+    )
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
+    proxies = ["10.0.0.0/8"]
+    assert client_ip(_connection("203.0.113.5", "1.2.3.4"), proxies) == "203.0.113.5"
+    assert client_ip(_connection("10.1.1.1", "1.2.3.4"), []) == "10.1.1.1"
+    # The rightmost untrusted hop; what the client wrote to its left is ignored.
+    forwarded = "6.6.6.6, 198.51.100.7, 10.2.2.2"
+    assert client_ip(_connection("10.1.1.1", forwarded), proxies) == "198.51.100.7"
+    assert client_ip(_connection("10.1.1.1"), proxies) == "10.1.1.1"
+
+
+def test_ipv6_clients_are_counted_per_64() -> None:
+    first = client_ip(_connection("2001:db8:1:2::1"), [])
+    second = client_ip(_connection("2001:db8:1:2:ffff::9"), [])
+    other = client_ip(_connection("2001:db8:1:3::1"), [])
+    assert first == second == "2001:db8:1:2::/64"
+    assert other != first
+
+
+def test_a_malformed_limit_fails_at_start_up(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="rate_limit_post"):
+        Settings(data_dir=tmp_path, rate_limit_post="lots per hour")
+
+
+@requires_redis
+async def test_replicas_share_their_counts_through_redis(settings: Settings) -> None:
+    async with (
+        limited_app(settings, rate_limit_log_in_ip="2/minute") as one,
+        limited_app(settings, rate_limit_log_in_ip="2/minute") as other,
+    ):
+        async with client_from(one, "192.0.2.90") as client:
+            for _ in range(2):
+                assert (await _log_in(client, "someone")).status_code == 401
+        async with client_from(other, "192.0.2.90") as client:
+            assert_rate_limited(await _log_in(client, "someone"), 2)
