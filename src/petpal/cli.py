@@ -34,7 +34,7 @@ def migrate(data_dir: DataDir = None) -> None:
     from petpal.platform.migrate import upgrade
 
     upgrade(_settings(data_dir))
-    typer.echo("database is up to date")
+    typer.echo("database schema is at the latest revision")
 
 
 @app.command()

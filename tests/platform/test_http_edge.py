@@ -3,12 +3,17 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from petpal.platform.cache import CacheBackendError
+from petpal.platform.services import Services
+
 
 async def test_liveness_readiness_and_metrics(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "storage": "ok"}
+    checks = ready.json()["checks"]
+    assert checks["database"] == checks["storage"] == "ok"
+    assert checks.get("cache", "ok") == "ok"  # only a Redis cache is pinged
     await client.get("/api/v1/accounts/nobody")
     metrics = (await client.get("/metrics")).text
     assert "petpal_http_request_duration_seconds_bucket" in metrics
@@ -76,3 +81,16 @@ async def test_openapi_documents_problem_responses(client: httpx.AsyncClient) ->
     for status in ("401", "413", "422"):
         assert "application/problem+json" in create_post[status]["content"]
     assert "application/json" not in create_post["422"]["content"]
+
+
+async def test_a_failing_cache_degrades_but_stays_ready(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse() -> None:
+        raise CacheBackendError("redis: ConnectionError: refused")
+
+    monkeypatch.setattr(services.cache.backend, "ping", refuse, raising=False)
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "degraded"
+    assert ready.json()["checks"]["cache"].startswith("degraded")

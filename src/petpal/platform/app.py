@@ -20,6 +20,7 @@ from sqlalchemy import text
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from petpal.platform.cache import CacheBackendError
 from petpal.platform.errors import (
     PROBLEM_MEDIA_TYPE,
     BodyTooLargeError,
@@ -205,9 +206,19 @@ def _add_operational_routes(app: FastAPI) -> None:
             checks["storage"] = "ok"
         except Exception as exc:  # idem
             checks["storage"] = f"error: {type(exc).__name__}"
-        ready = all(v == "ok" for v in checks.values())
+        ready = checks["database"] == "ok" and checks["storage"] == "ok"
+        # The cache is reported but does not decide readiness: without it,
+        # reads are answered from the database, slower but correct.
+        ping = getattr(platform.cache.backend, "ping", None)
+        if ping is not None:
+            try:
+                await ping()
+                checks["cache"] = "ok"
+            except CacheBackendError as exc:
+                checks["cache"] = f"degraded: {exc}"
         if ready:
-            return JSONResponse({"status": "ready", "checks": checks})
+            status = "ready" if checks.get("cache", "ok") == "ok" else "degraded"
+            return JSONResponse({"status": status, "checks": checks})
         return problem_response(
             request,
             503,
