@@ -218,11 +218,7 @@ async def do_log_out(services: Services, secret: str) -> None:
 # --- profiles -----------------------------------------------------------------
 
 
-async def _load_account_blob(services: Services, account_id: str) -> bytes | None:
-    async with services.db.read_session() as session:
-        account = await session.get(Account, account_id)
-    if account is None:
-        return None
+def _account_blob(account: Account) -> bytes:
     return orjson.dumps(
         {
             "id": account.id,
@@ -235,18 +231,32 @@ async def _load_account_blob(services: Services, account_id: str) -> bytes | Non
     )
 
 
+async def _cached_accounts(
+    services: Services, account_ids: list[str]
+) -> dict[str, dict[str, object]]:
+    """The stored fields of the existing accounts among ``account_ids``.
+
+    One cache round trip for all of them, and one query for those it misses.
+    """
+    keys = {_account_key(account_id): account_id for account_id in account_ids}
+
+    async def load(missing: list[str]) -> dict[str, bytes | None]:
+        async with services.db.read_session() as session:
+            accounts = await session.scalars(
+                select(Account).where(Account.id.in_([keys[k] for k in missing]))
+            )
+            return {_account_key(a.id): _account_blob(a) for a in accounts}
+
+    found = await services.cache.get_or_load_many(list(keys), load, ttl=ACCOUNT_TTL)
+    return {
+        keys[key]: orjson.loads(blob) for key, blob in found.items() if blob is not None
+    }
+
+
 async def _cached_account(
     services: Services, account_id: str
 ) -> dict[str, object] | None:
-    blob = await services.cache.get_or_load(
-        _account_key(account_id),
-        lambda: _load_account_blob(services, account_id),
-        ttl=ACCOUNT_TTL,
-    )
-    if blob is None:
-        return None
-    loaded: dict[str, object] = orjson.loads(blob)
-    return loaded
+    return (await _cached_accounts(services, [account_id])).get(account_id)
 
 
 async def resolve_username(services: Services, username: str) -> str:
@@ -276,11 +286,7 @@ async def get_summaries(
     """Public summaries of the given accounts, from the cache where possible."""
     from petpal.media.service import display_urls
 
-    blobs = {}
-    for account_id in dict.fromkeys(account_ids):
-        blob = await _cached_account(services, account_id)
-        if blob is not None:
-            blobs[account_id] = blob
+    blobs = await _cached_accounts(services, account_ids)
     avatars = await display_urls(
         services,
         [str(b["avatar_media_id"]) for b in blobs.values() if b["avatar_media_id"]],

@@ -9,7 +9,6 @@ the media as ``processing`` and queues the job; decoding happens in
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Iterable
 
 import orjson
@@ -121,24 +120,30 @@ async def media_views(
 ) -> dict[str, MediaView]:
     """Views of the *ready* media among ``media_ids``, cached (they never change)."""
 
-    async def load(media_id: str) -> bytes | None:
-        async with services.db.read_session() as session:
-            media = await session.get(Media, media_id)
-        if media is None or media.status != READY:
-            return None
-        return to_view(services, media).model_dump_json().encode()
+    keys = {media_key(media_id): media_id for media_id in media_ids}
 
-    views: dict[str, MediaView] = {}
-    for media_id in dict.fromkeys(media_ids):
-        blob = await services.cache.get_or_load(
-            media_key(media_id),
-            functools.partial(load, media_id),
-            ttl=READY_TTL,
-            missing_ttl=2.0,
-        )
-        if blob is not None:
-            views[media_id] = MediaView.model_validate(orjson.loads(blob))
-    return views
+    async def load(missing: list[str]) -> dict[str, bytes | None]:
+        async with services.db.read_session() as session:
+            ready = await session.scalars(
+                select(Media).where(
+                    Media.id.in_([keys[k] for k in missing]), Media.status == READY
+                )
+            )
+            return {
+                media_key(m.id): to_view(services, m).model_dump_json().encode()
+                for m in ready
+            }
+
+    # One cache round trip for the whole list, one query for what it misses.
+    # A media item still processing is cached as missing only briefly.
+    found = await services.cache.get_or_load_many(
+        list(keys), load, ttl=READY_TTL, missing_ttl=2.0
+    )
+    return {
+        keys[key]: MediaView.model_validate(orjson.loads(blob))
+        for key, blob in found.items()
+        if blob is not None
+    }
 
 
 async def display_urls(services: Services, media_ids: Iterable[str]) -> dict[str, str]:

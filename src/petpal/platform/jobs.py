@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import JSON, Integer, String, Text, select, update
+from sqlalchemy import JSON, Integer, String, Text, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -329,8 +329,6 @@ async def replay_dead_jobs(db: Database, job_ids: list[str] | None = None) -> in
 
 
 async def refresh_outbox_gauges(db: Database) -> None:
-    from sqlalchemy import func
-
     async with db.read_session() as session:
         count, oldest = (
             await session.execute(
