@@ -92,13 +92,19 @@ def run(argv: list[str]) -> None:
 # under its own key prefix there and deletes its keys).
 DEFAULT_TEST_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
-TEST_URL_VARIABLES = ("PETPAL_TEST_DATABASE_URL", "PETPAL_TEST_REDIS_URL")
+# RabbitMQ's default account, which accepts connections from loopback only.
+DEFAULT_TEST_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+TEST_URL_VARIABLES = (
+    "PETPAL_TEST_DATABASE_URL",
+    "PETPAL_TEST_REDIS_URL",
+    "PETPAL_TEST_BROKER_URL",
+)
 
 # Run in .venv's Python: asks each server for one answer within 3 seconds and
 # prints a line for each that gave none.
 PROBE = """
 import asyncio, sys
-import asyncpg, redis.asyncio
+import asyncpg, kombu, redis.asyncio
 from sqlalchemy.engine import make_url
 
 async def postgresql(url):
@@ -120,11 +126,19 @@ async def cache(url):
     finally:
         await client.aclose()
 
+def connect_to_broker(url):
+    with kombu.Connection(url, connect_timeout=3) as connection:
+        connection.ensure_connection(max_retries=1)
+
+async def broker(url):
+    await asyncio.to_thread(connect_to_broker, url)
+
 async def main():
     silent = []
     for name, check, url in (
         ("PostgreSQL", postgresql, sys.argv[1]),
         ("Redis", cache, sys.argv[2]),
+        ("RabbitMQ", broker, sys.argv[3]),
     ):
         try:
             await asyncio.wait_for(check(url), 5)
@@ -154,6 +168,7 @@ def test(argv: list[str]) -> None:
     distributed = dict(os.environ)
     distributed.setdefault("PETPAL_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
     distributed.setdefault("PETPAL_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    distributed.setdefault("PETPAL_TEST_BROKER_URL", DEFAULT_TEST_BROKER_URL)
     # Asked first, so that CI fails in seconds rather than after a whole run.
     silent = silent_servers(distributed) if mode != "embedded" else []
     if silent and os.environ.get("CI") == "true":
@@ -167,7 +182,7 @@ def test(argv: list[str]) -> None:
     if silent:
         print(distributed_skipped(silent, "SKIPPED"), flush=True)
         return
-    print("== the suite, distributed (PostgreSQL, Redis)", flush=True)
+    print("== the suite, distributed (PostgreSQL, Redis, RabbitMQ)", flush=True)
     sh(PY, *PYTEST, *argv, env=distributed)
 
 
@@ -180,6 +195,7 @@ def silent_servers(env: dict[str, str]) -> list[str]:
             PROBE,
             env["PETPAL_TEST_DATABASE_URL"],
             env["PETPAL_TEST_REDIS_URL"],
+            env["PETPAL_TEST_BROKER_URL"],
         ],
         cwd=ROOT,
         capture_output=True,
@@ -197,13 +213,14 @@ def distributed_skipped(silent: list[str], verdict: str) -> str:
     return "\n".join(
         [
             "",
-            f"{verdict}: the suite in distributed mode (PostgreSQL + Redis) did not",
-            "run, because these did not answer:",
+            f"{verdict}: the suite in distributed mode (PostgreSQL, Redis and",
+            "RabbitMQ) did not run, because these did not answer:",
             *(f"  - {line}" for line in silent),
-            "To run it, start both (README.md, 'Running both modes'), or point",
+            "To run it, start them (README.md, 'Running both modes'), or point",
             "PETPAL_TEST_DATABASE_URL (an admin URL: the tests create and drop",
-            "their own databases) and PETPAL_TEST_REDIS_URL at servers that",
-            "answer, then run `python3 dev.py test` again.",
+            "their own databases), PETPAL_TEST_REDIS_URL and",
+            "PETPAL_TEST_BROKER_URL at servers that answer, then run",
+            "`python3 dev.py test` again.",
         ]
     )
 

@@ -44,6 +44,9 @@ PHOTOS = FIXTURES / "photos"
 
 TEST_DATABASE_URL = os.environ.get("PETPAL_TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("PETPAL_TEST_REDIS_URL", "")
+# RabbitMQ for the broker tests (tests/platform/test_broker.py); each test
+# declares its own exchanges and queues under a prefix and deletes them.
+TEST_BROKER_URL = os.environ.get("PETPAL_TEST_BROKER_URL", "")
 # Every database and Redis key this process makes starts with one of these.
 RUN_TAG = f"{os.getpid()}_{secrets.token_hex(3)}"
 DATABASE_PREFIX = f"petpal_test_{RUN_TAG}"
@@ -57,6 +60,11 @@ requires_postgresql = pytest.mark.skipif(
 requires_redis = pytest.mark.skipif(
     not TEST_REDIS_URL, reason="PETPAL_TEST_REDIS_URL is not set"
 )
+# Workers are other processes, so they need a database server to share.
+requires_broker = pytest.mark.skipif(
+    not (TEST_BROKER_URL and TEST_DATABASE_URL),
+    reason="PETPAL_TEST_BROKER_URL and PETPAL_TEST_DATABASE_URL are not both set",
+)
 
 
 def pytest_report_header() -> list[str]:
@@ -66,7 +74,10 @@ def pytest_report_header() -> list[str]:
         else "SQLite"
     )
     cache = f"Redis ({_redacted(TEST_REDIS_URL)})" if TEST_REDIS_URL else "in-process"
-    return [f"petpal: database {database}, cache {cache}"]
+    jobs = (
+        f"RabbitMQ ({_redacted(TEST_BROKER_URL)})" if TEST_BROKER_URL else "in-process"
+    )
+    return [f"petpal: database {database}, cache {cache}, broker tests {jobs}"]
 
 
 def _redacted(url: str) -> str:
@@ -174,6 +185,7 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "data_dir": data_dir,
         "database_url": "",
         "redis_url": "",
+        "broker_url": "",
         "secret_key": "test-secret-key-that-is-long-enough-for-hs256",
         "job_poll_seconds": 0.05,
         "log_level": "WARNING",

@@ -73,6 +73,120 @@ def seed(data_dir: DataDir = None) -> None:
     typer.echo(summary)
 
 
+@app.command()
+def relay(
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve /metrics on this port (0: none).")
+    ] = 9101,
+    metrics_host: Annotated[str, typer.Option(help="Address for /metrics.")] = (
+        "127.0.0.1"
+    ),
+) -> None:
+    """Hand outbox jobs to RabbitMQ (PETPAL_BROKER_URL) until stopped."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from petpal.platform.broker import BrokerRelay, listen_for_jobs, make_broker
+    from petpal.platform.db import Database
+    from petpal.platform.observability import configure_logging
+
+    settings = _settings(None)
+    _require_broker(settings)
+    configure_logging(settings.log_level, settings.log_json)
+    if metrics_port:
+        start_http_server(metrics_port, metrics_host)
+
+    async def run() -> None:
+        db = Database(settings)
+        relay = BrokerRelay(settings, db, make_broker(settings))
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, relay.stop)
+        listener = await listen_for_jobs(db, relay)
+        typer.echo("relay: publishing outbox jobs to RabbitMQ", err=True)
+        try:
+            await relay.run()
+        finally:
+            if listener is not None:
+                await listener.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str,
+        typer.Option(help="Comma-separated: media, notifications, default."),
+    ] = "media,notifications,default",
+    concurrency: Annotated[
+        int, typer.Option(help="Worker processes (default: one per core).")
+    ] = 0,
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve /metrics on this port (0: none).")
+    ] = 9102,
+    metrics_host: Annotated[str, typer.Option(help="Address for /metrics.")] = (
+        "127.0.0.1"
+    ),
+) -> None:
+    """Run jobs from RabbitMQ (PETPAL_BROKER_URL) in Celery worker processes."""
+    import tempfile
+
+    # Job metrics are counted in the worker's child processes: prometheus
+    # multiprocess mode must be on before prometheus_client is first imported.
+    os.environ.setdefault(
+        "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="petpal-metrics-")
+    )
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from petpal.platform.broker import QUEUE_NAMES, make_broker
+    from petpal.platform.observability import configure_logging
+
+    settings = _settings(None)
+    _require_broker(settings)
+    names = [name.strip() for name in queues.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(QUEUE_NAMES))
+    if unknown or not names:
+        raise typer.BadParameter(
+            f"unknown queue(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(QUEUE_NAMES)}",
+            param_hint="--queues",
+        )
+    configure_logging(settings.log_level, settings.log_json)
+    if metrics_port:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        start_http_server(metrics_port, metrics_host, registry=registry)
+    broker = make_broker(settings)
+    argv = [
+        "worker",
+        "--queues",
+        ",".join(broker.topology.queues[name].name for name in names),
+        "--loglevel",
+        settings.log_level,
+        "--without-mingle",
+        "--without-gossip",
+        "--hostname",
+        f"petpal-{'-'.join(names)}@%h.{os.getpid()}",
+    ]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    broker.celery.worker_main(argv)
+
+
+def _require_broker(settings: Settings) -> None:
+    if not settings.broker_url:
+        typer.echo(
+            "PETPAL_BROKER_URL is not set: jobs run inside `petpal serve` "
+            "(embedded mode), so there is nothing for this command to do.",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
 @jobs_app.command("dead")
 def jobs_dead(data_dir: DataDir = None) -> None:
     """List jobs that failed every attempt."""
@@ -80,7 +194,17 @@ def jobs_dead(data_dir: DataDir = None) -> None:
     from petpal.platform.jobs import list_dead_jobs
 
     async def run() -> None:
-        db = Database(_settings(data_dir))
+        settings = _settings(data_dir)
+        db = Database(settings)
+        if settings.broker_url:
+            # What RabbitMQ dead-lettered joins the list first.
+            from petpal.platform.broker import BrokerRelay, make_broker
+
+            sweeper = BrokerRelay(settings, db, make_broker(settings))
+            try:
+                await sweeper.sweep_dead_letters()
+            finally:
+                await sweeper.close()
         rows = await list_dead_jobs(db)
         for row in rows:
             typer.echo(

@@ -48,7 +48,7 @@ def _reset() -> None:
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import timedelta
 
-    monkeypatch.setattr("petpal.platform.jobs.backoff", lambda attempt: timedelta(0))
+    monkeypatch.setattr("petpal.platform.jobs.backoff", lambda *_: timedelta(0))
 
 
 async def _status(services: Services, job_id: str) -> str:

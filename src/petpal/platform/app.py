@@ -31,11 +31,10 @@ from petpal.platform.errors import (
 from petpal.platform.jobs import refresh_outbox_gauges
 from petpal.platform.observability import RequestEdgeMiddleware, configure_logging
 from petpal.platform.ratelimit import AnonymousLimitMiddleware
-from petpal.platform.services import Services
+from petpal.platform.services import SERVICE_NAMES, Services
 from petpal.platform.settings import Settings, get_settings
 from petpal.platform.storage import ObjectNotFoundError
 
-SERVICE_NAMES = ("identity", "pets", "social", "media")
 API_PREFIX = "/api/v1"
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -49,6 +49,8 @@ queries_in_scope: contextvars.ContextVar[list[int] | None] = contextvars.Context
 
 # Set in ``session.info`` by jobs.enqueue, so a commit knows it added jobs.
 JOBS_ENQUEUED = "petpal_jobs_enqueued"
+# The PostgreSQL channel a commit that added jobs notifies (distributed mode).
+OUTBOX_CHANNEL = "petpal_outbox"
 
 
 class Base(DeclarativeBase):
@@ -157,6 +159,8 @@ class Database:
         self._readers = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writers = async_sessionmaker(writer, expire_on_commit=False)
         self._after_commit_hooks: list[Callable[[], None]] = []
+        # With a broker the relay is another process; PostgreSQL tells it.
+        self._notify_jobs = bool(settings.broker_url) and not self.is_sqlite
 
     def on_job_commit(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` after a write commit that enqueued a job (wakes relays)."""
@@ -173,6 +177,9 @@ class Database:
         async with self._writers() as session:
             async with session.begin():
                 yield session
+                if self._notify_jobs and session.info.get(JOBS_ENQUEUED):
+                    # Delivered at commit: wakes `petpal relay` (broker.py).
+                    await session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
             enqueued = session.info.pop(JOBS_ENQUEUED, False)
         if enqueued:
             for hook in self._after_commit_hooks:

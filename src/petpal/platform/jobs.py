@@ -4,17 +4,24 @@ A use case that implies background work calls :func:`enqueue` with the same
 session that writes its change, so the job row and the change commit (or roll
 back) together: no job is lost and none runs for a change that never
 happened. The embedded relay below then claims due rows, runs their handlers
-and records the outcome; in distributed mode the relay publishes the rows to
-the broker instead and workers run the same handlers.
+and records the outcome; in distributed mode the relay in
+:mod:`petpal.platform.broker` publishes the rows to RabbitMQ instead, and
+Celery workers run the same handlers through :func:`start_delivery` and
+:func:`run_job`.
 
-Handlers must be idempotent: after a crash a claimed job whose lease ran out
-is claimed again and may run a second time.
+A row's life: ``pending`` (due at ``available_at``) → ``queued`` (handed to
+the broker; distributed mode only) → ``running`` (an attempt holds a lease
+until ``available_at``) → ``done``, or ``pending`` again after a failure (a
+retry with back-off), or ``dead`` after ``job_max_attempts`` attempts.
+
+Handlers must be idempotent: after a crash a job may run a second time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,8 +51,11 @@ OUTBOX_BACKLOG = Gauge("petpal_outbox_backlog", "Jobs waiting in the outbox")
 OUTBOX_OLDEST_AGE = Gauge(
     "petpal_outbox_oldest_age_seconds", "Age of the oldest job waiting in the outbox"
 )
+DEAD_JOBS = Gauge(
+    "petpal_dead_jobs", "Jobs that failed every attempt, waiting for an operator"
+)
 
-PENDING, RUNNING, DONE, DEAD = "pending", "running", "done", "dead"
+PENDING, QUEUED, RUNNING, DONE, DEAD = "pending", "queued", "running", "done", "dead"
 LEASE = timedelta(minutes=5)
 
 
@@ -107,10 +117,116 @@ def enqueue(session: AsyncSession, kind: str, payload: dict[str, Any]) -> str:
     return job_id
 
 
-def backoff(attempt: int) -> timedelta:
-    """Exponential back-off with full jitter: about 2, 4, 8 … seconds, max 10 min."""
-    ceiling = min(600.0, 2.0**attempt)
+def backoff(attempt: int, base_seconds: float = 1.0) -> timedelta:
+    """Exponential back-off with jitter: about 2, 4, 8 … times the base, max 10 min."""
+    ceiling = min(600.0, base_seconds * 2.0**attempt)
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))  # noqa: S311
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt at a job, as :func:`start_delivery` granted it."""
+
+    job_id: str
+    kind: str
+    payload: dict[str, Any]
+    attempt: int
+
+
+class DeliveryLimitReached(Exception):
+    """A job was delivered ``job_max_attempts`` times without an outcome."""
+
+
+async def start_delivery(
+    db: Database, job_id: str, max_attempts: int
+) -> Delivery | None:
+    """Take a lease on ``job_id`` for one attempt, as a broker worker does.
+
+    Returns None when there is nothing to do: the job is unknown, or finished
+    by an earlier delivery (a message can arrive twice). Every start counts
+    as an attempt, so a job whose worker dies each time (a poison photo that
+    exhausts memory, say) is marked dead instead of crashing workers forever:
+    that raises :class:`DeliveryLimitReached`.
+    """
+    now = utcnow()
+    async with db.write_session() as session:
+        row = await session.get(OutboxJob, job_id)
+        if row is None or row.status in (DONE, DEAD):
+            return None
+        if row.attempts < max_attempts:
+            row.status = RUNNING
+            row.attempts += 1
+            row.available_at = now + LEASE
+            return Delivery(row.id, row.kind, dict(row.payload), row.attempts)
+        # Raised after the commit, which must keep the verdict.
+        row.status, row.finished_at = DEAD, now
+        row.last_error = verdict = (
+            f"delivery limit: {row.attempts} attempts started and none "
+            "recorded an outcome (the worker died or lost the database)"
+        )
+        kind = row.kind
+    JOB_RUNS.labels(kind, "dead").inc()
+    raise DeliveryLimitReached(verdict)
+
+
+async def run_job(
+    services: Any,
+    delivery: Delivery,
+    *,
+    max_attempts: int,
+    retry_base_seconds: float,
+) -> str:
+    """Run one attempt's handler and record its outcome: done, retry or dead."""
+    handler = _handlers.get(delivery.kind)
+    bound = log.bind(
+        job_id=delivery.job_id, job_kind=delivery.kind, attempt=delivery.attempt
+    )
+    started = time.perf_counter()
+    error: str | None = None
+    if handler is None:
+        error = f"no handler registered for job kind {delivery.kind!r}"
+    else:
+        try:
+            await handler(
+                JobContext(services, delivery.job_id, delivery.attempt),
+                delivery.payload,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = "".join(traceback.format_exception_only(exc)).strip()
+            bound.warning("job.failed", error=error)
+    JOB_SECONDS.labels(delivery.kind).observe(time.perf_counter() - started)
+    return await _record_outcome(
+        services.db, delivery, error, max_attempts, retry_base_seconds
+    )
+
+
+async def _record_outcome(
+    db: Database,
+    delivery: Delivery,
+    error: str | None,
+    max_attempts: int,
+    retry_base_seconds: float,
+) -> str:
+    now = utcnow()
+    async with db.write_session() as session:
+        row = await session.get(OutboxJob, delivery.job_id)
+        if row is None:
+            return "gone"
+        row.last_error = error
+        if error is None:
+            row.status, row.finished_at = DONE, now
+            outcome = "done"
+        elif delivery.attempt >= max_attempts:
+            row.status, row.finished_at = DEAD, now
+            outcome = "dead"
+        else:
+            row.status = PENDING
+            row.available_at = now + backoff(delivery.attempt, retry_base_seconds)
+            outcome = "retry"
+    JOB_RUNS.labels(delivery.kind, outcome).inc()
+    return outcome
 
 
 class EmbeddedRelay:
@@ -124,14 +240,16 @@ class EmbeddedRelay:
         concurrency: int,
         poll_seconds: float,
         max_attempts: int,
+        retry_base_seconds: float = 1.0,
     ) -> None:
         self._db = db
         self._services = services
         self._concurrency = max(1, concurrency)
         self._poll_seconds = poll_seconds
         self._max_attempts = max_attempts
+        self._retry_base_seconds = retry_base_seconds
         self._wake = asyncio.Event()
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[str]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         # True from the claim query until the claimed jobs are tasks, so that
         # drain() never sees a claimed job that is neither due nor running.
@@ -154,7 +272,7 @@ class EmbeddedRelay:
         """
         self._stopping = True
         self._wake.set()
-        pending = set(self._running)
+        pending: set[asyncio.Task[Any]] = set(self._running)
         if self._loop_task is not None:
             pending.add(self._loop_task)
         if not pending:
@@ -254,55 +372,24 @@ class EmbeddedRelay:
                 row.status = RUNNING
                 row.attempts += 1
                 row.available_at = now + LEASE
-                claimed.append((row.id, row.kind, dict(row.payload), row.attempts))
-        for job_id, kind, payload, attempt in claimed:
-            task = asyncio.create_task(self._run(job_id, kind, payload, attempt))
+                claimed.append(
+                    Delivery(row.id, row.kind, dict(row.payload), row.attempts)
+                )
+        for delivery in claimed:
+            task = asyncio.create_task(
+                run_job(
+                    self._services,
+                    delivery,
+                    max_attempts=self._max_attempts,
+                    retry_base_seconds=self._retry_base_seconds,
+                )
+            )
             self._running.add(task)
             task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[str]) -> None:
         self._running.discard(task)
         self._wake.set()
-
-    async def _run(
-        self, job_id: str, kind: str, payload: dict[str, Any], attempt: int
-    ) -> None:
-        handler = _handlers.get(kind)
-        bound = log.bind(job_id=job_id, job_kind=kind, attempt=attempt)
-        started = asyncio.get_running_loop().time()
-        error: str | None = None
-        if handler is None:
-            error = f"no handler registered for job kind {kind!r}"
-        else:
-            try:
-                await handler(JobContext(self._services, job_id, attempt), payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                error = "".join(traceback.format_exception_only(exc)).strip()
-                bound.warning("job.failed", error=error)
-        JOB_SECONDS.labels(kind).observe(asyncio.get_running_loop().time() - started)
-        await self._record_outcome(job_id, kind, attempt, error)
-
-    async def _record_outcome(
-        self, job_id: str, kind: str, attempt: int, error: str | None
-    ) -> None:
-        now = utcnow()
-        async with self._db.write_session() as session:
-            row = await session.get(OutboxJob, job_id)
-            if row is None:
-                return
-            row.last_error = error
-            if error is None:
-                row.status, row.finished_at = DONE, now
-                outcome = "done"
-            elif attempt >= self._max_attempts:
-                row.status, row.finished_at = DEAD, now
-                outcome = "dead"
-            else:
-                row.status, row.available_at = PENDING, now + backoff(attempt)
-                outcome = "retry"
-        JOB_RUNS.labels(kind, outcome).inc()
 
 
 async def list_dead_jobs(db: Database, limit: int = 100) -> list[OutboxJob]:
@@ -333,10 +420,14 @@ async def refresh_outbox_gauges(db: Database) -> None:
         count, oldest = (
             await session.execute(
                 select(func.count(), func.min(OutboxJob.created_at)).where(
-                    OutboxJob.status.in_([PENDING, RUNNING])
+                    OutboxJob.status.in_([PENDING, QUEUED, RUNNING])
                 )
             )
         ).one()
+        dead = await session.scalar(
+            select(func.count()).select_from(OutboxJob).where(OutboxJob.status == DEAD)
+        )
     OUTBOX_BACKLOG.set(count)
     age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
     OUTBOX_OLDEST_AGE.set(age)
+    DEAD_JOBS.set(dead or 0)

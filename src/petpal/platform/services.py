@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from petpal.platform.cache import Cache, CacheBackend, InProcessBackend
@@ -11,6 +12,15 @@ from petpal.platform.ratelimit import RateLimiter
 from petpal.platform.redis_cache import RedisBackend
 from petpal.platform.settings import Settings
 from petpal.platform.storage import Storage
+
+# The services of the platform; each has api, service, models and tasks modules.
+SERVICE_NAMES = ("identity", "pets", "social", "media")
+
+
+def import_task_modules(names: tuple[str, ...] = SERVICE_NAMES) -> None:
+    """Register every job handler (a worker process runs any service's jobs)."""
+    for name in names:
+        importlib.import_module(f"petpal.{name}.tasks")
 
 
 @dataclass
@@ -38,13 +48,14 @@ class Services:
             secret=settings.secret_key_or_generate(),
             limiter=RateLimiter.from_settings(settings),
         )
-        if settings.run_jobs_in_process:
+        if settings.run_jobs_in_process and not settings.broker_url:
             services.relay = EmbeddedRelay(
                 db,
                 services,
                 concurrency=settings.job_workers,
                 poll_seconds=settings.job_poll_seconds,
                 max_attempts=settings.job_max_attempts,
+                retry_base_seconds=settings.job_retry_base_seconds,
             )
             db.on_job_commit(services.relay.wake)
         return services

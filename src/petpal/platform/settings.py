@@ -3,7 +3,9 @@
 With nothing set, PetPal runs embedded: SQLite, the in-process cache and job
 runner, and media on local disk, all below ``PETPAL_DATA_DIR``. The URLs
 choose the distributed engines: ``PETPAL_DATABASE_URL`` (PostgreSQL through
-asyncpg) and ``PETPAL_REDIS_URL`` (Redis as the cache).
+asyncpg), ``PETPAL_REDIS_URL`` (Redis as the cache and rate-limit store) and
+``PETPAL_BROKER_URL`` (RabbitMQ: jobs go to Celery workers instead of running
+in the serving process).
 """
 
 from __future__ import annotations
@@ -48,10 +50,36 @@ class Settings(BaseSettings):
     # outbox when nothing woke it (a commit that writes a job wakes it at once).
     job_workers: int = 2
     job_poll_seconds: float = 1.0
-    job_max_attempts: int = 5
+    # A job that fails is tried again after about 2, 4, 8 … times this many
+    # seconds (with jitter), and is dead after job_max_attempts attempts.
+    job_max_attempts: int = Field(default=5, ge=1)
+    job_retry_base_seconds: float = Field(default=1.0, gt=0)
     # The embedded runner can be switched off, e.g. for a process that only
-    # serves HTTP while a separate worker process runs the jobs.
+    # serves HTTP while a separate worker process runs the jobs. It never runs
+    # when a broker is set: `petpal relay` and `petpal worker` do the work.
     run_jobs_in_process: bool = True
+
+    # Empty: jobs run in process. e.g. amqp://guest:guest@127.0.0.1:5672// to
+    # hand them to Celery workers through RabbitMQ (platform/broker.py).
+    broker_url: str = ""
+    # Prepended to every exchange and queue name, so several deployments (or
+    # test runs) can share one RabbitMQ virtual host.
+    broker_prefix: str = "petpal."
+    # The relay looks for new outbox rows this often when nothing woke it
+    # (on PostgreSQL a commit that adds a job wakes it at once).
+    relay_poll_seconds: float = Field(default=0.5, gt=0)
+    # Connecting to RabbitMQ: a broker that does not answer within this is down.
+    broker_timeout_seconds: float = Field(default=4.0, gt=0)
+    # RabbitMQ dead-letters a message delivered this many times without an
+    # acknowledgement (workers that die on it). High enough to ride out a
+    # database outage, during which workers hand messages back after a pause.
+    broker_delivery_limit: int = Field(default=20, ge=1)
+    broker_requeue_pause_seconds: float = Field(default=3.0, ge=0)
+    # Rows handed to the broker per transaction, each publish confirmed.
+    relay_batch_size: int = Field(default=200, ge=1)
+    # A queued job not started after this long is published again: the
+    # broker lost it. Generous, because a long queue is not a lost message.
+    job_requeue_after_seconds: int = Field(default=3600, ge=60)
 
     # PostgreSQL connection pool, per process. A process holds at most
     # pool_size + max_overflow connections, so replicas × that must stay below

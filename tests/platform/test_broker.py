@@ -1,0 +1,596 @@
+"""Jobs through RabbitMQ and Celery, with real servers and real processes.
+
+Each test declares its own exchanges and queues (a unique prefix) on the test
+RabbitMQ and deletes them afterwards; ``petpal relay`` and ``petpal worker``
+run as child processes in their own process groups, against the test's own
+PostgreSQL database, and are stopped by process group id. The test that stops
+RabbitMQ starts a private RabbitMQ node for itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from amqp.exceptions import ChannelError
+from fastapi import FastAPI
+from kombu import Connection
+from sqlalchemy import select
+
+from petpal.media.models import READY, Media
+from petpal.platform.app import create_app
+from petpal.platform.broker import (
+    BrokerRelay,
+    Topology,
+    make_broker,
+)
+from petpal.platform.db import Database
+from petpal.platform.jobs import (
+    DEAD,
+    DONE,
+    PENDING,
+    QUEUED,
+    DeliveryLimitReached,
+    OutboxJob,
+    enqueue,
+    start_delivery,
+)
+from petpal.platform.settings import Settings
+from tests.conftest import PHOTOS, RUN_TAG, TEST_BROKER_URL, requires_broker
+from tests.factories import User, a_user
+
+pytestmark = [requires_broker, pytest.mark.timeout(240)]
+
+BIN = Path(sys.executable).parent
+SMALL_PHOTO = PHOTOS / "camera-exif" / "apple_iphone5_ori3_gps.jpg"
+_prefixes = itertools.count()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the PETPAL_* variables a child process reads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PETPAL_")}
+    for name, value in settings.model_dump().items():
+        if isinstance(value, list):
+            text = json.dumps(value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[f"PETPAL_{name.upper()}"] = text
+    return env
+
+
+class Child:
+    """A ``petpal`` command in its own process group, with its output kept."""
+
+    def __init__(self, settings: Settings, log: Path, *args: str) -> None:
+        self.log = log
+        self._out = log.open("ab")
+        self.process = subprocess.Popen(
+            [str(BIN / "petpal"), *args],
+            env=settings_env(settings),
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: the worker and its pool processes."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._out.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+class Processes:
+    """Starts relays and workers for one test; stops every one at the end."""
+
+    def __init__(self, settings: Settings, folder: Path) -> None:
+        self.settings = settings
+        self._folder = folder
+        self._children: list[Child] = []
+        self._count = itertools.count()
+
+    def _start(self, *args: str) -> Child:
+        log = self._folder / f"{args[0]}-{next(self._count)}.log"
+        child = Child(self.settings, log, *args)
+        self._children.append(child)
+        return child
+
+    def relay(self) -> Child:
+        return self._start("relay", "--metrics-port", "0")
+
+    def worker(self, queues: str = "media,notifications,default") -> Child:
+        child = self._start(
+            "worker", "--queues", queues, "--concurrency", "1", "--metrics-port", "0"
+        )
+        wait_for_consumers(self.settings, queues.split(","), child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in self._children:
+            child.stop()
+
+    def report(self) -> str:
+        return "\n".join(f"--- {c.log.name}\n{c.output()}" for c in self._children)
+
+
+def wait_for_consumers(settings: Settings, names: list[str], child: Child) -> None:
+    """Wait until ``child`` consumes every queue in ``names`` (it is ready)."""
+    topology = Topology(settings)
+    deadline = time.monotonic() + 60
+    with Connection(settings.broker_url, connect_timeout=5) as connection:
+        while time.monotonic() < deadline:
+            assert child.process.poll() is None, child.output()
+            # A channel per look: asking for a queue not yet declared closes it.
+            with connection.channel() as channel:
+                try:
+                    consumers = [
+                        channel.queue_declare(
+                            queue=topology.queues[name].name, passive=True
+                        ).consumer_count
+                        for name in names
+                    ]
+                except ChannelError:
+                    consumers = [0]
+            if all(consumers):
+                return
+            time.sleep(0.2)
+    raise AssertionError(f"the worker never consumed {names}:\n{child.output()}")
+
+
+@pytest.fixture
+def broker_settings(settings: Settings, broker_url: str) -> Iterator[Settings]:
+    """The test's settings with a broker and a prefix of its own."""
+    configured = settings.model_copy(
+        update={
+            "broker_url": broker_url,
+            "broker_prefix": f"petpal-test.{RUN_TAG}.{next(_prefixes)}.",
+            "job_retry_base_seconds": 0.05,
+            "job_max_attempts": 3,
+            "relay_poll_seconds": 0.05,
+            "broker_requeue_pause_seconds": 0.2,
+            "broker_timeout_seconds": 2.0,
+        }
+    )
+    yield configured
+    try:
+        with Connection(broker_url, connect_timeout=5) as connection:
+            Topology(configured).delete(connection)
+    except OSError:
+        pass  # a private node already stopped: its data dir goes with it
+
+
+@pytest.fixture
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The test RabbitMQ, or a private node for tests that stop it."""
+    if request.node.get_closest_marker("private_rabbit") is not None:
+        node: PrivateRabbit = request.getfixturevalue("private_rabbit")
+        return node.url
+    return TEST_BROKER_URL
+
+
+@pytest.fixture
+async def broker_app(broker_settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(broker_settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def broker_client(broker_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=broker_app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://petpal.test"
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def processes(broker_settings: Settings, tmp_path: Path) -> Iterator[Processes]:
+    running = Processes(broker_settings, tmp_path)
+    yield running
+    running.stop_all()
+
+
+async def upload(client: httpx.AsyncClient, user: User, path: Path) -> str:
+    with path.open("rb") as f:
+        response = await client.post(
+            "/api/v1/media",
+            headers=user.headers,
+            files={"file": (path.name, f, "application/octet-stream")},
+        )
+    assert response.status_code == 202, response.text
+    media_id: str = response.json()["id"]
+    return media_id
+
+
+async def outbox_rows(db: Database) -> list[OutboxJob]:
+    async with db.read_session() as session:
+        return list((await session.scalars(select(OutboxJob))).all())
+
+
+async def wait_until(
+    check: Any, what: str, processes: Processes, seconds: float = 90
+) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}\n{processes.report()}")
+
+
+async def all_ready(db: Database, media_ids: list[str]) -> bool:
+    async with db.read_session() as session:
+        rows = (
+            await session.scalars(select(Media).where(Media.id.in_(media_ids)))
+        ).all()
+    return len(rows) == len(media_ids) and all(m.status == READY for m in rows)
+
+
+def stored_files(settings: Settings, media_id: str) -> list[str]:
+    folder = settings.media_dir / "media" / media_id
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def db_of(app: FastAPI) -> Database:
+    db: Database = app.state.services.db
+    return db
+
+
+# --- the relay and the worker, end to end -------------------------------------------
+
+
+async def test_photos_are_processed_by_workers_through_rabbitmq(
+    broker_app: FastAPI,
+    broker_client: httpx.AsyncClient,
+    broker_settings: Settings,
+    processes: Processes,
+) -> None:
+    db = db_of(broker_app)
+    assert broker_app.state.services.relay is None  # nothing runs in process
+    user = await a_user(broker_client)
+    processes.relay()
+    processes.worker("media")
+    media_ids = [await upload(broker_client, user, SMALL_PHOTO) for _ in range(3)]
+
+    await wait_until(lambda: all_ready(db, media_ids), "photos ready", processes)
+
+    rows = await outbox_rows(db)
+    assert (
+        sorted((r.kind, r.status, r.attempts) for r in rows)
+        == [("media.process", DONE, 1)] * 3
+    )
+    for media_id in media_ids:
+        files = stored_files(broker_settings, media_id)
+        assert len(files) == 4, files  # small, medium, large and original
+    assert not list((broker_settings.media_dir / "incoming").iterdir())
+
+
+async def test_a_failing_job_retries_is_dead_lettered_and_replays(
+    broker_app: FastAPI,
+    broker_client: httpx.AsyncClient,
+    broker_settings: Settings,
+    processes: Processes,
+) -> None:
+    db = db_of(broker_app)
+    storage = broker_app.state.services.storage
+    user = await a_user(broker_client)
+    # No relay yet: the job waits in the outbox while its upload disappears,
+    # as it would in a storage outage.
+    media_id = await upload(broker_client, user, SMALL_PHOTO)
+    incoming = f"incoming/{media_id}"
+    original = await storage.get_bytes(incoming)
+    await storage.delete(incoming)
+    processes.relay()
+    processes.worker("media")
+
+    async def dead() -> bool:
+        return [r.status for r in await outbox_rows(db)] == [DEAD]
+
+    await wait_until(dead, "the job to die", processes)
+    (row,) = await outbox_rows(db)
+    assert row.attempts == broker_settings.job_max_attempts
+    assert row.last_error
+    listed = run_cli(broker_settings, "jobs", "dead")
+    assert row.id in listed.stdout, listed
+
+    # The operator brings the file back and replays the job.
+    await storage.put(incoming, original, "image/jpeg")
+    replayed = run_cli(broker_settings, "jobs", "replay", row.id)
+    assert "1 job(s) queued again" in replayed.stdout, replayed
+    await wait_until(lambda: all_ready(db, [media_id]), "replayed photo", processes)
+    (row,) = await outbox_rows(db)
+    assert (row.status, row.attempts) == (DONE, 1)
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(BIN / "petpal"), *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result
+    return result
+
+
+async def test_a_worker_killed_mid_photo_leaves_the_job_to_finish_once(
+    broker_app: FastAPI,
+    broker_client: httpx.AsyncClient,
+    broker_settings: Settings,
+    processes: Processes,
+) -> None:
+    db = db_of(broker_app)
+    user = await a_user(broker_client)
+    processes.relay()
+    first = processes.worker("media")
+    # The largest photo we have: several hundred milliseconds of work.
+    heic = PHOTOS / "edge-cases" / "heic_iphone8_gps.heic"
+    media_id = await upload(broker_client, user, heic)
+
+    async def running() -> bool:
+        return [r.status for r in await outbox_rows(db)] == ["running"]
+
+    await wait_until(running, "the worker to start the job", processes)
+    first.kill()  # SIGKILL to the worker and its pool: no clean-up at all
+    async with db.read_session() as session:
+        media = await session.get(Media, media_id)
+    assert media is not None
+    assert media.status != READY, "the job ended before the kill; use a larger photo"
+
+    processes.worker("media")  # RabbitMQ delivers the unacknowledged job again
+    await wait_until(lambda: all_ready(db, [media_id]), "photo ready", processes)
+
+    (row,) = await outbox_rows(db)
+    assert (row.status, row.attempts) == (DONE, 2)
+    async with db.read_session() as session:
+        media = await session.get(Media, media_id)
+    assert media is not None
+    names = sorted(Path(v["key"]).name for v in media.variants)
+    assert stored_files(broker_settings, media_id) == names  # one set, no strays
+
+
+# --- RabbitMQ stopped while people upload ------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class PrivateRabbit:
+    """A RabbitMQ node of this test's own: its data dir, ports and cookie."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        name = f"petpaltest{os.getpid()}x{self.port}"
+        (folder / "plugins").write_text("[].\n")
+        self.env = dict(
+            os.environ,
+            HOME=str(folder),
+            RABBITMQ_NODENAME=f"{name}@localhost",
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(free_port()),
+            RABBITMQ_MNESIA_BASE=str(folder / "mnesia"),
+            RABBITMQ_LOG_BASE=str(folder / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(folder / "plugins"),
+            RABBITMQ_PID_FILE=str(folder / "node.pid"),
+            RABBITMQ_CONFIG_FILE=str(folder / "no-config"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(folder / "no-advanced-config"),
+        )
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self._launcher: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        (self.folder / "node.pid").unlink(missing_ok=True)
+        with (self.folder / "server.log").open("ab") as out:
+            self._launcher = subprocess.Popen(
+                [str(rabbitmq_server())],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with Connection(self.url, connect_timeout=1) as connection:
+                    connection.ensure_connection(max_retries=1)
+                    return
+            except Exception:
+                assert self._launcher.poll() is None, self.log()
+                time.sleep(0.3)
+        raise AssertionError(f"private RabbitMQ did not start\n{self.log()}")
+
+    def stop(self) -> None:
+        """SIGTERM to the node's own process: a clean broker shutdown."""
+        if self._launcher is None:
+            return
+        pid_file = self.folder / "node.pid"
+        if pid_file.exists() and pid_file.read_text().strip():
+            pid = int(pid_file.read_text().strip())
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        try:
+            self._launcher.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._launcher.pid, signal.SIGKILL)
+            self._launcher.wait(timeout=10)
+        self._launcher = None
+
+    def log(self) -> str:
+        path = self.folder / "server.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+def rabbitmq_server() -> Path | None:
+    """The server script itself, not Debian's wrapper around it.
+
+    The wrapper (a link into the script's folder) switches to the rabbitmq
+    user, who may not enter the test's private folder.
+    """
+    found = shutil.which("rabbitmq-server")
+    if found is None:
+        return None
+    beside_target = Path(os.path.realpath(found)).parent / "rabbitmq-server"
+    return beside_target if beside_target.exists() else Path(found)
+
+
+@pytest.fixture
+def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbit]:
+    if rabbitmq_server() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("rabbitmq-server is not installed (CI needs it)")
+        pytest.skip("rabbitmq-server is not installed")
+    node = PrivateRabbit(tmp_path_factory.mktemp("rabbit"))
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.mark.private_rabbit
+async def test_uploads_are_accepted_while_rabbitmq_is_down_and_run_once_after(
+    private_rabbit: PrivateRabbit,
+    broker_app: FastAPI,
+    broker_client: httpx.AsyncClient,
+    processes: Processes,
+) -> None:
+    db = db_of(broker_app)
+    user = await a_user(broker_client)
+    processes.relay()
+    processes.worker("media")
+    before = [await upload(broker_client, user, SMALL_PHOTO)]
+    await wait_until(lambda: all_ready(db, before), "the first photo", processes)
+
+    private_rabbit.stop()
+    during = []
+    for _ in range(5):
+        started = time.perf_counter()
+        during.append(await upload(broker_client, user, SMALL_PHOTO))
+        # The request never waits for the broker (the outbox has the job):
+        # far below the time a publish would spend finding RabbitMQ gone.
+        assert time.perf_counter() - started < 2.0
+    await asyncio.sleep(1.0)  # the relay tries and fails meanwhile
+    statuses = {r.status for r in await outbox_rows(db) if r.status != DONE}
+    assert statuses == {PENDING}
+
+    private_rabbit.start()
+    await wait_until(
+        lambda: all_ready(db, during), "photos after the outage", processes
+    )
+    rows = await outbox_rows(db)
+    assert sorted((r.status, r.attempts) for r in rows) == [(DONE, 1)] * 6
+
+
+# --- relay and delivery rules, without worker processes ------------------------------
+
+
+async def test_the_relay_publishes_with_confirms_into_a_queue_per_kind(
+    broker_app: FastAPI, broker_settings: Settings
+) -> None:
+    db = db_of(broker_app)
+    async with db.write_session() as session:
+        for kind in ("media.process", "notifications.push", "social.recount"):
+            enqueue(session, kind, {})
+    relay = BrokerRelay(broker_settings, db, make_broker(broker_settings))
+    try:
+        assert await relay.publish_due() == 3
+        assert await relay.publish_due() == 0
+        depths = await relay._in_io_thread(relay._queue_depths)
+    finally:
+        await relay.close()
+    assert {name: ready for name, (ready, _) in depths.items()} == {
+        "media": 1,
+        "notifications": 1,
+        "default": 1,
+        "dead": 0,
+    }
+    assert {r.status for r in await outbox_rows(db)} == {QUEUED}
+
+
+async def test_a_dead_letter_joins_the_outbox_dead_list(
+    broker_app: FastAPI, broker_settings: Settings
+) -> None:
+    db = db_of(broker_app)
+    async with db.write_session() as session:
+        job_id = enqueue(session, "media.process", {"media_id": "gone"})
+    broker = make_broker(broker_settings)
+    relay = BrokerRelay(broker_settings, db, broker)
+    try:
+        await relay.publish_due()
+        # What RabbitMQ does past the delivery limit: the message moves to
+        # the dead-letter exchange with its headers.
+        with Connection(broker_settings.broker_url) as connection:
+            queue = broker.topology.queues["media"](connection.default_channel)
+            message = queue.get(no_ack=False)
+            assert message is not None
+            message.reject(requeue=False)
+
+        async def swept() -> int:
+            return await relay.sweep_dead_letters()
+
+        deadline = time.monotonic() + 10
+        moved = 0
+        while not moved and time.monotonic() < deadline:
+            moved = await swept()
+            await asyncio.sleep(0.05)
+    finally:
+        await relay.close()
+    assert moved == 1
+    (row,) = await outbox_rows(db)
+    assert (row.id, row.status) == (job_id, DEAD)
+    assert row.last_error == "dead-lettered by RabbitMQ (rejected)"
+
+
+async def test_each_start_counts_and_the_delivery_limit_ends_a_crash_loop(
+    broker_app: FastAPI,
+) -> None:
+    db = db_of(broker_app)
+    async with db.write_session() as session:
+        job_id = enqueue(session, "media.process", {"media_id": "x"})
+    # Three workers take the job and die before recording an outcome.
+    for attempt in (1, 2, 3):
+        delivery = await start_delivery(db, job_id, max_attempts=3)
+        assert delivery is not None
+        assert delivery.attempt == attempt
+    with pytest.raises(DeliveryLimitReached):
+        await start_delivery(db, job_id, max_attempts=3)
+    (row,) = await outbox_rows(db)
+    assert row.status == DEAD
+    assert "delivery limit" in (row.last_error or "")
+    # A late duplicate of the message finds nothing to do.
+    assert await start_delivery(db, job_id, max_attempts=3) is None
