@@ -210,10 +210,15 @@ async def test_lookups_of_one_turn_share_one_round_trip(
     after = _commandstats(private_redis.url)
     assert cold == warm == [b"body"] * 50
     assert loads == 50
-    # One MGET per page of look-ups, never a GET per key.
-    assert after.get("mget", 0) - before.get("mget", 0) == 2
-    assert after.get("get", 0) == before.get("get", 0)
-    assert after.get("set", 0) - before.get("set", 0) == 50
+    def delta(command: str) -> int:
+        return after.get(command, 0) - before.get(command, 0)
+
+    # One MGET per page of look-ups, never a GET per key; the 50 stores are
+    # conditional (a script that reads the key and sets it, inside Redis).
+    assert delta("mget") == 2
+    assert delta("evalsha") == 50
+    assert delta("get") == 50  # only those inside the stores
+    assert delta("set") == 50
 
 
 # Socket timeout 0.25 s plus the scheduling noise of a shared machine.
@@ -309,3 +314,44 @@ async def test_profile_reads_and_writes_go_on_while_redis_is_frozen(
         after = await client.get(profile)
         assert after.json()["display_name"] == "Alice Frozen"
         assert after.json()["follower_count"] == 1
+
+
+async def test_a_load_that_races_a_write_in_another_process_is_not_stored(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """Two replicas on one Redis: B's invalidation beats A's slow load."""
+    settings = make_settings(tmp_path, redis_url=private_redis.url)
+    replica_a = Cache(RedisBackend.from_settings(settings))
+    replica_b = Cache(RedisBackend.from_settings(settings))
+    row = {"name": b"old"}
+    read_done = asyncio.Event()
+    write_done = asyncio.Event()
+
+    async def slow_load() -> bytes:
+        value = row["name"]  # A reads the row before B's write…
+        read_done.set()
+        await write_done.wait()  # …and stores only after it
+        return value
+
+    async def load() -> bytes:
+        return row["name"]
+
+    try:
+        reader = asyncio.create_task(replica_a.get_or_load("pet:1", slow_load))
+        await read_done.wait()
+        row["name"] = b"new"  # B commits, then invalidates
+        await replica_b.invalidate("pet:1")
+        write_done.set()
+        assert await reader == b"old"  # A answers what it read, but…
+        # …did not store it: both replicas now see the write.
+        assert await replica_b.get_or_load("pet:1", load) == b"new"
+        assert await replica_a.get_or_load("pet:1", load) == b"new"
+
+        # A load after an invalidation (no write during it) is stored.
+        await replica_b.invalidate("pet:2")
+        assert await replica_a.get_or_load("pet:2", load) == b"new"
+        row["name"] = b"unseen"
+        assert await replica_b.get_or_load("pet:2", load) == b"new"  # a hit
+    finally:
+        await replica_a.close()
+        await replica_b.close()

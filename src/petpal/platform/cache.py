@@ -13,11 +13,20 @@ a moment so that only one request per interval waits for its timeout. An
 invalidation that cannot reach the backend is kept and retried before this
 process reads from the backend again, so a value that a write replaced is not
 served once the backend is back.
+
+Several processes share one Redis, so a load in one can race a write in
+another: process A misses, reads the old row, process B commits and
+invalidates, then A stores what it read. Invalidation therefore leaves a
+tombstone (a unique marker, kept for ``TOMBSTONE_TTL``) instead of deleting
+the key, and a loader stores its value only if the key still holds what its
+miss saw: nothing, or the same tombstone. The check and the store are one
+atomic step in the backend, so a write that lands during a load always wins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections import OrderedDict
@@ -47,6 +56,15 @@ CACHE_OWED_INVALIDATIONS = Gauge(
 
 # Stored for a key whose loader found nothing; never a valid serialized value.
 _MISSING_MARK = b"\x00petpal:missing"
+# Left by an invalidation (plus a unique token); read as a miss.
+_TOMBSTONE = b"\x00petpal:invalidated:"
+# Longer than any load can take (statement timeouts are far shorter), so a
+# tombstone outlives every load that started before its write.
+TOMBSTONE_TTL = 120.0
+
+
+def is_tombstone(value: bytes | None) -> bool:
+    return value is not None and value.startswith(_TOMBSTONE)
 # Keys whose invalidation is still owed to the backend, at most; past this the
 # whole namespace is cleared instead once the backend answers again.
 _MAX_OWED_INVALIDATIONS = 100_000
@@ -67,6 +85,12 @@ class CacheBackend(Protocol):
         ...
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None: ...
+    async def set_if_unchanged(
+        self, key: str, value: bytes, ttl_seconds: float, seen: bytes | None
+    ) -> None:
+        """Atomically: store ``value`` if ``key`` holds ``seen`` (None: nothing)."""
+        ...
+
     async def delete(self, *keys: str) -> None: ...
     async def clear(self) -> None:
         """Delete every key of this cache (its namespace), nothing else."""
@@ -106,6 +130,13 @@ class InProcessBackend:
         self._data.move_to_end(key)
         while len(self._data) > self._max_entries:
             self._data.popitem(last=False)
+
+    async def set_if_unchanged(
+        self, key: str, value: bytes, ttl_seconds: float, seen: bytes | None
+    ) -> None:
+        current = await self.get(key)
+        if current is None or current == seen:
+            await self.set(key, value, ttl_seconds)
 
     async def delete(self, *keys: str) -> None:
         for key in keys:
@@ -162,13 +193,16 @@ class Cache:
         family = key.split(":", 1)[0]
         if not self.enabled:
             return await load()
+        seen: bytes | None = None
         if await self._backend_usable():
             try:
                 cached = await self.backend.get(key)
             except CacheBackendError as exc:
                 self._backend_failed("get", exc)
             else:
-                if cached is not None:
+                if is_tombstone(cached):
+                    seen = cached
+                elif cached is not None:
                     CACHE_REQUESTS.labels(family, "hit").inc()
                     return None if cached == _MISSING_MARK else cached
         CACHE_REQUESTS.labels(family, "miss").inc()
@@ -185,7 +219,7 @@ class Cache:
             value = await load()
             # Stored before the waiters are released, so that a reader who
             # comes after them finds the value instead of loading it again.
-            await self._store(key, generation, value, ttl, missing_ttl)
+            await self._store(key, generation, value, ttl, missing_ttl, seen)
             future.set_result(value)
             return value
         except BaseException as exc:
@@ -219,6 +253,7 @@ class Cache:
             loaded = await load_many(wanted)
             return {key: loaded.get(key) for key in wanted}
         results: dict[str, bytes | None] = {}
+        seen: dict[str, bytes] = {}
         if wanted and await self._backend_usable():
             try:
                 found = await self.backend.get_many(wanted)
@@ -226,6 +261,9 @@ class Cache:
                 self._backend_failed("get", exc)
             else:
                 for key, cached in found.items():
+                    if is_tombstone(cached):
+                        seen[key] = cached
+                        continue
                     CACHE_REQUESTS.labels(key.split(":", 1)[0], "hit").inc()
                     results[key] = None if cached == _MISSING_MARK else cached
         missing = [key for key in wanted if key not in results]
@@ -235,7 +273,9 @@ class Cache:
         joined = {key: self._loading[key] for key in missing if key in self._loading}
         mine = [key for key in missing if key not in joined]
         if mine:
-            results.update(await self._load_batch(mine, load_many, ttl, missing_ttl))
+            results.update(
+                await self._load_batch(mine, load_many, ttl, missing_ttl, seen)
+            )
         for key, in_flight in joined.items():
             results[key] = await asyncio.shield(in_flight)
         return {key: results[key] for key in wanted}
@@ -246,6 +286,7 @@ class Cache:
         load_many: Callable[[list[str]], Awaitable[Mapping[str, bytes | None]]],
         ttl: float | None,
         missing_ttl: float,
+        seen: Mapping[str, bytes],
     ) -> dict[str, bytes | None]:
         loop = asyncio.get_running_loop()
         futures: dict[str, asyncio.Future[bytes | None]] = {
@@ -258,7 +299,14 @@ class Cache:
             values = {key: loaded.get(key) for key in keys}
             await asyncio.gather(
                 *(
-                    self._store(key, generations[key], values[key], ttl, missing_ttl)
+                    self._store(
+                        key,
+                        generations[key],
+                        values[key],
+                        ttl,
+                        missing_ttl,
+                        seen.get(key),
+                    )
                     for key in keys
                 )
             )
@@ -283,24 +331,29 @@ class Cache:
         value: bytes | None,
         ttl: float | None,
         missing_ttl: float,
+        seen: bytes | None,
     ) -> None:
-        """Store a loaded value unless a write invalidated the key meanwhile."""
+        """Store a loaded value unless a write invalidated the key meanwhile.
+
+        This process knows its own invalidations (the generation); the
+        backend's check against ``seen`` catches those of other processes.
+        """
         if self._generation.get(key, 0) != generation:
             return  # invalidated while loading: serve, but do not store
         if not await self._backend_usable():
             return
+        stored, lifetime = (
+            (_MISSING_MARK, missing_ttl) if value is None else (value, self._ttl(ttl))
+        )
         try:
-            if value is None:
-                await self.backend.set(key, _MISSING_MARK, missing_ttl)
-            else:
-                await self.backend.set(key, value, self._ttl(ttl))
+            await self.backend.set_if_unchanged(key, stored, lifetime, seen)
         except CacheBackendError as exc:
             self._backend_failed("set", exc)
             return
         if self._generation.get(key, 0) != generation:
             # An invalidation ran while the value was on its way and may have
             # reached the backend first (another connection): take it back.
-            await self._delete_or_owe([key])
+            await self._tombstone_or_owe([key])
 
     async def invalidate(self, *keys: str) -> None:
         """Forget ``keys`` after a write changed what they hold.
@@ -315,7 +368,7 @@ class Cache:
                 # Later readers must not join a load that may predate the write.
                 pending.add_done_callback(_consume)
         if keys:
-            await self._delete_or_owe(list(keys))
+            await self._tombstone_or_owe(list(keys))
 
     async def clear(self) -> None:
         self._owed.clear()
@@ -330,10 +383,21 @@ class Cache:
             await asyncio.gather(self._settle_task, return_exceptions=True)
         await self.backend.close()
 
-    async def _delete_or_owe(self, keys: list[str]) -> None:
+    async def _tombstone(self, keys: list[str]) -> None:
+        """Replace each key's value by a tombstone of its own."""
+        await asyncio.gather(
+            *(
+                self.backend.set(
+                    key, _TOMBSTONE + os.urandom(8).hex().encode(), TOMBSTONE_TTL
+                )
+                for key in keys
+            )
+        )
+
+    async def _tombstone_or_owe(self, keys: list[str]) -> None:
         if await self._backend_usable():
             try:
-                await self.backend.delete(*keys)
+                await self._tombstone(keys)
             except CacheBackendError as exc:
                 self._backend_failed("delete", exc)
                 log.warning(
@@ -378,7 +442,7 @@ class Cache:
                 if everything:
                     await self.backend.clear()
                 elif owed:
-                    await self.backend.delete(*owed)
+                    await self._tombstone(owed)
             except CacheBackendError as exc:
                 self._backend_failed("delete", exc)
                 return False

@@ -92,9 +92,10 @@ class RedisBackend:
         self._client = client
         self._prefix = prefix
         self._gets: _TurnBatch[str, bytes | None] = _TurnBatch(self._mget)
-        self._sets: _TurnBatch[tuple[str, bytes, int], object] = _TurnBatch(
-            self._pipelined_set
+        self._sets: _TurnBatch[tuple[str, bytes, int, bytes | None], object] = (
+            _TurnBatch(self._pipelined_set)
         )
+        self._set_if_unchanged = client.register_script(_SET_IF_UNCHANGED)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisBackend:
@@ -131,7 +132,14 @@ class RedisBackend:
         }
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
-        await self._sets.submit((key, value, max(1, round(ttl_seconds * 1000))))
+        await self._sets.submit((key, value, _ms(ttl_seconds), None))
+
+    async def set_if_unchanged(
+        self, key: str, value: bytes, ttl_seconds: float, seen: bytes | None
+    ) -> None:
+        # b"" stands for "no value": a stored value is never empty here
+        # (the cache stores serialized values and its own markers).
+        await self._sets.submit((key, value, _ms(ttl_seconds), seen or b""))
 
     async def delete(self, *keys: str) -> None:
         if keys:
@@ -166,12 +174,19 @@ class RedisBackend:
         return [value if isinstance(value, bytes) else None for value in values]
 
     async def _pipelined_set(
-        self, entries: list[tuple[str, bytes, int]]
+        self, entries: list[tuple[str, bytes, int, bytes | None]]
     ) -> list[object]:
         async def run() -> list[object]:
             async with self._client.pipeline(transaction=False) as pipe:
-                for key, value, ttl_ms in entries:
-                    pipe.set(self._key(key), value, px=ttl_ms)
+                for key, value, ttl_ms, seen in entries:
+                    if seen is None:
+                        pipe.set(self._key(key), value, px=ttl_ms)
+                    else:
+                        await self._set_if_unchanged(
+                            keys=[self._key(key)],
+                            args=[value, ttl_ms, seen],
+                            client=pipe,
+                        )
                 results: list[object] = await pipe.execute()
                 return results
 
@@ -183,6 +198,21 @@ class RedisBackend:
             return await operation
         except (redis.exceptions.RedisError, OSError) as exc:
             raise CacheBackendError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+# KEYS[1]; ARGV: value, ttl in ms, what the caller's miss saw (empty: nothing).
+_SET_IF_UNCHANGED = """
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[3] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
 
 
 def _glob_escape(text: str) -> str:
