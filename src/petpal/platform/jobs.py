@@ -8,7 +8,10 @@ and records the outcome; in distributed mode the relay publishes the rows to
 the broker instead and workers run the same handlers.
 
 Handlers must be idempotent: after a crash a claimed job whose lease ran out
-is claimed again and may run a second time.
+is claimed again and may run a second time. A database that is down or
+restarting is not a crash: the relay waits for it, and a job that finished
+meanwhile has its outcome recorded once the database is back, so it does not
+run again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from petpal.platform.db import JOBS_ENQUEUED, Base, Database, UTCDateTime, utcnow
+from petpal.platform.errors import backend_unavailable
 from petpal.platform.ids import new_id
 
 log = structlog.get_logger(__name__)
@@ -47,6 +51,9 @@ OUTBOX_OLDEST_AGE = Gauge(
 
 PENDING, RUNNING, DONE, DEAD = "pending", "running", "done", "dead"
 LEASE = timedelta(minutes=5)
+# Between attempts to record an outcome while the database is away: doubling
+# from the first to the last figure, in seconds.
+OUTCOME_RETRY_SECONDS = (0.1, 2.0)
 
 
 class OutboxJob(Base):
@@ -137,6 +144,9 @@ class EmbeddedRelay:
         # drain() never sees a claimed job that is neither due nor running.
         self._claiming = False
         self._stopping = False
+        # Set while the database does not answer, so that an outage is logged
+        # once when it starts and once when it ends, not on every turn.
+        self._database_away = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -204,9 +214,17 @@ class EmbeddedRelay:
                 await self._claim_and_start()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # The database may be briefly unavailable; the next turn retries.
-                log.exception("jobs.relay_error")
+            except Exception as exc:
+                if backend_unavailable(exc) is None:
+                    log.exception("jobs.relay_error")
+                elif not self._database_away:
+                    # Down or restarting: the next turns retry until it answers.
+                    self._database_away = True
+                    log.warning("jobs.relay_waiting", error=type(exc).__name__)
+            else:
+                if self._database_away:
+                    self._database_away = False
+                    log.info("jobs.relay_resumed")
             await self._sleep_until_woken()
 
     async def _sleep_until_woken(self) -> None:
@@ -282,7 +300,36 @@ class EmbeddedRelay:
                 error = "".join(traceback.format_exception_only(exc)).strip()
                 bound.warning("job.failed", error=error)
         JOB_SECONDS.labels(kind).observe(asyncio.get_running_loop().time() - started)
-        await self._record_outcome(job_id, kind, attempt, error)
+        await self._record_outcome_when_possible(job_id, kind, attempt, error)
+
+    async def _record_outcome_when_possible(
+        self, job_id: str, kind: str, attempt: int, error: str | None
+    ) -> None:
+        """Record the outcome, waiting out a database that is down or restarting.
+
+        Left unrecorded, the job would stay claimed until its lease ran out and
+        then run a second time. Given up only when the relay stops (the lease
+        then does bring it back) or on an error that is not an outage.
+        """
+        bound = log.bind(job_id=job_id, job_kind=kind, attempt=attempt)
+        delay, longest = OUTCOME_RETRY_SECONDS
+        while True:
+            try:
+                await self._record_outcome(job_id, kind, attempt, error)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if backend_unavailable(exc) is None:
+                    bound.exception("job.outcome_unrecorded")
+                    return
+                if self._stopping:
+                    bound.warning("job.outcome_unrecorded", error=type(exc).__name__)
+                    return
+                if delay == OUTCOME_RETRY_SECONDS[0]:
+                    bound.warning("job.outcome_waiting", error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest)
 
     async def _record_outcome(
         self, job_id: str, kind: str, attempt: int, error: str | None
@@ -290,7 +337,9 @@ class EmbeddedRelay:
         now = utcnow()
         async with self._db.write_session() as session:
             row = await session.get(OutboxJob, job_id)
-            if row is None:
+            # Not ours any more: recorded by a commit whose answer was lost in
+            # an outage, or claimed again after the lease ran out.
+            if row is None or row.status != RUNNING or row.attempts != attempt:
                 return
             row.last_error = error
             if error is None:
