@@ -29,6 +29,7 @@ import pytest
 from amqp.exceptions import ChannelError
 from fastapi import FastAPI
 from kombu import Connection
+from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
 from petpal.media.models import READY, Media
@@ -183,7 +184,7 @@ def broker_settings(settings: Settings, broker_url: str) -> Iterator[Settings]:
     try:
         with Connection(broker_url, connect_timeout=5) as connection:
             Topology(configured).delete(connection)
-    except OSError:
+    except (OSError, OperationalError):
         pass  # a private node already stopped: its data dir goes with it
 
 
@@ -248,11 +249,16 @@ async def wait_until(
 
 
 async def all_ready(db: Database, media_ids: list[str]) -> bool:
+    """Every photo ready and every job's outcome recorded (it comes last)."""
     async with db.read_session() as session:
         rows = (
             await session.scalars(select(Media).where(Media.id.in_(media_ids)))
         ).all()
-    return len(rows) == len(media_ids) and all(m.status == READY for m in rows)
+        unfinished = await session.scalar(
+            select(OutboxJob.id).where(OutboxJob.status != DONE).limit(1)
+        )
+    ready = len(rows) == len(media_ids) and all(m.status == READY for m in rows)
+    return ready and unfinished is None
 
 
 def stored_files(settings: Settings, media_id: str) -> list[str]:

@@ -158,7 +158,10 @@ def make_broker(settings: Settings) -> JobBroker:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A job running when the broker connection drops finishes and records
+        # its outcome; the redelivered message then finds it done and is
+        # skipped. Cancelling it instead would throw the work away.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_ignore_result=True,
         # Every publish waits for the broker's ack; the relay's own loop
         # retries, so Celery's publish retries are off.

@@ -14,7 +14,10 @@ the broker; distributed mode only) → ``running`` (an attempt holds a lease
 until ``available_at``) → ``done``, or ``pending`` again after a failure (a
 retry with back-off), or ``dead`` after ``job_max_attempts`` attempts.
 
-Handlers must be idempotent: after a crash a job may run a second time.
+Handlers must be idempotent: after a crash a job may run a second time. A
+database that is down or restarting is not a crash: the runner waits for it,
+and a job that finished meanwhile has its outcome recorded once the database
+is back, so it does not run again.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from petpal.platform.db import JOBS_ENQUEUED, Base, Database, UTCDateTime, utcnow
+from petpal.platform.errors import backend_unavailable
 from petpal.platform.ids import new_id
 
 log = structlog.get_logger(__name__)
@@ -57,6 +61,9 @@ DEAD_JOBS = Gauge(
 
 PENDING, QUEUED, RUNNING, DONE, DEAD = "pending", "queued", "running", "done", "dead"
 LEASE = timedelta(minutes=5)
+# Between attempts to record an outcome while the database is away: doubling
+# from the first to the last figure, in seconds.
+OUTCOME_RETRY_SECONDS = (0.1, 2.0)
 
 
 class OutboxJob(Base):
@@ -175,6 +182,7 @@ async def run_job(
     *,
     max_attempts: int,
     retry_base_seconds: float,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> str:
     """Run one attempt's handler and record its outcome: done, retry or dead."""
     handler = _handlers.get(delivery.kind)
@@ -197,9 +205,47 @@ async def run_job(
             error = "".join(traceback.format_exception_only(exc)).strip()
             bound.warning("job.failed", error=error)
     JOB_SECONDS.labels(delivery.kind).observe(time.perf_counter() - started)
-    return await _record_outcome(
-        services.db, delivery, error, max_attempts, retry_base_seconds
+    return await _record_outcome_when_possible(
+        services.db, delivery, error, max_attempts, retry_base_seconds, stopping
     )
+
+
+async def _record_outcome_when_possible(
+    db: Database,
+    delivery: Delivery,
+    error: str | None,
+    max_attempts: int,
+    retry_base_seconds: float,
+    stopping: Callable[[], bool],
+) -> str:
+    """Record the outcome, waiting out a database that is down or restarting.
+
+    Left unrecorded, the job would stay claimed until its lease ran out and
+    then run a second time. Given up only when the runner stops (the lease
+    then does bring it back) or on an error that is not an outage.
+    """
+    bound = log.bind(
+        job_id=delivery.job_id, job_kind=delivery.kind, attempt=delivery.attempt
+    )
+    delay, longest = OUTCOME_RETRY_SECONDS
+    while True:
+        try:
+            return await _record_outcome(
+                db, delivery, error, max_attempts, retry_base_seconds
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if backend_unavailable(exc) is None:
+                bound.exception("job.outcome_unrecorded")
+                return "unrecorded"
+            if stopping():
+                bound.warning("job.outcome_unrecorded", error=type(exc).__name__)
+                return "unrecorded"
+            if delay == OUTCOME_RETRY_SECONDS[0]:
+                bound.warning("job.outcome_waiting", error=type(exc).__name__)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, longest)
 
 
 async def _record_outcome(
@@ -212,7 +258,9 @@ async def _record_outcome(
     now = utcnow()
     async with db.write_session() as session:
         row = await session.get(OutboxJob, delivery.job_id)
-        if row is None:
+        # Not ours any more: recorded by a commit whose answer was lost in an
+        # outage, or started again by another delivery after the lease ran out.
+        if row is None or row.status != RUNNING or row.attempts != delivery.attempt:
             return "gone"
         row.last_error = error
         if error is None:
@@ -255,6 +303,9 @@ class EmbeddedRelay:
         # drain() never sees a claimed job that is neither due nor running.
         self._claiming = False
         self._stopping = False
+        # Set while the database does not answer, so that an outage is logged
+        # once when it starts and once when it ends, not on every turn.
+        self._database_away = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -322,9 +373,17 @@ class EmbeddedRelay:
                 await self._claim_and_start()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # The database may be briefly unavailable; the next turn retries.
-                log.exception("jobs.relay_error")
+            except Exception as exc:
+                if backend_unavailable(exc) is None:
+                    log.exception("jobs.relay_error")
+                elif not self._database_away:
+                    # Down or restarting: the next turns retry until it answers.
+                    self._database_away = True
+                    log.warning("jobs.relay_waiting", error=type(exc).__name__)
+            else:
+                if self._database_away:
+                    self._database_away = False
+                    log.info("jobs.relay_resumed")
             await self._sleep_until_woken()
 
     async def _sleep_until_woken(self) -> None:
@@ -382,6 +441,7 @@ class EmbeddedRelay:
                     delivery,
                     max_attempts=self._max_attempts,
                     retry_base_seconds=self._retry_base_seconds,
+                    stopping=lambda: self._stopping,
                 )
             )
             self._running.add(task)

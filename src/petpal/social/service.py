@@ -442,13 +442,7 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
                 Like,
                 {"post_id": post_id, "account_id": account_id, "created_at": utcnow()},
             )
-            if inserted:
-                await session.execute(
-                    update(Post)
-                    .where(Post.id == post_id)
-                    .values(like_count=Post.like_count + 1)
-                )
-            count = await _like_count(session, post_id)
+            count = await _add_likes(session, post_id, 1 if inserted else 0)
     except IntegrityError as exc:
         raise NotFoundError("the post") from exc  # deleted while we liked it
     if inserted:
@@ -467,13 +461,7 @@ async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeSt
             delete(Like).where(Like.post_id == post_id, Like.account_id == account_id)
         )
         removed = _rowcount(result) == 1
-        if removed:
-            await session.execute(
-                update(Post)
-                .where(Post.id == post_id)
-                .values(like_count=Post.like_count - 1)
-            )
-        count = await _like_count(session, post_id)
+        count = await _add_likes(session, post_id, -1 if removed else 0)
     if removed:
         SOCIAL_WRITES.labels("unlike").inc()
         await services.cache.invalidate(
@@ -490,8 +478,22 @@ async def _require_post(session: AsyncSession, post_id: str) -> str:
     return author_id
 
 
-async def _like_count(session: AsyncSession, post_id: str) -> int:
-    count = await session.scalar(select(Post.like_count).where(Post.id == post_id))
+async def _add_likes(session: AsyncSession, post_id: str, delta: int) -> int:
+    """Add ``delta`` to the post's like count; the count after it.
+
+    The update returns the count, and is the transaction's last statement: a
+    popular post's row stays locked from it to the commit only, one round
+    trip, however many likes queue up behind it.
+    """
+    if delta == 0:
+        count = await session.scalar(select(Post.like_count).where(Post.id == post_id))
+    else:
+        count = await session.scalar(
+            update(Post)
+            .where(Post.id == post_id)
+            .values(like_count=Post.like_count + delta)
+            .returning(Post.like_count)
+        )
     return int(count or 0)
 
 
