@@ -42,6 +42,8 @@ PREPARED_NAME = "loadtest_{i}"
 PREPARED_FOLLOWS = 3
 PREPARED_PHOTO = "src/petpal/seed/photos/unsplash_cat_under_blanket.jpg"
 PROCESSING_TIMEOUT_SECONDS = 120
+# For all of the preparation: a few seconds when all is well.
+PREPARE_TIMEOUT_SECONDS = 300
 
 
 class RunError(Exception):
@@ -92,7 +94,19 @@ def prepare_accounts(base_url: str, dataset: Dataset, root: Path) -> str:
     names = [PREPARED_NAME.format(i=i) for i in range(dataset.prepared_accounts)]
     photo = (root / PREPARED_PHOTO).read_bytes()
     rng = random.Random(4)
-    with httpx.Client(base_url=f"{base_url}/api/v1", timeout=60) as client:
+    deadline = time.monotonic() + PREPARE_TIMEOUT_SECONDS
+
+    def within_deadline(_request: httpx.Request) -> None:
+        if time.monotonic() > deadline:
+            raise RunError(
+                f"preparing the accounts took over {PREPARE_TIMEOUT_SECONDS} s"
+            )
+
+    with httpx.Client(
+        base_url=f"{base_url}/api/v1",
+        timeout=60,
+        event_hooks={"request": [within_deadline]},
+    ) as client:
         auth = {name: _sign_up(client, name, dataset.password) for name in names}
         uploads: dict[str, str] = {}
         for name in names:

@@ -33,13 +33,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from locust import FastHttpUser, TaskSet, between
+from locust import FastHttpUser, TaskSet, between, constant, task
 from locust.exception import StopUser
 
 from loadtest.mix import (
     ACCOUNT_COUNT_ENV,
     ACCOUNTS_ENV,
     ACTIONS,
+    BASELINE_NAME,
+    BASELINE_PAUSE_SECONDS,
     DEMO_ACCOUNTS,
     DEMO_PASSWORD,
     PASSWORD_ENV,
@@ -91,7 +93,8 @@ class AccountPool:
             order = random.Random(seed).sample(range(count), min(count, 100_000))
             self._names = [accounts.format(i=i) for i in order]
         else:
-            self._names = [name.strip() for name in accounts.split(",") if name]
+            names = (name.strip() for name in accounts.split(","))
+            self._names = [name for name in names if name]
         if not self._names:
             raise ValueError(f"{ACCOUNTS_ENV} names no account")
         self._next = itertools.count()
@@ -462,3 +465,18 @@ def _describe_failure(status: int, response: Any) -> str:
     except (ValueError, AttributeError):
         code = ""
     return f"HTTP {status} {code}".strip()
+
+
+class Baseline(FastHttpUser):
+    """The same server answering a constant: what the machine alone costs.
+
+    One of these runs beside the people (the runner adds it to --users); its
+    latency is the floor under every action's on this machine at this moment.
+    """
+
+    fixed_count = 1
+    wait_time = constant(BASELINE_PAUSE_SECONDS)
+
+    @task
+    def health(self) -> None:
+        self.client.get("/healthz", name=BASELINE_NAME)

@@ -32,6 +32,13 @@ SEED_ENV = "PETPAL_LOADTEST_SEED"
 DEMO_ACCOUNTS = "maya,theo,sam,lena"
 DEMO_PASSWORD = "petpal-demo-password"  # the published demo log-in
 
+# One more simulated client asks for /healthz, which the server answers with a
+# constant, five times a second: a yardstick for what the machine alone adds
+# to every request's latency (a busy neighbour, a slow core). It is reported
+# beside the actions and not held to their limit.
+BASELINE_NAME = "/healthz (baseline)"
+BASELINE_PAUSE_SECONDS = 0.2
+
 # Every action the locustfile implements, in the order the mix table lists
 # them. A mix must give each a weight, so that a new action is never left out
 # of a file by accident.

@@ -22,7 +22,9 @@ the CPU, which it splits with the server on a small machine.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import resource
 import secrets
 import shlex
 import signal
@@ -51,6 +53,7 @@ from loadtest.dataset import (
 from loadtest.mix import (
     ACCOUNT_COUNT_ENV,
     ACCOUNTS_ENV,
+    BASELINE_NAME,
     MIX_ENV,
     PASSWORD_ENV,
     ROOT,
@@ -90,6 +93,8 @@ ENGINE_SETTINGS = (
 SETUP_TIMEOUT_SECONDS = 1800  # a seed of the scale data set takes minutes
 READY_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 20
+# Beyond this share of the cores taken by other processes, the run says so.
+BUSY_MACHINE = 0.25
 # Locust lets users finish the action under way for this long after the run
 # time; post_photo waits for processing, so it is above that wait.
 LOCUST_STOP_TIMEOUT_SECONDS = 15
@@ -222,21 +227,20 @@ def run(
     print(prepare_accounts(server.url, dataset, ROOT), flush=True)
     print(f"data set {dataset.spec} ready in {time.monotonic() - started:.0f} s")
 
-    cpu_before, began = server.cpu_seconds(), time.monotonic()
     prefix = results_dir / "locust"
-    run_locust(options, dataset, server.url, prefix, results_dir / "locust.log")
-    cpu, elapsed = server.cpu_seconds() - cpu_before, time.monotonic() - began
+    with measuring_cpu(server) as cpu:
+        run_locust(options, dataset, server.url, prefix, results_dir / "locust.log")
+    if server.process.poll() is not None:
+        raise RunError(f"the server stopped during the run; see {results_dir}")
     # The server's own view (latency per route, SQL per request), to set
     # beside Locust's, which includes the time a request waits for the client.
     metrics = httpx.get(f"{server.url}/metrics", timeout=10)
     (results_dir / "metrics.txt").write_text(metrics.text)
-    if server.process.poll() is not None:
-        raise RunError(f"the server stopped during the run; see {results_dir}")
     try:
         results = read_results(prefix)
     except (OSError, KeyError) as exc:
         raise RunError(f"Locust left no readable results: {exc}") from exc
-    return results, _summary(options, results, cpu / elapsed)
+    return results, _summary(options, results, cpu)
 
 
 def server_environment(
@@ -289,10 +293,57 @@ class Server:
         try:
             fields = Path(f"/proc/{self.process.pid}/stat").read_text().split()
         except OSError:
-            return float("nan")
-        # utime and stime, fields 14 and 15, after the parenthesised name.
-        ticks = int(fields[13]) + int(fields[14])
-        return ticks / os.sysconf("SC_CLK_TCK")
+            return math.nan
+        # utime and stime, fields 14 and 15 (the name before has no spaces).
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuUse:
+    """Cores used on average while Locust ran: by the server, by Locust, by all.
+
+    On a shared machine the difference is other people's work, which the
+    latencies include as time spent waiting for a core.
+    """
+
+    server: float = math.nan
+    locust: float = math.nan
+    machine: float = math.nan
+    cores: int = os.cpu_count() or 1
+
+    @property
+    def others(self) -> float:
+        return self.machine - self.server - self.locust
+
+
+@contextmanager
+def measuring_cpu(server: Server) -> Iterator[CpuUse]:
+    use = CpuUse()
+    began, machine, own = time.monotonic(), _machine_cpu_seconds(), server.cpu_seconds()
+    children = _children_cpu_seconds()
+    yield use
+    elapsed = time.monotonic() - began
+    use.server = (server.cpu_seconds() - own) / elapsed
+    # Locust is the only child reaped meanwhile: the server still runs.
+    use.locust = (_children_cpu_seconds() - children) / elapsed
+    use.machine = (_machine_cpu_seconds() - machine) / elapsed
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _machine_cpu_seconds() -> float:
+    """CPU time every core spent busy, steal included (Linux; else NaN)."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return math.nan
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, first[1:9])
+    busy = user + nice + system + irq + softirq + steal
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -375,7 +426,9 @@ def run_locust(
         str(BIN / "locust"),
         *("--locustfile", str(LOCUSTFILE), "--headless", "--only-summary"),
         *("--host", url, "--csv", str(prefix)),
-        *("--users", str(options.users), "--spawn-rate", f"{options.spawn_rate:g}"),
+        # One more for the baseline client (locustfile.Baseline).
+        *("--users", str(options.users + 1)),
+        *("--spawn-rate", f"{options.spawn_rate:g}"),
         *("--run-time", f"{options.duration}s"),
         *("--stop-timeout", str(LOCUST_STOP_TIMEOUT_SECONDS)),
     ]
@@ -409,15 +462,28 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _summary(options: argparse.Namespace, results: Results, cores: float) -> str:
-    total = results.aggregated
-    if total is None:
-        return "no requests"
-    return (
-        f"{total.count} requests, {total.per_second:.1f} per second, from "
-        f"{options.users} people in {options.duration} s ({options.mode}, data set "
-        f"{options.dataset}); the server used {cores:.0%} of one core meanwhile"
-    )
+def _summary(options: argparse.Namespace, results: Results, cpu: CpuUse) -> str:
+    actions = [s for s in results.requests if s.is_action]
+    count = sum(s.count for s in actions)
+    lines = [
+        f"{count} requests from {options.users} people in {options.duration} s, "
+        f"{sum(s.per_second for s in actions):.1f} per second "
+        f"({options.mode}, data set {options.dataset})",
+        f"CPU in use meanwhile, in cores of {cpu.cores}: the server {cpu.server:.2f},"
+        f" Locust {cpu.locust:.2f}, everything else {cpu.others:.2f}",
+    ]
+    baseline = next((s for s in results.requests if s.name == BASELINE_NAME), None)
+    if baseline is not None:
+        lines.append(
+            f"baseline, the server answering a constant: median "
+            f"{baseline.median_ms:.0f} ms, p99 {baseline.p99_ms:.0f} ms"
+        )
+    if cpu.others > BUSY_MACHINE * cpu.cores:
+        lines.append(
+            "NOTE: other work kept this machine busy during the run; the "
+            "latencies include the time requests waited for a core"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
