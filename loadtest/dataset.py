@@ -4,8 +4,8 @@ Two data sets, chosen by one switch (``--dataset``, default in ``run.py``):
 
 - ``demo``: ``petpal seed``'s four owners, nine pets and posts, plus
   ``PREPARED_ACCOUNTS`` accounts that this module signs up through the API.
-  Each follows the demo owners and a few of the others and posts one photo,
-  so home feeds hold more than one page.
+  Each follows the demo owners and a few of the accounts signed up before it
+  and posts one photo, so home feeds hold more than one page.
 - ``scale:N``: ``petpal seed --users N`` (issue 4's generator), whose
   accounts ``user_0`` … ``user_<N-1>`` share the demo password.
 
@@ -38,7 +38,7 @@ from loadtest.mix import DEMO_ACCOUNTS, DEMO_PASSWORD
 # than this share accounts, like one person on two phones.
 PREPARED_ACCOUNTS = 20
 PREPARED_NAME = "loadtest_{i}"
-# Other prepared accounts each one follows, besides the demo owners.
+# Earlier prepared accounts each one follows, besides the demo owners.
 PREPARED_FOLLOWS = 3
 PREPARED_PHOTO = "src/petpal/seed/photos/unsplash_cat_under_blanket.jpg"
 PROCESSING_TIMEOUT_SECONDS = 120
@@ -107,54 +107,74 @@ def prepare_accounts(base_url: str, dataset: Dataset, root: Path) -> str:
         timeout=60,
         event_hooks={"request": [within_deadline]},
     ) as client:
-        auth = {name: _sign_up(client, name, dataset.password) for name in names}
-        uploads: dict[str, str] = {}
-        for name in names:
-            others = rng.sample([n for n in names if n != name], PREPARED_FOLLOWS)
-            for followee in [*DEMO_ACCOUNTS.split(","), *others]:
-                _expect(
-                    client.post(f"/accounts/{followee}/follow", headers=auth[name]),
-                    204,
-                )
-            files = {"file": ("cat.jpg", photo, "image/jpeg")}
-            media = client.post("/media", headers=auth[name], files=files)
-            uploads[name] = _expect(media, 202)["id"]
-        for name, media_id in uploads.items():
-            _wait_until_processed(client, auth[name], media_id)
-            caption = f"Hello from {name} #loadtest #cats"
-            body = {"caption": caption, "media_ids": [media_id]}
-            _expect(client.post("/posts", headers=auth[name], json=body), 201)
+        # The earlier accounts are followed more: the first by most.
+        for index, name in enumerate(names):
+            account = _Account(client, name, dataset.password)
+            earlier = rng.sample(names[:index], min(index, PREPARED_FOLLOWS))
+            for followee in [*DEMO_ACCOUNTS.split(","), *earlier]:
+                account.follow(followee)
+            account.post_photo(photo)
     return (
         f"signed up {len(names)} accounts ({names[0]} … {names[-1]}); each follows "
-        f"the demo owners and {PREPARED_FOLLOWS} others and posted a photo"
+        f"the demo owners and up to {PREPARED_FOLLOWS} of the accounts before it, "
+        "and posted a photo"
     )
 
 
-def _sign_up(client: httpx.Client, name: str, password: str) -> dict[str, str]:
-    account = {
-        "username": name,
-        "email": f"{name}@example.test",
-        "password": password,
-        "display_name": name.replace("_", " ").title(),
-    }
-    # 409: a database kept from an earlier run already has it.
-    _expect(client.post("/accounts", json=account), 201, 409)
-    tokens = client.post("/auth/token", json={"login": name, "password": password})
-    return {"Authorization": f"Bearer {_expect(tokens, 200)['access_token']}"}
+class _Account:
+    """One prepared account, signed up and logged in, with a fresh token."""
 
+    def __init__(self, client: httpx.Client, name: str, password: str) -> None:
+        self.client, self.name = client, name
+        account = {
+            "username": name,
+            "email": f"{name}@example.test",
+            "password": password,
+            "display_name": name.replace("_", " ").title(),
+        }
+        # 409: a database kept from an earlier run already has it.
+        _expect(client.post("/accounts", json=account), 201, 409)
+        login = {"login": name, "password": password}
+        self._take(_expect(client.post("/auth/token", json=login), 200))
 
-def _wait_until_processed(
-    client: httpx.Client, auth: dict[str, str], media_id: str
-) -> None:
-    deadline = time.monotonic() + PROCESSING_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        media = _expect(client.get(f"/media/{media_id}", headers=auth), 200)
-        if media["status"] == "ready":
-            return
-        if media["status"] == "failed":
-            raise RunError(f"photo {media_id} failed: {media['failure_reason']}")
-        time.sleep(0.2)
-    raise RunError(f"photo {media_id} not processed in {PROCESSING_TIMEOUT_SECONDS} s")
+    def _take(self, tokens: dict[str, Any]) -> None:
+        self._access, self._refresh = tokens["access_token"], tokens["refresh_token"]
+        # Half way through its life: a run may make tokens last seconds.
+        self._refresh_at = time.monotonic() + tokens["expires_in"] / 2
+
+    def auth(self) -> dict[str, str]:
+        if time.monotonic() > self._refresh_at:
+            body = {"refresh_token": self._refresh}
+            self._take(_expect(self.client.post("/auth/refresh", json=body), 200))
+        return {"Authorization": f"Bearer {self._access}"}
+
+    def follow(self, username: str) -> None:
+        follow = self.client.post(f"/accounts/{username}/follow", headers=self.auth())
+        _expect(follow, 204)
+
+    def post_photo(self, photo: bytes) -> None:
+        files = {"file": ("cat.jpg", photo, "image/jpeg")}
+        upload = self.client.post("/media", headers=self.auth(), files=files)
+        media_id = _expect(upload, 202)["id"]
+        self._wait_until_processed(media_id)
+        caption = f"Hello from {self.name} #loadtest #cats"
+        body = {"caption": caption, "media_ids": [media_id]}
+        _expect(self.client.post("/posts", headers=self.auth(), json=body), 201)
+
+    def _wait_until_processed(self, media_id: str) -> None:
+        deadline = time.monotonic() + PROCESSING_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            answer = self.client.get(f"/media/{media_id}", headers=self.auth())
+            media = _expect(answer, 200)
+            if media["status"] == "ready":
+                return
+            if media["status"] == "failed":
+                reason = media["failure_reason"]
+                raise RunError(f"photo {media_id} failed: {reason}")
+            time.sleep(0.2)
+        raise RunError(
+            f"photo {media_id} not processed in {PROCESSING_TIMEOUT_SECONDS} s"
+        )
 
 
 def _expect(response: httpx.Response, *statuses: int) -> dict[str, Any]:

@@ -23,7 +23,9 @@ patches the whole process with gevent.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import mimetypes
 import os
 import random
@@ -57,8 +59,10 @@ PHOTOS = [
 ]
 # How often post_photo asks whether its upload is processed.
 PHOTO_POLL_SECONDS = 0.25
-# Refresh when this fraction of the access token's lifetime has passed.
-REFRESH_AT_FRACTION = 0.9
+# Refresh this long before the access token expires, as the app does: a tenth
+# of its lifetime, and at least a few seconds for a slow request to land.
+REFRESH_AHEAD_FRACTION = 0.1
+REFRESH_AHEAD_SECONDS = 5.0
 # Enough to act on, few enough that old pages are forgotten.
 SEEN_POSTS = 200
 
@@ -136,6 +140,10 @@ class Seen:
 BodyCheck = Callable[[dict[str, Any]], str | None]
 
 
+class Expired:
+    """What PetOwner.send returns when the server saw the token expired."""
+
+
 def weighted_actions(namespace: dict[str, Any]) -> list[TaskSet | Callable[..., Any]]:
     """The actions defined in ``namespace``, each repeated as often as its weight."""
     missing = [action for action in ACTIONS if action not in namespace]
@@ -155,6 +163,7 @@ class PetOwner(FastHttpUser):
     access_token = ""
     refresh_token = ""
     refresh_at = 0.0
+    expires_at = 0.0
     home_cursor: str | None = None
     my_pets: list[str] | None = None
 
@@ -384,10 +393,14 @@ class PetOwner(FastHttpUser):
         self.access_token = tokens["access_token"]
         self.refresh_token = tokens["refresh_token"]
         lifetime = float(tokens["expires_in"])
-        self.refresh_at = time.monotonic() + lifetime * REFRESH_AT_FRACTION
+        ahead = max(lifetime * REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_SECONDS)
+        # The server's own expiry time, from the token: the answer that brought
+        # it may have taken seconds, and the client and server share a clock.
+        self.expires_at = _expiry(self.access_token)
+        self.refresh_at = self.expires_at - min(ahead, lifetime / 2)
 
-    def keep_token_fresh(self) -> None:
-        if time.monotonic() < self.refresh_at:
+    def keep_token_fresh(self, *, now: bool = False) -> None:
+        if time.time() < self.refresh_at and not now:
             return
         tokens = self.call(
             "POST",
@@ -416,12 +429,10 @@ class PetOwner(FastHttpUser):
         """One request named by ``route``; its JSON body, or None if it failed.
 
         ``ids`` fill the route's placeholders; an answer other than
-        ``expect`` is a failure, and so is one ``check`` finds wrong.
+        ``expect`` is a failure, and so is one ``check`` finds wrong. A
+        request that waited at the server until its access token expired is
+        sent again with a fresh one, as the app does.
         """
-        headers = {}
-        if authenticated:
-            self.keep_token_fresh()
-            headers["Authorization"] = f"Bearer {self.access_token}"
         path = API + route.format_map(
             {key: quote(value, safe="") for key, value in (ids or {}).items()}
         )
@@ -430,6 +441,28 @@ class PetOwner(FastHttpUser):
             path += "?" + urlencode(query)
             if "cursor" in query:
                 name += "?cursor={cursor}"
+        for attempt in (1, 2):
+            headers = {}
+            if authenticated:
+                self.keep_token_fresh(now=attempt == 2)
+                headers["Authorization"] = f"Bearer {self.access_token}"
+            answer = self.send(method, path, headers, expect, name, body, files, check)
+            if not isinstance(answer, Expired):
+                return answer
+        return None
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        expect: int,
+        name: str,
+        body: Any,
+        files: dict[str, tuple[str, bytes, str]] | None,
+        check: BodyCheck | None,
+    ) -> dict[str, Any] | Expired | None:
+        """The JSON answer; None on failure; Expired if the token ran out."""
         with self.client.request(
             method,
             path,
@@ -439,10 +472,16 @@ class PetOwner(FastHttpUser):
             files=files,
             catch_response=True,
         ) as response:
-            if response.status_code != expect:
-                response.failure(_describe_failure(response.status_code, response))
+            status = response.status_code
+            if status == 401 and headers and time.time() >= self.expires_at:
+                # Sent in time, answered after the token expired: the
+                # protocol working, not a failure; call() tries again.
+                response.success()
+                return Expired()
+            if status != expect:
+                response.failure(_describe_failure(status, response))
                 return None
-            if response.status_code == 204:
+            if status == 204:
                 return {}
             try:
                 answer: dict[str, Any] = response.json()
@@ -454,6 +493,13 @@ class PetOwner(FastHttpUser):
                 response.failure(problem)
                 return None
             return answer
+
+
+def _expiry(access_token: str) -> float:
+    """The ``exp`` claim (Unix time) of a JWT, read without checking it."""
+    payload = access_token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return float(claims["exp"])
 
 
 def _describe_failure(status: int, response: Any) -> str:
