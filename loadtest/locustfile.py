@@ -11,14 +11,19 @@ so Locust's statistics group an action over every id; pages after the first
 carry ``?cursor={cursor}``. The access token is reused and refreshed shortly
 before it expires, as the app does.
 
+One ``Baseline`` client beside them asks for ``/healthz``, which measures
+what the machine itself adds to every request.
+
 ``python3 dev.py loadtest`` (``run.py``) starts a server, seeds it, and names
-the accounts to use through the environment (see ``mix.py``); by hand, against
-a server that runs with ``PETPAL_RATE_LIMITS_ENABLED=false``::
+the accounts to use through the environment (see ``mix.py``). By hand, from
+the repository root, against a server that runs with
+``PETPAL_RATE_LIMITS_ENABLED=false``, it uses the demo accounts::
 
-    .venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8000
+    PYTHONPATH=. .venv/bin/locust -f loadtest/locustfile.py \
+        --host http://127.0.0.1:8000 --web-host 127.0.0.1
 
-uses the demo accounts. Never import this module from the test suite: Locust
-patches the whole process with gevent.
+Never import this module from the test suite: Locust patches the whole
+process with gevent.
 """
 
 from __future__ import annotations

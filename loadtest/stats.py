@@ -4,8 +4,8 @@ Locust writes ``<prefix>_stats.csv`` (one row per request name, then an
 ``Aggregated`` row), ``<prefix>_failures.csv`` and ``<prefix>_exceptions.csv``
 (errors raised inside the scenarios, which are not request failures and would
 otherwise pass unseen). Its percentiles are approximations: response times
-are kept to the millisecond below 100 ms, rounded to 10 ms up to 1 s and to
-100 ms above.
+are kept to the millisecond below 100 ms, rounded to 10 ms up to 1 s, to
+100 ms up to 10 s and to the second above.
 """
 
 from __future__ import annotations
