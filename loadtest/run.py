@@ -37,7 +37,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import httpx
 
@@ -128,7 +127,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="'METHOD /route=MS'",
         help="a p99 limit for one request name, e.g. 'POST /api/v1/media=800'",
     )
-    add("--mode", choices=("embedded", "distributed"), default="embedded")
+    add(
+        "--mode",
+        choices=("embedded", "distributed"),
+        default="embedded",
+        help="SQLite in a temporary directory (default), or PostgreSQL and "
+        "Redis: a database and key prefix of its own, or the servers "
+        "PETPAL_DATABASE_URL / PETPAL_REDIS_URL name, used as they are",
+    )
     add("--dataset", default=DEFAULT_DATASET, help="demo or scale:N")
     add("--mix", type=Path, help=f"a mix file instead of mix.toml (${MIX_ENV})")
     add(
@@ -173,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"load test: {reproduce(options)}", flush=True)
     print(describe(mix), flush=True)
-    # Stopped from outside (CI cancelling, `kill`), clean up as after Ctrl-C.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    # Stopped from outside (CI cancelling, `kill`): clean up as after Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with ExitStack() as cleanup:
             results, summary = run(options, mix, dataset, cleanup)
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nLOAD TEST NOT MADE: {exc}", flush=True)
         return 2
     except KeyboardInterrupt:
-        print("\nload test interrupted; everything it started is stopped")
+        print("\nload test interrupted; everything it started is stopped", flush=True)
         return 130
     print("\n" + table(results, limits))
     print(summary)
@@ -196,10 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     return 0
-
-
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
 
 
 def reproduce(options: argparse.Namespace) -> str:
