@@ -3,12 +3,16 @@
 
     python3 dev.py run     # install into .venv, migrate, seed once, serve :8000
     python3 dev.py test    # install into .venv, lint, type-check, run the suite
+    python3 dev.py loadtest [--users N --duration S …]   # see --help
     python3 dev.py install # only create and fill .venv
 
 `test` runs the suite twice when PostgreSQL and Redis answer: embedded
 (SQLite, in-process cache) and distributed (PostgreSQL, Redis). Where they do
 not answer it says what it skipped; with CI=true that is a failure.
-PETPAL_TEST_MODE=embedded or =distributed runs one mode only.
+PETPAL_TEST_MODE=embedded or =distributed runs one mode only. Then a short
+load test runs, embedded; PETPAL_LOADTEST_MODE=distributed (or =both) runs it
+on PostgreSQL and Redis instead (or too). PETPAL_SKIP_LOADTEST=1 skips it
+(with CI=true that too is a failure).
 
 Only the Python standard library is used here, so a fresh machine with
 Python 3.11+ and access to the package index can run either command.
@@ -152,6 +156,8 @@ asyncio.run(main())
 """
 
 
+LINTED = ("src", "tests", "benchmarks", "loadtest", "dev.py")
+
 # Two pytest-xdist workers, one per core of the CI machine: measured there,
 # embedded 95 s → 80 s and distributed 138 s → 85 s (PostgreSQL's own work
 # overlaps the other worker's). `-n 0` after `test` runs in one process.
@@ -162,8 +168,8 @@ def test(argv: list[str]) -> None:
     mode = os.environ.get("PETPAL_TEST_MODE", "both")
     if mode not in ("both", "embedded", "distributed"):
         sys.exit("PETPAL_TEST_MODE is embedded, distributed or unset (both)")
-    sh(BIN / "ruff", "check", "src", "tests", "benchmarks", "dev.py")
-    sh(BIN / "ruff", "format", "--check", "src", "tests", "benchmarks", "dev.py")
+    sh(BIN / "ruff", "check", *LINTED)
+    sh(BIN / "ruff", "format", "--check", *LINTED)
     sh(BIN / "mypy")
     distributed = dict(os.environ)
     distributed.setdefault("PETPAL_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
@@ -172,18 +178,70 @@ def test(argv: list[str]) -> None:
     # Asked first, so that CI fails in seconds rather than after a whole run.
     silent = silent_servers(distributed) if mode != "embedded" else []
     if silent and os.environ.get("CI") == "true":
-        sys.exit(distributed_skipped(silent, "FAILED (CI=true needs both)"))
+        sys.exit(distributed_skipped(silent, "FAILED (CI=true needs all three)"))
     if mode in ("both", "embedded"):
         print("== the suite, embedded (SQLite, in-process cache)", flush=True)
         embedded = {k: v for k, v in os.environ.items() if k not in TEST_URL_VARIABLES}
         sh(PY, *PYTEST, *argv, env=embedded)
-    if mode == "embedded":
-        return
-    if silent:
+    if mode != "embedded" and silent:
         print(distributed_skipped(silent, "SKIPPED"), flush=True)
+    elif mode != "embedded":
+        print("== the suite, distributed (PostgreSQL, Redis, RabbitMQ)", flush=True)
+        sh(PY, *PYTEST, *argv, env=distributed)
+    load_tests(distributed)
+
+
+# The load test's short run (loadtest/run.py): long and busy enough for a p99
+# to mean something, short enough for CI (about 1.5 minutes on a quiet
+# machine, 2.5 on a busy one); figures in README.md, "Load tests". Access
+# tokens expire after 20 s, so that the simulated app's token refresh runs
+# too. Embedded only by default: the suites take 4 minutes on a quiet machine
+# but were measured at 13.5 on a shared, busy one, and CI has 20.
+LOAD_TEST_RUN = (
+    *("--users", "30", "--spawn-rate", "2", "--duration", "45"),
+    *("--access-token-ttl", "20"),
+)
+SKIP_LOAD_TEST = "PETPAL_SKIP_LOADTEST"
+# The load test makes its own database and Redis key prefix from the
+# PETPAL_TEST_* admin URLs; these would point it at someone's data instead.
+ENGINE_VARIABLES = (
+    "PETPAL_DATABASE_URL",
+    "PETPAL_REDIS_URL",
+    "PETPAL_SECRET_KEY",
+    "PETPAL_CACHE_KEY_PREFIX",
+    "PETPAL_BROKER_URL",
+    "PETPAL_BROKER_PREFIX",
+)
+
+
+def load_tests(distributed: dict[str, str]) -> None:
+    """The load test's gate: embedded, or as PETPAL_LOADTEST_MODE says."""
+    mode = os.environ.get("PETPAL_LOADTEST_MODE", "embedded")
+    if mode not in ("both", "embedded", "distributed"):
+        sys.exit("PETPAL_LOADTEST_MODE is embedded (the default), distributed or both")
+    if os.environ.get(SKIP_LOAD_TEST):
+        ci = os.environ.get("CI") == "true"
+        verdict = "FAILED (CI=true needs it)" if ci else "SKIPPED"
+        print(
+            f"\n{verdict}: the load test did not run, because {SKIP_LOAD_TEST} "
+            "is set.\nRun it with `python3 dev.py loadtest` "
+            f"({' '.join(LOAD_TEST_RUN)} in CI).",
+            flush=True,
+        )
+        if ci:
+            sys.exit(1)
         return
-    print("== the suite, distributed (PostgreSQL, Redis, RabbitMQ)", flush=True)
-    sh(PY, *PYTEST, *argv, env=distributed)
+    silent = silent_servers(distributed) if mode != "embedded" else []
+    if silent:
+        sys.exit(
+            "the distributed load test needs PostgreSQL and Redis; these did "
+            "not answer:\n" + "\n".join(f"  - {line}" for line in silent)
+        )
+    env = {k: v for k, v in distributed.items() if k not in ENGINE_VARIABLES}
+    for each in ("embedded", "distributed"):
+        if mode in (each, "both"):
+            print(f"== the load test, {each}", flush=True)
+            sh(PY, "-m", "loadtest.run", "--mode", each, *LOAD_TEST_RUN, env=env)
 
 
 def silent_servers(env: dict[str, str]) -> list[str]:
@@ -242,11 +300,22 @@ def lock(_argv: list[str]) -> None:
         )
 
 
+def loadtest(argv: list[str]) -> None:
+    """Run the load test (loadtest/run.py); `loadtest --help` lists its options."""
+    sh(PY, "-m", "loadtest.run", *argv)
+
+
 def install(_argv: list[str]) -> None:
     """Only create and fill .venv (ensure_venv has already run)."""
 
 
-COMMANDS = {"run": run, "test": test, "install": install, "lock": lock}
+COMMANDS = {
+    "run": run,
+    "test": test,
+    "loadtest": loadtest,
+    "install": install,
+    "lock": lock,
+}
 
 
 def main() -> None:
