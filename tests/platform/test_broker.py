@@ -290,7 +290,7 @@ async def test_photos_are_processed_by_workers_through_rabbitmq(
     )
     for media_id in media_ids:
         files = stored_files(broker_settings, media_id)
-        assert len(files) == 4, files  # small, medium, large and original
+        assert len(files) == 3, files  # small, medium and large
     assert not list((broker_settings.media_dir / "incoming").iterdir())
 
 
