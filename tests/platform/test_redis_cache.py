@@ -210,6 +210,7 @@ async def test_lookups_of_one_turn_share_one_round_trip(
     after = _commandstats(private_redis.url)
     assert cold == warm == [b"body"] * 50
     assert loads == 50
+
     def delta(command: str) -> int:
         return after.get(command, 0) - before.get(command, 0)
 

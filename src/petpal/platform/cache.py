@@ -65,6 +65,8 @@ TOMBSTONE_TTL = 120.0
 
 def is_tombstone(value: bytes | None) -> bool:
     return value is not None and value.startswith(_TOMBSTONE)
+
+
 # Keys whose invalidation is still owed to the backend, at most; past this the
 # whole namespace is cleared instead once the backend answers again.
 _MAX_OWED_INVALIDATIONS = 100_000
