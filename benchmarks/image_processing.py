@@ -87,16 +87,16 @@ def imaging_at(revision: str) -> ModuleType:
         check=True,
         text=True,
     ).stdout
-    folder = Path(tempfile.mkdtemp(prefix="petpal-imaging-"))
-    file = folder / "imaging_before.py"
-    file.write_text(source)
-    spec = importlib.util.spec_from_file_location("imaging_before", file)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up while the class body runs.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="petpal-imaging-") as folder:
+        file = Path(folder) / "imaging_before.py"
+        file.write_text(source)
+        spec = importlib.util.spec_from_file_location("imaging_before", file)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        # dataclasses look their module up while the class body runs.
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
     return module
 
 
