@@ -2,8 +2,9 @@
 corner cases image libraries keep tripping over (see the SOURCES.md files next
 to the fixtures for where each file comes from).
 
-Processing a 12 MP photo takes a few hundred milliseconds, so each file is
-processed at most once per test session and the tests share the result.
+Processing a 12 MP photo takes a tenth of a second (a HEIC several times
+that), so each file is processed at most once per test session and the tests
+share the result.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import blurhash
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageChops, ImageStat
+from PIL import ExifTags, Image, ImageChops, ImageCms, ImageStat
 
 import petpal
 from petpal.media.imaging import (
@@ -41,7 +42,7 @@ SEED_PHOTOS = Path(petpal.__file__).parent / "seed" / "photos"
 NOT_PHOTOS = {"SOURCES.md"}
 
 LIMITS = ImageLimits()
-VARIANT_NAMES = ["small", "medium", "large", "original"]
+VARIANT_NAMES = ["small", "medium", "large"]
 BLURHASH_LENGTH = 4 + 2 * 4 * 3  # header + 4x3 components
 
 # Mean absolute difference, in 8-bit levels, between two small thumbnails of
@@ -67,7 +68,7 @@ class Failed:
 
 @dataclass(frozen=True)
 class Ready:
-    """Processed; size of the upright original and type of the variants."""
+    """Processed; size of the upright upload and type of the variants."""
 
     width: int
     height: int
@@ -111,6 +112,8 @@ CAMERA_PHOTOS: dict[str, Ready] = {
     **{f"orientation_{n}_landscape.jpg": Ready(1800, 1200) for n in range(1, 9)},
     "apple_iphone5_ori3_gps.jpg": Ready(3264, 2448),
     "fujifilm_s1pro_gps_small.jpg": Ready(600, 400),
+    # Decoded at half size by libjpeg, then brought to 1536x2048.
+    "oppo_r7plus_gps_13mp.jpg": Ready(3120, 4160),
     "samsung_sm-j327t1_ori6.jpg": Ready(1932, 2576),
 }
 
@@ -130,6 +133,7 @@ SEED_PHOTOS_SIZES: dict[str, Ready] = {
 WITH_LOCATION = [
     CAMERA / "apple_iphone5_ori3_gps.jpg",
     CAMERA / "fujifilm_s1pro_gps_small.jpg",
+    CAMERA / "oppo_r7plus_gps_13mp.jpg",
     EDGE_CASES / "heic_iphone8_gps.heic",
     EDGE_CASES / "heic_exif_at_end_gps.heic",
     EDGE_CASES / "webp_exif_ori6_gps.webp",
@@ -294,9 +298,9 @@ def test_avif_orientation_boxes_are_applied() -> None:
         # Pillow maps irot/imir to EXIF orientation 5 (transpose).
         as_stored = stored.convert("RGB").transpose(Image.Transpose.TRANSPOSE)
 
-    original = _decode(_variant(result, "original"))
-    assert original.size == as_stored.size == (640, 427)
-    assert _difference(original, as_stored) < SAME_PICTURE_TOLERANCE
+    large = _decode(_variant(result, "large"))
+    assert large.size == as_stored.size == (640, 427)
+    assert _difference(large, as_stored) < SAME_PICTURE_TOLERANCE
 
 
 # -- metadata -----------------------------------------------------------------
@@ -385,11 +389,11 @@ def test_variants_are_the_display_sizes_and_never_upscaled(path: Path) -> None:
     assert (result.width, result.height) == (expected.width, expected.height)
     assert [v.name for v in result.variants] == VARIANT_NAMES
 
-    original_longest = max(result.width, result.height)
+    upload_longest = max(result.width, result.height)
     for variant in result.variants:
-        limit = VARIANT_SIZES.get(variant.name, original_longest)
-        assert max(variant.width, variant.height) == min(limit, original_longest)
-        # Same shape as the original, give or take rounding of one pixel.
+        limit = VARIANT_SIZES[variant.name]
+        assert max(variant.width, variant.height) == min(limit, upload_longest)
+        # Same shape as the upload, give or take rounding of one pixel.
         assert abs(variant.width * result.height - variant.height * result.width) <= (
             max(result.width, result.height)
         )
@@ -401,8 +405,6 @@ def test_variants_are_the_display_sizes_and_never_upscaled(path: Path) -> None:
             == {"image/jpeg": "jpg", "image/webp": "webp"}[variant.content_type]
         )
         assert bool(getattr(decoded, "is_animated", False)) is result.animated
-    original = _variant(result, "original")
-    assert (original.width, original.height) == (result.width, result.height)
 
 
 @pytest.mark.parametrize("path", _ready_paths(), ids=_ids(_ready_paths()))
@@ -428,7 +430,7 @@ def test_animations_keep_their_frames_timing_and_loop(name: str) -> None:
     # Browsers play frames of 10 ms or less for 100 ms, and so must we.
     played = [d if d > 10 else 100 for d in source_durations]
 
-    output = _decode(_variant(_ready(EDGE_CASES / name), "original"))
+    output = _decode(_variant(_ready(EDGE_CASES / name), "large"))
     assert output.format == "WEBP"
     assert _frame_count(output) == source_frames
     durations = []
@@ -441,7 +443,7 @@ def test_animations_keep_their_frames_timing_and_loop(name: str) -> None:
 
 
 def test_transparency_survives() -> None:
-    output = _decode(_variant(_ready(EDGE_CASES / "png_palette_trns.png"), "original"))
+    output = _decode(_variant(_ready(EDGE_CASES / "png_palette_trns.png"), "large"))
     assert output.mode == "RGBA"
     assert output.getchannel("A").histogram()[0] > 0
 
@@ -449,12 +451,130 @@ def test_transparency_survives() -> None:
 def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
     # The file's 16-bit values stay below 256, i.e. near black. Clipping to
     # 8 bits instead of scaling would paint them in every shade up to white.
-    output = _decode(
-        _variant(_ready(EDGE_CASES / "png_16bit_gray_trns.png"), "original")
-    )
+    output = _decode(_variant(_ready(EDGE_CASES / "png_16bit_gray_trns.png"), "large"))
     assert output.mode == "RGBA"
     assert not any(output.getchannel("R").histogram()[9:])
     assert output.getchannel("A").histogram()[0] > 0
+
+
+# -- big photos are scaled down first ------------------------------------------
+#
+# A big photo is shrunk while it is decoded (JPEG) or right after, and only
+# the shrunk copy is turned upright and converted to sRGB. These tests make
+# JPEGs in the shapes that take each path out of the real 13 MP photo.
+
+OPPO = CAMERA / "oppo_r7plus_gps_13mp.jpg"
+
+
+def _save_jpeg(im: Image.Image, path: Path, **params: object) -> Path:
+    im.save(path, "JPEG", quality=92, **params)
+    return path
+
+
+def _stored_on_its_side(tmp_path: Path) -> tuple[Path, Image.Image]:
+    """The 3120x4160 photo as a phone held upright stores it: 4160x3120 with
+    EXIF orientation 6, GPS and all."""
+    with Image.open(OPPO) as upright:
+        upright.load()
+        exif = upright.getexif()
+        exif[ExifTags.Base.Orientation] = 6
+        stored = upright.transpose(Image.Transpose.ROTATE_90)
+        path = _save_jpeg(stored, tmp_path / "on_its_side.jpg", exif=exif.tobytes())
+        return path, upright.convert("RGB")
+
+
+def test_a_photo_decoded_at_half_size_is_turned_and_stripped(tmp_path: Path) -> None:
+    path, upright = _stored_on_its_side(tmp_path)
+    with Image.open(path) as stored:
+        assert stored.size == (4160, 3120)
+
+    result = process_image(path, LIMITS)
+
+    assert (result.width, result.height) == (3120, 4160)
+    sizes = {v.name: (v.width, v.height) for v in result.variants}
+    assert sizes == {"small": (240, 320), "medium": (810, 1080), "large": (1536, 2048)}
+    for variant in result.variants:
+        _assert_no_metadata(variant)
+        assert _difference(_decode(variant), upright) < SAME_PICTURE_TOLERANCE
+
+
+def test_a_photo_just_short_of_halving_still_gets_the_full_large_size(
+    tmp_path: Path,
+) -> None:
+    # 4000 px halves to 2000, 2.3% short of 2048: the decode stops there and
+    # the filter pass covers the rest, rather than decoding all 12 MP.
+    with Image.open(OPPO) as photo:
+        landscape = photo.transpose(Image.Transpose.ROTATE_90).crop(
+            (80, 60, 4080, 3060)
+        )
+    path = _save_jpeg(landscape, tmp_path / "4000x3000.jpg")
+
+    result = process_image(path, LIMITS)
+
+    large = _decode(_variant(result, "large"))
+    assert large.size == (2048, 1536)
+    reference = landscape.resize(large.size, Image.Resampling.LANCZOS)
+    assert _difference(large, reference) < SAME_PICTURE_TOLERANCE
+
+
+# Flat patches of colour, as a P3 camera stores them; sRGB needs other
+# numbers for the same colours, up to 30 levels apart.
+P3_PATCHES = [(200, 100, 50), (60, 160, 90), (90, 80, 200), (128, 128, 128)]
+
+
+def test_wide_gamut_colours_are_converted_after_scaling(tmp_path: Path) -> None:
+    with Image.open(EDGE_CASES / "heic_iphone8_gps.heic") as heic:
+        display_p3 = heic.info["icc_profile"]
+    patch = 1050
+    photo = Image.new("RGB", (patch * len(P3_PATCHES), 3150))
+    for index, colour in enumerate(P3_PATCHES):
+        photo.paste(colour, (index * patch, 0, (index + 1) * patch, 3150))
+    path = _save_jpeg(photo, tmp_path / "p3.jpg", icc_profile=display_p3)
+
+    small = _decode(_variant(process_image(path, LIMITS), "small")).convert("RGB")
+
+    to_srgb = ImageCms.buildTransform(
+        ImageCms.ImageCmsProfile(io.BytesIO(display_p3)),
+        ImageCms.createProfile("sRGB"),
+        "RGB",
+        "RGB",
+    )
+    largest_change = 0
+    for index, colour in enumerate(P3_PATCHES):
+        expected = ImageCms.applyTransform(Image.new("RGB", (1, 1), colour), to_srgb)
+        assert expected is not None
+        want = expected.getpixel((0, 0))
+        assert isinstance(want, tuple)
+        got = small.getpixel(((2 * index + 1) * small.width // 8, small.height // 2))
+        assert isinstance(got, tuple)
+        assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= 3, (
+            colour,
+            got,
+            want,
+        )
+        largest_change = max(
+            largest_change, *(abs(w - c) for w, c in zip(want, colour, strict=True))
+        )
+    assert largest_change > 10  # the test would notice a missing conversion
+
+
+def test_transparent_pixels_do_not_tint_the_edges_when_scaled(tmp_path: Path) -> None:
+    # Invisible red beside opaque white. Averaged without premultiplying by
+    # alpha, the red would show as a pink fringe along the edge.
+    image = Image.new("RGBA", (3000, 2000), (255, 0, 0, 0))
+    image.paste((255, 255, 255, 255), (1501, 0, 3000, 2000))  # off the blocks
+    path = tmp_path / "edge.png"
+    image.save(path, compress_level=1)
+
+    for variant in process_image(path, LIMITS).variants:
+        decoded = _decode(variant)
+        assert decoded.mode == "RGBA"
+        alpha = decoded.getchannel("A")
+        assert alpha.getextrema() == (0, 255)
+        red, green, _, _ = decoded.split()
+        tint = ImageChops.subtract(red, green)
+        seen = ImageChops.multiply(tint, alpha.point(lambda a: 255 if a > 16 else 0))
+        assert seen.getextrema()[1] <= 24, variant.name
 
 
 # -- limits -------------------------------------------------------------------

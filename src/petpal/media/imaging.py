@@ -7,10 +7,11 @@ There are two entry points, with very different costs:
   hostile file is refused (:class:`ImageRejected`, carrying an HTTP status)
   before a single pixel is decoded.
 * :func:`process_image` runs in the media worker. It decodes under the same
-  limits, turns the picture upright, converts it to 8-bit sRGB and re-encodes
-  the display sizes and a full-size "original" without any metadata, so no
-  stored file keeps the uploader's GPS position. Anything that goes wrong
-  surfaces as :class:`ImageFailed` with a sentence the uploader can read.
+  limits, turns the picture upright, converts it to 8-bit sRGB and encodes
+  the display sizes without any metadata, so no stored file keeps the
+  uploader's GPS position; the largest size is all that is kept of the
+  upload. Anything that goes wrong surfaces as :class:`ImageFailed` with a
+  sentence the uploader can read.
 
 Nothing here touches the web framework, the database or storage: the caller
 hands in a local path and stores the bytes it gets back.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import BinaryIO, Final
 import blurhash
 import pillow_heif
 import structlog
-from PIL import Image, ImageCms, ImageMath, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageMath, ImageOps
 
 # Thumbnails, depth maps and auxiliary images inside a HEIC are never used
 # here; skipping them keeps the header read cheap.
@@ -36,7 +38,8 @@ pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_image
 
 log = structlog.get_logger(__name__)
 
-VARIANT_SIZES: Final[dict[str, int]] = {"small": 320, "medium": 720, "large": 1440}
+# The largest is all we keep of an upload: no full-size copy is stored.
+VARIANT_SIZES: Final[dict[str, int]] = {"small": 320, "medium": 1080, "large": 2048}
 
 JPEG_QUALITY: Final = 85
 WEBP_QUALITY: Final = 85
@@ -47,9 +50,17 @@ BLURHASH_COMPONENTS: Final = (4, 3)
 # The blurhash encoder is pure Python and walks every pixel once per
 # component, so it gets a thumbnail no bigger than this.
 BLURHASH_SOURCE_SIZE: Final = 32
-# Measured on an 8 MP phone photo: reduce() then Lanczos differs from a plain
-# Lanczos downscale by 0.6/255 on average and takes half the time.
-REDUCING_GAP: Final = 1.0
+# Scaling down is done in two steps. The cheap one averages whole blocks of
+# pixels: libjpeg's scaled decode (1/2, 1/4, 1/8) or reduce(). It may stop up
+# to this fraction short of the size wanted, so that a 4032 px photo still
+# halves to 2016 px on its way to 2048. The last step is one pass of
+# RESAMPLING, which also closes that gap.
+CHEAP_STEP_SHORTFALL: Final = 1 / 32
+# Hamming costs what bilinear costs and keeps edges sharper. Measured on the
+# 13 MP fixture (benchmarks/image_processing.py): at 1080 px it stays within
+# 39 dB PSNR of a Lanczos downscale from the full photo; bicubic (41 dB) would
+# add about 25 ms of CPU to the photo, Lanczos (47 dB) about 50 ms.
+RESAMPLING: Final = Image.Resampling.HAMMING
 # Browsers show frames of 10 ms or less for 100 ms (GIFs in the wild rely on
 # it); the WebP we write must play at the same speed as the upload did.
 MIN_FRAME_MS: Final = 11
@@ -119,9 +130,9 @@ class Variant:
 
 @dataclasses.dataclass(frozen=True)
 class ProcessedImage:
-    variants: list[Variant]  # small, medium, large, original
+    variants: list[Variant]  # small, medium, large
     blurhash: str
-    width: int  # of the upright original
+    width: int  # of the upright upload, which no variant may exceed
     height: int
     animated: bool
 
@@ -356,15 +367,74 @@ def _process(path: Path, limits: ImageLimits) -> ProcessedImage:
 
 
 def _process_still(im: Image.Image) -> ProcessedImage:
+    """Scale down first, then turn and colour-convert only what is kept.
+
+    Every step after the decode costs in proportion to the pixels it touches,
+    so the photo is first brought near the largest display size, cheaply,
+    and only then turned upright and converted to sRGB: for a 12 MP photo
+    that is a quarter of the pixels.
+    """
+    stored_width, stored_height = im.size
+    largest = _fitted_size(stored_width, stored_height, max(VARIANT_SIZES.values()))
+    # JPEG (and MPO) only: libjpeg scales while it decodes, by the largest of
+    # 1/2, 1/4 and 1/8 that keeps at least the size asked for. HEIF would
+    # decode an embedded thumbnail instead, but we open it without them;
+    # other formats ignore the call.
+    im.draft(None, _cheap_step_floor(largest))
     # An MPO's first frame is the ordinary photo; the second is the other eye.
     im.load()
-    # In place: a second full-size copy of a 50 MP photo is 150 MB for nothing.
-    ImageOps.exif_transpose(im, in_place=True)
-    upright = _to_srgb_8bit(im)
+    turn = _orientation(im)
+    icc_profile = im.info.get("icc_profile")
+    pixels = _to_8bit(im)
+    pixels = _shrink_cheaply(pixels, largest)
+    if pixels.width * pixels.height > 2 * largest[0] * largest[1]:
+        # Photos of 2048 to 3968 px cannot be halved on the way to 2048 px.
+        # Turning and converting all of it would cost more than the filter
+        # pass to the largest size, so that comes first; the smaller sizes
+        # are then made from it, one pass softer.
+        pixels = _resize(pixels, largest)
+    width, height = stored_width, stored_height
+    if turn is not None:
+        pixels = pixels.transpose(turn)
+        if turn in _TURNS_ON_ITS_SIDE:
+            width, height = height, width
+    upright = _to_srgb(pixels, icc_profile)
     encode = _encode_jpeg if upright.mode == "RGB" else _encode_webp
     return _render(
-        [upright], lambda name, frames: encode(name, frames[0]), animated=False
+        [upright],
+        lambda name, frames: encode(name, frames[0]),
+        width=width,
+        height=height,
+        animated=False,
     )
+
+
+# What EXIF orientations 2 to 8 ask for (1 is "as stored"). HEIF and AVIF
+# irot/imir boxes reach us as one of these too.
+_ORIENTATIONS: Final[dict[int, Image.Transpose]] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_TURNS_ON_ITS_SIDE: Final = frozenset(
+    {
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.ROTATE_270,
+        Image.Transpose.TRANSVERSE,
+        Image.Transpose.ROTATE_90,
+    }
+)
+
+
+def _orientation(im: Image.Image) -> Image.Transpose | None:
+    # The same reading as ImageOps.exif_transpose, which we cannot use here:
+    # it turns the decoded image, and we turn the scaled-down copy.
+    orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    return _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
 
 
 def _process_animation(im: Image.Image, frame_count: int) -> ProcessedImage:
@@ -376,9 +446,12 @@ def _process_animation(im: Image.Image, frame_count: int) -> ProcessedImage:
         frames.append(_to_srgb_8bit(ImageOps.exif_transpose(im), keep_alpha=True))
         durations.append(_frame_duration(im.info.get("duration")))
     loop = _loop_count(im)
+    width, height = frames[0].size
     return _render(
         frames,
         lambda name, scaled: _encode_animated_webp(name, scaled, durations, loop),
+        width=width,
+        height=height,
         animated=True,
     )
 
@@ -398,29 +471,34 @@ def _loop_count(im: Image.Image) -> int:
 
 
 def _render(
-    frames: list[Image.Image],
+    source: list[Image.Image],
     encode: Callable[[str, list[Image.Image]], Variant],
     *,
+    width: int,
+    height: int,
     animated: bool,
 ) -> ProcessedImage:
-    """Encode the original, then each display size from the next larger one.
+    """Encode each display size of ``source``, largest first.
 
-    A still is a list of one frame. Scaling from the previous step rather
-    than from the original keeps each resize to a factor of about two, where
-    reduce() does most of the work cheaply. A size that would not shrink
-    reuses the previous encoding: we never upscale.
+    A still is a list of one frame. ``width`` and ``height`` are those of the
+    upright upload, which ``source`` may already be scaled down from (but
+    never by more than the cheap step's shortfall below the largest size).
+    A size at most half the previous one is made from that; any other from
+    ``source``, so no picture goes through two passes of the filter that
+    each soften it. A size that would not shrink reuses the previous
+    encoding: we never upscale.
     """
-    width, height = frames[0].size
-    previous = encode("original", frames)
-    made = [previous]
+    made: list[Variant] = []
+    frames = source
     for name, longest in sorted(VARIANT_SIZES.items(), key=lambda item: -item[1]):
         size = _fitted_size(width, height, longest)
-        if size == frames[0].size:
-            previous = dataclasses.replace(previous, name=name)
-        else:
-            frames = [_resize(frame, size) for frame in frames]
-            previous = encode(name, frames)
-        made.append(previous)
+        if made and size == frames[0].size:
+            made.append(dataclasses.replace(made[-1], name=name))
+            continue
+        if size != frames[0].size:
+            base = frames if _is_at_least_twice(frames[0].size, size) else source
+            frames = [_resize(frame, size) for frame in base]
+        made.append(encode(name, frames))
     made.reverse()
     return ProcessedImage(
         variants=made,
@@ -431,8 +509,33 @@ def _render(
     )
 
 
+def _is_at_least_twice(have: tuple[int, int], want: tuple[int, int]) -> bool:
+    return have[0] >= 2 * want[0] and have[1] >= 2 * want[1]
+
+
 def _resize(im: Image.Image, size: tuple[int, int]) -> Image.Image:
-    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+    im = _shrink_cheaply(im, size)
+    if im.size == size:
+        return im
+    return im.resize(size, RESAMPLING)
+
+
+def _cheap_step_floor(size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest size the cheap step may leave on the way to ``size``."""
+    keep = 1 - CHEAP_STEP_SHORTFALL
+    return math.ceil(size[0] * keep), math.ceil(size[1] * keep)
+
+
+def _shrink_cheaply(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Average blocks of pixels down towards ``size``, if a whole factor fits.
+
+    The same rule as the JPEG draft: the largest factor that keeps at least
+    :func:`_cheap_step_floor` of ``size``.
+    """
+    floor_width, floor_height = _cheap_step_floor(size)
+    factor = min(im.width // floor_width, im.height // floor_height)
+    # reduce() averages RGBA with premultiplied alpha, as resize() does.
+    return im.reduce(factor) if factor >= 2 else im
 
 
 def _fitted_size(width: int, height: int, longest: int) -> tuple[int, int]:
@@ -449,22 +552,43 @@ def _to_srgb_8bit(im: Image.Image, *, keep_alpha: bool = False) -> Image.Image:
     photo saved as RGBA PNG still becomes a JPEG.
     """
     icc_profile = im.info.get("icc_profile")
+    im = _to_srgb(_to_8bit(im, keep_alpha=keep_alpha), icc_profile)
+    if keep_alpha and im.mode == "RGB":
+        im = im.convert("RGBA")
+    return im
+
+
+def _to_8bit(im: Image.Image, *, keep_alpha: bool = False) -> Image.Image:
+    """Bring any decoded mode to 8-bit L, CMYK, RGB or RGBA, colours untouched.
+
+    These are the modes resizing and the ICC transform work in; alpha that is
+    opaque everywhere is dropped here (unless ``keep_alpha``), before any
+    resizing has to carry it.
+    """
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         im = _wide_gray_to_8bit(im)
     if im.mode not in ("RGB", "RGBA", "L", "CMYK"):
         im = im.convert("RGBA" if _has_alpha(im) else "RGB")
+    if im.mode == "RGBA" and not keep_alpha and _is_opaque(im):
+        im = im.convert("RGB")
+    return im
+
+
+def _to_srgb(im: Image.Image, icc_profile: object) -> Image.Image:
+    """Convert an image from :func:`_to_8bit` to sRGB RGB(A), without metadata.
+
+    ``icc_profile`` is the one the upload carried: resizing and turning may
+    have copied it along, but the caller read it before either.
+    """
     if isinstance(icc_profile, bytes) and icc_profile:
         im = _apply_icc_profile(im, icc_profile)
     if im.mode in ("L", "CMYK"):
         # CMYK without a usable profile gets Pillow's naive conversion; there
         # is no better guess without knowing the press it was separated for.
         im = im.convert("RGB")
-    if im.mode == "RGBA" and not keep_alpha and _is_opaque(im):
-        im = im.convert("RGB")
-    if keep_alpha and im.mode == "RGB":
-        im = im.convert("RGBA")
-    # convert(), transpose() and the colour transform all copy info; JPEG
-    # would even write a stored comment back out. Nothing leaves with it.
+    # convert(), resize(), transpose() and the colour transform all copy
+    # info; JPEG would even write a stored comment back out. Nothing leaves
+    # with it.
     im.info = {}
     return im
 
@@ -535,13 +659,7 @@ _MODES_FOR_COLOR_SPACE: Final[dict[str, tuple[str, ...]]] = {
 
 def _encode_jpeg(name: str, im: Image.Image) -> Variant:
     buffer = io.BytesIO()
-    im.save(
-        buffer,
-        "JPEG",
-        quality=JPEG_QUALITY,
-        optimize=True,
-        progressive=True,
-    )
+    im.save(buffer, "JPEG", quality=JPEG_QUALITY)
     return Variant(name, im.width, im.height, "image/jpeg", "jpg", buffer.getvalue())
 
 
