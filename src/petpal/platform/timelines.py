@@ -1,0 +1,404 @@
+"""Capped timelines of ids, newest first: the store behind fan-out feeds.
+
+A timeline is a set of ids (ULIDs, so their order is their age) kept under
+a name, capped at ``timeline_max_entries``, that expires when nobody has read
+it for ``timeline_ttl_seconds``. Writers only ever add to timelines that
+exist: a missing timeline is rebuilt whole from the database by the next
+reader, which is what makes "the timeline exists" a cheap and exact test of
+"someone reads it". Redis holds them when ``PETPAL_REDIS_URL`` is set
+(``redis_timelines``); an in-process equivalent otherwise.
+
+Besides its ids a timeline carries three facts, kept with the ids so that
+one read returns them together:
+
+- *ready*: a build finished. A timeline that is not ready is being built;
+  readers treat it as missing, writers add to it so that nothing committed
+  during the build is lost.
+- *complete*: it holds every id there is. Once entries were trimmed (or the
+  build stopped at the cap), it vouches only for ids from its oldest entry
+  up, and a page below that must come from the database. Writers never add
+  an id below the oldest entry of an incomplete timeline, since that would
+  claim knowledge of a range it does not hold.
+- *links*: names of other timelines merged in at read time (the authors
+  with too many followers to fan out).
+
+A build holds a token in the timeline from before its database read until
+it stores the result, and stores only if its token is still there. Deleting
+the timeline (``forget``, e.g. after an unfollow) removes the token, so a
+build that read the database before the change can never store what it read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import functools
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import structlog
+
+from petpal.platform.cache import CACHE_BACKEND_ERRORS, CacheBackendError
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+# Every timeline name starts with this, under the cache key prefix in Redis.
+KEY_PREFIX = "timeline:"
+# A build that has not stored its result after this long has died; its
+# placeholder then expires with it.
+BUILD_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class TimelineSlice:
+    """Part of a timeline: ids below a bound, newest first, and its facts."""
+
+    ids: list[str]
+    complete: bool
+    links: list[str]
+
+
+@dataclass(frozen=True)
+class TimelineContent:
+    """A timeline as a build loads it from the database."""
+
+    ids: list[str]  # newest first, at most the cap
+    complete: bool  # the database had no more than these
+    links: list[str] = field(default_factory=list)
+
+    def slice(self, before: str | None, count: int) -> TimelineSlice:
+        below = [i for i in self.ids if before is None or i < before]
+        return TimelineSlice(below[:count], self.complete, list(self.links))
+
+
+class TimelineBackend(Protocol):
+    """Where timelines live. Raises only ``CacheBackendError`` for its own faults.
+
+    Each method is one round trip, whatever the number of keys.
+    """
+
+    async def read(
+        self, keys: Sequence[str], before: str | None, count: int, ttl: float
+    ) -> list[TimelineSlice | None]:
+        """Up to ``count`` ids below ``before`` of each ready timeline (None:
+        missing or still building); each one read lives ``ttl`` seconds more."""
+        ...
+
+    async def begin_build(self, key: str, token: str, ttl: float) -> None: ...
+    async def finish_build(
+        self, key: str, token: str, content: TimelineContent, cap: int, ttl: float
+    ) -> bool:
+        """Store ``content`` if ``token`` is still in the timeline; True if so."""
+        ...
+
+    async def add(
+        self, keys: Sequence[str], ids: Sequence[str], links: Sequence[str], cap: int
+    ) -> list[str]:
+        """Add to those of ``keys`` that exist; returns them."""
+        ...
+
+    async def remove(self, keys: Sequence[str], ids: Sequence[str]) -> None: ...
+    async def delete(self, keys: Sequence[str]) -> None: ...
+    async def has_mark(self, key: str) -> bool: ...
+    async def set_mark(self, key: str, ttl: float) -> None: ...
+    async def clear(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Timeline:
+    expires_at: float
+    ids: list[str] = field(default_factory=list)  # oldest first
+    ready: bool = False
+    complete: bool = False
+    links: set[str] = field(default_factory=set)
+    builds: set[str] = field(default_factory=set)
+
+
+class InProcessTimelineBackend:
+    """Timelines in this process's memory, least recently used evicted first.
+
+    The same rules as the Redis scripts in ``redis_timelines``, in Python.
+    """
+
+    def __init__(self, max_timelines: int = 20_000) -> None:
+        self._data: OrderedDict[str, _Timeline] = OrderedDict()
+        self._marks: dict[str, float] = {}
+        self._max_timelines = max_timelines
+
+    def _get(self, key: str) -> _Timeline | None:
+        timeline = self._data.get(key)
+        if timeline is not None and timeline.expires_at <= time.monotonic():
+            del self._data[key]
+            return None
+        return timeline
+
+    async def read(
+        self, keys: Sequence[str], before: str | None, count: int, ttl: float
+    ) -> list[TimelineSlice | None]:
+        slices: list[TimelineSlice | None] = []
+        for key in keys:
+            timeline = self._get(key)
+            if timeline is None or not timeline.ready:
+                slices.append(None)
+                continue
+            timeline.expires_at = time.monotonic() + ttl
+            self._data.move_to_end(key)
+            end = len(timeline.ids)
+            if before is not None:
+                end = bisect.bisect_left(timeline.ids, before)
+            newest_first = timeline.ids[max(0, end - count) : end][::-1]
+            slices.append(
+                TimelineSlice(newest_first, timeline.complete, sorted(timeline.links))
+            )
+        return slices
+
+    async def begin_build(self, key: str, token: str, ttl: float) -> None:
+        expires_at = time.monotonic() + ttl
+        timeline = self._get(key)
+        if timeline is None:
+            timeline = _Timeline(expires_at)
+            self._data[key] = timeline
+            while len(self._data) > self._max_timelines:
+                self._data.popitem(last=False)
+        timeline.builds.add(token)
+        timeline.expires_at = max(timeline.expires_at, expires_at)
+
+    async def finish_build(
+        self, key: str, token: str, content: TimelineContent, cap: int, ttl: float
+    ) -> bool:
+        timeline = self._get(key)
+        if timeline is None or token not in timeline.builds:
+            return False
+        timeline.builds.discard(token)
+        if timeline.ready:
+            _add_ids(timeline, content.ids)
+        else:
+            timeline.ready, timeline.complete = True, content.complete
+            ids = set(timeline.ids).union(content.ids)
+            if not content.complete and content.ids:
+                floor = min(content.ids)
+                ids = {i for i in ids if i >= floor}
+            timeline.ids = sorted(ids)
+        timeline.links.update(content.links)
+        _trim(timeline, cap)
+        timeline.expires_at = time.monotonic() + ttl
+        return True
+
+    async def add(
+        self, keys: Sequence[str], ids: Sequence[str], links: Sequence[str], cap: int
+    ) -> list[str]:
+        added = []
+        for key in keys:
+            timeline = self._get(key)
+            if timeline is None:
+                continue
+            if timeline.ready and not timeline.complete and not timeline.ids:
+                del self._data[key]  # knows nothing any more: rebuilt when read
+                continue
+            _add_ids(timeline, ids)
+            timeline.links.update(links)
+            _trim(timeline, cap)
+            added.append(key)
+        return added
+
+    async def remove(self, keys: Sequence[str], ids: Sequence[str]) -> None:
+        gone = set(ids)
+        for key in keys:
+            timeline = self._get(key)
+            if timeline is not None:
+                timeline.ids = [i for i in timeline.ids if i not in gone]
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._data.pop(key, None)
+            self._marks.pop(key, None)
+
+    async def has_mark(self, key: str) -> bool:
+        expires_at = self._marks.get(key)
+        return expires_at is not None and expires_at > time.monotonic()
+
+    async def set_mark(self, key: str, ttl: float) -> None:
+        self._marks[key] = time.monotonic() + ttl
+
+    async def clear(self) -> None:
+        self._data.clear()
+        self._marks.clear()
+
+    async def close(self) -> None:
+        await self.clear()
+
+
+def _add_ids(timeline: _Timeline, ids: Iterable[str]) -> None:
+    # An incomplete timeline vouches only for ids from its oldest entry up.
+    incomplete = timeline.ready and not timeline.complete
+    floor = timeline.ids[0] if incomplete and timeline.ids else None
+    for new in ids:
+        if floor is not None and new < floor:
+            continue
+        at = bisect.bisect_left(timeline.ids, new)
+        if at == len(timeline.ids) or timeline.ids[at] != new:
+            timeline.ids.insert(at, new)
+
+
+def _trim(timeline: _Timeline, cap: int) -> None:
+    if len(timeline.ids) > cap:
+        del timeline.ids[: len(timeline.ids) - cap]
+        timeline.complete = False
+
+
+class Timelines:
+    """Timelines with the platform's rules on top of a backend.
+
+    Reads and builds never fail because of the backend: a read raises
+    ``CacheBackendError`` (the caller serves from the database) and the
+    backend is bypassed for a moment after an error, as the cache does.
+    Writes raise it too; they run in jobs, which retry.
+    """
+
+    def __init__(
+        self,
+        backend: TimelineBackend,
+        *,
+        cap: int,
+        ttl_seconds: float,
+        bypass_after_error: float = 1.0,
+    ) -> None:
+        self.backend = backend
+        self.cap = cap
+        self.ttl = ttl_seconds
+        self._bypass_after_error = bypass_after_error
+        self._bypass_until = 0.0
+        self._builds: dict[str, asyncio.Task[TimelineContent]] = {}
+
+    async def read(
+        self, keys: Sequence[str], before: str | None, count: int
+    ) -> list[TimelineSlice | None]:
+        return await self._call(
+            "timeline_read",
+            self.backend.read([KEY_PREFIX + k for k in keys], before, count, self.ttl),
+        )
+
+    async def build(
+        self,
+        key: str,
+        load: Callable[[], Awaitable[TimelineContent]],
+        budget: float,
+    ) -> TimelineContent | None:
+        """Load a missing timeline and store it; None if that takes over ``budget``.
+
+        One build per timeline at a time in this process; a build that misses
+        the budget goes on in the background and stores its result, so the
+        next read finds it. Errors of ``load`` (the database) are raised.
+        """
+        task = self._builds.get(key)
+        if task is None:
+            task = asyncio.create_task(self._build(key, load), name="petpal-timeline")
+            self._builds[key] = task
+            task.add_done_callback(functools.partial(self._build_done, key))
+        # asyncio.wait, not wait_for: running out of budget must not cancel
+        # the build (a task cancelled inside a database call may hang).
+        done, _ = await asyncio.wait({task}, timeout=budget)
+        return task.result() if done else None
+
+    async def _build(
+        self, key: str, load: Callable[[], Awaitable[TimelineContent]]
+    ) -> TimelineContent:
+        name = KEY_PREFIX + key
+        token = "~build:" + secrets.token_hex(8)
+        try:
+            await self._call(
+                "timeline_build", self.backend.begin_build(name, token, BUILD_SECONDS)
+            )
+        except CacheBackendError:
+            return await load()  # served this once, not stored
+        content = await load()
+        # If the store fails now, this was served once; the next read builds.
+        with contextlib.suppress(CacheBackendError):
+            await self._call(
+                "timeline_build",
+                self.backend.finish_build(name, token, content, self.cap, self.ttl),
+            )
+        return content
+
+    def _build_done(self, key: str, task: asyncio.Task[TimelineContent]) -> None:
+        if self._builds.get(key) is task:
+            del self._builds[key]
+        if not task.cancelled() and task.exception() is not None:
+            # The reader that waited for it raised it; one that gave up on
+            # the budget did not, so it is recorded here.
+            log.warning("timeline.build_failed", error=repr(task.exception()))
+
+    async def add(
+        self, keys: Sequence[str], ids: Sequence[str] = (), links: Sequence[str] = ()
+    ) -> list[str]:
+        """Add ``ids`` and ``links`` to those timelines that exist; returns them."""
+        if not keys:
+            return []
+        added = await self._call(
+            "timeline_add",
+            self.backend.add([KEY_PREFIX + k for k in keys], ids, links, self.cap),
+        )
+        return [name.removeprefix(KEY_PREFIX) for name in added]
+
+    async def remove(self, keys: Sequence[str], ids: Sequence[str]) -> None:
+        if keys and ids:
+            await self._call(
+                "timeline_remove",
+                self.backend.remove([KEY_PREFIX + k for k in keys], ids),
+            )
+
+    async def forget(self, *keys: str) -> None:
+        """Delete timelines (and builds in progress): the next read rebuilds."""
+        if keys:
+            await self._call(
+                "timeline_delete", self.backend.delete([KEY_PREFIX + k for k in keys])
+            )
+
+    async def has_mark(self, key: str) -> bool:
+        return await self._call(
+            "timeline_mark", self.backend.has_mark(KEY_PREFIX + key)
+        )
+
+    async def set_mark(self, key: str) -> None:
+        """Set a flag that lives as long as an unread timeline; ``forget``
+        removes it."""
+        await self._call(
+            "timeline_mark", self.backend.set_mark(KEY_PREFIX + key, self.ttl)
+        )
+
+    async def wait_idle(self) -> None:
+        """Wait for the builds running in the background (tests use this)."""
+        while self._builds:
+            await asyncio.wait(list(self._builds.values()))
+
+    async def clear(self) -> None:
+        await self.backend.clear()
+
+    async def close(self, grace_seconds: float = 5.0) -> None:
+        builds = list(self._builds.values())
+        if builds:
+            _, late = await asyncio.wait(builds, timeout=grace_seconds)
+            for task in late:
+                task.cancel()
+        await self.backend.close()
+
+    async def _call(self, operation: str, call: Awaitable[T]) -> T:
+        if time.monotonic() < self._bypass_until:
+            if asyncio.iscoroutine(call):
+                call.close()  # never started: nothing to await
+            raise CacheBackendError("timelines bypassed after an error")
+        try:
+            return await call
+        except CacheBackendError as exc:
+            CACHE_BACKEND_ERRORS.labels(operation).inc()
+            if time.monotonic() >= self._bypass_until:
+                log.warning("timeline.backend_bypassed", error=str(exc))
+            self._bypass_until = time.monotonic() + self._bypass_after_error
+            raise
