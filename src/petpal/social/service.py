@@ -11,6 +11,7 @@ deleted the row it counts, as the statement's row count says.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import unicodedata
 from collections.abc import Sequence
@@ -458,6 +459,7 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
         await services.cache.invalidate(
             counts_key(post_id), liked_key(account_id, post_id)
         )
+        await _rewarm(services, post_id, account_id)
     return LikeState(liked=True, like_count=count)
 
 
@@ -481,7 +483,21 @@ async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeSt
         await services.cache.invalidate(
             counts_key(post_id), liked_key(account_id, post_id)
         )
+        await _rewarm(services, post_id, account_id)
     return LikeState(liked=False, like_count=count)
+
+
+async def _rewarm(
+    services: Services, post_id: str, liker_id: str | None = None
+) -> None:
+    """Load again the keys of a post that a like or comment just invalidated.
+
+    The writer pays one primary-key read, so that the many feed pages that
+    show the post next find its counts (and the liker their like) cached.
+    """
+    await asyncio.gather(
+        counts_of(services, [post_id]), likes_of(services, liker_id, [post_id])
+    )
 
 
 async def _require_post(session: AsyncSession, post_id: str) -> str:
@@ -525,6 +541,7 @@ async def do_comment(
         raise NotFoundError("the post") from exc  # deleted while we commented
     SOCIAL_WRITES.labels("comment").inc()
     await services.cache.invalidate(counts_key(post_id))
+    await _rewarm(services, post_id)
     views = await _comment_views(services, [comment])
     if not views:
         raise NotFoundError("the account")
@@ -563,6 +580,7 @@ async def do_delete_comment(
     if removed:
         SOCIAL_WRITES.labels("delete_comment").inc()
         await services.cache.invalidate(counts_key(post_id))
+        await _rewarm(services, post_id)
 
 
 async def list_comments(
