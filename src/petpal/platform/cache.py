@@ -166,7 +166,7 @@ class Cache:
             try:
                 cached = await self.backend.get(key)
             except CacheBackendError as exc:
-                self._backend_failed("get", exc)
+                self.backend_failed("get", exc)
             else:
                 if cached is not None:
                     CACHE_REQUESTS.labels(family, "hit").inc()
@@ -223,7 +223,7 @@ class Cache:
             try:
                 found = await self.backend.get_many(wanted)
             except CacheBackendError as exc:
-                self._backend_failed("get", exc)
+                self.backend_failed("get", exc)
             else:
                 for key, cached in found.items():
                     CACHE_REQUESTS.labels(key.split(":", 1)[0], "hit").inc()
@@ -295,7 +295,7 @@ class Cache:
             else:
                 await self.backend.set(key, value, self._ttl(ttl))
         except CacheBackendError as exc:
-            self._backend_failed("set", exc)
+            self.backend_failed("set", exc)
             return
         if self._generation.get(key, 0) != generation:
             # An invalidation ran while the value was on its way and may have
@@ -335,7 +335,7 @@ class Cache:
             try:
                 await self.backend.delete(*keys)
             except CacheBackendError as exc:
-                self._backend_failed("delete", exc)
+                self.backend_failed("delete", exc)
                 log.warning(
                     "cache.invalidate_failed", keys=len(keys), error=type(exc).__name__
                 )
@@ -380,7 +380,7 @@ class Cache:
                 elif owed:
                     await self.backend.delete(*owed)
             except CacheBackendError as exc:
-                self._backend_failed("delete", exc)
+                self.backend_failed("delete", exc)
                 return False
             self._owed.difference_update(owed)
             self._owe_everything = self._owe_everything and not everything
@@ -389,7 +389,17 @@ class Cache:
                 log.info("cache.invalidations_delivered", keys=len(owed))
         return True
 
-    def _backend_failed(self, operation: str, exc: CacheBackendError) -> None:
+    @property
+    def bypassed(self) -> bool:
+        """True while the backend is skipped after an error."""
+        return time.monotonic() < self._bypass_until
+
+    def backend_failed(self, operation: str, exc: CacheBackendError) -> None:
+        """Count a failure and bypass the backend for a moment.
+
+        Public for the other clients of the same server (the timelines), so
+        that the first of them to meet a hung Redis spares the rest the wait.
+        """
         CACHE_BACKEND_ERRORS.labels(operation).inc()
         if time.monotonic() >= self._bypass_until:
             log.warning(

@@ -33,14 +33,15 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings)
+        cache = Cache(
+            _cache_backend(settings),
+            settings.cache_default_ttl_seconds,
+            bypass_after_error=settings.cache_bypass_after_error_seconds,
+        )
         services = cls(
             settings=settings,
             db=db,
-            cache=Cache(
-                _cache_backend(settings),
-                settings.cache_default_ttl_seconds,
-                bypass_after_error=settings.cache_bypass_after_error_seconds,
-            ),
+            cache=cache,
             storage=Storage(settings),
             secret=settings.secret_key_or_generate(),
             limiter=RateLimiter.from_settings(settings),
@@ -48,7 +49,7 @@ class Services:
                 _timeline_backend(settings),
                 cap=settings.timeline_max_entries,
                 ttl_seconds=settings.timeline_ttl_seconds,
-                bypass_after_error=settings.cache_bypass_after_error_seconds,
+                cache=cache,
             ),
         )
         if settings.run_jobs_in_process:

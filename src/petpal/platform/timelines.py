@@ -43,7 +43,7 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from petpal.platform.cache import CACHE_BACKEND_ERRORS, CacheBackendError
+from petpal.platform.cache import Cache, CacheBackendError
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -53,6 +53,9 @@ KEY_PREFIX = "timeline:"
 # A build that has not stored its result after this long has died; its
 # placeholder then expires with it.
 BUILD_SECONDS = 60.0
+# Timelines owed a deletion, at most; past this all of them are deleted once
+# the backend answers again (see ``Timelines``).
+_MAX_OWED_DELETIONS = 100_000
 
 
 @dataclass(frozen=True)
@@ -256,33 +259,40 @@ def _trim(timeline: _Timeline, cap: int) -> None:
 class Timelines:
     """Timelines with the platform's rules on top of a backend.
 
-    Reads and builds never fail because of the backend: a read raises
-    ``CacheBackendError`` (the caller serves from the database) and the
-    backend is bypassed for a moment after an error, as the cache does.
-    Writes raise it too; they run in jobs, which retry.
+    A backend failure raises ``CacheBackendError``: a reader then serves the
+    page from the database, a job retries. The backend is the cache's server,
+    so the two share one bypass: after either meets an error, both skip the
+    server for ``cache_bypass_after_error_seconds`` and a request waits for
+    at most one timeout.
+
+    A write that fails may have missed timelines that stay warm (the server
+    hung, or this process lost it for a moment), which would then lack a
+    post or still show an unfollowed account until the job's retry. So the
+    timelines a failed write named are owed a deletion, delivered before
+    this process uses the store again, or in the background if it does not:
+    they are rebuilt from the database at their next read. As with the
+    cache's owed invalidations, other processes rely on the retry.
     """
 
     def __init__(
-        self,
-        backend: TimelineBackend,
-        *,
-        cap: int,
-        ttl_seconds: float,
-        bypass_after_error: float = 1.0,
+        self, backend: TimelineBackend, *, cap: int, ttl_seconds: float, cache: Cache
     ) -> None:
         self.backend = backend
         self.cap = cap
         self.ttl = ttl_seconds
-        self._bypass_after_error = bypass_after_error
-        self._bypass_until = 0.0
+        self._cache = cache
         self._builds: dict[str, asyncio.Task[TimelineContent]] = {}
+        self._owed: set[str] = set()
+        self._owe_everything = False
+        self._settling = asyncio.Lock()
+        self._settle_task: asyncio.Task[None] | None = None
 
     async def read(
         self, keys: Sequence[str], before: str | None, count: int
     ) -> list[TimelineSlice | None]:
+        names = [KEY_PREFIX + k for k in keys]
         return await self._call(
-            "timeline_read",
-            self.backend.read([KEY_PREFIX + k for k in keys], before, count, self.ttl),
+            "timeline_read", lambda: self.backend.read(names, before, count, self.ttl)
         )
 
     async def build(
@@ -314,7 +324,8 @@ class Timelines:
         token = "~build:" + secrets.token_hex(8)
         try:
             await self._call(
-                "timeline_build", self.backend.begin_build(name, token, BUILD_SECONDS)
+                "timeline_build",
+                lambda: self.backend.begin_build(name, token, BUILD_SECONDS),
             )
         except CacheBackendError:
             return await load()  # served this once, not stored
@@ -323,7 +334,9 @@ class Timelines:
         with contextlib.suppress(CacheBackendError):
             await self._call(
                 "timeline_build",
-                self.backend.finish_build(name, token, content, self.cap, self.ttl),
+                lambda: self.backend.finish_build(
+                    name, token, content, self.cap, self.ttl
+                ),
             )
         return content
 
@@ -341,36 +354,47 @@ class Timelines:
         """Add ``ids`` and ``links`` to those timelines that exist; returns them."""
         if not keys:
             return []
+        names = [KEY_PREFIX + k for k in keys]
         added = await self._call(
             "timeline_add",
-            self.backend.add([KEY_PREFIX + k for k in keys], ids, links, self.cap),
+            lambda: self.backend.add(names, ids, links, self.cap),
+            owe=names,
         )
         return [name.removeprefix(KEY_PREFIX) for name in added]
 
     async def remove(self, keys: Sequence[str], ids: Sequence[str]) -> None:
         if keys and ids:
+            names = [KEY_PREFIX + k for k in keys]
             await self._call(
-                "timeline_remove",
-                self.backend.remove([KEY_PREFIX + k for k in keys], ids),
+                "timeline_remove", lambda: self.backend.remove(names, ids), owe=names
             )
 
     async def forget(self, *keys: str) -> None:
         """Delete timelines (and builds in progress): the next read rebuilds."""
         if keys:
+            names = [KEY_PREFIX + k for k in keys]
             await self._call(
-                "timeline_delete", self.backend.delete([KEY_PREFIX + k for k in keys])
+                "timeline_delete", lambda: self.backend.delete(names), owe=names
             )
+
+    def owe_deletion(self, keys: Iterable[str]) -> None:
+        """Delete these timelines once the store answers again.
+
+        For a job that failed part way: the timelines it may have missed
+        are rebuilt rather than served without its change until it retries.
+        """
+        self._owe(KEY_PREFIX + k for k in keys)
 
     async def has_mark(self, key: str) -> bool:
         return await self._call(
-            "timeline_mark", self.backend.has_mark(KEY_PREFIX + key)
+            "timeline_mark", lambda: self.backend.has_mark(KEY_PREFIX + key)
         )
 
     async def set_mark(self, key: str) -> None:
         """Set a flag that lives as long as an unread timeline; ``forget``
         removes it."""
         await self._call(
-            "timeline_mark", self.backend.set_mark(KEY_PREFIX + key, self.ttl)
+            "timeline_mark", lambda: self.backend.set_mark(KEY_PREFIX + key, self.ttl)
         )
 
     async def wait_idle(self) -> None:
@@ -379,6 +403,8 @@ class Timelines:
             await asyncio.wait(list(self._builds.values()))
 
     async def clear(self) -> None:
+        self._owed.clear()
+        self._owe_everything = False
         await self.backend.clear()
 
     async def close(self, grace_seconds: float = 5.0) -> None:
@@ -387,18 +413,67 @@ class Timelines:
             _, late = await asyncio.wait(builds, timeout=grace_seconds)
             for task in late:
                 task.cancel()
+        if self._owed or self._owe_everything:
+            log.warning("timeline.deletions_undelivered", keys=len(self._owed))
+        if self._settle_task is not None:
+            self._settle_task.cancel()
+            await asyncio.gather(self._settle_task, return_exceptions=True)
         await self.backend.close()
 
-    async def _call(self, operation: str, call: Awaitable[T]) -> T:
-        if time.monotonic() < self._bypass_until:
-            if asyncio.iscoroutine(call):
-                call.close()  # never started: nothing to await
-            raise CacheBackendError("timelines bypassed after an error")
+    async def _call(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        owe: Sequence[str] = (),
+    ) -> T:
+        if self._cache.bypassed or not await self._settle():
+            self._owe(owe)
+            raise CacheBackendError("bypassed after an error")
         try:
-            return await call
+            return await call()
         except CacheBackendError as exc:
-            CACHE_BACKEND_ERRORS.labels(operation).inc()
-            if time.monotonic() >= self._bypass_until:
-                log.warning("timeline.backend_bypassed", error=str(exc))
-            self._bypass_until = time.monotonic() + self._bypass_after_error
+            self._cache.backend_failed(operation, exc)
+            self._owe(owe)
             raise
+
+    def _owe(self, names: Iterable[str]) -> None:
+        self._owed.update(names)
+        if len(self._owed) > _MAX_OWED_DELETIONS:
+            self._owed.clear()
+            self._owe_everything = True
+        if (self._owed or self._owe_everything) and (
+            self._settle_task is None or self._settle_task.done()
+        ):
+            self._settle_task = asyncio.get_running_loop().create_task(
+                self._settle_later(), name="petpal-timeline-settle"
+            )
+
+    async def _settle_later(self) -> None:
+        """Deliver owed deletions even if this process uses the store no more."""
+        while self._owed or self._owe_everything:
+            await asyncio.sleep(0.1)
+            if not self._cache.bypassed:
+                await self._settle()
+
+    async def _settle(self) -> bool:
+        """Deliver the owed deletions first; False if the backend failed."""
+        if not (self._owed or self._owe_everything):
+            return True
+        async with self._settling:
+            if self._cache.bypassed:
+                return False  # the delivery we waited for failed
+            owed, everything = list(self._owed), self._owe_everything
+            try:
+                if everything:
+                    await self.backend.clear()
+                elif owed:
+                    await self.backend.delete(owed)
+            except CacheBackendError as exc:
+                self._cache.backend_failed("timeline_delete", exc)
+                return False
+            self._owed.difference_update(owed)
+            self._owe_everything = self._owe_everything and not everything
+            if owed or everything:
+                log.info("timeline.deletions_delivered", keys=len(owed))
+        return True

@@ -318,12 +318,19 @@ async def deliver_to_author(services: Services, author_id: str, post_id: str) ->
 
 async def fan_out(services: Services, post_id: str, author_id: str) -> None:
     """Deliver a new post to its followers' timelines (the ``social.fanout`` job)."""
-    timelines = services.timelines
     async with services.db.read_session() as session:
         exists = await session.scalar(select(Post.id).where(Post.id == post_id))
         followers = await _follower_count(session, author_id)
     if exists is None:
         return  # deleted before delivery; a page never shows it anyway
+    delivery = _fan_out(services, post_id, author_id, followers)
+    await _or_owe(services, author_id, delivery)
+
+
+async def _fan_out(
+    services: Services, post_id: str, author_id: str, followers: int
+) -> None:
+    timelines = services.timelines
     await timelines.add([home_key(author_id), author_key(author_id)], ids=[post_id])
     if followers > services.settings.fanout_max_followers:
         # Merged in at read time; followers' timelines need only the link,
@@ -380,12 +387,35 @@ async def _deliver(
 async def retract(services: Services, post_id: str, author_id: str) -> None:
     """Take a deleted post out of every timeline (the ``social.retract`` job)."""
     timelines = services.timelines
-    await timelines.remove([home_key(author_id), author_key(author_id)], [post_id])
 
     async def remove(follower_ids: list[str]) -> None:
         await timelines.remove([home_key(f) for f in follower_ids], [post_id])
 
-    await _each_follower(services, author_id, remove)
+    async def everywhere() -> None:
+        await timelines.remove([home_key(author_id), author_key(author_id)], [post_id])
+        await _each_follower(services, author_id, remove)
+
+    await _or_owe(services, author_id, everywhere())
+
+
+async def _or_owe(services: Services, author_id: str, work: Awaitable[None]) -> None:
+    """Run a job's timeline writes; if the store fails, owe what they touch.
+
+    The job is retried, but until then the timelines it missed would be
+    served without its change once the store answers again. So all of them
+    (the author's and every follower's) are owed a deletion and rebuilt.
+    """
+    try:
+        await work
+    except CacheBackendError:
+        timelines = services.timelines
+        timelines.owe_deletion([home_key(author_id), author_key(author_id)])
+
+        async def owe(follower_ids: list[str]) -> None:
+            timelines.owe_deletion(home_key(f) for f in follower_ids)
+
+        await _each_follower(services, author_id, owe)
+        raise
 
 
 async def _each_follower(
