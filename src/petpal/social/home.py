@@ -43,6 +43,7 @@ returns each post once, whatever is posted or deleted meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
@@ -165,18 +166,26 @@ async def _read_timelines(
         home = await _build(services, key, _load_home, account_id, before, count)
         if home is None:
             return None
-    slices, keys = [home], [key]
-    if home.links:
-        linked = [author_key(author) for author in home.links]
-        found = await timelines.read(linked, before, count)
-        for name, author, got in zip(linked, home.links, found, strict=True):
-            if got is None:
-                got = await _build(services, name, _load_author, author, before, count)
-                if got is None:
-                    return None
-            slices.append(got)
-            keys.append(name)
-    return slices, keys
+    if not home.links:
+        return [home], [key]
+    linked = [author_key(author) for author in home.links]
+    found = await timelines.read(linked, before, count)
+    # Built together: a page waits for one budget, however many are missing.
+    built = await asyncio.gather(
+        *(
+            _build(services, name, _load_author, author, before, count)
+            for name, author, got in zip(linked, home.links, found, strict=True)
+            if got is None
+        )
+    )
+    rebuilt = iter(built)
+    slices = [home]
+    for got in found:
+        got = got if got is not None else next(rebuilt)
+        if got is None:
+            return None  # over budget: this page comes from the database
+        slices.append(got)
+    return slices, [key, *linked]
 
 
 async def _build(
