@@ -288,8 +288,10 @@ async def test_walks_see_each_post_once_while_others_post_and_delete(
 
         async def meddle() -> None:
             nonlocal step
+            turn = 0
             while not done.is_set():
-                if rng.random() < 0.5 or not live:
+                turn += 1
+                if turn % 2 == 0 or not live:
                     author = rng.choice(authors)
                     post = await a_post(client, author, media[author.id], "new")
                     live[post["id"]] = author
