@@ -3,7 +3,7 @@
 With nothing set, PetPal runs embedded: SQLite, the in-process cache and job
 runner, and media on local disk, all below ``PETPAL_DATA_DIR``. The URLs
 choose the distributed engines: ``PETPAL_DATABASE_URL`` (PostgreSQL through
-asyncpg) and ``PETPAL_REDIS_URL`` (Redis as the cache).
+asyncpg) and ``PETPAL_REDIS_URL`` (Redis as the cache and the home timelines).
 """
 
 from __future__ import annotations
