@@ -35,7 +35,8 @@ from tests.conftest import (
     make_settings,
     requires_redis,
 )
-from tests.factories import a_user
+from tests.factories import a_user, drain_jobs
+from tests.social.builders import a_photo, a_post, many_users
 
 
 @pytest.fixture
@@ -356,3 +357,59 @@ async def test_a_load_that_races_a_write_in_another_process_is_not_stored(
     finally:
         await replica_a.close()
         await replica_b.close()
+
+
+async def test_home_feeds_go_on_while_redis_is_frozen(
+    private_redis: PrivateRedis, settings: Settings, photos: Path
+) -> None:
+    on_private = settings.model_copy(
+        update={
+            "redis_url": private_redis.url,
+            "cache_key_prefix": "petpal-freeze:",
+            "cache_bypass_after_error_seconds": 0.5,
+        }
+    )
+    app = create_app(on_private)
+    async with app.router.lifespan_context(app):
+        services = app.state.services
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://t"
+        ) as client:
+            alice, bob = await many_users(services, 2)
+            media_id = await a_photo(client, alice, services, photos)
+            followed = await client.post(
+                f"/api/v1/accounts/{alice.username}/follow", headers=bob.headers
+            )
+            assert followed.status_code == 204
+            old, kept = [await a_post(client, alice, media_id) for _ in range(2)]
+
+            async def home() -> list[str]:
+                response = await client.get("/api/v1/feed/home", headers=bob.headers)
+                assert response.status_code == 200, response.text
+                return [item["id"] for item in response.json()["items"]]
+
+            await drain_jobs(services)
+            assert await home() == [kept["id"], old["id"]]  # bob's timeline is warm
+
+            private_redis.freeze()
+            try:
+                started = time.monotonic()
+                new = await a_post(client, alice, media_id)
+                assert await home() == [new["id"], kept["id"], old["id"]]
+                deleted = await client.delete(
+                    f"/api/v1/posts/{old['id']}", headers=alice.headers
+                )
+                assert deleted.status_code == 204
+                assert await home() == [new["id"], kept["id"]]
+                # One socket timeout at most, then Redis is bypassed.
+                assert time.monotonic() - started < ONE_TIMEOUT + 1.0
+            finally:
+                private_redis.thaw()
+
+            # The fan-out and retract jobs could not write while Redis was
+            # frozen; the timelines they missed are rebuilt, not served stale.
+            await asyncio.sleep(0.6)
+            assert await home() == [new["id"], kept["id"]]
+            await drain_jobs(services)
+            assert await home() == [new["id"], kept["id"]]

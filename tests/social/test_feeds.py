@@ -15,7 +15,7 @@ from petpal.platform.db import utcnow
 from petpal.platform.pagination import encode_cursor
 from petpal.platform.services import Services
 from petpal.social import service, trending
-from tests.factories import User, a_user, assert_problem
+from tests.factories import User, a_user, assert_problem, drain_jobs
 from tests.social.builders import (
     a_member,
     a_photo,
@@ -68,6 +68,7 @@ async def test_home_feed_follows_what_one_follows(
     await client.post(f"/api/v1/accounts/{bob.username}/follow", headers=alice.headers)
     assert await home() == [by_bob["id"], own["id"]]
     later = await a_post(client, bob, media[bob.id], "bob again")
+    await drain_jobs(services)  # the fan-out to bob's followers is a job
     assert await home() == [later["id"], by_bob["id"], own["id"]]
     await client.delete(
         f"/api/v1/accounts/{bob.username}/follow", headers=alice.headers

@@ -200,7 +200,7 @@ class Cache:
             try:
                 cached = await self.backend.get(key)
             except CacheBackendError as exc:
-                self._backend_failed("get", exc)
+                self.backend_failed("get", exc)
             else:
                 if is_tombstone(cached):
                     seen = cached
@@ -260,7 +260,7 @@ class Cache:
             try:
                 found = await self.backend.get_many(wanted)
             except CacheBackendError as exc:
-                self._backend_failed("get", exc)
+                self.backend_failed("get", exc)
             else:
                 for key, cached in found.items():
                     if is_tombstone(cached):
@@ -350,7 +350,7 @@ class Cache:
         try:
             await self.backend.set_if_unchanged(key, stored, lifetime, seen)
         except CacheBackendError as exc:
-            self._backend_failed("set", exc)
+            self.backend_failed("set", exc)
             return
         if self._generation.get(key, 0) != generation:
             # An invalidation ran while the value was on its way and may have
@@ -401,7 +401,7 @@ class Cache:
             try:
                 await self._tombstone(keys)
             except CacheBackendError as exc:
-                self._backend_failed("delete", exc)
+                self.backend_failed("delete", exc)
                 log.warning(
                     "cache.invalidate_failed", keys=len(keys), error=type(exc).__name__
                 )
@@ -446,7 +446,7 @@ class Cache:
                 elif owed:
                     await self._tombstone(owed)
             except CacheBackendError as exc:
-                self._backend_failed("delete", exc)
+                self.backend_failed("delete", exc)
                 return False
             self._owed.difference_update(owed)
             self._owe_everything = self._owe_everything and not everything
@@ -455,7 +455,17 @@ class Cache:
                 log.info("cache.invalidations_delivered", keys=len(owed))
         return True
 
-    def _backend_failed(self, operation: str, exc: CacheBackendError) -> None:
+    @property
+    def bypassed(self) -> bool:
+        """True while the backend is skipped after an error."""
+        return time.monotonic() < self._bypass_until
+
+    def backend_failed(self, operation: str, exc: CacheBackendError) -> None:
+        """Count a failure and bypass the backend for a moment.
+
+        Public for the other clients of the same server (the timelines), so
+        that the first of them to meet a hung Redis spares the rest the wait.
+        """
         CACHE_BACKEND_ERRORS.labels(operation).inc()
         if time.monotonic() >= self._bypass_until:
             log.warning(

@@ -85,6 +85,27 @@ def _consume(future: asyncio.Future[Result]) -> None:
         future.exception()
 
 
+def connect(settings: Settings) -> redis.asyncio.Redis:
+    """A client with the cache's timeouts and retry rule, on a pool of its own."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.cache_max_connections,
+        # Waiting for a free connection counts against the same budget.
+        timeout=settings.cache_socket_timeout_seconds,
+        socket_connect_timeout=settings.cache_connect_timeout_seconds,
+        socket_timeout=settings.cache_socket_timeout_seconds,
+        # One retry, at once, and only for a connection that broke (Redis
+        # restarted and the pooled socket is dead): the retry gets a new
+        # one. A timeout is not retried; it would double the wait.
+        retry=Retry(
+            NoBackoff(),
+            retries=1,
+            supported_errors=(redis.exceptions.ConnectionError,),
+        ),
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
 class RedisBackend:
     """A ``CacheBackend`` over one Redis, every key under ``prefix``."""
 
@@ -99,23 +120,7 @@ class RedisBackend:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisBackend:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.cache_max_connections,
-            # Waiting for a free connection counts against the same budget.
-            timeout=settings.cache_socket_timeout_seconds,
-            socket_connect_timeout=settings.cache_connect_timeout_seconds,
-            socket_timeout=settings.cache_socket_timeout_seconds,
-            # One retry, at once, and only for a connection that broke (Redis
-            # restarted and the pooled socket is dead): the retry gets a new
-            # one. A timeout is not retried; it would double the wait.
-            retry=Retry(
-                NoBackoff(),
-                retries=1,
-                supported_errors=(redis.exceptions.ConnectionError,),
-            ),
-        )
-        return cls(redis.asyncio.Redis(connection_pool=pool), settings.cache_key_prefix)
+        return cls(connect(settings), settings.cache_key_prefix)
 
     def _key(self, key: str) -> str:
         return self._prefix + key

@@ -10,8 +10,14 @@ from petpal.platform.db import Database
 from petpal.platform.jobs import EmbeddedRelay
 from petpal.platform.ratelimit import RateLimiter
 from petpal.platform.redis_cache import RedisBackend
+from petpal.platform.redis_timelines import RedisTimelineBackend
 from petpal.platform.settings import Settings
 from petpal.platform.storage import Storage
+from petpal.platform.timelines import (
+    InProcessTimelineBackend,
+    TimelineBackend,
+    Timelines,
+)
 
 # The services of the platform; each has api, service, models and tasks modules.
 SERVICE_NAMES = ("identity", "pets", "social", "media")
@@ -31,22 +37,30 @@ class Services:
     storage: Storage
     secret: str
     limiter: RateLimiter
+    timelines: Timelines
     relay: EmbeddedRelay | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings)
+        cache = Cache(
+            _cache_backend(settings),
+            settings.cache_default_ttl_seconds,
+            bypass_after_error=settings.cache_bypass_after_error_seconds,
+        )
         services = cls(
             settings=settings,
             db=db,
-            cache=Cache(
-                _cache_backend(settings),
-                settings.cache_default_ttl_seconds,
-                bypass_after_error=settings.cache_bypass_after_error_seconds,
-            ),
+            cache=cache,
             storage=Storage(settings),
             secret=settings.secret_key_or_generate(),
             limiter=RateLimiter.from_settings(settings),
+            timelines=Timelines(
+                _timeline_backend(settings),
+                cap=settings.timeline_max_entries,
+                ttl_seconds=settings.timeline_ttl_seconds,
+                cache=cache,
+            ),
         )
         if settings.run_jobs_in_process and not settings.broker_url:
             services.relay = EmbeddedRelay(
@@ -67,6 +81,7 @@ class Services:
     async def close(self) -> None:
         if self.relay is not None:
             await self.relay.stop()
+        await self.timelines.close()
         await self.cache.close()
         await self.limiter.close()
         await self.db.dispose()
@@ -76,3 +91,9 @@ def _cache_backend(settings: Settings) -> CacheBackend:
     if settings.redis_url:
         return RedisBackend.from_settings(settings)
     return InProcessBackend()
+
+
+def _timeline_backend(settings: Settings) -> TimelineBackend:
+    if settings.redis_url:
+        return RedisTimelineBackend.from_settings(settings)
+    return InProcessTimelineBackend()

@@ -3,9 +3,9 @@
 With nothing set, PetPal runs embedded: SQLite, the in-process cache and job
 runner, and media on local disk, all below ``PETPAL_DATA_DIR``. The URLs
 choose the distributed engines: ``PETPAL_DATABASE_URL`` (PostgreSQL through
-asyncpg), ``PETPAL_REDIS_URL`` (Redis as the cache and rate-limit store) and
-``PETPAL_BROKER_URL`` (RabbitMQ: jobs go to Celery workers instead of running
-in the serving process).
+asyncpg), ``PETPAL_REDIS_URL`` (Redis as the cache, the home timelines and
+the rate-limit store) and ``PETPAL_BROKER_URL`` (RabbitMQ: jobs go to Celery
+workers instead of running in the serving process).
 """
 
 from __future__ import annotations
@@ -142,6 +142,23 @@ class Settings(BaseSettings):
     # Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For is
     # believed, e.g. ["10.0.0.0/8"]. Empty: the TCP peer is the client.
     trusted_proxies: list[str] = []
+
+    # Home timelines (social/home.py): each post's id is fanned out on write
+    # into its followers' timelines, in Redis when redis_url is set.
+    # Ids kept per timeline; a walk past the oldest is served by the database.
+    timeline_max_entries: int = Field(default=800, ge=1)
+    # A timeline unread this long expires, and with it the fan-out to that
+    # account: only timelines that exist receive posts. The next read of the
+    # feed rebuilds it from the database.
+    timeline_ttl_seconds: float = Field(default=3 * 24 * 3600, gt=0)
+    # How long a feed read waits for a missing timeline to be rebuilt before
+    # it serves the page straight from the database instead; the rebuild
+    # goes on and is stored for the next read.
+    timeline_rebuild_budget_seconds: float = Field(default=0.25, ge=0)
+    # Authors with more followers than this are not fanned out (one post
+    # would mean that many writes); their followers' pages merge in their
+    # recent posts at read time.
+    fanout_max_followers: int = Field(default=10_000, ge=0)
 
     # Trending: how far back posts are considered (the decay is in
     # social/trending.py).

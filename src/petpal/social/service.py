@@ -11,6 +11,8 @@ deleted the row it counts, as the statement's row count says.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import unicodedata
 from collections.abc import Sequence
 from typing import Any, cast
@@ -24,7 +26,6 @@ from sqlalchemy import (
     Table,
     delete,
     func,
-    or_,
     select,
     update,
 )
@@ -36,6 +37,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from petpal.identity.schemas import AccountSummary
 from petpal.identity.service import get_summaries, ids_for_usernames, resolve_username
 from petpal.media.service import require_ready_media
+from petpal.platform.cache import CacheBackendError
 from petpal.platform.db import Base, utcnow
 from petpal.platform.errors import (
     ConflictError,
@@ -44,18 +46,15 @@ from petpal.platform.errors import (
     NotFoundError,
 )
 from petpal.platform.ids import is_valid_id, new_id
-from petpal.platform.pagination import (
-    InvalidCursorError,
-    Page,
-    decode_cursor,
-    encode_cursor,
-)
+from petpal.platform.jobs import enqueue
+from petpal.platform.pagination import Page
 from petpal.platform.services import Services
 from petpal.platform.text import (
     HASHTAG_PATTERN,
     extract_hashtags,
     extract_mentions,
 )
+from petpal.social import home
 from petpal.social.models import (
     TAG_MAX_LENGTH,
     AccountStats,
@@ -75,17 +74,19 @@ from petpal.social.schemas import (
     PostView,
 )
 from petpal.social.views import (
-    Counted,
+    COUNTS_TTL,
+    after_id,
     counted_query,
     counts_key,
+    counts_of,
     liked_key,
     likes_of,
+    next_cursor,
     post_key,
     post_views,
     read_counted,
 )
 
-COUNTS_TTL = 600.0
 MAX_HASHTAGS = 30
 
 SOCIAL_WRITES = MetricCounter(
@@ -170,23 +171,6 @@ async def _bump_follow_stats(
         await _bump_stats(session, account_id, **{bumps[account_id]: delta})
 
 
-def _after_id(services: Services, scope: str, cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    last = decode_cursor(services.secret, scope, cursor).get("id")
-    if not isinstance(last, str) or not is_valid_id(last):
-        raise InvalidCursorError()
-    return last
-
-
-def _next_cursor(
-    services: Services, scope: str, ids: Sequence[str], has_more: bool
-) -> str | None:
-    if not has_more or not ids:
-        return None
-    return encode_cursor(services.secret, scope, {"id": ids[-1]})
-
-
 # --- follows --------------------------------------------------------------------
 
 
@@ -208,6 +192,7 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
             )
             if inserted:
                 await _bump_follow_stats(session, follower_id, followee_id, 1)
+                _enqueue_follow_change(session, follower_id, followee_id)
     except IntegrityError as exc:
         # One of the two accounts was deleted after its name was resolved.
         raise NotFoundError("the account") from exc
@@ -218,6 +203,7 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
             _counts_key(followee_id),
             _following_key(follower_id),
         )
+        await _apply_follow_change(services, follower_id, followee_id)
 
 
 async def do_unfollow(services: Services, follower_id: str, username: str) -> None:
@@ -233,6 +219,7 @@ async def do_unfollow(services: Services, follower_id: str, username: str) -> No
         removed = _rowcount(result) == 1
         if removed:
             await _bump_follow_stats(session, follower_id, followee_id, -1)
+            _enqueue_follow_change(session, follower_id, followee_id)
     if removed:
         SOCIAL_WRITES.labels("unfollow").inc()
         await services.cache.invalidate(
@@ -240,6 +227,26 @@ async def do_unfollow(services: Services, follower_id: str, username: str) -> No
             _counts_key(followee_id),
             _following_key(follower_id),
         )
+        await _apply_follow_change(services, follower_id, followee_id)
+
+
+def _enqueue_follow_change(
+    session: AsyncSession, follower_id: str, followee_id: str
+) -> None:
+    enqueue(
+        session,
+        home.FOLLOW_JOB,
+        {"follower_id": follower_id, "followee_id": followee_id},
+    )
+
+
+async def _apply_follow_change(
+    services: Services, follower_id: str, followee_id: str
+) -> None:
+    # At once, so that the follower's next page shows the change; the job
+    # committed with the follow repeats it should the timeline store fail.
+    with contextlib.suppress(CacheBackendError):
+        await home.follow_changed(services, follower_id, followee_id)
 
 
 async def list_followers(
@@ -280,7 +287,7 @@ async def _follow_page(
 ) -> Page[AccountSummary]:
     """Accounts on the other end of ``condition``'s follows, newest follow first."""
     query = select(Follow.id, other).where(condition)
-    after = _after_id(services, scope, cursor)
+    after = after_id(services, scope, cursor)
     if after is not None:
         query = query.where(Follow.id < after)
     async with services.db.read_session() as session:
@@ -291,7 +298,7 @@ async def _follow_page(
     summaries = await get_summaries(services, [row[1] for row in page])
     return Page[AccountSummary](
         items=[summaries[row[1]] for row in page if row[1] in summaries],
-        next_cursor=_next_cursor(
+        next_cursor=next_cursor(
             services, scope, [row[0] for row in page], len(rows) > limit
         ),
     )
@@ -373,6 +380,9 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
                 ]
             )
             await _bump_stats(session, author_id, post_count=1)
+            enqueue(
+                session, home.FANOUT_JOB, {"post_id": post_id, "author_id": author_id}
+            )
     except IntegrityError as exc:
         # An account or media item referenced above was deleted meanwhile.
         raise ConflictError(
@@ -382,6 +392,7 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
     await services.cache.invalidate(
         _counts_key(author_id), post_key(post_id), counts_key(post_id)
     )
+    await home.deliver_to_author(services, author_id, post_id)
     return post_id
 
 
@@ -396,6 +407,11 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
         removed = _rowcount(result) == 1
         if removed:
             await _bump_stats(session, author_id, post_count=-1)
+            # Pages stop showing it once the invalidation below is done; the
+            # job takes it out of the timelines.
+            enqueue(
+                session, home.RETRACT_JOB, {"post_id": post_id, "author_id": author_id}
+            )
     if removed:
         SOCIAL_WRITES.labels("delete_post").inc()
     await services.cache.invalidate(
@@ -405,22 +421,9 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
 
 async def get_post(services: Services, post_id: str, viewer_id: str | None) -> PostView:
     _require_id(post_id, "the post")
-
-    async def load_counts() -> bytes | None:
-        query = counted_query().where(Post.id == post_id)
-        async with services.db.read_session() as session:
-            rows = await read_counted(session, query)
-        return (
-            orjson.dumps([rows[0].like_count, rows[0].comment_count]) if rows else None
-        )
-
-    blob = await services.cache.get_or_load(
-        counts_key(post_id), load_counts, ttl=COUNTS_TTL
-    )
-    if blob is None:
+    counted = list((await counts_of(services, [post_id])).values())
+    if not counted:
         raise NotFoundError("the post")
-    like_count, comment_count = orjson.loads(blob)
-    counted = [Counted(post_id, like_count, comment_count)]
     views = await post_views(
         services, counted, await likes_of(services, viewer_id, [post_id])
     )
@@ -450,6 +453,7 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
         await services.cache.invalidate(
             counts_key(post_id), liked_key(account_id, post_id)
         )
+        await _rewarm(services, post_id, account_id)
     return LikeState(liked=True, like_count=count)
 
 
@@ -467,7 +471,21 @@ async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeSt
         await services.cache.invalidate(
             counts_key(post_id), liked_key(account_id, post_id)
         )
+        await _rewarm(services, post_id, account_id)
     return LikeState(liked=False, like_count=count)
+
+
+async def _rewarm(
+    services: Services, post_id: str, liker_id: str | None = None
+) -> None:
+    """Load again the keys of a post that a like or comment just invalidated.
+
+    The writer pays one primary-key read, so that the many feed pages that
+    show the post next find its counts (and the liker their like) cached.
+    """
+    await asyncio.gather(
+        counts_of(services, [post_id]), likes_of(services, liker_id, [post_id])
+    )
 
 
 async def _require_post(session: AsyncSession, post_id: str) -> str:
@@ -525,6 +543,7 @@ async def do_comment(
         raise NotFoundError("the post") from exc  # deleted while we commented
     SOCIAL_WRITES.labels("comment").inc()
     await services.cache.invalidate(counts_key(post_id))
+    await _rewarm(services, post_id)
     views = await _comment_views(services, [comment])
     if not views:
         raise NotFoundError("the account")
@@ -563,6 +582,7 @@ async def do_delete_comment(
     if removed:
         SOCIAL_WRITES.labels("delete_comment").inc()
         await services.cache.invalidate(counts_key(post_id))
+        await _rewarm(services, post_id)
 
 
 async def list_comments(
@@ -572,7 +592,7 @@ async def list_comments(
     _require_id(post_id, "the post")
     scope = f"comments:{post_id}"
     query = select(Comment).where(Comment.post_id == post_id)
-    after = _after_id(services, scope, cursor)
+    after = after_id(services, scope, cursor)
     if after is not None:
         query = query.where(Comment.id > after)
     async with services.db.read_session() as session:
@@ -583,7 +603,7 @@ async def list_comments(
     page = rows[:limit]
     return Page[CommentView](
         items=await _comment_views(services, page),
-        next_cursor=_next_cursor(
+        next_cursor=next_cursor(
             services, scope, [c.id for c in page], len(rows) > limit
         ),
     )
@@ -614,18 +634,9 @@ async def home_feed(
 ) -> Page[PostView]:
     """Posts of the accounts ``account_id`` follows, and its own, newest first.
 
-    TODO(feed-fanout): this query reads the followees' posts at request time,
-    which is fine until an account follows thousands. At scale the design is
-    fan-out on write: each post id is pushed to its followers' capped timeline
-    lists (Redis), with accounts of very many followers merged in at read time.
+    Served from fanned-out timelines; see :mod:`petpal.social.home`.
     """
-    followees = select(Follow.followee_id).where(Follow.follower_id == account_id)
-    query = counted_query().where(
-        or_(Post.author_id.in_(followees), Post.author_id == account_id)
-    )
-    return await _post_page(
-        services, f"home:{account_id}", query, Post.id, cursor, limit, account_id
-    )
+    return await home.home_page(services, account_id, cursor, limit)
 
 
 async def public_feed(
@@ -695,7 +706,7 @@ async def _post_page(
     Ids are unique and grow with time, so "below the last id seen" returns
     every post exactly once across pages, whatever was posted meanwhile.
     """
-    after = _after_id(services, scope, cursor)
+    after = after_id(services, scope, cursor)
     if after is not None:
         query = query.where(key < after)
     query = query.order_by(key.desc()).limit(limit + 1)
@@ -705,7 +716,7 @@ async def _post_page(
     liked = await likes_of(services, viewer_id, [c.id for c in page])
     return Page[PostView](
         items=await post_views(services, page, liked),
-        next_cursor=_next_cursor(
+        next_cursor=next_cursor(
             services, scope, [c.id for c in page], len(counted) > limit
         ),
     )

@@ -26,7 +26,7 @@ from petpal.platform.pagination import (
 from petpal.platform.services import Services
 from petpal.social.models import Post
 from petpal.social.schemas import PostView
-from petpal.social.views import counted_query, likes_of, post_views, read_counted
+from petpal.social.views import counts_of, likes_of, post_views
 
 # The ranked list is recomputed at most this often; a page-walk keeps the
 # snapshot it started on for TRENDING_SNAPSHOT_TTL, long enough to scroll.
@@ -179,11 +179,11 @@ async def trending_feed(
             scope,
             {"snapshot": snapshot["snapshot"], "at": start + limit},
         )
-    async with services.db.read_session() as session:
-        counted = await read_counted(session, counted_query().where(Post.id.in_(ids)))
-    liked = await likes_of(services, viewer_id, [c.id for c in counted])
-    by_id = {c.id: c for c in counted}
+    # Counts from the cache, which also drops the posts deleted since the
+    # ranking was made.
+    by_id = await counts_of(services, ids)
     in_rank_order = [by_id[i] for i in ids if i in by_id]
+    liked = await likes_of(services, viewer_id, [c.id for c in in_rank_order])
     return Page[PostView](
         items=await post_views(services, in_rank_order, liked), next_cursor=next_cursor
     )

@@ -2,10 +2,12 @@
 
 A page of posts starts with one query for the post ids with their like and
 comment counts (the only mutable part of a post, see ``counted_query``),
-which
-also tells which ids still exist: a deleted post drops out of every list at
-once, whatever a cache still holds. The immutable rest of each post comes
-from the cache under ``post:{id}``; the posts a page misses there are loaded
+which also tells which ids still exist: a deleted post drops out of every
+list at once, whatever a cache still holds. Pages whose ids come from
+elsewhere (home timelines) get the same two facts from the cache instead,
+under ``post-counts:{id}``, which a deletion invalidates and which caches
+"not found" (``counts_of``). The immutable rest of each post comes from the
+cache under ``post:{id}``; the posts a page misses there are loaded
 together, in one batch. Authors, media and pets come from their own
 services' caches.
 """
@@ -24,11 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from petpal.identity.service import get_summaries
 from petpal.media.service import media_views
+from petpal.platform.ids import is_valid_id
+from petpal.platform.pagination import InvalidCursorError, decode_cursor, encode_cursor
 from petpal.platform.services import Services
 from petpal.social.models import Like, Post, PostMedia, PostMention, PostPet, PostTag
 from petpal.social.schemas import PetTag, PostView
 
 POST_TTL = 3600.0
+COUNTS_TTL = 600.0
 
 
 def post_key(post_id: str) -> str:
@@ -57,6 +62,52 @@ async def read_counted(
     session: AsyncSession, query: Select[str, int, int]
 ) -> list[Counted]:
     return [Counted(*row) for row in (await session.execute(query))]
+
+
+async def counts_of(services: Services, post_ids: Sequence[str]) -> dict[str, Counted]:
+    """Like and comment counts of the existing posts among ``post_ids``.
+
+    From the cache in one round trip; the posts it misses are loaded in one
+    query. A post that is not in the result does not exist (any more).
+    """
+    keys = {counts_key(post_id): post_id for post_id in post_ids}
+
+    async def load(missing: list[str]) -> dict[str, bytes | None]:
+        wanted = [keys[key] for key in missing]
+        async with services.db.read_session() as session:
+            rows = await read_counted(
+                session, counted_query().where(Post.id.in_(wanted))
+            )
+        return {
+            counts_key(row.id): orjson.dumps([row.like_count, row.comment_count])
+            for row in rows
+        }
+
+    found = await services.cache.get_or_load_many(list(keys), load, ttl=COUNTS_TTL)
+    counted = {}
+    for key, blob in found.items():
+        if blob is not None:
+            like_count, comment_count = orjson.loads(blob)
+            counted[keys[key]] = Counted(keys[key], like_count, comment_count)
+    return counted
+
+
+def after_id(services: Services, scope: str, cursor: str | None) -> str | None:
+    """The id a page continues below, from a cursor of the list ``scope``."""
+    if cursor is None:
+        return None
+    last = decode_cursor(services.secret, scope, cursor).get("id")
+    if not isinstance(last, str) or not is_valid_id(last):
+        raise InvalidCursorError()
+    return last
+
+
+def next_cursor(
+    services: Services, scope: str, ids: Sequence[str], has_more: bool
+) -> str | None:
+    if not has_more or not ids:
+        return None
+    return encode_cursor(services.secret, scope, {"id": ids[-1]})
 
 
 async def likes_of(
@@ -224,13 +275,16 @@ async def post_views(
         return []
     bodies = await _post_bodies(services, [c.id for c in counted])
     present = list(bodies.values())
-    accounts = await get_summaries(
-        services,
-        [b["author_id"] for b in present]
-        + [m for b in present for m in b["mention_ids"]],
+    # Independent look-ups, so their round trips overlap.
+    accounts, media, pets = await asyncio.gather(
+        get_summaries(
+            services,
+            [b["author_id"] for b in present]
+            + [m for b in present for m in b["mention_ids"]],
+        ),
+        media_views(services, [m for b in present for m in b["media_ids"]]),
+        _pet_tags(services, [p for b in present for p in b["pet_ids"]]),
     )
-    media = await media_views(services, [m for b in present for m in b["media_ids"]])
-    pets = await _pet_tags(services, [p for b in present for p in b["pet_ids"]])
     views = []
     for post_id, like_count, comment_count in counted:
         body = bodies.get(post_id)

@@ -1,0 +1,466 @@
+"""Home timelines: fan-out on write, big accounts merged at read, in both modes.
+
+Each test builds its app with the settings it needs (a small cap and
+threshold make the edges reachable with a handful of posts); the store is
+Redis in distributed mode and the in-process one otherwise, so every test
+here runs against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client import REGISTRY
+
+from petpal.platform.app import create_app
+from petpal.platform.jobs import EmbeddedRelay
+from petpal.platform.services import Services
+from petpal.platform.settings import Settings
+from petpal.platform.timelines import TimelineContent
+from petpal.social.home import author_key, home_key
+from tests.factories import User
+from tests.social.builders import a_photo, a_post, many_users, walk
+
+HOME = "/api/v1/feed/home"
+
+
+@asynccontextmanager
+async def an_app(
+    settings: Settings, **overrides: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
+    application = create_app(settings.model_copy(update=overrides))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://petpal.test"
+        ) as client:
+            yield client, application.state.services
+
+
+async def run_jobs(services: Services) -> None:
+    """Run every due job, for an app built with run_jobs_in_process=False."""
+    relay = EmbeddedRelay(
+        services.db, services, concurrency=2, poll_seconds=0.05, max_attempts=3
+    )
+    relay.start()
+    try:
+        await relay.drain()
+    finally:
+        await relay.stop()
+
+
+async def settle(services: Services) -> None:
+    assert services.relay is not None
+    await services.relay.drain()
+    await services.timelines.wait_idle()
+
+
+async def follow(client: httpx.AsyncClient, follower: User, followee: User) -> None:
+    response = await client.post(
+        f"/api/v1/accounts/{followee.username}/follow", headers=follower.headers
+    )
+    assert response.status_code == 204, response.text
+
+
+async def unfollow(client: httpx.AsyncClient, follower: User, followee: User) -> None:
+    response = await client.delete(
+        f"/api/v1/accounts/{followee.username}/follow", headers=follower.headers
+    )
+    assert response.status_code == 204, response.text
+
+
+async def delete(client: httpx.AsyncClient, author: User, post_id: str) -> None:
+    response = await client.delete(f"/api/v1/posts/{post_id}", headers=author.headers)
+    assert response.status_code == 204, response.text
+
+
+async def home_ids(
+    client: httpx.AsyncClient, user: User, limit: int = 100
+) -> list[str]:
+    response = await client.get(HOME, headers=user.headers, params={"limit": limit})
+    assert response.status_code == 200, response.text
+    return [item["id"] for item in response.json()["items"]]
+
+
+async def stored(services: Services, key: str) -> list[str] | None:
+    """The ids a timeline holds (None: it does not exist or is being built)."""
+    (found,) = await services.timelines.read([key], None, 10_000)
+    return None if found is None else found.ids
+
+
+async def truth(
+    client: httpx.AsyncClient, services: Services, user: User
+) -> list[dict[str, Any]]:
+    """The whole home feed as the database query gives it, page by page."""
+    services.cache.enabled = False
+    try:
+        return await walk(client, HOME, headers=user.headers, limit=7)
+    finally:
+        services.cache.enabled = True
+
+
+def home_queries() -> float:
+    value = REGISTRY.get_sample_value(
+        "petpal_http_request_db_queries_sum", {"route": HOME}
+    )
+    return value or 0.0
+
+
+async def test_a_post_reaches_the_timelines_of_active_followers(
+    settings: Settings, photos: Path
+) -> None:
+    async with an_app(settings) as (client, services):
+        alice, reader, away = await many_users(services, 3)
+        media_id = await a_photo(client, alice, services, photos)
+        await follow(client, reader, alice)
+        await follow(client, away, alice)
+        assert await home_ids(client, reader) == []  # builds reader's timeline
+
+        post = await a_post(client, alice, media_id, "hello")
+        await settle(services)
+        assert await stored(services, home_key(reader.id)) == [post["id"]]
+        assert await stored(services, home_key(alice.id)) is None
+        # Nobody read away's feed: no timeline, no write for it.
+        assert await stored(services, home_key(away.id)) is None
+
+        assert await home_ids(client, away) == [post["id"]]
+        assert await stored(services, home_key(away.id)) == [post["id"]]
+        assert await home_ids(client, alice) == [post["id"]]
+        newer = await a_post(client, alice, media_id, "again")
+        # The author's own timeline has it at once, before the job runs.
+        assert await home_ids(client, alice) == [newer["id"], post["id"]]
+        await settle(services)
+        for user in (reader, away):
+            assert await home_ids(client, user) == [newer["id"], post["id"]]
+
+
+async def test_accounts_over_the_threshold_are_merged_at_read_time(
+    settings: Settings, photos: Path
+) -> None:
+    async with an_app(settings, fanout_max_followers=2) as (client, services):
+        star, pal, early, late, third = await many_users(services, 5)
+        star_media = await a_photo(client, star, services, photos)
+        pal_media = await a_photo(client, pal, services, photos)
+        await follow(client, early, star)
+        await follow(client, early, pal)
+        before = await a_post(client, star, star_media, "still small")
+        await settle(services)
+        assert await home_ids(client, early) == [before["id"]]
+
+        # Three followers: over the threshold of two.
+        await follow(client, late, star)
+        await follow(client, third, star)
+        big = [await a_post(client, star, star_media, f"big {i}") for i in range(2)]
+        by_pal = await a_post(client, pal, pal_media, "small")
+        await settle(services)
+        # Not fanned out: early's timeline links to star's instead.
+        assert await stored(services, home_key(early.id)) == [
+            by_pal["id"],
+            before["id"],
+        ]
+        (timeline,) = await services.timelines.read([home_key(early.id)], None, 10)
+        assert timeline is not None
+        assert timeline.links == [star.id]
+        expected = [by_pal["id"], big[1]["id"], big[0]["id"], before["id"]]
+        assert await home_ids(client, early) == expected
+        assert await stored(services, author_key(star.id)) == [
+            big[1]["id"],
+            big[0]["id"],
+            before["id"],
+        ]
+        # A timeline built now links to star from the start.
+        star_posts = [big[1]["id"], big[0]["id"], before["id"]]
+        assert await home_ids(client, late) == star_posts
+        assert await stored(services, home_key(late.id)) is not None
+
+        # Back under the threshold: fanned out again; the old link does no harm.
+        await unfollow(client, third, star)
+        small_again = await a_post(client, star, star_media, "small again")
+        await settle(services)
+        assert small_again["id"] in (await stored(services, home_key(early.id)) or [])
+        assert await home_ids(client, early) == [small_again["id"], *expected]
+        assert await home_ids(client, late) == [small_again["id"], *star_posts]
+
+
+async def test_following_and_unfollowing_change_the_feed_at_once(
+    settings: Settings, photos: Path
+) -> None:
+    async with an_app(settings, fanout_max_followers=1) as (client, services):
+        reader, alice, star, fan = await many_users(services, 4)
+        alice_media = await a_photo(client, alice, services, photos)
+        star_media = await a_photo(client, star, services, photos)
+        await follow(client, fan, star)  # one follower more: star is big
+        by_alice = [await a_post(client, alice, alice_media) for _ in range(3)]
+        by_star = [await a_post(client, star, star_media) for _ in range(2)]
+        mine = await a_post(
+            client, reader, await a_photo(client, reader, services, photos)
+        )
+        assert await home_ids(client, reader) == [mine["id"]]
+
+        # Without waiting for any job: the request adjusts the timeline.
+        await follow(client, reader, alice)
+        alice_ids = [p["id"] for p in reversed(by_alice)]
+        assert await home_ids(client, reader) == [mine["id"], *alice_ids]
+        await follow(client, reader, star)
+        star_ids = [p["id"] for p in reversed(by_star)]
+        assert await home_ids(client, reader) == [mine["id"], *star_ids, *alice_ids]
+        await unfollow(client, reader, alice)
+        assert await home_ids(client, reader) == [mine["id"], *star_ids]
+        # The jobs committed with each change leave the same result.
+        await settle(services)
+        assert await home_ids(client, reader) == [mine["id"], *star_ids]
+        await unfollow(client, reader, star)
+        assert await home_ids(client, reader) == [mine["id"]]
+        await settle(services)
+        assert await home_ids(client, reader) == [mine["id"]]
+
+
+async def test_a_deleted_post_leaves_every_feed_before_its_job_runs(
+    settings: Settings, photos: Path
+) -> None:
+    async with an_app(settings, run_jobs_in_process=False) as (client, services):
+        alice, bob, carol, dave = await many_users(services, 4)
+        media_id = await a_photo(client, alice, services, photos)
+        for user in (bob, carol, dave):
+            await follow(client, user, alice)
+            assert await home_ids(client, user) == []
+        posts = [await a_post(client, alice, media_id) for _ in range(3)]
+        await run_jobs(services)
+        everything = [p["id"] for p in reversed(posts)]
+        for user in (bob, carol, dave):
+            assert await home_ids(client, user) == everything
+
+        gone = posts[1]["id"]
+        await delete(client, alice, gone)
+        # The retract job has not run: the timelines still hold the id…
+        for user in (bob, carol, dave):
+            assert gone in (await stored(services, home_key(user.id)) or [])
+        # …and no feed shows it; a page that meets it also drops it.
+        rest = [i for i in everything if i != gone]
+        for user in (bob, carol, alice):
+            assert await home_ids(client, user) == rest
+            assert gone not in (await stored(services, home_key(user.id)) or [])
+        post = await client.get(f"/api/v1/posts/{gone}")
+        assert post.status_code == 404
+        await run_jobs(services)
+        assert await stored(services, home_key(dave.id)) == rest
+        assert await home_ids(client, dave) == rest
+
+
+async def test_walks_see_each_post_once_while_others_post_and_delete(
+    settings: Settings, photos: Path
+) -> None:
+    # A cap of 12 sends the walk past the timelines into the database; the
+    # threshold makes one author big, merged at read.
+    async with an_app(settings, timeline_max_entries=12, fanout_max_followers=3) as (
+        client,
+        services,
+    ):
+        reader, small, other, star, *fans = await many_users(services, 7)
+        authors = [small, other, star]
+        media = {a.id: await a_photo(client, a, services, photos) for a in authors}
+        for author in authors:
+            await follow(client, reader, author)
+        for fan in fans:
+            await follow(client, fan, star)
+        rng = random.Random(4)
+        live: dict[str, User] = {}
+        for i in range(30):
+            author = rng.choice(authors)
+            live[(await a_post(client, author, media[author.id], f"#{i}"))["id"]] = (
+                author
+            )
+        await settle(services)
+        assert await home_ids(client, reader, limit=1)  # warm the timeline
+        at_start = [p["id"] for p in await truth(client, services, reader)]
+        assert sorted(at_start, reverse=True) == sorted(live, reverse=True)
+
+        step = 0
+        deleted_at: dict[str, int] = {}
+        created: set[str] = set()
+        done = asyncio.Event()
+
+        async def meddle() -> None:
+            nonlocal step
+            turn = 0
+            while not done.is_set():
+                turn += 1
+                if turn % 2 == 0 or not live:
+                    author = rng.choice(authors)
+                    post = await a_post(client, author, media[author.id], "new")
+                    live[post["id"]] = author
+                    created.add(post["id"])
+                else:
+                    victim = rng.choice(sorted(live))
+                    author = live.pop(victim)
+                    await delete(client, author, victim)
+                    step += 1
+                    deleted_at[victim] = step
+                await asyncio.sleep(0)
+
+        meddler = asyncio.create_task(meddle())
+        seen: list[str] = []
+        cursor: str | None = None
+        try:
+            while True:
+                asked_at = step
+                params: dict[str, Any] = {"limit": 4}
+                if cursor is not None:
+                    params["cursor"] = cursor
+                response = await client.get(HOME, headers=reader.headers, params=params)
+                assert response.status_code == 200, response.text
+                page = [item["id"] for item in response.json()["items"]]
+                for post_id in page:
+                    # Never a post whose deletion had finished before asking.
+                    assert deleted_at.get(post_id, asked_at + 1) > asked_at, post_id
+                seen.extend(page)
+                cursor = response.json()["next_cursor"]
+                if cursor is None:
+                    break
+                await asyncio.sleep(0.01)  # let the meddler and the jobs run
+        finally:
+            done.set()
+            await meddler
+
+        assert len(seen) == len(set(seen)), "a post came twice"
+        assert seen == sorted(seen, reverse=True)
+        assert set(seen) <= set(at_start) | created
+        missing = set(at_start) - set(deleted_at) - set(seen)
+        assert not missing, "a post that was there all along was skipped"
+        assert deleted_at, "the walk was too short to meet a deletion"
+
+
+async def test_an_expired_timeline_is_rebuilt_as_the_database_has_it(
+    settings: Settings, photos: Path
+) -> None:
+    async with an_app(settings, timeline_ttl_seconds=1.0, timeline_max_entries=10) as (
+        client,
+        services,
+    ):
+        reader, alice, bob = await many_users(services, 3)
+        for author in (alice, bob):
+            media_id = await a_photo(client, author, services, photos)
+            await follow(client, reader, author)
+            for i in range(8):
+                await a_post(client, author, media_id, f"#{i}")
+        await settle(services)
+        expected = await truth(client, services, reader)
+        assert len(expected) == 16
+        assert await walk(client, HOME, headers=reader.headers, limit=3) == expected
+        assert await stored(services, home_key(reader.id)) is not None
+
+        await asyncio.sleep(1.5)  # unread longer than the TTL
+        assert await stored(services, home_key(reader.id)) is None
+        assert await walk(client, HOME, headers=reader.headers, limit=5) == expected
+        rebuilt = await stored(services, home_key(reader.id))
+        # The newest ten: the cap; the walk went on in the database.
+        assert rebuilt == [p["id"] for p in expected[:10]]
+
+
+async def test_a_slow_rebuild_serves_the_page_from_the_database(
+    settings: Settings, photos: Path
+) -> None:
+    async with an_app(settings, timeline_rebuild_budget_seconds=0) as (
+        client,
+        services,
+    ):
+        reader, alice = await many_users(services, 2)
+        media_id = await a_photo(client, alice, services, photos)
+        await follow(client, reader, alice)
+        posts = [await a_post(client, alice, media_id) for _ in range(3)]
+        await settle(services)
+        expected = [p["id"] for p in reversed(posts)]
+        # No time to wait for the rebuild: never an empty page meanwhile.
+        assert await home_ids(client, reader) == expected
+        await services.timelines.wait_idle()  # it went on in the background
+        assert await stored(services, home_key(reader.id)) == expected
+        assert await home_ids(client, reader) == expected  # caches the counts
+        before = home_queries()
+        assert await home_ids(client, reader) == expected
+        assert home_queries() == before
+
+
+async def test_a_warm_home_page_sends_no_sql(settings: Settings, photos: Path) -> None:
+    async with an_app(settings, fanout_max_followers=1) as (client, services):
+        reader, alice, star, fan = await many_users(services, 4)
+        await follow(client, fan, star)
+        for author in (alice, star):
+            media_id = await a_photo(client, author, services, photos)
+            await follow(client, reader, author)
+            for i in range(6):
+                post = await a_post(
+                    client, author, media_id, f"#{i} @{reader.username}"
+                )
+                if i % 2:
+                    liked = await client.post(
+                        f"/api/v1/posts/{post['id']}/like", headers=reader.headers
+                    )
+                    assert liked.status_code == 200
+        await settle(services)
+
+        async def cost(cursor: str | None) -> tuple[float, str | None]:
+            before = home_queries()
+            params: dict[str, Any] = {"limit": 5}
+            if cursor is not None:
+                params["cursor"] = cursor
+            response = await client.get(HOME, headers=reader.headers, params=params)
+            assert response.status_code == 200
+            assert len(response.json()["items"]) == 5
+            return home_queries() - before, response.json()["next_cursor"]
+
+        cold, cursor = await cost(None)
+        assert cold > 0
+        await cost(cursor)
+        # Warm: the timelines, counts, likes and views all come from the
+        # cache, the merged big account's too, on the first page and later.
+        assert (await cost(None))[0] == 0
+        assert (await cost(cursor))[0] == 0
+
+
+async def test_the_store_keeps_its_rules(settings: Settings) -> None:
+    async with an_app(settings, timeline_max_entries=4) as (_, services):
+        timelines = services.timelines
+        ids = [f"01J0000000000000000000000{c}" for c in "0123456789"]
+
+        async def load(content: TimelineContent) -> TimelineContent:
+            return content
+
+        # Writers only add to timelines that exist.
+        assert await timelines.add(["t:a"], ids=ids[:1]) == []
+        built = await timelines.build(
+            "t:a", lambda: load(TimelineContent(ids[:3][::-1], True)), 5.0
+        )
+        assert built is not None
+        assert await stored(services, "t:a") == ids[:3][::-1]
+        assert await timelines.add(["t:a", "t:none"], ids=ids[3:6]) == ["t:a"]
+        # Capped at four: the oldest left, and it no longer holds everything.
+        (capped,) = await timelines.read(["t:a"], None, 10)
+        assert capped is not None
+        assert capped.ids == ids[2:6][::-1]
+        assert not capped.complete
+        # Nothing older than what an incomplete timeline holds is added.
+        await timelines.add(["t:a"], ids=[ids[0]])
+        assert await stored(services, "t:a") == ids[2:6][::-1]
+        (below,) = await timelines.read(["t:a"], ids[4], 10)
+        assert below is not None
+        assert below.ids == [ids[3], ids[2]]
+
+        # A build whose timeline is deleted meanwhile stores nothing.
+        release = asyncio.Event()
+
+        async def slow() -> TimelineContent:
+            await release.wait()
+            return TimelineContent(["stale"], True)
+
+        waiting = asyncio.create_task(timelines.build("t:b", slow, 5.0))
+        await asyncio.sleep(0.05)
+        await timelines.forget("t:b")
+        release.set()
+        assert await waiting is not None
+        assert await stored(services, "t:b") is None
