@@ -48,11 +48,16 @@ class SeedConflictError(Exception):
 
 
 class Loader(Protocol):
-    async def account_count(self) -> int: ...
+    async def begin(self) -> int:
+        """Open the transaction, keep others from adding accounts meanwhile,
+        and say how many accounts there are."""
+        ...
 
     async def taken_usernames(self, names: list[str]) -> list[str]: ...
 
-    async def begin(self, fresh: bool) -> None: ...
+    async def defer_indexes(self) -> None:
+        """Into an empty database: drop the indexes, to build them at commit."""
+        ...
 
     async def write(self, batch: Batch, data: bytes | None) -> None: ...
 
@@ -86,9 +91,6 @@ class PostgresLoader:
         )
         return cls(connection)
 
-    async def account_count(self) -> int:
-        return int(await self._conn.fetchval("SELECT count(*) FROM accounts"))
-
     async def taken_usernames(self, names: list[str]) -> list[str]:
         rows = await self._conn.fetch(
             "SELECT username_canonical FROM accounts"
@@ -97,17 +99,26 @@ class PostgresLoader:
         )
         return [str(r[0]) for r in rows]
 
-    async def begin(self, fresh: bool) -> None:
-        self._fresh = fresh
+    async def begin(self) -> int:
         self._transaction = self._conn.transaction()
         await self._transaction.start()
         # For this transaction only: no time limit, and room to sort in
         # memory when the indexes are built again.
         await self._conn.execute("SET LOCAL statement_timeout = 0")
         await self._conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
-        if fresh:
-            await self._drop_indexes()
-            await self._conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+        # Sign-ups wait until the load is done (reads go on), and a second
+        # seed waits for the first, so the count below stays true.
+        await self._conn.execute("LOCK TABLE accounts IN SHARE ROW EXCLUSIVE MODE")
+        return int(await self._conn.fetchval("SELECT count(*) FROM accounts"))
+
+    async def defer_indexes(self) -> None:
+        for table in TABLES:
+            if await self._conn.fetchval(f"SELECT EXISTS (SELECT FROM {table})"):  # noqa: S608 - our own table names
+                raise SeedConflictError(f"{table} is not empty")
+        await self._drop_indexes()
+        # Empty already; truncated in this transaction, they take COPY FREEZE.
+        await self._conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+        self._fresh = True
 
     async def _drop_indexes(self) -> None:
         tables = list(TABLES)
@@ -181,8 +192,9 @@ class SqliteLoader:
     The pragmas suit a bulk load: ``synchronous=OFF`` (the WAL survives a
     crash of this process; only a power cut mid-load could lose the file's
     last writes, and this is a seed), a large page cache, and temporary
-    B-trees in memory. Into a fresh database foreign keys are not checked row
-    by row; the rows are consistent by construction and the tests check it.
+    B-trees in memory. Foreign keys are not checked row by row: the rows are
+    consistent by construction (they refer only to rows of the same load)
+    and the tests check it with ``PRAGMA foreign_key_check``.
     """
 
     wants_copy_data = False
@@ -200,9 +212,6 @@ class SqliteLoader:
 
         return await asyncio.to_thread(go)
 
-    async def account_count(self) -> int:
-        return int((await self._run("SELECT count(*) FROM accounts"))[0][0])
-
     async def taken_usernames(self, names: list[str]) -> list[str]:
         found: list[str] = []
         for start in range(0, len(names), 500):
@@ -213,24 +222,31 @@ class SqliteLoader:
             found += [str(r[0]) for r in rows]
         return found
 
-    async def begin(self, fresh: bool) -> None:
+    async def begin(self) -> int:
         for pragma in (
             "busy_timeout = 10000",
             "journal_mode = WAL",
             "synchronous = OFF",
             "cache_size = -1048576",  # KiB: 1 GiB
             "temp_store = MEMORY",
-            f"foreign_keys = {'OFF' if fresh else 'ON'}",
+            # Cannot change inside the transaction; the unique constraints
+            # (names, e-mails, ids) are checked all the same.
+            "foreign_keys = OFF",
         ):
             await self._run(f"PRAGMA {pragma}")
-        await self._run("BEGIN IMMEDIATE")
-        if fresh:
-            marks = ", ".join("?" * len(TABLES))
-            sql = f"SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN ({marks})"  # noqa: E501, S608 - only question marks
-            rows = await self._run(sql, *TABLES)
-            for name, sql in rows:
-                await self._run(f'DROP INDEX "{name}"')
-                self._deferred.append(str(sql))
+        # Holds the database's write lock until the commit.
+        try:
+            await self._run("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise SeedConflictError(f"the database is busy: {exc}") from exc
+        return int((await self._run("SELECT count(*) FROM accounts"))[0][0])
+
+    async def defer_indexes(self) -> None:
+        marks = ", ".join("?" * len(TABLES))
+        sql = f"SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN ({marks})"  # noqa: E501, S608 - only question marks
+        for name, index_sql in await self._run(sql, *TABLES):
+            await self._run(f'DROP INDEX "{name}"')
+            self._deferred.append(str(index_sql))
 
     async def write(self, batch: Batch, data: bytes | None) -> None:
         if len(batch) == 0:
@@ -252,6 +268,8 @@ class SqliteLoader:
             await self._run(sql)
         await self._run("COMMIT")
         await self._run("PRAGMA foreign_keys = ON")
+        # Planner statistics from a sample of each index: seconds, not minutes.
+        await self._run("PRAGMA analysis_limit = 1000")
         await self._run("ANALYZE")
         await self._run("PRAGMA wal_checkpoint(TRUNCATE)")
 

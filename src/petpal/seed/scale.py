@@ -107,37 +107,25 @@ async def seed_scale(
     started = time.perf_counter()
     loader = await _open_loader(settings)
     try:
-        existing = await loader.account_count()
-        if existing and not append:
-            raise SeedRefusedError(
-                f"the database already has {existing:,} accounts; seed a large"
-                " data set into an empty database, or pass --append to add"
-                " user_0 … user_N-1 next to them"
-            )
-        if existing:
-            edges = sorted({f"user_{i}" for i in (0, users // 2, users - 1)})
-            taken = await loader.taken_usernames(edges)
-            if taken:
-                raise SeedRefusedError(
-                    f"the database already has an account named {taken[0]};"
-                    " --append only adds accounts whose names are all free"
-                )
-        say("processing the library photos")
-        storage = Storage(settings)
-        limits = ImageLimits(
-            max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels
-        )
-        library = await prepare_library(storage, limits, photos=photos)
-        password_hash = await asyncio.to_thread(hash_password, password)
-        say("drawing the accounts and the follow graph")
-        now = now_us if now_us is not None else time.time_ns() // 1000
-        data = await asyncio.to_thread(
-            DataSet, users, seed, now, password_hash, library
-        )
-        generated = time.perf_counter()
-        say("loading the rows")
-        await loader.begin(fresh=existing == 0)
+        existing = await loader.begin()
         try:
+            await _check_target(loader, users, existing, append)
+            say("processing the library photos")
+            limits = ImageLimits(
+                max_bytes=settings.max_upload_bytes,
+                max_pixels=settings.max_upload_pixels,
+            )
+            library = await prepare_library(Storage(settings), limits, photos=photos)
+            password_hash = await asyncio.to_thread(hash_password, password)
+            say("drawing the accounts and the follow graph")
+            now = now_us if now_us is not None else time.time_ns() // 1000
+            data = await asyncio.to_thread(
+                DataSet, users, seed, now, password_hash, library
+            )
+            generated = time.perf_counter()
+            say("loading the rows")
+            if existing == 0:
+                await loader.defer_indexes()
             await _load(loader, data.batches())
             loaded = time.perf_counter()
             say("building indexes and committing")
@@ -161,6 +149,26 @@ async def seed_scale(
         finished - loaded,
         finished - started,
     )
+
+
+async def _check_target(
+    loader: Loader, users: int, existing: int, append: bool
+) -> None:
+    if existing and not append:
+        raise SeedRefusedError(
+            f"the database already has {existing:,} accounts; seed a large"
+            " data set into an empty database, or pass --append to add"
+            " user_0 … user_N-1 next to them"
+        )
+    if existing:
+        # A cheap early answer; the unique constraints catch any other clash.
+        edges = sorted({f"user_{i}" for i in (0, users // 2, users - 1)})
+        taken = await loader.taken_usernames(edges)
+        if taken:
+            raise SeedRefusedError(
+                f"the database already has an account named {taken[0]};"
+                " --append only adds accounts whose names are all free"
+            )
 
 
 async def _open_loader(settings: Settings) -> Loader:

@@ -78,13 +78,13 @@ _POPULATION, _FOLLOWS, _PETS, _POSTS, _FOLLOW_IDS, _ACCOUNTS, _POST_COUNTS = ran
 
 # Rows per COPY or executemany call, and authors per chunk of posts.
 FOLLOW_CHUNK_ACCOUNTS = 100_000
-ROWS_PER_BATCH = 500_000
+ROWS_PER_BATCH = 250_000
 AUTHORS_PER_CHUNK = 40_000
 
 
 @dataclass(frozen=True)
 class Shape:
-    following_median: float = 30.0
+    following_median: float = 36.0
     following_sigma: float = 0.6
     following_max: int = 5000
     top_follower_share: float = 0.02
@@ -94,8 +94,8 @@ class Shape:
     signup_days: int = 3 * 365
     post_days: int = 90
     posts_per_account: float = 5.0
-    likes_per_post: float = 3.0
-    comments_per_post: float = 0.5
+    likes_per_post: float = 4.3
+    comments_per_post: float = 0.65
     no_pet_share: float = 0.1
     extra_pets: float = 0.44  # Poisson mean of pets beyond the first
     adoption_share: float = 0.03
