@@ -203,6 +203,12 @@ async def test_a_generated_data_set_is_what_the_app_would_have_written(
     body = profile.json()
     assert body["post_count"] >= 1
     assert body["follower_count"] >= 1
+    pets = await client.get(f"/api/v1/accounts/{reader}/pets")
+    assert pets.status_code == 200
+    for pet in pets.json()["items"]:
+        assert pet["species"] in ("dog", "cat")
+        assert pet["birth_date"] < pet["created_at"][:10]
+        assert pet["photo"]["status"] == "ready"
     # The photo is a real processed file the app serves.
     variant = post["media"][0]["variants"][0]
     served = await client.get(variant["url"])

@@ -85,8 +85,11 @@ class ScaleReport:
         lines += [
             f"  {'total':<14} {sum(self.rows.values()):>13,}",
             "",
-            f"elapsed {self.total_seconds:.1f} s (graph {self.generate_seconds:.1f} s,"
-            f" rows {self.load_seconds:.1f} s, indexes {self.index_seconds:.1f} s)",
+            f"elapsed {self.total_seconds:.1f} s: prepare"
+            f" {self.generate_seconds:.1f} s, rows {self.load_seconds:.1f} s,"
+            f" indexes and commit {self.index_seconds:.1f} s",
+            "",
+            f"log in as any of user_0 … user_{self.users - 1} with the seed's password",
         ]
         return "\n".join(lines)
 
