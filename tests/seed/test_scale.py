@@ -164,6 +164,9 @@ async def test_a_generated_data_set_is_what_the_app_would_have_written(
         " ORDER BY s.follower_count DESC, a.username LIMIT 1",
     )
     assert top[0][0] == "user_0"
+    # user_0 is active and posts: a load test's celebrity has something to show.
+    star = (await client.get("/api/v1/accounts/user_0")).json()
+    assert star["post_count"] > 0
     assert report.top_account_share == pytest.approx(
         await _scalar(
             services,

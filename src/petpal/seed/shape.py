@@ -163,7 +163,13 @@ class DataSet:
     def _population(self) -> None:
         s, n, now = self.shape, self.n, self.now
         rng = self._rng(_POPULATION)
-        self.active = rng.random(n) < s.active_share
+        # Ranks follow the account number (user_0 is the most followed). The
+        # most followed 1% are nearly all active, user_0 always; the others
+        # make up the rest of the active share.
+        top = max(n // 100, 1)
+        rest = max(s.active_share * n - 0.9 * top, 0) / max(n - top, 1)
+        self.active = rng.random(n) < np.where(np.arange(n) < top, 0.9, rest)
+        self.active[0] = True
         # Sign-ups grow over time: more of them recently (u ** 1.5).
         u = rng.random(n) ** 1.5
         age_days = np.where(
@@ -212,7 +218,7 @@ class DataSet:
             dst[own] = (src[own] + 1 + rng.integers(0, n - 1, int(own.sum()))) % n
             # Sorted by follower, then followee; a second draw of a pair is one.
             key = np.sort(src * n + dst)
-            key = key[np.r_[True, key[1:] != key[:-1]]]
+            key = key[_run_starts(key)]
             src, dst = key // n, key % n
             # A follow needs both accounts, and the follower still active.
             lo = np.maximum(self.created[src], self.created[dst]) + 1000
@@ -220,7 +226,7 @@ class DataSet:
             ok = lo <= hi
             src, dst, lo, hi = src[ok], dst[ok], lo[ok], hi[ok]
             t = lo + (rng.random(len(src)) * (hi - lo)).astype(np.int64)
-            first = np.flatnonzero(np.r_[True, src[1:] != src[:-1]])
+            first = _run_starts(src)
             t[first] = hi[first]  # each account's newest follow: its last activity
             followers.append(src.astype(np.int32))
             followees.append(dst.astype(np.int32))
@@ -228,22 +234,39 @@ class DataSet:
         self.follower = np.concatenate(followers)
         self.followee = np.concatenate(followees)
         self.follow_us = np.concatenate(times)
+        self._crown_user_0()
         self.follower_count = np.bincount(self.followee, minlength=n)
-        top = int(self.follower_count.argmax())
-        if top != 0:
-            self._swap_accounts(0, top)
         self.following_count = np.bincount(self.follower, minlength=n)
 
-    def _swap_accounts(self, a: int, b: int) -> None:
-        """Relabel accounts ``a`` and ``b`` (every attribute and every edge)."""
-        perm = np.arange(self.n, dtype=np.int32)
-        perm[a], perm[b] = b, a
-        self.follower = perm[self.follower]
-        self.followee = perm[self.followee]
-        for name in ("active", "created", "last_active", "following_target"):
-            values = getattr(self, name)
-            values[[a, b]] = values[[b, a]]
-        self.follower_count = np.bincount(self.followee, minlength=self.n)
+    def _crown_user_0(self) -> None:
+        """Make user_0 strictly the most followed account.
+
+        Rank 0 has the largest weight, but where the head of the power law is
+        flat (small data sets) chance can put another account ahead. Some of
+        that account's followers then follow user_0 instead, at the same
+        moment: followers who do not follow user_0 yet, at a time user_0
+        already existed.
+        """
+        count = np.bincount(self.followee, minlength=self.n)
+        following_0 = np.zeros(self.n, dtype=np.bool_)
+        following_0[self.follower[self.followee == 0]] = True
+        while True:
+            best = 1 + int(count[1:].argmax())
+            if count[0] > count[best]:
+                return
+            edges = np.flatnonzero(self.followee == best)
+            movable = edges[
+                ~following_0[self.follower[edges]]
+                & (self.follower[edges] != 0)
+                & (self.follow_us[edges] > self.created[0])
+            ]
+            moved = movable[: (count[best] - count[0]) // 2 + 1]
+            if len(moved) == 0:
+                return  # nothing can move: a data set of a handful of accounts
+            self.followee[moved] = 0
+            following_0[self.follower[moved]] = True
+            count[best] -= len(moved)
+            count[0] += len(moved)
 
     def _posts_per_account(self) -> None:
         s, n = self.shape, self.n
@@ -495,7 +518,7 @@ class DataSet:
         # One like per account and post (the primary key): keep the first.
         key = liked_post * self.n + liker
         order = np.argsort(key, kind="stable")
-        keep = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+        keep = order[_run_starts(key[order])]
         liked_post, liker, like_t = liked_post[keep], liker[keep], like_t[keep]
         commented, commenter, comment_t = self._reactions(
             author, t, s.comments_per_post, rng
@@ -664,6 +687,13 @@ class _Captions:
         position = np.arange(len(post), dtype=np.int64) - first
         tag = self.tag_flat[self.tag_start[caption[post]] + position]
         return post, tag, position
+
+
+def _run_starts(values: NDArray[np.integer[Any]]) -> Mask:
+    """Where each run of equal values in ``values`` begins."""
+    starts = np.ones(len(values), dtype=np.bool_)
+    starts[1:] = values[1:] != values[:-1]
+    return starts
 
 
 def _pick(
