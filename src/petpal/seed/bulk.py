@@ -227,7 +227,8 @@ class SqliteLoader:
             "busy_timeout = 10000",
             "journal_mode = WAL",
             "synchronous = OFF",
-            "cache_size = -1048576",  # KiB: 1 GiB
+            # KiB: 2 GiB, so the B-trees being filled stay in memory.
+            "cache_size = -2097152",
             "temp_store = MEMORY",
             # Cannot change inside the transaction; the unique constraints
             # (names, e-mails, ids) are checked all the same.

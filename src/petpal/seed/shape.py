@@ -20,8 +20,9 @@ The shape (numbers in :class:`Shape`):
   account is followed by about 2% of everyone and the top 1% of accounts hold
   a third of all follows. Below some 100,000 accounts both cannot hold at
   once (the top 1% would need more followers each than the top account has);
-  the fit then meets them halfway, in log terms. ``user_0`` is the most
-  followed account.
+  the fit then meets them halfway, in log terms. Popularity falls with the
+  account number: ``user_0`` is the most followed account (see
+  ``_crown_user_0``), and the most followed 1% are nearly all active.
 - **Posts** (about five per account) fall in the last 90 days, within each
   author's active span, more of them from active and popular accounts.
 - **Likes and comments** come mostly from the author's active followers, so
@@ -623,9 +624,12 @@ class DataSet:
         return post, who, t
 
     def _follows(self) -> Iterator[Batch]:
-        m = len(self.follower)
+        # Oldest first, as they were made: the id index (a ULID is its time)
+        # then grows at its end, which SQLite inserts into much faster.
+        order = np.argsort(self.follow_us, kind="stable")
+        m = len(order)
         for chunk, start in enumerate(range(0, m, ROWS_PER_BATCH)):
-            part = slice(start, min(start + ROWS_PER_BATCH, m))
+            part = order[start : start + ROWS_PER_BATCH]
             t = self.follow_us[part]
             yield Batch(
                 "follows",
