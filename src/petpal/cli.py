@@ -62,15 +62,66 @@ def serve(
 
 
 @app.command()
-def seed(data_dir: DataDir = None) -> None:
-    """Create demo accounts, pets, posts, likes and comments from real photos."""
+def seed(
+    data_dir: DataDir = None,
+    users: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Generate this many accounts (user_0 … user_<N-1>) and their"
+            " pets, posts, follows, likes and comments, loaded in bulk. Without"
+            " it: the small demo data set.",
+        ),
+    ] = None,
+    seed_: Annotated[
+        int,
+        typer.Option("--seed", min=0, help="Random seed of the generated data set."),
+    ] = 0,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            help="Password of every generated account [default: petpal-demo-password]."
+        ),
+    ] = None,
+    append: Annotated[
+        bool,
+        typer.Option(
+            "--append",
+            help="Allow generating into a database that already has accounts.",
+        ),
+    ] = False,
+) -> None:
+    """Create the demo data, or with --users a large generated data set."""
     from petpal.platform.migrate import upgrade
-    from petpal.seed.demo import seed_demo
 
     settings = _settings(data_dir)
+    if users is None:
+        if password is not None or append or seed_:
+            raise typer.BadParameter("--seed, --password and --append go with --users")
+        from petpal.seed.demo import seed_demo
+
+        upgrade(settings)
+        typer.echo(asyncio.run(seed_demo(settings)))
+        return
+
+    from petpal.seed.scale import DEFAULT_PASSWORD, SeedRefusedError, seed_scale
+
     upgrade(settings)
-    summary = asyncio.run(seed_demo(settings))
-    typer.echo(summary)
+    try:
+        report = asyncio.run(
+            seed_scale(
+                settings,
+                users,
+                seed=seed_,
+                password=DEFAULT_PASSWORD if password is None else password,
+                append=append,
+                progress=lambda message: typer.echo(f"… {message}", err=True),
+            )
+        )
+    except SeedRefusedError as exc:
+        typer.echo(f"petpal seed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(report.render())
 
 
 @app.command()
