@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import structlog
 from celery import Celery
 from celery.exceptions import Reject
+from celery.signals import worker_process_shutdown
 from celery.worker.consumer import Consumer
 from kombu import Connection, Exchange, Queue
 from prometheus_client import Counter, Gauge
@@ -227,7 +228,9 @@ def _runtime_for(settings: Settings) -> _WorkerRuntime:
     return _runtime
 
 
-def close_worker_runtime() -> None:
+@worker_process_shutdown.connect(weak=False, dispatch_uid="petpal-close-runtime")  # type: ignore[untyped-decorator]
+def close_worker_runtime(**_: Any) -> None:
+    """Close the process's pools when its worker process ends."""
     global _runtime
     if _runtime is not None and _runtime.pid == os.getpid():
         _runtime.loop.run_until_complete(_runtime.services.close())
