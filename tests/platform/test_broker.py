@@ -52,7 +52,7 @@ from petpal.platform.jobs import (
 )
 from petpal.platform.settings import Settings
 from tests.conftest import PHOTOS, RUN_TAG, TEST_BROKER_URL, requires_broker
-from tests.factories import User, a_user
+from tests.factories import User, a_user, an_uploaded_photo
 
 pytestmark = [requires_broker, pytest.mark.timeout(240)]
 
@@ -221,14 +221,8 @@ def processes(broker_settings: Settings, tmp_path: Path) -> Iterator[Processes]:
 
 
 async def upload(client: httpx.AsyncClient, user: User, path: Path) -> str:
-    with path.open("rb") as f:
-        response = await client.post(
-            "/api/v1/media",
-            headers=user.headers,
-            files={"file": (path.name, f, "application/octet-stream")},
-        )
-    assert response.status_code == 202, response.text
-    media_id: str = response.json()["id"]
+    """Upload ``path``: 202, and the job is the workers' (nothing runs here)."""
+    media_id: str = (await an_uploaded_photo(client, user, path))["id"]
     return media_id
 
 
