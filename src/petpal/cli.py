@@ -154,13 +154,13 @@ def relay(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, relay.stop)
-        listener = await listen_for_jobs(db, relay)
+        stop_listening = await listen_for_jobs(db, relay)
         typer.echo("relay: publishing outbox jobs to RabbitMQ", err=True)
         try:
             await relay.run()
         finally:
-            if listener is not None:
-                await listener.close()
+            if stop_listening is not None:
+                await stop_listening()
             await db.dispose()
 
     asyncio.run(run())

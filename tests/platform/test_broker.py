@@ -95,15 +95,19 @@ class Child:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
+    def stop(self) -> int | None:
+        """SIGTERM, as a deployment stops it; its exit status (None: killed)."""
+        status: int | None = self.process.poll()
+        if status is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                status = self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
-        self._out.close()
+        if not self._out.closed:
+            self._out.close()
+        return status
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -289,11 +293,14 @@ async def test_photos_are_processed_by_workers_through_rabbitmq(
     db = db_of(broker_app)
     assert broker_app.state.services.relay is None  # nothing runs in process
     user = await a_user(broker_client)
-    processes.relay()
-    processes.worker("media")
+    relay = processes.relay()
+    worker = processes.worker("media")
     media_ids = [await upload(broker_client, user, SMALL_PHOTO) for _ in range(3)]
 
     await wait_until(lambda: all_done(db, media_ids), "photos ready", processes)
+    # A stop is clean: both exit 0 (the relay once crashed closing its listener).
+    assert relay.stop() == 0, relay.output()
+    assert worker.stop() == 0, worker.output()
 
     rows = await outbox_rows(db)
     assert (

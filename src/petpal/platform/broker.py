@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -493,11 +493,13 @@ class BrokerRelay:
         return depths
 
 
-async def listen_for_jobs(db: Database, relay: BrokerRelay) -> Any:
+async def listen_for_jobs(
+    db: Database, relay: BrokerRelay
+) -> Callable[[], Awaitable[None]] | None:
     """Wake ``relay`` on each PostgreSQL NOTIFY a job commit sends, if possible.
 
-    Returns the listening connection (close it on shutdown), or None on
-    SQLite, where the relay polls. Polling continues either way, so a lost
+    Returns the function that stops listening (call it on shutdown), or None
+    on SQLite, where the relay polls. Polling continues either way, so a lost
     notification only delays a job by one poll.
     """
     if db.is_sqlite:
@@ -505,5 +507,16 @@ async def listen_for_jobs(db: Database, relay: BrokerRelay) -> Any:
     raw = await db.engine.raw_connection()
     driver = raw.driver_connection
     assert driver is not None
-    await driver.add_listener(OUTBOX_CHANNEL, lambda *_: relay.wake())
-    return raw
+
+    def wake(*_: object) -> None:
+        relay.wake()
+
+    await driver.add_listener(OUTBOX_CHANNEL, wake)
+
+    async def stop() -> None:
+        # The connection may have died with a database restart meanwhile.
+        with contextlib.suppress(Exception):
+            await driver.remove_listener(OUTBOX_CHANNEL, wake)
+        raw.invalidate()  # never back to the pool with a listener on it
+
+    return stop
