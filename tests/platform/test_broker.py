@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
 from petpal.media.models import READY, Media
-from petpal.platform.app import create_app
 from petpal.platform.broker import (
     BrokerRelay,
     Topology,
@@ -171,8 +170,12 @@ def wait_for_consumers(settings: Settings, names: list[str], child: Child) -> No
 
 
 @pytest.fixture
-def broker_settings(settings: Settings, broker_url: str) -> Iterator[Settings]:
-    """The test's settings with a broker and a prefix of its own."""
+def settings(settings: Settings, broker_url: str) -> Iterator[Settings]:
+    """The test's settings with a broker and a prefix of its own.
+
+    Overrides the suite's ``settings``, so its ``app`` and ``client`` serve
+    with the broker (and run no jobs in process).
+    """
     configured = settings.model_copy(
         update={
             "broker_url": broker_url,
@@ -202,24 +205,8 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def broker_app(broker_settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(broker_settings)
-    async with application.router.lifespan_context(application):
-        yield application
-
-
-@pytest.fixture
-async def broker_client(broker_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=broker_app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://petpal.test"
-    ) as c:
-        yield c
-
-
-@pytest.fixture
-def processes(broker_settings: Settings, tmp_path: Path) -> Iterator[Processes]:
-    running = Processes(broker_settings, tmp_path)
+def processes(settings: Settings, tmp_path: Path) -> Iterator[Processes]:
+    running = Processes(settings, tmp_path)
     yield running
     running.stop_all()
 
@@ -285,17 +272,17 @@ def db_of(app: FastAPI) -> Database:
 
 
 async def test_photos_are_processed_by_workers_through_rabbitmq(
-    broker_app: FastAPI,
-    broker_client: httpx.AsyncClient,
-    broker_settings: Settings,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    settings: Settings,
     processes: Processes,
 ) -> None:
-    db = db_of(broker_app)
-    assert broker_app.state.services.relay is None  # nothing runs in process
-    user = await a_user(broker_client)
+    db = db_of(app)
+    assert app.state.services.relay is None  # nothing runs in process
+    user = await a_user(client)
     relay = processes.relay()
     worker = processes.worker("media")
-    media_ids = [await upload(broker_client, user, SMALL_PHOTO) for _ in range(3)]
+    media_ids = [await upload(client, user, SMALL_PHOTO) for _ in range(3)]
 
     await wait_until(lambda: all_done(db, media_ids), "photos ready", processes)
     # A stop is clean: both exit 0 (the relay once crashed closing its listener).
@@ -308,23 +295,23 @@ async def test_photos_are_processed_by_workers_through_rabbitmq(
         == [("media.process", DONE, 1)] * 3
     )
     for media_id in media_ids:
-        files = stored_files(broker_settings, media_id)
+        files = stored_files(settings, media_id)
         assert len(files) == 3, files  # small, medium and large
-    assert not list((broker_settings.media_dir / "incoming").iterdir())
+    assert not list((settings.media_dir / "incoming").iterdir())
 
 
 async def test_a_failing_job_retries_is_dead_lettered_and_replays(
-    broker_app: FastAPI,
-    broker_client: httpx.AsyncClient,
-    broker_settings: Settings,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    settings: Settings,
     processes: Processes,
 ) -> None:
-    db = db_of(broker_app)
-    storage = broker_app.state.services.storage
-    user = await a_user(broker_client)
+    db = db_of(app)
+    storage = app.state.services.storage
+    user = await a_user(client)
     # No relay yet: the job waits in the outbox while its upload disappears,
     # as it would in a storage outage.
-    media_id = await upload(broker_client, user, SMALL_PHOTO)
+    media_id = await upload(client, user, SMALL_PHOTO)
     incoming = f"incoming/{media_id}"
     original = await storage.get_bytes(incoming)
     await storage.delete(incoming)
@@ -336,14 +323,14 @@ async def test_a_failing_job_retries_is_dead_lettered_and_replays(
 
     await wait_until(dead, "the job to die", processes)
     (row,) = await outbox_rows(db)
-    assert row.attempts == broker_settings.job_max_attempts
+    assert row.attempts == settings.job_max_attempts
     assert row.last_error
-    listed = run_cli(broker_settings, "jobs", "dead")
+    listed = run_cli(settings, "jobs", "dead")
     assert row.id in listed.stdout, listed
 
     # The operator brings the file back and replays the job.
     await storage.put(incoming, original, "image/jpeg")
-    replayed = run_cli(broker_settings, "jobs", "replay", row.id)
+    replayed = run_cli(settings, "jobs", "replay", row.id)
     assert "1 job(s) queued again" in replayed.stdout, replayed
     await wait_until(lambda: all_done(db, [media_id]), "replayed photo", processes)
     (row,) = await outbox_rows(db)
@@ -364,18 +351,18 @@ def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_a_worker_killed_mid_photo_leaves_the_job_to_finish_once(
-    broker_app: FastAPI,
-    broker_client: httpx.AsyncClient,
-    broker_settings: Settings,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    settings: Settings,
     processes: Processes,
 ) -> None:
-    db = db_of(broker_app)
-    user = await a_user(broker_client)
+    db = db_of(app)
+    user = await a_user(client)
     processes.relay()
     first = processes.worker("media")
     # The largest photo we have: several hundred milliseconds of work.
     heic = PHOTOS / "edge-cases" / "heic_iphone8_gps.heic"
-    media_id = await upload(broker_client, user, heic)
+    media_id = await upload(client, user, heic)
 
     async def running() -> bool:
         return [r.status for r in await outbox_rows(db)] == ["running"]
@@ -396,7 +383,7 @@ async def test_a_worker_killed_mid_photo_leaves_the_job_to_finish_once(
         media = await session.get(Media, media_id)
     assert media is not None
     names = sorted(Path(v["key"]).name for v in media.variants)
-    assert stored_files(broker_settings, media_id) == names  # one set, no strays
+    assert stored_files(settings, media_id) == names  # one set, no strays
 
 
 # --- RabbitMQ stopped while people upload ------------------------------------------
@@ -504,22 +491,22 @@ def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
 @pytest.mark.private_rabbit
 async def test_uploads_are_accepted_while_rabbitmq_is_down_and_run_once_after(
     private_rabbit: PrivateRabbit,
-    broker_app: FastAPI,
-    broker_client: httpx.AsyncClient,
+    app: FastAPI,
+    client: httpx.AsyncClient,
     processes: Processes,
 ) -> None:
-    db = db_of(broker_app)
-    user = await a_user(broker_client)
+    db = db_of(app)
+    user = await a_user(client)
     processes.relay()
     processes.worker("media")
-    before = [await upload(broker_client, user, SMALL_PHOTO)]
+    before = [await upload(client, user, SMALL_PHOTO)]
     await wait_until(lambda: all_done(db, before), "the first photo", processes)
 
     private_rabbit.stop()
     during = []
     for _ in range(5):
         started = time.perf_counter()
-        during.append(await upload(broker_client, user, SMALL_PHOTO))
+        during.append(await upload(client, user, SMALL_PHOTO))
         # The request never waits for the broker (the outbox has the job):
         # far below the time a publish would spend finding RabbitMQ gone.
         assert time.perf_counter() - started < 2.0
@@ -537,13 +524,13 @@ async def test_uploads_are_accepted_while_rabbitmq_is_down_and_run_once_after(
 
 
 async def test_the_relay_publishes_with_confirms_into_a_queue_per_kind(
-    broker_app: FastAPI, broker_settings: Settings
+    app: FastAPI, settings: Settings
 ) -> None:
-    db = db_of(broker_app)
+    db = db_of(app)
     async with db.write_session() as session:
         for kind in ("media.process", "notifications.push", "social.recount"):
             enqueue(session, kind, {})
-    relay = BrokerRelay(broker_settings, db, make_broker(broker_settings))
+    relay = BrokerRelay(settings, db, make_broker(settings))
     try:
         assert await relay.publish_due() == 3
         assert await relay.publish_due() == 0
@@ -560,18 +547,18 @@ async def test_the_relay_publishes_with_confirms_into_a_queue_per_kind(
 
 
 async def test_a_dead_letter_joins_the_outbox_dead_list(
-    broker_app: FastAPI, broker_settings: Settings
+    app: FastAPI, settings: Settings
 ) -> None:
-    db = db_of(broker_app)
+    db = db_of(app)
     async with db.write_session() as session:
         job_id = enqueue(session, "media.process", {"media_id": "gone"})
-    broker = make_broker(broker_settings)
-    relay = BrokerRelay(broker_settings, db, broker)
+    broker = make_broker(settings)
+    relay = BrokerRelay(settings, db, broker)
     try:
         await relay.publish_due()
         # What RabbitMQ does past the delivery limit: the message moves to
         # the dead-letter exchange with its headers.
-        with Connection(broker_settings.broker_url) as connection:
+        with Connection(settings.broker_url) as connection:
             queue = broker.topology.queues["media"](connection.default_channel)
             message = queue.get(no_ack=False)
             assert message is not None
@@ -594,9 +581,9 @@ async def test_a_dead_letter_joins_the_outbox_dead_list(
 
 
 async def test_each_start_counts_and_the_delivery_limit_ends_a_crash_loop(
-    broker_app: FastAPI,
+    app: FastAPI,
 ) -> None:
-    db = db_of(broker_app)
+    db = db_of(app)
     async with db.write_session() as session:
         job_id = enqueue(session, "media.process", {"media_id": "x"})
     # Three workers take the job and die before recording an outcome.

@@ -37,6 +37,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from petpal.platform.errors import ProblemError, problem_response
+from petpal.platform.redis_cache import connection_pool
 from petpal.platform.security import read_access_token
 from petpal.platform.settings import Settings
 
@@ -174,13 +175,7 @@ def _storage(
         return MemoryStorage(), None
     # Our own pool, with the cache's short timeouts, so that a hung Redis
     # holds a request only briefly and the pool can be closed at shut-down.
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.cache_max_connections,
-        timeout=settings.cache_socket_timeout_seconds,
-        socket_connect_timeout=settings.cache_connect_timeout_seconds,
-        socket_timeout=settings.cache_socket_timeout_seconds,
-    )
+    pool = connection_pool(settings)
     storage = RedisStorage(
         # The scheme picks the storage class (redis, rediss, redis+unix); the
         # connection itself comes from the pool.

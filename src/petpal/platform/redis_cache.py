@@ -85,15 +85,29 @@ def _consume(future: asyncio.Future[Result]) -> None:
         future.exception()
 
 
-def connect(settings: Settings) -> redis.asyncio.Redis:
-    """A client with the cache's timeouts and retry rule, on a pool of its own."""
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
+def connection_pool(
+    settings: Settings, **options: object
+) -> redis.asyncio.BlockingConnectionPool:
+    """A pool of this process's own with the cache's short timeouts.
+
+    Shared by the cache, the timelines and the rate limiter, so that a hung
+    Redis holds any request only briefly. ``options`` go to each connection.
+    """
+    return redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.cache_max_connections,
         # Waiting for a free connection counts against the same budget.
         timeout=settings.cache_socket_timeout_seconds,
         socket_connect_timeout=settings.cache_connect_timeout_seconds,
         socket_timeout=settings.cache_socket_timeout_seconds,
+        **options,
+    )
+
+
+def connect(settings: Settings) -> redis.asyncio.Redis:
+    """A client with the cache's timeouts and retry rule, on a pool of its own."""
+    pool = connection_pool(
+        settings,
         # One retry, at once, and only for a connection that broke (Redis
         # restarted and the pooled socket is dead): the retry gets a new
         # one. A timeout is not retried; it would double the wait.
