@@ -31,7 +31,7 @@ from petpal.platform.errors import (
 from petpal.platform.jobs import refresh_outbox_gauges
 from petpal.platform.observability import RequestEdgeMiddleware, configure_logging
 from petpal.platform.ratelimit import AnonymousLimitMiddleware
-from petpal.platform.services import SERVICE_NAMES, Services
+from petpal.platform.services import SERVICE_NAMES, Services, import_task_modules
 from petpal.platform.settings import Settings, get_settings
 from petpal.platform.storage import ObjectNotFoundError
 
@@ -147,12 +147,13 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    for name in services:
+    names = tuple(services)
+    for name in names:
         module = importlib.import_module(f"petpal.{name}.api")
         app.include_router(
             module.router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES
         )
-        importlib.import_module(f"petpal.{name}.tasks")
+    import_task_modules(names)
     _add_operational_routes(app)
     _register_problem_schema(app)
     app.add_middleware(
