@@ -4,6 +4,7 @@
     python3 dev.py run     # install into .venv, migrate, seed once, serve :8000
     python3 dev.py test    # install into .venv, lint, type-check, run the suite
     python3 dev.py loadtest [--users N --duration S …]   # see --help
+    python3 dev.py bench   # docs/benchmarks.md from one run (needs wrk)
     python3 dev.py install # only create and fill .venv
 
 `test` runs the suite twice when PostgreSQL and Redis answer: embedded
@@ -305,6 +306,11 @@ def loadtest(argv: list[str]) -> None:
     sh(PY, "-m", "loadtest.run", *argv)
 
 
+def bench(argv: list[str]) -> None:
+    """Make docs/benchmarks.md (benchmarks/report.py); `bench --help` for options."""
+    sh(PY, "-m", "benchmarks.report", *argv)
+
+
 def install(_argv: list[str]) -> None:
     """Only create and fill .venv (ensure_venv has already run)."""
 
@@ -313,6 +319,7 @@ COMMANDS = {
     "run": run,
     "test": test,
     "loadtest": loadtest,
+    "bench": bench,
     "install": install,
     "lock": lock,
 }

@@ -80,7 +80,7 @@ def imaging_at(revision: str) -> ModuleType:
     """Load imaging.py as it was at ``revision``, beside the current one."""
     # The revision names an object of this repository for git to print; it
     # is never run.
-    source = subprocess.run(  # noqa: S603
+    source = subprocess.run(
         ["git", "show", f"{revision}:{IMAGING}"],  # noqa: S607
         cwd=ROOT,
         capture_output=True,

@@ -41,18 +41,27 @@ def migrate(data_dir: DataDir = None) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port; each runs its own jobs "
+            "unless a broker is set.",
+        ),
+    ] = 1,
     data_dir: DataDir = None,
 ) -> None:
     """Apply migrations, then serve the API and run the jobs in this process."""
     import uvicorn
 
-    from petpal.platform.app import create_app
     from petpal.platform.migrate import upgrade
 
     settings = _settings(data_dir)
     upgrade(settings)
     uvicorn.run(
-        create_app(settings),
+        "petpal.platform.app:create_server_app",
+        factory=True,
+        workers=workers,
         host=host,
         port=port,
         proxy_headers=False,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -140,7 +139,7 @@ async def media_views(
         list(keys), load, ttl=READY_TTL, missing_ttl=2.0
     )
     return {
-        keys[key]: MediaView.model_validate(orjson.loads(blob))
+        keys[key]: MediaView.model_validate_json(blob)
         for key, blob in found.items()
         if blob is not None
     }

@@ -153,6 +153,10 @@ def create_app(
         app.include_router(
             module.router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES
         )
+    if settings.benchmark_baselines:
+        from petpal.platform import baselines
+
+        app.include_router(baselines.router, prefix=API_PREFIX)
     import_task_modules(names)
     _add_operational_routes(app)
     _register_problem_schema(app)
@@ -166,6 +170,22 @@ def create_app(
     app.add_middleware(AnonymousLimitMiddleware)
     app.add_middleware(RequestEdgeMiddleware)
     return app
+
+
+def create_server_app() -> ASGIApp:
+    """What ``petpal serve`` runs: the app from the environment's settings.
+
+    A factory, so that each of uvicorn's worker processes makes its own; with
+    ``PETPAL_BENCHMARK_BASELINES`` on, the baseline paths answer in front of
+    the app's middleware (platform/baselines.py).
+    """
+    settings = get_settings()
+    app = create_app(settings)
+    if not settings.benchmark_baselines:
+        return app
+    from petpal.platform.baselines import with_baselines
+
+    return with_baselines(app)
 
 
 def _register_problem_schema(app: FastAPI) -> None:

@@ -14,8 +14,12 @@ from petpal.platform.ratelimit import client_ip, login_key
 from petpal.platform.security import AccessClaims, read_access_token
 from petpal.platform.services import Services
 
+# Every dependency here is ``async def``, though none of them awaits: FastAPI
+# runs a plain ``def`` dependency in a worker thread, which cost more CPU per
+# request than all of the rest of the authentication (docs/benchmarks.md).
 
-def get_services(request: Request) -> Services:
+
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -30,7 +34,7 @@ def _bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def optional_account(
+async def optional_account(
     request: Request, services: Annotated[Services, Depends(get_services)]
 ) -> AccessClaims | None:
     token = _bearer_token(request)
@@ -42,7 +46,7 @@ def optional_account(
     return claims
 
 
-def require_account(
+async def require_account(
     claims: Annotated[AccessClaims | None, Depends(optional_account)],
 ) -> AccessClaims:
     if claims is None:

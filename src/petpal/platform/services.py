@@ -48,6 +48,7 @@ class Services:
             settings.cache_default_ttl_seconds,
             bypass_after_error=settings.cache_bypass_after_error_seconds,
         )
+        cache.enabled = settings.cache_enabled
         services = cls(
             settings=settings,
             db=db,

@@ -164,6 +164,14 @@ class Settings(BaseSettings):
     # social/trending.py).
     trending_window_hours: int = 72
 
+    # The benchmark report's baselines (platform/baselines.py): extra routes
+    # that answer a constant, one Redis GET, one primary-key select. Off in
+    # every deployment; `python3 dev.py bench` turns it on for its server.
+    benchmark_baselines: bool = False
+    # The report's naive path: no cache at all (every read goes to the
+    # database, home feeds are not read from the timelines).
+    cache_enabled: bool = True
+
     @field_validator(
         "rate_limit_anonymous",
         "rate_limit_sign_up",

@@ -1,0 +1,464 @@
+"""docs/benchmarks.md from one run's results (benchmarks/report.py).
+
+Every target of issue 4 gets one row: the figure, the target, the ratio
+that makes the figure comparable across machines, a verdict, and for a miss
+what the run measured that limits it. Then the tables behind the rows and
+the raw outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmarks.drivers import Capacity, OpenLoop
+    from benchmarks.report import Endpoint, Options, Results
+
+
+@dataclass
+class Row:
+    what: str
+    target: str
+    measured: str
+    met: bool | None
+    limit: str = ""
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "not measured"}[met]
+
+
+def _num(value: float | None, spec: str = ",.0f", unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:{spec}}{unit}"
+
+
+def _cpu_limit(capacity: Capacity) -> str:
+    return (
+        f"the server used {capacity.server_cores:.2f} cores at "
+        f"{capacity.cpu_ms_per_request:.2f} ms of CPU per request "
+        f"(the machine, the load generator included: "
+        f"{capacity.machine_cores:.2f} cores)"
+    )
+
+
+def _p99(endpoint: Endpoint | None, level: float) -> float | None:
+    if endpoint is None or level not in endpoint.levels:
+        return None
+    return endpoint.levels[level].p99_ms
+
+
+def target_rows(results: Results) -> list[Row]:
+    e = results.endpoints
+    b0, b1 = e.get("B0"), e.get("B1")
+    rows: list[Row] = []
+
+    def throughput_row(
+        name: str, base: Endpoint | None, share: float, what: str
+    ) -> None:
+        mine = e.get(name)
+        if mine is None or base is None:
+            rows.append(
+                Row(what, f"≥ {share:.0%} of {base and base.name}", "n/a", None)
+            )
+            return
+        ratio = mine.capacity.per_second / base.capacity.per_second
+        rows.append(
+            Row(
+                what,
+                f"≥ {share:.2f} × {base.name}",
+                f"{mine.capacity.per_second:,.0f}/s = {ratio:.2f} × {base.name} "
+                f"({base.capacity.per_second:,.0f}/s)",
+                ratio >= share,
+                "" if ratio >= share else _cpu_limit(mine.capacity),
+            )
+        )
+
+    def p99_row(name: str, limit_ms: float) -> None:
+        p99 = _p99(e.get(name), 0.5)
+        endpoint = e.get(name)
+        rate = (
+            endpoint.levels[0.5].rate if endpoint and 0.5 in endpoint.levels else None
+        )
+        met = None if p99 is None else p99 <= limit_ms
+        rows.append(
+            Row(
+                f"{name}: p99 at 50% load",
+                f"≤ {limit_ms:g} ms",
+                f"{_num(p99, '.1f', ' ms')} at {_num(rate)}/s",
+                met,
+                "" if met or endpoint is None else _latency_limit(endpoint),
+            )
+        )
+
+    throughput_row("home feed", b1, 0.5, "home feed, warm: throughput")
+    p99_row("home feed", 10)
+    home = e.get("home feed")
+    queries = home.queries_per_request if home else None
+    rows.append(
+        Row(
+            "home feed, warm: database queries per request",
+            "≤ 0.01",
+            _num(queries, ".3f"),
+            None if queries is None else queries <= 0.01,
+        )
+    )
+    hits = home.cache_hit_ratio if home else None
+    rows.append(
+        Row(
+            "home feed, warm: cache hit ratio",
+            "≥ 99%",
+            _num(None if hits is None else hits * 100, ".2f", "%"),
+            None if hits is None else hits >= 0.99,
+        )
+    )
+    for name in ("post", "profile"):
+        throughput_row(name, b1, 0.8, f"{name} read, cached: throughput")
+        p99_row(name, 5)
+    throughput_row("full stack", b0, 0.65, "middleware: full-stack route throughput")
+    rows.append(_mix_row(results))
+    rows += _freshness_rows(results)
+    rows += _offline_rows(results)
+    rows.append(_two_workers_row(results))
+    return rows
+
+
+def _latency_limit(endpoint: Endpoint) -> str:
+    at = endpoint.levels.get(0.5)
+    if at is None:
+        return ""
+    late = at.result.get("driver_lateness_ms", {}).get("p99")
+    p50 = at.result.get("latency_ms", {}).get("p50")
+    cores = at.server_cpu_seconds / max(at.result.get("elapsed_seconds", 1), 1e-9)
+    return (
+        f"median {_num(p50, '.1f', ' ms')}; the server used {cores:.2f} cores; "
+        f"{endpoint.capacity.cpu_ms_per_request:.2f} ms CPU per request; "
+        f"the driver itself was up to {_num(late, '.1f', ' ms')} late (p99)"
+    )
+
+
+def _mix_row(results: Results) -> Row:
+    run = results.mix_open
+    if run is None:
+        return Row("whole user mix, both cores", "≥ 2,500/s, p99 ≤ 50 ms", "n/a", None)
+    achieved = float(run.result.get("achieved_per_second", 0.0))
+    met = achieved >= 0.98 * run.rate and run.p99_ms <= 50 and run.errors == 0
+    limit = ""
+    if not met and results.mix_two is not None:
+        limit = (
+            f"capacity of the mix with two server processes (closed loop): "
+            f"{results.mix_two.per_second:,.0f}/s; " + _cpu_limit(results.mix_two)
+        )
+    return Row(
+        "whole user mix, both cores",
+        "≥ 2,500/s with p99 ≤ 50 ms, no errors",
+        f"{achieved:,.0f}/s answered of {run.rate:,.0f}/s sent, p99 "
+        f"{run.p99_ms:,.1f} ms, {run.errors} errors",
+        met,
+        limit,
+    )
+
+
+def _freshness_rows(results: Results) -> list[Row]:
+    fresh = results.freshness
+    rows = []
+    accept = fresh.get("upload_server_p99_ms")
+    rows.append(
+        Row(
+            "photo upload: accepted, server time",
+            "p99 ≤ 50 ms",
+            _num(accept, ".1f", " ms"),
+            None if accept is None else accept <= 50,
+            fresh.get("upload_limit", ""),
+        )
+    )
+    ready = fresh.get("ready_p99_ms")
+    rows.append(
+        Row(
+            "photo upload: thumbnails ready",
+            "p99 ≤ 1 s",
+            _num(ready, ",.0f", " ms"),
+            None if ready is None else ready <= 1000,
+            fresh.get("ready_limit", ""),
+        )
+    )
+    visible = fresh.get("fanout_visible_p99_ms")
+    rows.append(
+        Row(
+            "fan-out: post visible in all active followers' feeds",
+            "p99 ≤ 1 s",
+            _num(visible, ",.0f", " ms"),
+            None if visible is None else visible <= 1000,
+            fresh.get("fanout_limit", ""),
+        )
+    )
+    return rows
+
+
+_PHOTO = re.compile(r"takes (\d+) ms of CPU at least and (\d+) ms in the median")
+_FANOUT = re.compile(r"fan-out \(Timelines\.add\)\s+\d+\s+[\d.]+\s+([\d,]+)")
+_FANOUT_RATIO = re.compile(r"fan-out / baseline: ([\d.]+)")
+
+
+def _offline_rows(results: Results) -> list[Row]:
+    rows = []
+    photo = _PHOTO.search(results.offline.get("photo processing", ""))
+    least = float(photo.group(1)) if photo else None
+    rows.append(
+        Row(
+            "photo processing, 12 MP, three sizes",
+            "≤ 100 ms of CPU",
+            "n/a"
+            if photo is None
+            else f"{photo.group(1)} ms least, {photo.group(2)} ms median round",
+            None if least is None else least <= 100,
+            "" if least is None or least <= 100 else "see the step table below",
+        )
+    )
+    text = results.offline.get("fan-out", "")
+    rate = _FANOUT.search(text)
+    ratio = _FANOUT_RATIO.search(text)
+    inserts = float(rate.group(1).replace(",", "")) if rate else None
+    rows.append(
+        Row(
+            "fan-out: timeline inserts per second",
+            "≥ 100,000/s",
+            "n/a"
+            if rate is None
+            else f"{rate.group(1)}/s = {ratio.group(1) if ratio else '?'} × "
+            "plain pipelined ZADD in the same run",
+            None if inserts is None else inserts >= 100_000,
+            ""
+            if inserts is None or inserts >= 100_000
+            else "the baseline (plain ZADDs into the same keys) is itself below the "
+            "target on this machine: see the fan-out output below",
+        )
+    )
+    return rows
+
+
+def _two_workers_row(results: Results) -> Row:
+    one, two = results.mix_one, results.mix_two
+    if one is None or two is None:
+        return Row("two server processes against one", "≥ 1.4 ×", "n/a", None)
+    ratio = two.per_second / one.per_second
+    home = results.endpoints.get("home feed")
+    home_ratio = (
+        results.home_two.per_second / home.capacity.per_second
+        if results.home_two is not None and home is not None
+        else math.nan
+    )
+    return Row(
+        "two server processes against one (user mix)",
+        "≥ 1.4 ×",
+        f"{ratio:.2f} × ({one.per_second:,.0f}/s → {two.per_second:,.0f}/s); "
+        f"home feed alone {home_ratio:.2f} ×",
+        ratio >= 1.4,
+        ""
+        if ratio >= 1.4
+        else f"with two processes {_cpu_limit(two)}; the machine has 2 cores and "
+        "wrk, the relay and the job worker share them",
+    )
+
+
+def _endpoint_table(endpoints: dict[str, Endpoint], base: Capacity | None) -> list[str]:
+    lines = [
+        "| endpoint | capacity /s | × B0 | CPU ms/request | errors | p50 @50% "
+        "| p99 @50% | p99 @80% | SQL/request |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, endpoint in endpoints.items():
+        cap = endpoint.capacity
+        ratio = cap.per_second / base.per_second if base else math.nan
+        half = endpoint.levels.get(0.5)
+        lines.append(
+            f"| {name} | {cap.per_second:,.0f} | {ratio:.2f} | "
+            f"{cap.cpu_ms_per_request:.2f} | {cap.errors} | "
+            f"{_level(half, 'p50')} | {_level(half, 'p99')} | "
+            f"{_level(endpoint.levels.get(0.8), 'p99')} | "
+            f"{_num(endpoint.queries_per_request, '.2f')} |"
+        )
+    return lines
+
+
+def _level(run: OpenLoop | None, point: str) -> str:
+    if run is None:
+        return "–"
+    value = run.result.get("latency_ms", {}).get(point)
+    errors = f" ({run.errors} err)" if run.errors else ""
+    return _num(value, ".1f", " ms") + errors
+
+
+def _open_loop_details(endpoints: dict[str, Endpoint]) -> list[str]:
+    lines = [
+        "| endpoint | load | rate /s | answered /s | p50 | p90 | p99 | p99.9 | max "
+        "| errors | driver late p99 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, endpoint in endpoints.items():
+        for level, run in endpoint.levels.items():
+            latency = run.result.get("latency_ms", {})
+            late = run.result.get("driver_lateness_ms", {}).get("p99")
+            lines.append(
+                f"| {name} | {level:.0%} | {run.rate:,.0f} | "
+                f"{run.result.get('achieved_per_second', 0):,.0f} | "
+                + " | ".join(
+                    _num(latency.get(p), ".1f")
+                    for p in ("p50", "p90", "p99", "p999", "max")
+                )
+                + f" | {run.errors} | {_num(late, '.1f')} |"
+            )
+    return lines
+
+
+def render(options: Options, results: Results, command: str) -> str:
+    from benchmarks.report import READERS, machine_description
+
+    rows = target_rows(results)
+    met = sum(1 for r in rows if r.met)
+    missed = [r for r in rows if r.met is False]
+    b0 = results.endpoints.get("B0")
+    out: list[str] = [
+        "# Benchmarks",
+        "",
+        f"Made by `{command}` on {results.started}, in {results.seconds / 60:.0f} "
+        "minutes, on this machine: " + machine_description() + ".",
+        f"Load average before {results.load_before[0]:.2f}, after "
+        f"{results.load_after[0]:.2f}. Data set: {options.users:,} accounts "
+        f"(`petpal seed --users {options.users}`), {results.dataset}.",
+        "",
+        "Every figure comes from this one run. Throughputs are closed-loop "
+        f"(wrk, one thread, 32 connections, {options.seconds:g} s after a 3 s "
+        "warm-up) and are also given as ratios to the baselines measured in the "
+        "same run: B0 (the same server answering a constant before any "
+        "middleware), B1 (B0 plus one Redis GET) and B2 (B0 plus one PostgreSQL "
+        "primary-key select). Latencies are open-loop "
+        f"(`benchmarks/openloop.py`, {options.open_seconds:g} s at a fixed "
+        "arrival rate of 50% and 80% of that endpoint's own capacity, each "
+        "latency counted from the time its request was due), never from a "
+        "saturation run. One server process unless a row says otherwise; the "
+        "load generator, PostgreSQL, Redis, RabbitMQ, the relay and a one-process "
+        "job worker share the same two cores.",
+        "",
+        f"## Targets: {met} of {len(rows)} met",
+        "",
+        "| what | target | measured | verdict |",
+        "| --- | --- | --- | --- |",
+    ]
+    out += [
+        f"| {r.what} | {r.target} | {r.measured} | {_verdict(r.met)} |" for r in rows
+    ]
+    if missed:
+        out += ["", "### What limits the missed targets", ""]
+        out += [f"- **{r.what}**: {r.limit or 'see the tables below'}" for r in missed]
+    out += [
+        "",
+        "## Endpoints, one server process",
+        "",
+        f"Each endpoint's requests cycle over {READERS} logged-in accounts (home "
+        "feeds, and the posts and profiles those feeds showed).",
+        "",
+        *_endpoint_table(results.endpoints, b0.capacity if b0 else None),
+        "",
+        "Open-loop runs in full (milliseconds):",
+        "",
+        *_open_loop_details(results.endpoints),
+    ]
+    if results.naive:
+        out += [
+            "",
+            "## The naive path: no cache, photos processed in the request",
+            "",
+            "The same server with `PETPAL_CACHE_ENABLED=false` and "
+            "`PETPAL_MEDIA_PROCESS_INLINE=true`.",
+            "",
+            *_naive_table(results),
+        ]
+    out += _mix_section(results)
+    out += _freshness_section(results)
+    for name, text in results.offline.items():
+        out += ["", f"## {name} (raw output)", "", "```", text.rstrip(), "```"]
+    out += [
+        "",
+        "## Reproducing",
+        "",
+        f"    {command}",
+        "",
+        "It needs wrk (Debian: `apt-get install wrk`) and PostgreSQL, Redis and "
+        "RabbitMQ at the test suite's addresses; it keeps the seeded database "
+        f"`petpal_bench_u{options.users}` for the next run (`--fresh` seeds "
+        "again). `python3 dev.py bench --help` lists the options.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _naive_table(results: Results) -> list[str]:
+    lines = [
+        "| endpoint | cached /s | naive /s | cached ÷ naive | naive p99 @50% "
+        "| naive SQL/request |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, naive in results.naive.items():
+        cached = results.endpoints.get(name)
+        fast = cached.capacity.per_second if cached else math.nan
+        lines.append(
+            f"| {name} | {fast:,.0f} | {naive.capacity.per_second:,.0f} | "
+            f"{fast / naive.capacity.per_second:.1f} × | "
+            f"{_level(naive.levels.get(0.5), 'p99')} | "
+            f"{_num(naive.queries_per_request, '.2f')} |"
+        )
+    return lines
+
+
+def _mix_section(results: Results) -> list[str]:
+    if results.mix_one is None:
+        return []
+    lines = [
+        "",
+        "## The user mix",
+        "",
+        "The load test's mix (`loadtest/mix.toml`) without uploads, as single "
+        "requests: feed pages and scrolls, posts with their comments, profiles "
+        "with their posts and pets, pets, trending, the public feed, hashtags, "
+        "Pet of the Day, likes and unlikes, comments, follows and unfollows.",
+        "",
+        "| run | requests /s | CPU ms/request | server cores | errors |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, run in (
+        ("capacity, one process", results.mix_one),
+        ("capacity, two processes", results.mix_two),
+    ):
+        if run is not None:
+            lines.append(
+                f"| {label} | {run.per_second:,.0f} | {run.cpu_ms_per_request:.2f} | "
+                f"{run.server_cores:.2f} | {run.errors} |"
+            )
+    if results.mix_open is not None:
+        latency = results.mix_open.result.get("latency_ms", {})
+        lines += [
+            "",
+            f"Open loop at {results.mix_open.rate:,.0f}/s, two processes: "
+            f"{results.mix_open.result.get('achieved_per_second', 0):,.0f}/s answered, "
+            f"p50 {_num(latency.get('p50'), '.1f')} ms, "
+            f"p99 {_num(latency.get('p99'), '.1f')} ms, "
+            f"max {_num(latency.get('max'), '.1f')} ms, "
+            f"statuses {results.mix_open.result.get('statuses')}.",
+        ]
+    return lines
+
+
+def _freshness_section(results: Results) -> list[str]:
+    text: Any = results.freshness.get("text")
+    naive: Any = results.naive_upload.get("text")
+    lines: list[str] = []
+    if text:
+        lines += ["", "## Uploads and fan-out, end to end", "", str(text)]
+    if naive:
+        lines += ["", "Uploads on the naive path:", "", str(naive)]
+    return lines
