@@ -213,6 +213,7 @@ async def measure(
     if not warm:
         await services.cache.clear()
         await services.timelines.clear()
+        await services.rankings.clear()
     before = {name: route_totals(route) for name, route in HOT_READS.items()}
     started = time.perf_counter()
     await workload(client, data, requests, seed_value=11)

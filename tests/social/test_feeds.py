@@ -167,12 +167,22 @@ async def test_signed_but_nonsensical_cursors_are_400(
     assert_problem(response, 400, "invalid_cursor")
 
 
-def test_trending_score_decays_with_age() -> None:
-    assert trending.trending_score(0, 0, 0) == pytest.approx(1 / 2**1.5)
-    assert trending.trending_score(10, 5, 0) == pytest.approx(21 / 2**1.5)
-    assert trending.trending_score(10, 0, 10) < trending.trending_score(10, 0, 1)
-    assert trending.trending_score(0, 1, 5) == trending.trending_score(2, 0, 5)
-    assert trending.trending_score(3, 0, -1) == trending.trending_score(3, 0, 0)
+def test_event_weights_halve_every_half_life_in_any_week() -> None:
+    week = 2900
+    start = week * trending.EPOCH_MINUTES  # in minutes since the Unix epoch
+    now = start + 3000
+    assert trending.decayed_weight(1, start, week) == 1.0
+    half_life_ago = now - trending.HALF_LIFE_MINUTES
+    assert trending.decayed_weight(2, half_life_ago, week) == pytest.approx(
+        trending.decayed_weight(1, now, week)
+    )
+    # Two events weigh in the same ratio whatever the week's epoch, so a
+    # ranking rebuilt for a new week keeps the order of the last one.
+    for epoch in (week - 1, week, week + 1):
+        ratio = trending.decayed_weight(1, now, epoch) / trending.decayed_weight(
+            1, now - 300, epoch
+        )
+        assert ratio == pytest.approx(2 ** (300 / trending.HALF_LIFE_MINUTES))
 
 
 async def test_trending_ranks_recent_engagement_first(
@@ -195,26 +205,30 @@ async def test_trending_ranks_recent_engagement_first(
     quiet = await a_post(client, authors[3], media[3], "new and quiet")
     liked = await a_post(client, authors[4], media[4], "new and liked")
 
-    await like(client, too_old, fans)
-    await like(client, old_famous, fans[:10])  # 11 / 32**1.5 ≈ 0.061
-    await client.post(  # (2 + 1) / 7**1.5 ≈ 0.162
-        f"/api/v1/posts/{discussed['id']}/comments",
-        headers=fans[0].headers,
-        json={"body": "wow"},
-    )
-    await like(client, liked, fans[:2])  # 3 / 2**1.5 ≈ 1.06; quiet: ≈ 0.35
+    # Each event weighs 2**(-hours ago / 12); its post's creation counts 1,
+    # a like 1, a comment 2.
+    await like(client, too_old, fans)  # liked now, but outside the window
+    with posting_at(monkeypatch, now - timedelta(hours=29)):
+        await like(client, old_famous, fans[:10])  # 0.18 + 10 × 0.19 ≈ 2.05
+    with posting_at(monkeypatch, now - timedelta(hours=4)):
+        await client.post(  # 0.75 + 2 × 0.79 ≈ 2.34
+            f"/api/v1/posts/{discussed['id']}/comments",
+            headers=fans[0].headers,
+            json={"body": "wow"},
+        )
+    await like(client, liked, fans[:2])  # 1 + 2 = 3; quiet: 1
 
     response = await client.get("/api/v1/feed/trending", headers=fans[0].headers)
     assert response.status_code == 200
     page = response.json()
     assert ids(page["items"]) == [
         liked["id"],
-        quiet["id"],
         discussed["id"],
         old_famous["id"],
+        quiet["id"],
     ]
     assert page["next_cursor"] is None
-    assert [p["liked_by_me"] for p in page["items"]] == [True, False, False, True]
+    assert [p["liked_by_me"] for p in page["items"]] == [True, False, True, False]
     anonymous = await client.get("/api/v1/feed/trending")
     assert {p["liked_by_me"] for p in anonymous.json()["items"]} == {None}
 

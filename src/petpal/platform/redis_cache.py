@@ -151,31 +151,22 @@ class RedisBackend:
         }
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
-        await self._sets.submit((key, value, _ms(ttl_seconds), None))
+        await self._sets.submit((key, value, milliseconds(ttl_seconds), None))
 
     async def set_if_unchanged(
         self, key: str, value: bytes, ttl_seconds: float, seen: bytes | None
     ) -> None:
         # b"" stands for "no value": a stored value is never empty here
         # (the cache stores serialized values and its own markers).
-        await self._sets.submit((key, value, _ms(ttl_seconds), seen or b""))
+        await self._sets.submit((key, value, milliseconds(ttl_seconds), seen or b""))
 
     async def delete(self, *keys: str) -> None:
         if keys:
-            await self._call(self._client.delete(*(self._key(k) for k in keys)))
+            await redis_call(self._client.delete(*(self._key(k) for k in keys)))
 
     async def clear(self) -> None:
-        """Delete the keys under this backend's prefix, a page at a time."""
-        pattern = _glob_escape(self._prefix) + "*"
-        cursor = 0
-        while True:
-            cursor, keys = await self._call(
-                self._client.scan(cursor, match=pattern, count=_SCAN_COUNT)
-            )
-            if keys:
-                await self._call(self._client.unlink(*keys))
-            if cursor == 0:
-                return
+        """Delete the keys under this backend's prefix."""
+        await unlink_under(self._client, self._prefix)
 
     async def close(self) -> None:
         await self._gets.wait_idle()
@@ -183,13 +174,13 @@ class RedisBackend:
         await self._client.aclose(close_connection_pool=True)
 
     async def ping(self) -> None:
-        await self._call(self._client.ping())
+        await redis_call(self._client.ping())
 
     async def _mget(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
             return []
         # Bytes, never str: the client is built without decode_responses.
-        values = await self._call(self._client.mget([self._key(k) for k in keys]))
+        values = await redis_call(self._client.mget([self._key(k) for k in keys]))
         return [value if isinstance(value, bytes) else None for value in values]
 
     async def _pipelined_set(
@@ -209,18 +200,35 @@ class RedisBackend:
                 results: list[object] = await pipe.execute()
                 return results
 
-        return await self._call(run())
-
-    @staticmethod
-    async def _call(operation: Awaitable[Result]) -> Result:
-        try:
-            return await operation
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise CacheBackendError(f"redis: {type(exc).__name__}: {exc}") from exc
+        return await redis_call(run())
 
 
-def _ms(seconds: float) -> int:
+async def redis_call(operation: Awaitable[Result]) -> Result:
+    """What ``operation`` returns; a Redis or socket error raises
+    ``CacheBackendError``, the only error the stores on Redis raise."""
+    try:
+        return await operation
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise CacheBackendError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+def milliseconds(seconds: float) -> int:
+    """A time to live in whole milliseconds, at least one."""
     return max(1, round(seconds * 1000))
+
+
+async def unlink_under(client: redis.asyncio.Redis, prefix: str) -> None:
+    """Delete every key that starts with ``prefix``, a page at a time."""
+    pattern = _glob_escape(prefix) + "*"
+    cursor = 0
+    while True:
+        cursor, keys = await redis_call(
+            client.scan(cursor, match=pattern, count=_SCAN_COUNT)
+        )
+        if keys:
+            await redis_call(client.unlink(*keys))
+        if cursor == 0:
+            return
 
 
 # KEYS[1]; ARGV: value, ttl in ms, what the caller's miss saw (empty: nothing).

@@ -18,20 +18,19 @@ does.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio
-import redis.exceptions
 
-from petpal.platform.cache import CacheBackendError
-from petpal.platform.redis_cache import connect
+from petpal.platform.redis_cache import (
+    connect,
+    milliseconds,
+    redis_call,
+    unlink_under,
+)
 from petpal.platform.settings import Settings
 from petpal.platform.timelines import KEY_PREFIX, TimelineContent, TimelineSlice
-
-T = TypeVar("T")
-
-_SCAN_COUNT = 1000
 
 # Below ``~``: the range that holds ids and no facts.
 _IDS_TOP = "(~"
@@ -175,8 +174,8 @@ class RedisTimelineBackend:
         if not keys:
             return []
         bound = _IDS_TOP if before is None else "(" + before
-        replies = await _call(
-            self._read(keys=self._keys(keys), args=[bound, count, _ms(ttl)])
+        replies = await redis_call(
+            self._read(keys=self._keys(keys), args=[bound, count, milliseconds(ttl)])
         )
         slices: list[TimelineSlice | None] = []
         for reply in replies:
@@ -195,7 +194,9 @@ class RedisTimelineBackend:
         return slices
 
     async def begin_build(self, key: str, token: str, ttl: float) -> None:
-        await _call(self._begin(keys=self._keys([key]), args=[token, _ms(ttl)]))
+        await redis_call(
+            self._begin(keys=self._keys([key]), args=[token, milliseconds(ttl)])
+        )
 
     async def finish_build(
         self, key: str, token: str, content: TimelineContent, cap: int, ttl: float
@@ -204,14 +205,14 @@ class RedisTimelineBackend:
         args: list[str | int] = [
             token,
             cap,
-            _ms(ttl),
+            milliseconds(ttl),
             1 if content.complete else 0,
             len(content.ids),
             oldest,
             *content.ids,
             *content.links,
         ]
-        stored = await _call(self._finish(keys=self._keys([key]), args=args))
+        stored = await redis_call(self._finish(keys=self._keys([key]), args=args))
         return bool(stored)
 
     async def add(
@@ -219,52 +220,30 @@ class RedisTimelineBackend:
     ) -> list[str]:
         if not keys:
             return []
-        positions = await _call(
+        positions = await redis_call(
             self._add(keys=self._keys(keys), args=[cap, len(ids), *ids, *links])
         )
         return [keys[int(p) - 1] for p in positions]
 
     async def remove(self, keys: Sequence[str], ids: Sequence[str]) -> None:
         if keys and ids:
-            await _call(self._remove(keys=self._keys(keys), args=list(ids)))
+            await redis_call(self._remove(keys=self._keys(keys), args=list(ids)))
 
     async def delete(self, keys: Sequence[str]) -> None:
         if keys:
-            await _call(self._client.delete(*self._keys(keys)))
+            await redis_call(self._client.delete(*self._keys(keys)))
 
     async def has_mark(self, key: str) -> bool:
-        return bool(await _call(self._client.exists(self._prefix + key)))
+        return bool(await redis_call(self._client.exists(self._prefix + key)))
 
     async def set_mark(self, key: str, ttl: float) -> None:
-        await _call(self._client.set(self._prefix + key, b"1", px=_ms(ttl)))
+        await redis_call(
+            self._client.set(self._prefix + key, b"1", px=milliseconds(ttl))
+        )
 
     async def clear(self) -> None:
         """Delete every timeline and mark under this backend's prefix."""
-        pattern = _glob_escape(self._prefix + KEY_PREFIX) + "*"
-        cursor = 0
-        while True:
-            cursor, keys = await _call(
-                self._client.scan(cursor, match=pattern, count=_SCAN_COUNT)
-            )
-            if keys:
-                await _call(self._client.unlink(*keys))
-            if cursor == 0:
-                return
+        await unlink_under(self._client, self._prefix + KEY_PREFIX)
 
     async def close(self) -> None:
         await self._client.aclose(close_connection_pool=True)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
-async def _call(operation: Awaitable[T]) -> T:
-    try:
-        return await operation
-    except (redis.exceptions.RedisError, OSError) as exc:
-        raise CacheBackendError(f"redis: {type(exc).__name__}: {exc}") from exc
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

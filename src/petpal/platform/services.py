@@ -8,8 +8,14 @@ from dataclasses import dataclass
 from petpal.platform.cache import Cache, CacheBackend, InProcessBackend
 from petpal.platform.db import Database
 from petpal.platform.jobs import EmbeddedRelay
+from petpal.platform.rankings import (
+    InProcessRankingBackend,
+    RankingBackend,
+    Rankings,
+)
 from petpal.platform.ratelimit import RateLimiter
 from petpal.platform.redis_cache import RedisBackend
+from petpal.platform.redis_rankings import RedisRankingBackend
 from petpal.platform.redis_timelines import RedisTimelineBackend
 from petpal.platform.settings import Settings
 from petpal.platform.storage import Storage
@@ -38,6 +44,7 @@ class Services:
     secret: str
     limiter: RateLimiter
     timelines: Timelines
+    rankings: Rankings
     relay: EmbeddedRelay | None = None
 
     @classmethod
@@ -62,6 +69,7 @@ class Services:
                 ttl_seconds=settings.timeline_ttl_seconds,
                 cache=cache,
             ),
+            rankings=Rankings(_ranking_backend(settings), cache=cache),
         )
         if settings.run_jobs_in_process and not settings.broker_url:
             services.relay = EmbeddedRelay(
@@ -83,6 +91,7 @@ class Services:
         if self.relay is not None:
             await self.relay.stop()
         await self.timelines.close()
+        await self.rankings.close()
         await self.cache.close()
         await self.limiter.close()
         await self.db.dispose()
@@ -98,3 +107,9 @@ def _timeline_backend(settings: Settings) -> TimelineBackend:
     if settings.redis_url:
         return RedisTimelineBackend.from_settings(settings)
     return InProcessTimelineBackend()
+
+
+def _ranking_backend(settings: Settings) -> RankingBackend:
+    if settings.redis_url:
+        return RedisRankingBackend.from_settings(settings)
+    return InProcessRankingBackend()

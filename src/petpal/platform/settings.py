@@ -3,9 +3,10 @@
 With nothing set, PetPal runs embedded: SQLite, the in-process cache and job
 runner, and media on local disk, all below ``PETPAL_DATA_DIR``. The URLs
 choose the distributed engines: ``PETPAL_DATABASE_URL`` (PostgreSQL through
-asyncpg), ``PETPAL_REDIS_URL`` (Redis as the cache, the home timelines and
-the rate-limit store) and ``PETPAL_BROKER_URL`` (RabbitMQ: jobs go to Celery
-workers instead of running in the serving process).
+asyncpg), ``PETPAL_REDIS_URL`` (Redis as the cache, the home timelines, the
+trending ranking and the rate-limit store) and ``PETPAL_BROKER_URL``
+(RabbitMQ: jobs go to Celery workers instead of running in the serving
+process).
 """
 
 from __future__ import annotations
@@ -160,8 +161,8 @@ class Settings(BaseSettings):
     # recent posts at read time.
     fanout_max_followers: int = Field(default=10_000, ge=0)
 
-    # Trending: how far back posts are considered (the decay is in
-    # social/trending.py).
+    # Trending: posts older than this leave the trending feed, and their
+    # likes and comments no longer count (the decay is in social/trending.py).
     trending_window_hours: int = 72
 
     # The benchmark report's baselines (platform/baselines.py): extra routes

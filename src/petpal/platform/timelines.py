@@ -39,13 +39,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import structlog
 
 from petpal.platform.cache import Cache, CacheBackendError
+from petpal.platform.store_calls import StoreCalls
 
-T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 # Every timeline name starts with this, under the cache key prefix in Redis.
@@ -53,9 +53,6 @@ KEY_PREFIX = "timeline:"
 # A build that has not stored its result after this long has died; its
 # placeholder then expires with it.
 BUILD_SECONDS = 60.0
-# Timelines owed a deletion, at most; past this all of them are deleted once
-# the backend answers again (see ``Timelines``).
-_MAX_OWED_DELETIONS = 100_000
 
 
 @dataclass(frozen=True)
@@ -262,18 +259,13 @@ class Timelines:
     """Timelines with the platform's rules on top of a backend.
 
     A backend failure raises ``CacheBackendError``: a reader then serves the
-    page from the database, a job retries. The backend is the cache's server,
-    so the two share one bypass: after either meets an error, both skip the
-    server for ``cache_bypass_after_error_seconds`` and a request waits for
-    at most one timeout.
+    page from the database, a job retries. The backend shares the cache's
+    bypass (see ``store_calls``).
 
-    A write that fails may have missed timelines that stay warm (the server
-    hung, or this process lost it for a moment), which would then lack a
-    post or still show an unfollowed account until the job's retry. So the
-    timelines a failed write named are owed a deletion, delivered before
-    this process uses the store again, or in the background if it does not:
-    they are rebuilt from the database at their next read. As with the
-    cache's owed invalidations, other processes rely on the retry.
+    A write that fails may have missed timelines that stay warm, which would
+    then lack a post or still show an unfollowed account until the job's
+    retry. So the timelines a failed write named are owed a deletion, and
+    rebuilt from the database at their next read.
     """
 
     def __init__(
@@ -282,18 +274,14 @@ class Timelines:
         self.backend = backend
         self.cap = cap
         self.ttl = ttl_seconds
-        self._cache = cache
+        self._calls = StoreCalls(backend, cache, store="timeline")
         self._builds: dict[str, asyncio.Task[TimelineContent]] = {}
-        self._owed: set[str] = set()
-        self._owe_everything = False
-        self._settling = asyncio.Lock()
-        self._settle_task: asyncio.Task[None] | None = None
 
     async def read(
         self, keys: Sequence[str], before: str | None, count: int
     ) -> list[TimelineSlice | None]:
         names = [KEY_PREFIX + k for k in keys]
-        return await self._call(
+        return await self._calls.call(
             "timeline_read", lambda: self.backend.read(names, before, count, self.ttl)
         )
 
@@ -325,7 +313,7 @@ class Timelines:
         name = KEY_PREFIX + key
         token = "~build:" + secrets.token_hex(8)
         try:
-            await self._call(
+            await self._calls.call(
                 "timeline_build",
                 lambda: self.backend.begin_build(name, token, BUILD_SECONDS),
             )
@@ -334,7 +322,7 @@ class Timelines:
         content = await load()
         # If the store fails now, this was served once; the next read builds.
         with contextlib.suppress(CacheBackendError):
-            await self._call(
+            await self._calls.call(
                 "timeline_build",
                 lambda: self.backend.finish_build(
                     name, token, content, self.cap, self.ttl
@@ -357,7 +345,7 @@ class Timelines:
         if not keys:
             return []
         names = [KEY_PREFIX + k for k in keys]
-        added = await self._call(
+        added = await self._calls.call(
             "timeline_add",
             lambda: self.backend.add(names, ids, links, self.cap),
             owe=names,
@@ -367,7 +355,7 @@ class Timelines:
     async def remove(self, keys: Sequence[str], ids: Sequence[str]) -> None:
         if keys and ids:
             names = [KEY_PREFIX + k for k in keys]
-            await self._call(
+            await self._calls.call(
                 "timeline_remove", lambda: self.backend.remove(names, ids), owe=names
             )
 
@@ -375,7 +363,7 @@ class Timelines:
         """Delete timelines (and builds in progress): the next read rebuilds."""
         if keys:
             names = [KEY_PREFIX + k for k in keys]
-            await self._call(
+            await self._calls.call(
                 "timeline_delete", lambda: self.backend.delete(names), owe=names
             )
 
@@ -385,17 +373,17 @@ class Timelines:
         For a job that failed part way: the timelines it may have missed
         are rebuilt rather than served without its change until it retries.
         """
-        self._owe(KEY_PREFIX + k for k in keys)
+        self._calls.owe(KEY_PREFIX + k for k in keys)
 
     async def has_mark(self, key: str) -> bool:
-        return await self._call(
+        return await self._calls.call(
             "timeline_mark", lambda: self.backend.has_mark(KEY_PREFIX + key)
         )
 
     async def set_mark(self, key: str) -> None:
         """Set a flag that lives as long as an unread timeline; ``forget``
         removes it."""
-        await self._call(
+        await self._calls.call(
             "timeline_mark", lambda: self.backend.set_mark(KEY_PREFIX + key, self.ttl)
         )
 
@@ -405,8 +393,7 @@ class Timelines:
             await asyncio.wait(list(self._builds.values()))
 
     async def clear(self) -> None:
-        self._owed.clear()
-        self._owe_everything = False
+        self._calls.forgive()
         await self.backend.clear()
 
     async def close(self, grace_seconds: float = 5.0) -> None:
@@ -415,67 +402,5 @@ class Timelines:
             _, late = await asyncio.wait(builds, timeout=grace_seconds)
             for task in late:
                 task.cancel()
-        if self._owed or self._owe_everything:
-            log.warning("timeline.deletions_undelivered", keys=len(self._owed))
-        if self._settle_task is not None:
-            self._settle_task.cancel()
-            await asyncio.gather(self._settle_task, return_exceptions=True)
+        await self._calls.close()
         await self.backend.close()
-
-    async def _call(
-        self,
-        operation: str,
-        call: Callable[[], Awaitable[T]],
-        *,
-        owe: Sequence[str] = (),
-    ) -> T:
-        if self._cache.bypassed or not await self._settle():
-            self._owe(owe)
-            raise CacheBackendError("bypassed after an error")
-        try:
-            return await call()
-        except CacheBackendError as exc:
-            self._cache.backend_failed(operation, exc)
-            self._owe(owe)
-            raise
-
-    def _owe(self, names: Iterable[str]) -> None:
-        self._owed.update(names)
-        if len(self._owed) > _MAX_OWED_DELETIONS:
-            self._owed.clear()
-            self._owe_everything = True
-        if (self._owed or self._owe_everything) and (
-            self._settle_task is None or self._settle_task.done()
-        ):
-            self._settle_task = asyncio.get_running_loop().create_task(
-                self._settle_later(), name="petpal-timeline-settle"
-            )
-
-    async def _settle_later(self) -> None:
-        """Deliver owed deletions even if this process uses the store no more."""
-        while self._owed or self._owe_everything:
-            await asyncio.sleep(0.1)
-            if not self._cache.bypassed:
-                await self._settle()
-
-    async def _settle(self) -> bool:
-        """Deliver the owed deletions first; False if the backend failed."""
-        if not (self._owed or self._owe_everything):
-            return True
-        async with self._settling:
-            if self._cache.bypassed:
-                return False  # the delivery we waited for failed
-            owed, everything = list(self._owed), self._owe_everything
-            try:
-                if everything:
-                    await self.backend.clear()
-                elif owed:
-                    await self.backend.delete(owed)
-            except CacheBackendError as exc:
-                self._cache.backend_failed("timeline_delete", exc)
-                return False
-            self._owed.difference_update(owed)
-            self._owe_everything = self._owe_everything and not everything
-            if owed or everything:
-                log.info("timeline.deletions_delivered", keys=len(owed))
-        return True

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from petpal.media.imaging import ImageLimits
 from petpal.platform.cache import CacheBackendError
 from petpal.platform.redis_cache import RedisBackend
+from petpal.platform.redis_rankings import RedisRankingBackend
 from petpal.platform.security import hash_password
 from petpal.platform.settings import Settings
 from petpal.platform.storage import Storage
@@ -143,6 +144,7 @@ async def seed_scale(
     finally:
         await loader.close()
     await _forget_cached_names(settings, users)
+    await _forget_rankings(settings)
     finished = time.perf_counter()
     return _report(
         settings,
@@ -223,6 +225,25 @@ async def _forget_cached_names(settings: Settings, users: int) -> None:
             await backend.delete(*(f"username:user_{i}" for i in range(start, stop)))
     except CacheBackendError:
         pass  # the keys expire on their own within ten minutes
+    finally:
+        await backend.close()
+
+
+async def _forget_rankings(settings: Settings) -> None:
+    """Delete trending's rankings from a Redis kept across data sets.
+
+    The bulk load bypasses the writes that keep them up to date, so a ranking
+    kept would miss every post loaded here until its week ended; deleted, it
+    is rebuilt from the rows at the next read. (In process, rankings live and
+    die with the server.)
+    """
+    if not settings.redis_url:
+        return
+    backend = RedisRankingBackend.from_settings(settings)
+    try:
+        await backend.clear()
+    except CacheBackendError:
+        pass  # trending then misses the new posts until the ranking's week ends
     finally:
         await backend.close()
 

@@ -54,7 +54,7 @@ from petpal.platform.text import (
     extract_hashtags,
     extract_mentions,
 )
-from petpal.social import home
+from petpal.social import home, trending
 from petpal.social.models import (
     TAG_MAX_LENGTH,
     AccountStats,
@@ -343,6 +343,7 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
     found = await ids_for_usernames(services, names)
     mentioned = [found[name] for name in names if name in found]
     post_id = new_id()
+    created_at = utcnow()
     try:
         async with services.db.write_session() as session:
             await require_ready_media(session, data.media_ids, author_id)
@@ -355,7 +356,7 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
                     caption=data.caption,
                     like_count=0,
                     comment_count=0,
-                    created_at=utcnow(),
+                    created_at=created_at,
                 )
             )
             await session.flush()
@@ -393,6 +394,9 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
         _counts_key(author_id), post_key(post_id), counts_key(post_id)
     )
     await home.deliver_to_author(services, author_id, post_id)
+    await trending.record_event(
+        services, post_id, author_id, trending.POST_WEIGHT, created_at
+    )
     return post_id
 
 
@@ -417,6 +421,8 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
     await services.cache.invalidate(
         post_key(post_id), _counts_key(author_id), counts_key(post_id)
     )
+    if removed:
+        await trending.remove_post(services, post_id, author_id)
 
 
 async def get_post(services: Services, post_id: str, viewer_id: str | None) -> PostView:
@@ -437,13 +443,14 @@ async def get_post(services: Services, post_id: str, viewer_id: str | None) -> P
 
 async def do_like(services: Services, post_id: str, account_id: str) -> LikeState:
     _require_id(post_id, "the post")
+    liked_at = utcnow()
     try:
         async with services.db.write_session() as session:
-            await _require_post(session, post_id)
+            author_id = await _require_post(session, post_id)
             inserted = await _insert_if_absent(
                 session,
                 Like,
-                {"post_id": post_id, "account_id": account_id, "created_at": utcnow()},
+                {"post_id": post_id, "account_id": account_id, "created_at": liked_at},
             )
             count = await _add_likes(session, post_id, 1 if inserted else 0)
     except IntegrityError as exc:
@@ -453,6 +460,9 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
         await services.cache.invalidate(
             counts_key(post_id), liked_key(account_id, post_id)
         )
+        await trending.record_event(
+            services, post_id, author_id, trending.LIKE_WEIGHT, liked_at
+        )
         await _rewarm(services, post_id, account_id)
     return LikeState(liked=True, like_count=count)
 
@@ -460,16 +470,22 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
 async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeState:
     _require_id(post_id, "the post")
     async with services.db.write_session() as session:
-        await _require_post(session, post_id)
-        result = await session.execute(
-            delete(Like).where(Like.post_id == post_id, Like.account_id == account_id)
+        author_id = await _require_post(session, post_id)
+        # The like's time comes back with its deletion: trending takes back
+        # exactly what the like added.
+        liked_at = await session.scalar(
+            delete(Like)
+            .where(Like.post_id == post_id, Like.account_id == account_id)
+            .returning(Like.created_at)
         )
-        removed = _rowcount(result) == 1
-        count = await _add_likes(session, post_id, -1 if removed else 0)
-    if removed:
+        count = await _add_likes(session, post_id, 0 if liked_at is None else -1)
+    if liked_at is not None:
         SOCIAL_WRITES.labels("unlike").inc()
         await services.cache.invalidate(
             counts_key(post_id), liked_key(account_id, post_id)
+        )
+        await trending.record_event(
+            services, post_id, author_id, trending.LIKE_WEIGHT, liked_at, undone=True
         )
         await _rewarm(services, post_id, account_id)
     return LikeState(liked=False, like_count=count)
@@ -531,7 +547,7 @@ async def do_comment(
     )
     try:
         async with services.db.write_session() as session:
-            await _require_post(session, post_id)
+            post_author = await _require_post(session, post_id)
             session.add(comment)
             await session.flush()
             await session.execute(
@@ -543,6 +559,9 @@ async def do_comment(
         raise NotFoundError("the post") from exc  # deleted while we commented
     SOCIAL_WRITES.labels("comment").inc()
     await services.cache.invalidate(counts_key(post_id))
+    await trending.record_event(
+        services, post_id, post_author, trending.COMMENT_WEIGHT, comment.created_at
+    )
     await _rewarm(services, post_id)
     views = await _comment_views(services, [comment])
     if not views:
@@ -558,7 +577,12 @@ async def do_delete_comment(
     async with services.db.write_session() as session:
         found = (
             await session.execute(
-                select(Comment.post_id, Comment.author_id, Post.author_id)
+                select(
+                    Comment.post_id,
+                    Comment.author_id,
+                    Post.author_id,
+                    Comment.created_at,
+                )
                 .join(Post, Post.id == Comment.post_id)
                 .where(Comment.id == comment_id)
                 .with_for_update(of=Comment)
@@ -566,7 +590,7 @@ async def do_delete_comment(
         ).one_or_none()
         if found is None:
             raise NotFoundError("the comment")
-        post_id, comment_author, post_author = found
+        post_id, comment_author, post_author, commented_at = found
         if account_id not in (comment_author, post_author):
             raise ForbiddenError(
                 "only the comment's author or the post's author may delete it"
@@ -582,6 +606,14 @@ async def do_delete_comment(
     if removed:
         SOCIAL_WRITES.labels("delete_comment").inc()
         await services.cache.invalidate(counts_key(post_id))
+        await trending.record_event(
+            services,
+            post_id,
+            post_author,
+            trending.COMMENT_WEIGHT,
+            commented_at,
+            undone=True,
+        )
         await _rewarm(services, post_id)
 
 
