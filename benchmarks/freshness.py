@@ -28,6 +28,12 @@ of ``petpal seed --users N``, whose accounts ``user_0`` … share one password:
     .venv/bin/python benchmarks/freshness.py --url http://127.0.0.1:8000 \\
         [--redis-url redis://… --key-prefix petpal:] [--only uploads|fanout] …
 
+From Python (the benchmark report), ``await measure_uploads(url, …)``
+returns an ``UploadResult`` and ``await measure_fanout(url, redis_url=…,
+key_prefix=…)`` a ``FanoutResult``: numbers in plain fields, ``describe()``
+(what was measured and how, a paragraph) and ``markdown()`` (a table with
+the targets).
+
 The Redis URL, key prefix and secret key default to ``PETPAL_REDIS_URL``,
 ``PETPAL_CACHE_KEY_PREFIX`` and ``PETPAL_SECRET_KEY``, so the stack's own
 environment is enough. With the secret key, followers' access tokens are
@@ -45,6 +51,7 @@ import argparse
 import asyncio
 import math
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -297,6 +304,7 @@ class UploadResult:
     poll_interval_seconds: float
     warmup: int  # uploads before the measured ones, one at a time
     job_mean_ms: float | None  # the media job's own time (worker metrics)
+    load_average: float  # of the machine, over the last minute of the run
     failures: int
     failure_examples: list[str] = field(default_factory=list)
 
@@ -336,7 +344,10 @@ class UploadResult:
                     "(the worker's histogram)"
                 )
             text += "."
-        text += f" {self.failures} failed."
+        text += (
+            f" {self.failures} failed. Load average at the end: "
+            f"{self.load_average:.1f} on {os.cpu_count()} cores."
+        )
         if self.failure_examples:
             text += " For example: " + "; ".join(self.failure_examples[:3])
         return text
@@ -377,10 +388,12 @@ class FanoutResult:
     interval_seconds: float
     pairs: int  # (post, active follower)
     visible: Latency  # from the 201 until the id was in the timeline
+    last_follower: Latency  # per post: from the 201 until every timeline had it
     unseen: int  # pairs not seen within the time allowed (infinite above)
     inserts_per_second: float  # pairs seen / the time from each 201 to its last
     poll_round: Latency  # one pipelined ZSCORE round over the timelines
     job_mean_ms: float | None  # the fan-out job's own time (worker metrics)
+    load_average: float  # of the machine, over the last minute of the run
     failures: int
     failure_examples: list[str] = field(default_factory=list)
 
@@ -406,7 +419,9 @@ class FanoutResult:
             f"{_ms(self.poll_round.p50_ms)}, at most {_ms(self.poll_round.max_ms)}; "
             f"a pair counts when its round ended). {self.unseen} pairs never "
             f"seen; {self.inserts_per_second:,.0f} timeline inserts a second "
-            f"from the 201 to the last follower{job}. {self.failures} failed."
+            f"from the 201 to the last follower{job}. {self.failures} failed. "
+            f"Load average at the end: {self.load_average:.1f} on "
+            f"{os.cpu_count()} cores."
         )
         if self.failure_examples:
             text += " For example: " + "; ".join(self.failure_examples[:3])
@@ -421,6 +436,7 @@ class FanoutResult:
                     self.visible,
                     VISIBLE_TARGET_MS,
                 ),
+                _row("post in every follower's timeline", self.last_follower, None),
             ]
         )
 
@@ -563,6 +579,7 @@ async def measure_uploads(
             )
         )
         after = await _metrics("/metrics", client)
+        load_average = os.getloadavg()[0]
         job_mean_ms = None
         if worker_metrics_url and worker_before is not None:
             queued = sum(
@@ -597,6 +614,7 @@ async def measure_uploads(
         poll_interval_seconds=poll_interval,
         warmup=min(warmup, len(tokens)),
         job_mean_ms=job_mean_ms,
+        load_average=load_average,
         failures=len(failures),
         failure_examples=sorted(set(failures))[:5],
     )
@@ -788,6 +806,7 @@ async def measure_fanout(
                     for n in range(posts)
                 )
             )
+            load_average = os.getloadavg()[0]
             job_mean_ms = None
             if worker_metrics_url and before is not None:
                 job_mean_ms = await _job_mean_ms(
@@ -808,10 +827,14 @@ async def measure_fanout(
         interval_seconds=interval,
         pairs=len(seen),
         visible=Latency.of(seen),
+        last_follower=Latency.of(
+            [max(w.delays) for w in watched if w.failure is None and w.delays]
+        ),
         unseen=sum(w.unseen for w in watched),
         inserts_per_second=delivered / spans if spans > 0 else math.nan,
         poll_round=Latency.of([r for w in watched for r in w.rounds]),
         job_mean_ms=job_mean_ms,
+        load_average=load_average,
         failures=len(failures),
         failure_examples=sorted(set(failures))[:5],
     )
@@ -931,49 +954,75 @@ async def _post_and_watch(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     add = parser.add_argument
     add("--url", required=True, help="the API server, e.g. http://127.0.0.1:8000")
     add("--only", choices=("uploads", "fanout"), help="measure one part only")
-    add("--password", default=DEFAULT_PASSWORD, help="of the seeded accounts")
+    add(
+        "--password",
+        default=DEFAULT_PASSWORD,
+        help="of the seeded accounts (default %(default)s)",
+    )
     add(
         "--worker-metrics",
         help="the worker's /metrics URL, to report the jobs' own time too",
     )
     uploads = parser.add_argument_group("uploads")
-    uploads.add_argument("--rate", type=float, default=4.0, help="uploads a second")
-    uploads.add_argument("--duration", type=float, default=30.0, help="seconds")
+    uploads.add_argument(
+        "--rate", type=float, default=4.0, help="uploads a second (default %(default)g)"
+    )
+    uploads.add_argument(
+        "--duration",
+        type=float,
+        default=30.0,
+        help="seconds of uploads (default %(default)g)",
+    )
     uploads.add_argument(
         "--uploaders",
         default=",".join(DEFAULT_UPLOADERS),
-        help="comma-separated accounts that upload, round robin",
+        help="comma-separated accounts that upload, round robin (default %(default)s)",
     )
     uploads.add_argument("--photo", type=Path, help="instead of the 12 MP JPEG")
-    uploads.add_argument("--media-poll-ms", type=float, default=20.0)
     uploads.add_argument(
-        "--warmup", type=int, default=4, help="unmeasured uploads first"
+        "--media-poll-ms",
+        type=float,
+        default=20.0,
+        help="GET /media/{id} of each upload this often until it is ready "
+        "(default %(default)g)",
+    )
+    uploads.add_argument(
+        "--warmup",
+        type=int,
+        default=4,
+        help="unmeasured uploads first (default %(default)s)",
     )
     fanout = parser.add_argument_group("fan-out")
     fanout.add_argument(
         "--redis-url",
         default=os.environ.get("PETPAL_REDIS_URL"),
-        help="the stack's Redis (default $PETPAL_REDIS_URL)",
+        help="the stack's Redis (default: $PETPAL_REDIS_URL)",
     )
     fanout.add_argument(
         "--key-prefix",
         default=os.environ.get("PETPAL_CACHE_KEY_PREFIX", "petpal:"),
-        help="the stack's PETPAL_CACHE_KEY_PREFIX (default: that variable)",
+        help="the stack's PETPAL_CACHE_KEY_PREFIX (default: that variable, "
+        "else petpal:)",
     )
     fanout.add_argument(
         "--secret-key-env",
         default="PETPAL_SECRET_KEY",
-        help="the variable holding the stack's secret key, to sign followers' "
-        "tokens instead of logging each in (default PETPAL_SECRET_KEY; "
-        "unset: log in)",
+        help="the variable that holds the stack's secret key, to sign "
+        "followers' tokens instead of logging each in (default "
+        "%(default)s; unset: log in)",
     )
     fanout.add_argument("--author", help="default: the most followed user_0 … user_49")
-    fanout.add_argument("--max-followers", type=int, default=DEFAULT_MAX_FOLLOWERS)
+    fanout.add_argument(
+        "--max-followers",
+        type=int,
+        default=DEFAULT_MAX_FOLLOWERS,
+        help="the author's most, under the fan-out threshold (default %(default)s)",
+    )
     fanout.add_argument(
         "--min-followers",
         type=int,
@@ -982,9 +1031,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "until it has this many (needs --accounts; changes the data set)",
     )
     fanout.add_argument("--accounts", type=int, help="N of `petpal seed --users N`")
-    fanout.add_argument("--posts", type=int, default=10)
-    fanout.add_argument("--interval", type=float, default=3.0, help="between posts")
-    fanout.add_argument("--redis-poll-ms", type=float, default=10.0)
+    fanout.add_argument(
+        "--posts", type=int, default=10, help="posts made (default %(default)s)"
+    )
+    fanout.add_argument(
+        "--interval",
+        type=float,
+        default=3.0,
+        help="seconds between posts (default %(default)g)",
+    )
+    fanout.add_argument(
+        "--redis-poll-ms",
+        type=float,
+        default=10.0,
+        help="a round of ZSCOREs over the timelines starts this often "
+        "(default %(default)g)",
+    )
     options = parser.parse_args(argv)
     if options.only != "uploads" and not options.redis_url:
         parser.error("the fan-out part needs --redis-url (or $PETPAL_REDIS_URL)")
@@ -1033,6 +1095,7 @@ async def run(options: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    print("$", shlex.join([".venv/bin/python", *sys.argv]), flush=True)
     try:
         return asyncio.run(run(options))
     except (FreshnessError, httpx.HTTPError, OSError) as exc:
