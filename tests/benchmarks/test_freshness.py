@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from freshness import (
+from benchmarks.freshness import (
     Buckets,
     Latency,
     ServerTime,
