@@ -7,8 +7,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from PIL import Image
+from sqlalchemy import select
 
+from petpal.media.service import PROCESS_JOB
 from petpal.platform.app import create_app
+from petpal.platform.jobs import OutboxJob
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings
 from tests.factories import a_user, an_uploaded_photo, assert_problem, drain_jobs
@@ -197,3 +200,39 @@ async def test_only_processed_files_are_served(
 ) -> None:
     response = await client.get(f"/media-files/{path}")
     assert response.status_code == 404
+
+
+async def test_inline_processing_answers_with_the_photo_ready(
+    settings: Settings,
+) -> None:
+    # The benchmark baseline: the request does the media job's work itself.
+    inline = settings.model_copy(update={"media_process_inline": True})
+    app: FastAPI = create_app(inline)
+    async with app.router.lifespan_context(app):
+        services: Services = app.state.services
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            user = await a_user(c)
+            data = (CAMERA / "apple_iphone5_ori3_gps.jpg").read_bytes()
+            accepted = await upload_bytes(c, user.headers, data)
+            assert accepted.status_code == 202, accepted.text
+            media = accepted.json()
+            assert media["status"] == "ready"
+            assert {v["name"] for v in media["variants"]} == {
+                "small",
+                "medium",
+                "large",
+            }
+            assert media["blurhash"]
+            fetched = await c.get(accepted.headers["location"], headers=user.headers)
+            assert fetched.json() == media
+            # No job was queued: nothing is left for a worker to do.
+            async with services.db.read_session() as session:
+                jobs = await session.scalars(
+                    select(OutboxJob.kind).where(OutboxJob.kind == PROCESS_JOB)
+                )
+                assert jobs.all() == []
+            broken = (EDGE / "truncated_real_photo.jpg").read_bytes()
+            failed = (await upload_bytes(c, user.headers, broken)).json()
+            assert failed["status"] == "failed"
+            assert "truncated" in failed["failure_reason"]

@@ -2,21 +2,35 @@
 
 The upload request only streams bytes to storage, checks the header, records
 the media as ``processing`` and queues the job; decoding happens in
-:mod:`petpal.media.tasks`. Public functions for other services:
-``require_ready_media``, ``display_urls`` and ``media_views``.
+``do_process``, which the ``media.process`` job (:mod:`petpal.media.tasks`)
+runs. Public functions for other services: ``require_ready_media``,
+``display_urls`` and ``media_views``.
+
+``settings.media_process_inline`` is a benchmark baseline only: the upload
+request then runs ``do_process`` itself before answering.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+import structlog
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
-from petpal.media.imaging import ImageLimits, ImageRejected, inspect_header
-from petpal.media.models import PROCESSING, READY, Media
+from petpal.media.imaging import (
+    ImageFailed,
+    ImageLimits,
+    ImageRejected,
+    inspect_header,
+    process_image,
+)
+from petpal.media.models import FAILED, PROCESSING, READY, Media
 from petpal.media.schemas import MediaView, VariantView
 from petpal.media.upload import receive_file
 from petpal.platform.db import utcnow
@@ -24,6 +38,8 @@ from petpal.platform.errors import InvalidInputError, NotFoundError, ProblemErro
 from petpal.platform.ids import is_valid_id, new_id
 from petpal.platform.jobs import enqueue
 from petpal.platform.services import Services
+
+log = structlog.get_logger(__name__)
 
 PROCESS_JOB = "media.process"
 DISPLAY_VARIANT = "medium"
@@ -69,10 +85,87 @@ async def do_upload(services: Services, owner_id: str, request: Request) -> Medi
         variants=[],
         created_at=utcnow(),
     )
+    inline = services.settings.media_process_inline
     async with services.db.write_session() as session:
         session.add(media)
-        enqueue(session, PROCESS_JOB, {"media_id": media_id})
-    return media
+        if not inline:
+            enqueue(session, PROCESS_JOB, {"media_id": media_id})
+    if not inline:
+        return media
+    await do_process(services, media_id)
+    async with services.db.read_session() as session:
+        processed = await session.get(Media, media_id)
+    # Deleted meanwhile only if its owner was: nothing newer to show then.
+    return processed or media
+
+
+async def do_process(services: Services, media_id: str) -> None:
+    """Decode an upload, store its variants and record it ``ready`` (or
+    ``failed``, with a reason); the raw upload is deleted either way.
+
+    Idempotent: media no longer ``processing`` is left as it is, and the
+    variants' keys depend only on the media id and the variant, so a second
+    run overwrites instead of adding a second set.
+    """
+    async with services.db.read_session() as session:
+        media = await session.get(Media, media_id)
+    if media is None or media.status != PROCESSING or media.incoming_key is None:
+        return  # already done by an earlier delivery, or deleted
+    incoming_key = media.incoming_key
+
+    with tempfile.TemporaryDirectory(dir=_tmp_dir(services)) as workdir:
+        source = Path(workdir) / "source"
+        await services.storage.download_to(incoming_key, source)
+        try:
+            result = await asyncio.to_thread(
+                process_image, source, image_limits(services)
+            )
+        except ImageFailed as exc:
+            await _finish(services, media_id, status=FAILED, failure_reason=exc.reason)
+            await services.storage.delete(incoming_key)
+            log.info("media.failed", media_id=media_id, reason=exc.reason)
+            return
+
+    variants = []
+    for variant in result.variants:
+        key = f"media/{media_id}/{variant.name}.{variant.extension}"
+        await services.storage.put(key, variant.data, variant.content_type)
+        variants.append(
+            {
+                "name": variant.name,
+                "key": key,
+                "width": variant.width,
+                "height": variant.height,
+                "content_type": variant.content_type,
+            }
+        )
+    await _finish(
+        services,
+        media_id,
+        status=READY,
+        width=result.width,
+        height=result.height,
+        animated=result.animated,
+        blurhash=result.blurhash,
+        variants=variants,
+    )
+    await services.storage.delete(incoming_key)
+
+
+def _tmp_dir(services: Services) -> Path:
+    path = services.settings.data_dir / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def _finish(services: Services, media_id: str, **values: Any) -> None:
+    async with services.db.write_session() as session:
+        await session.execute(
+            update(Media)
+            .where(Media.id == media_id, Media.status == PROCESSING)
+            .values(incoming_key=None, processed_at=utcnow(), **values)
+        )
+    await services.cache.invalidate(media_key(media_id))
 
 
 def to_view(services: Services, media: Media) -> MediaView:

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = 64 * 1024
     max_upload_bytes: int = 25 * 1024 * 1024
     max_upload_pixels: int = 50_000_000
+    # A benchmark baseline, never for production: the upload request decodes
+    # the photo and stores its variants itself before answering (still 202,
+    # with the media ready or failed) instead of queueing the media job.
+    # benchmarks/freshness.py measures the accept latency both ways.
+    media_process_inline: bool = False
 
     # Embedded job runner: worker threads and how often the relay polls the
     # outbox when nothing woke it (a commit that writes a job wakes it at once).
