@@ -171,7 +171,7 @@ def _freshness_rows(results: Results) -> list[Row]:
         Row(
             "photo upload: accepted, server time",
             "p99 ≤ 50 ms",
-            _num(accept, ".1f", " ms"),
+            fresh.get("upload_measured", "n/a"),
             None if accept is None else accept <= 50,
             fresh.get("upload_limit", ""),
         )
@@ -181,7 +181,7 @@ def _freshness_rows(results: Results) -> list[Row]:
         Row(
             "photo upload: thumbnails ready",
             "p99 ≤ 1 s",
-            _num(ready, ",.0f", " ms"),
+            fresh.get("ready_measured", "n/a"),
             None if ready is None else ready <= 1000,
             fresh.get("ready_limit", ""),
         )
@@ -191,7 +191,7 @@ def _freshness_rows(results: Results) -> list[Row]:
         Row(
             "fan-out: post visible in all active followers' feeds",
             "p99 ≤ 1 s",
-            _num(visible, ",.0f", " ms"),
+            fresh.get("fanout_measured", "n/a"),
             None if visible is None else visible <= 1000,
             fresh.get("fanout_limit", ""),
         )

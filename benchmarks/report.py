@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
 import random
@@ -201,6 +202,7 @@ class Stack:
     server: subprocess.Popen[bytes]
     helpers: list[subprocess.Popen[bytes]]
     workers: int
+    worker_metrics_url: str | None = None
 
     @property
     def server_pids(self) -> list[int]:
@@ -254,6 +256,7 @@ def stack(
             str(workers),
         )
         helpers = []
+        worker_port = _free_port()
         if jobs:
             helpers.append(start("relay", "--metrics-port", "0"))
             helpers.append(
@@ -264,10 +267,16 @@ def stack(
                     "--concurrency",
                     "1",
                     "--metrics-port",
-                    "0",
+                    str(worker_port),
                 )
             )
-        result = Stack(f"http://127.0.0.1:{port}", server, helpers, workers)
+        result = Stack(
+            f"http://127.0.0.1:{port}",
+            server,
+            helpers,
+            workers,
+            f"http://127.0.0.1:{worker_port}/metrics" if jobs else None,
+        )
         _wait_until_ready(_ServerView(server, result.url), logs / "server.log")
         yield result
     finally:
@@ -643,13 +652,77 @@ def measure_all(
 def measure_freshness(
     stack_: Stack, env: dict[str, str], options: Options
 ) -> dict[str, Any]:
-    return {}
+    """Uploads (accepted, then ready) and fan-out (a post in every active
+    follower's timeline), by benchmarks/freshness.py against the stack."""
+    from benchmarks import freshness
+
+    print("  uploads: 4 a second, open loop …", flush=True)
+    uploads = asyncio.run(
+        freshness.measure_uploads(
+            stack_.url,
+            rate=4.0,
+            duration=2 * options.open_seconds,
+            worker_metrics_url=stack_.worker_metrics_url,
+        )
+    )
+    print("  fan-out: posts by the most followed author under the threshold …")
+    fanout = asyncio.run(
+        freshness.measure_fanout(
+            stack_.url,
+            redis_url=env["PETPAL_REDIS_URL"],
+            key_prefix=env["PETPAL_CACHE_KEY_PREFIX"],
+            secret_key=env["PETPAL_SECRET_KEY"],
+            posts=10,
+            interval=2.0,
+            worker_metrics_url=stack_.worker_metrics_url,
+        )
+    )
+    server = uploads.server
+    return {
+        "upload_server_p99_ms": server.p99_at_most_ms,
+        "upload_measured": f"p99 ≤ {server.p99_at_most_ms:,.0f} ms (a histogram "
+        f"bucket's bound), mean {server.mean_ms:,.1f} ms, "
+        f"{server.share_within_target:.1%} within 50 ms",
+        "ready_p99_ms": uploads.ready.p99_ms,
+        "ready_measured": f"p99 {uploads.ready.p99_ms:,.0f} ms, p50 "
+        f"{uploads.ready.p50_ms:,.0f} ms, at 4 uploads a second",
+        "fanout_visible_p99_ms": fanout.visible.p99_ms,
+        "fanout_measured": f"p99 {fanout.visible.p99_ms:,.0f} ms over "
+        f"{fanout.pairs:,} (post, follower) pairs; {fanout.author} with "
+        f"{fanout.followers:,} followers, {fanout.active:,} active",
+        "upload_limit": f"the machine's load average was {uploads.load_average:.1f} "
+        "on 2 cores; the one-process job worker, the relay and the pollers run "
+        "beside the server",
+        "ready_limit": f"the media job took {uploads.job_mean_ms or math.nan:,.0f} ms "
+        "on average, in a one-process worker that 4 uploads a second keep busy",
+        "fanout_limit": f"the fan-out job took {fanout.job_mean_ms or math.nan:,.0f} "
+        "ms on average",
+        "failures": uploads.failures + fanout.failures,
+        "text": "\n\n".join(
+            [
+                uploads.describe(),
+                uploads.markdown(),
+                fanout.describe(),
+                fanout.markdown(),
+            ]
+        ),
+    }
 
 
 def measure_naive_upload(
     stack_: Stack, env: dict[str, str], options: Options
 ) -> dict[str, Any]:
-    return {}
+    """The same uploads, processed inside the request (the naive path)."""
+    from benchmarks import freshness
+
+    print("  uploads, processed in the request: 2 a second …", flush=True)
+    uploads = asyncio.run(
+        freshness.measure_uploads(stack_.url, rate=2.0, duration=options.open_seconds)
+    )
+    return {
+        "upload_server_p99_ms": uploads.server.p99_at_most_ms,
+        "text": uploads.describe() + "\n\n" + uploads.markdown(),
+    }
 
 
 def run_offline(env: dict[str, str]) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -68,7 +69,22 @@ def issue_access_token(secret: str, claims: AccessClaims, ttl_seconds: int) -> s
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
+# Checking a token's signature was a tenth of a warm feed page's CPU; a token
+# that passed is remembered, with its expiry, so each is checked once. The
+# key holds the secret too: a token is never trusted under another secret.
+_VERIFIED_MAX = 50_000
+_verified: dict[tuple[str, str], tuple[AccessClaims, float]] = {}
+
+
 def read_access_token(secret: str, token: str) -> AccessClaims | None:
+    """The claims of a valid, unexpired access token signed with ``secret``."""
+    remembered = _verified.get((secret, token))
+    if remembered is not None:
+        claims, expires_at = remembered
+        if time.time() < expires_at:  # as PyJWT: expired from ``exp`` on
+            return claims
+        del _verified[(secret, token)]
+        return None
     try:
         payload = jwt.decode(
             token,
@@ -82,7 +98,11 @@ def read_access_token(secret: str, token: str) -> AccessClaims | None:
     subject, username = payload.get("sub"), payload.get("usr")
     if not isinstance(subject, str) or not isinstance(username, str):
         return None
-    return AccessClaims(account_id=subject, username=username)
+    claims = AccessClaims(account_id=subject, username=username)
+    if len(_verified) >= _VERIFIED_MAX:
+        del _verified[next(iter(_verified))]  # the oldest
+    _verified[(secret, token)] = (claims, float(payload["exp"]))
+    return claims
 
 
 def new_refresh_secret() -> str:
