@@ -146,18 +146,27 @@ def _mix_row(results: Results) -> Row:
     if run is None:
         return Row("whole user mix, both cores", "≥ 2,500/s, p99 ≤ 50 ms", "n/a", None)
     achieved = float(run.result.get("achieved_per_second", 0.0))
-    met = achieved >= 0.98 * run.rate and run.p99_ms <= 50 and run.errors == 0
-    limit = ""
-    if not met and results.mix_two is not None:
-        limit = (
-            f"capacity of the mix with two server processes (closed loop): "
-            f"{results.mix_two.per_second:,.0f}/s; " + _cpu_limit(results.mix_two)
+    at_target = run.rate >= 2500
+    met = at_target and achieved >= 0.98 * run.rate
+    met = met and run.p99_ms <= 50 and run.errors == 0
+    capacity = results.mix_two
+    measured = (
+        f"{achieved:,.0f}/s answered of {run.rate:,.0f}/s sent, p99 "
+        f"{run.p99_ms:,.1f} ms, {run.errors} errors"
+    )
+    if not at_target and capacity is not None:
+        measured = (
+            f"capacity {capacity.per_second:,.0f}/s = "
+            f"{capacity.per_second / 2500:.2f} × the target; at half of it "
+            f"({run.rate:,.0f}/s) p99 {run.p99_ms:,.1f} ms, {run.errors} errors"
         )
+    limit = ""
+    if not met and capacity is not None:
+        limit = "with two server processes, at saturation, " + _cpu_limit(capacity)
     return Row(
         "whole user mix, both cores",
         "≥ 2,500/s with p99 ≤ 50 ms, no errors",
-        f"{achieved:,.0f}/s answered of {run.rate:,.0f}/s sent, p99 "
-        f"{run.p99_ms:,.1f} ms, {run.errors} errors",
+        measured,
         met,
         limit,
     )
@@ -296,8 +305,9 @@ def _level(run: OpenLoop | None, point: str) -> str:
 def _open_loop_details(endpoints: dict[str, Endpoint]) -> list[str]:
     lines = [
         "| endpoint | load | rate /s | answered /s | p50 | p90 | p99 | p99.9 | max "
-        "| errors | driver late p99 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| errors | server cores | driver late p99 | driver cores |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     for name, endpoint in endpoints.items():
         for level, run in endpoint.levels.items():
@@ -310,9 +320,16 @@ def _open_loop_details(endpoints: dict[str, Endpoint]) -> list[str]:
                     _num(latency.get(p), ".1f")
                     for p in ("p50", "p90", "p99", "p999", "max")
                 )
-                + f" | {run.errors} | {_num(late, '.1f')} |"
+                + f" | {run.errors} | {_cores(run, run.server_cpu_seconds)} | "
+                f"{_num(late, '.1f')} | "
+                f"{_cores(run, run.result.get('driver_cpu_seconds', math.nan))} |"
             )
     return lines
+
+
+def _cores(run: OpenLoop, cpu_seconds: float) -> str:
+    elapsed = float(run.result.get("elapsed_seconds", 0.0))
+    return _num(cpu_seconds / elapsed if elapsed else None, ".2f")
 
 
 def render(options: Options, results: Results, command: str) -> str:

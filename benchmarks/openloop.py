@@ -116,11 +116,15 @@ class Driver:
         self.lateness: list[float] = []
         self.statuses: Counter[str] = Counter()
         self.finished = 0
+        self.start = 0.0
+        # The slowest answer to a request due in each second of the run: one
+        # stall shows as one bad second, a saturated server as many.
+        self.slowest: dict[int, float] = {}
         self.all_done = asyncio.Event()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        start = time.perf_counter() + 0.2
+        start = self.start = time.perf_counter() + 0.2
         sent = 0
         while sent < self.total:
             now = time.perf_counter()
@@ -162,7 +166,10 @@ class Driver:
         connection.send(payload, due)
 
     def answered(self, connection: Connection, status: str, keep_alive: bool) -> None:
-        self.latencies.append(time.perf_counter() - connection.due)
+        latency = time.perf_counter() - connection.due
+        self.latencies.append(latency)
+        second = int(connection.due - self.start)
+        self.slowest[second] = max(self.slowest.get(second, 0.0), latency)
         self.count(status)
         if not keep_alive and connection.transport is not None:
             connection.transport.close()
@@ -209,6 +216,10 @@ class Driver:
             "achieved_per_second": ok / self.elapsed if self.elapsed else 0.0,
             "latency_ms": percentiles_ms(self.latencies),
             "driver_lateness_ms": percentiles_ms(self.lateness),
+            "slowest_ms_by_second": [
+                round(self.slowest.get(i, 0.0) * 1000, 1)
+                for i in range(max(self.slowest, default=-1) + 1)
+            ],
         }
 
 

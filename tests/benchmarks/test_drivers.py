@@ -1,0 +1,111 @@
+"""The benchmark report's load drivers against a real server on loopback.
+
+A small threaded HTTP server of the standard library answers; the tests
+check what the drivers send and count, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from benchmarks.drivers import Request, capacity, open_loop, wrk_script
+from benchmarks.report import _route_of
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, str, str, bytes]] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        auth = self.headers.get("Authorization", "")
+        self.seen.append((self.command, self.path, auth, body))
+        status = 404 if self.path.startswith("/missing") else 200
+        payload = b'{"ok":true}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_DELETE = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    _Recorder.seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+REQUESTS = [
+    Request("GET", "/api/v1/feed/home?limit=10", "token-a"),
+    Request("POST", "/api/v1/posts/1/comments", "token-b", {"body": "So fluffy 😍"}),
+    Request("GET", "/api/v1/tags/caf%C3%A9", "token-c"),
+    Request("DELETE", "/api/v1/posts/1/like", "token-d"),
+]
+
+
+def test_open_loop_sends_every_request_and_counts_statuses(server: str) -> None:
+    mixed = [*REQUESTS, Request("GET", "/missing")]
+    result = open_loop(server, mixed, rate=100, seconds=1, server_pids=[])
+    assert result.result["sent"] == 100
+    assert result.result["statuses"] == {"200": 80, "404": 20}
+    assert result.errors == 20
+    assert len(_Recorder.seen) == 100
+    methods = {(method, path) for method, path, _, _ in _Recorder.seen}
+    assert ("DELETE", "/api/v1/posts/1/like") in methods
+    comment = next(body for m, _, _, body in _Recorder.seen if m == "POST")
+    assert json.loads(comment) == {"body": "So fluffy 😍"}
+    latency = result.result["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+
+
+def test_wrk_script_escapes_what_lua_cannot_read() -> None:
+    script = wrk_script([Request("GET", "/tags/café", body={"body": "😍"})])
+    assert "/tags/caf\\195\\169" in script  # UTF-8 bytes, escaped for Lua
+    # The body's JSON escape keeps its backslash as a byte: Lua reads no \u.
+    assert "\\092ud83d" in script
+    assert "\\u" not in script
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_capacity_replays_the_cycle_through_wrk(server: str) -> None:
+    found = capacity(server, REQUESTS, seconds=1, server_pids=[], warmup_seconds=0)
+    assert found.requests > 0
+    assert found.errors == 0
+    sent = {(method, path, auth) for method, path, auth, _ in _Recorder.seen}
+    assert sent >= {(r.method, r.path, f"Bearer {r.token}") for r in REQUESTS}
+    comments = [body for m, _, _, body in _Recorder.seen if m == "POST"]
+    assert json.loads(comments[0]) == {"body": "So fluffy 😍"}
+
+
+def test_wrk_errors_are_counted(server: str) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    found = capacity(
+        server, [Request("GET", "/missing")], seconds=1, server_pids=[], warmup_seconds=0
+    )
+    assert found.errors == found.requests > 0
+
+
+def test_routes_are_named_as_the_metrics_name_them() -> None:
+    post = "/api/v1/posts/01M8MH377ZN0PANFN0PQZCNC2C"
+    assert _route_of(post + "?x=1") == "/api/v1/posts/{post_id}"
+    assert _route_of("/api/v1/accounts/user_5") == "/api/v1/accounts/{username}"
+    assert _route_of("/api/v1/feed/home?limit=10") == "/api/v1/feed/home"
