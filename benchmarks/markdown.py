@@ -37,9 +37,15 @@ def _num(value: float | None, spec: str = ",.0f", unit: str = "") -> str:
     return f"{value:{spec}}{unit}"
 
 
-def _cpu_limit(capacity: Capacity) -> str:
+def _cpu_limit(capacity: Capacity, endpoint: Endpoint | None = None) -> str:
+    top = ""
+    if endpoint is not None and endpoint.profile:
+        parts = list(endpoint.profile.items())[:3]
+        top = "; its CPU went to " + ", ".join(f"{n} {v:.0%}" for n, v in parts)
     return (
-        f"the server used {capacity.server_cores:.2f} cores at "
+        top.removeprefix("; ")
+        + ("; " if top else "")
+        + f"the server used {capacity.server_cores:.2f} cores at "
         f"{capacity.cpu_ms_per_request:.2f} ms of CPU per request "
         f"(the machine, the load generator included: "
         f"{capacity.machine_cores:.2f} cores)"
@@ -74,7 +80,7 @@ def target_rows(results: Results) -> list[Row]:
                 f"{mine.capacity.per_second:,.0f}/s = {ratio:.2f} × {base.name} "
                 f"({base.capacity.per_second:,.0f}/s)",
                 ratio >= share,
-                "" if ratio >= share else _cpu_limit(mine.capacity),
+                "" if ratio >= share else _cpu_limit(mine.capacity, mine),
             )
         )
 
@@ -385,6 +391,9 @@ def render(options: Options, results: Results, command: str) -> str:
         "",
         *_open_loop_details(results.endpoints),
     ]
+    profiled = {n: e for n, e in results.endpoints.items() if e.profile}
+    if profiled:
+        out += ["", *_profile_table(profiled)]
     if results.naive:
         out += [
             "",
@@ -412,6 +421,24 @@ def render(options: Options, results: Results, command: str) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _profile_table(endpoints: dict[str, Endpoint]) -> list[str]:
+    groups: list[str] = []
+    for endpoint in endpoints.values():
+        groups += [g for g in endpoint.profile if g not in groups]
+    names = list(endpoints)
+    lines = [
+        "Where the server's CPU went at saturation (py-spy, 100 samples a second "
+        "for 6 s, each sample counted for the code at the top of the stack):",
+        "",
+        "| code | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(names),
+    ]
+    for group in groups:
+        cells = [f"{endpoints[n].profile.get(group, 0.0):.0%}" for n in names]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _naive_table(results: Results) -> list[str]:

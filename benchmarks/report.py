@@ -66,6 +66,7 @@ from benchmarks.drivers import (
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
+from benchmarks import profile
 from loadtest.dataset import RunError
 from loadtest.run import _stop, _wait_until_ready
 
@@ -82,6 +83,9 @@ SEED_TIMEOUT_SECONDS = 3 * 3600
 # not one cached page, few enough to log in within seconds.
 READERS = 200
 LOAD_LEVELS = (0.5, 0.8)
+# Endpoints whose server CPU is sampled (benchmarks/profile.py), and how long.
+PROFILED = ("full stack", "home feed", "post", "profile")
+PROFILE_SECONDS = 6.0
 
 
 @dataclass
@@ -446,6 +450,7 @@ class Endpoint:
     levels: dict[float, OpenLoop] = field(default_factory=dict)
     queries_per_request: float | None = None
     cache_hit_ratio: float | None = None
+    profile: dict[str, float] = field(default_factory=dict)
 
 
 def measure_endpoint(
@@ -472,6 +477,13 @@ def measure_endpoint(
         f"per request, {found.errors} errors",
         flush=True,
     )
+    if name in PROFILED and profile.available():
+        # A run of its own: sampling must not slow the measured one.
+        sampler = profile.Sampler(stack_.server.pid, PROFILE_SECONDS)
+        capacity(
+            stack_.url, requests, PROFILE_SECONDS, stack_.server_pids, warmup_seconds=0
+        )
+        endpoint.profile = sampler.finish()
     for level in levels:
         rate = max(1.0, found.per_second * level)
         settle()
@@ -817,9 +829,16 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return (
         f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}"
+        f"{platform.system()} {platform.release()}, commit {commit or 'unknown'}"
     )
 
 

@@ -11,6 +11,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from benchmarks.drivers import Request, capacity, open_loop, wrk_script
@@ -19,7 +20,7 @@ from benchmarks.report import _route_of
 
 class _Recorder(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    seen: list[tuple[str, str, str, bytes]] = []
+    seen: ClassVar[list[tuple[str, str, str, bytes]]] = []
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -99,7 +100,11 @@ def test_wrk_errors_are_counted(server: str) -> None:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed")
     found = capacity(
-        server, [Request("GET", "/missing")], seconds=1, server_pids=[], warmup_seconds=0
+        server,
+        [Request("GET", "/missing")],
+        seconds=1,
+        server_pids=[],
+        warmup_seconds=0,
     )
     assert found.errors == found.requests > 0
 
@@ -109,3 +114,24 @@ def test_routes_are_named_as_the_metrics_name_them() -> None:
     assert _route_of(post + "?x=1") == "/api/v1/posts/{post_id}"
     assert _route_of("/api/v1/accounts/user_5") == "/api/v1/accounts/{username}"
     assert _route_of("/api/v1/feed/home?limit=10") == "/api/v1/feed/home"
+
+
+def test_profile_shares_group_samples_by_the_code_on_top() -> None:
+    from benchmarks.profile import shares
+
+    collapsed = "\n".join(
+        [
+            "main;run (uvicorn/server.py:1);get (redis/asyncio/client.py:9) 6",
+            "main;run (uvicorn/server.py:1);decode (jwt/api_jwt.py:3) 2",
+            "main;handle (fastapi/routing.py:2) 2",
+            "worker;wait (threading.py:327) 50",
+        ]
+    )
+    found = shares(collapsed)
+    assert found == pytest.approx(
+        {
+            "Redis client (redis-py, our cache and timeline calls)": 0.6,
+            "authentication (PyJWT, our token check)": 0.2,
+            "FastAPI and Starlette (routing, dependencies)": 0.2,
+        }
+    )
