@@ -6,6 +6,7 @@ same factory with ``services=`` naming the ones that deployment serves.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import re
@@ -15,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.responses import Response, StreamingResponse
@@ -124,6 +125,59 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+class AdmissionMiddleware:
+    """At most ``limit`` requests at work in this process; the rest wait, briefly.
+
+    Without it, a burst let every request in at once: more of them wanted a
+    Redis connection than the pool holds, their waits ran out, the cache
+    took that for Redis being down and sent every read to the database,
+    which is many times slower, so the queue grew further. An open loop at
+    80% of a post read's capacity collapsed that way into 10 s answers and
+    errors. Here a request beyond the limit waits up to ``wait_seconds`` for
+    a place, then gets a 503 problem with Retry-After: the process sheds
+    what it cannot do instead of slowing everything down. Health, readiness
+    and metrics always pass.
+    """
+
+    _EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
+
+    def __init__(self, app: ASGIApp, limit: int, wait_seconds: float) -> None:
+        self.app = app
+        self.wait_seconds = wait_seconds
+        self.places = asyncio.Semaphore(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.places.locked():
+            try:
+                await asyncio.wait_for(self.places.acquire(), self.wait_seconds)
+            except TimeoutError:
+                ADMISSION_REFUSED.inc()
+                response = problem_response(
+                    Request(scope, receive),
+                    503,
+                    "overloaded",
+                    "the server is at capacity; try again in a moment",
+                    headers={"Retry-After": "1"},
+                )
+                await response(scope, receive, send)
+                return
+        else:
+            await self.places.acquire()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.places.release()
+
+
+ADMISSION_REFUSED = Counter(
+    "petpal_http_requests_refused_total",
+    "Requests answered 503 because the process was at its concurrency limit",
+)
+
+
 def create_app(
     settings: Settings | None = None,
     services: Iterable[str] = SERVICE_NAMES,
@@ -179,6 +233,11 @@ def create_app(
     # Outside the body limit, inside the request edge: anonymous floods are
     # refused before any body is read, and still show in the metrics.
     app.add_middleware(AnonymousLimitMiddleware)
+    app.add_middleware(
+        AdmissionMiddleware,
+        limit=settings.max_concurrent_requests,
+        wait_seconds=settings.admission_wait_seconds,
+    )
     app.add_middleware(RequestEdgeMiddleware)
     return app
 

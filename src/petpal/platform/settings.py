@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     cache_bypass_after_error_seconds: float = Field(default=1.0, ge=0)
     # Connections each process may open to Redis.
     cache_max_connections: int = Field(default=64, ge=1)
+    # Requests at work at once in one server process; more wait up to
+    # admission_wait_seconds for a place, then get 503 with Retry-After.
+    # Kept under cache_max_connections, so that a burst waits here, in
+    # order, rather than for a Redis connection, whose wait counts as Redis
+    # being down (platform/app.py, AdmissionMiddleware).
+    max_concurrent_requests: int = Field(default=32, ge=1)
+    admission_wait_seconds: float = Field(default=2.0, ge=0)
     log_json: bool = False
     log_level: str = "INFO"
 
