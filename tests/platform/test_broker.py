@@ -32,7 +32,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
-from petpal.media.models import READY, Media
+from petpal.media.models import FAILED, READY, Media
 from petpal.platform.broker import (
     BrokerRelay,
     Topology,
@@ -258,6 +258,13 @@ async def all_done(db: Database, media_ids: list[str]) -> bool:
     return all(row.status == DONE for row in await outbox_rows(db))
 
 
+async def media_of(db: Database, media_id: str) -> Media:
+    async with db.read_session() as session:
+        media = await session.get(Media, media_id)
+    assert media is not None
+    return media
+
+
 def stored_files(settings: Settings, media_id: str) -> list[str]:
     folder = settings.media_dir / "media" / media_id
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
@@ -325,6 +332,12 @@ async def test_a_failing_job_retries_is_dead_lettered_and_replays(
     (row,) = await outbox_rows(db)
     assert row.attempts == settings.job_max_attempts
     assert row.last_error
+    # The owner's app sees the photo failed, not processing forever.
+    media = await media_of(db, media_id)
+    assert (media.status, media.failure_reason) == (
+        FAILED,
+        f"processing failed after {settings.job_max_attempts} attempts",
+    )
     listed = run_cli(settings, "jobs", "dead")
     assert row.id in listed.stdout, listed
 
@@ -547,11 +560,12 @@ async def test_the_relay_publishes_with_confirms_into_a_queue_per_kind(
 
 
 async def test_a_dead_letter_joins_the_outbox_dead_list(
-    app: FastAPI, settings: Settings
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
 ) -> None:
     db = db_of(app)
-    async with db.write_session() as session:
-        job_id = enqueue(session, "media.process", {"media_id": "gone"})
+    media_id = await upload(client, await a_user(client), SMALL_PHOTO)
+    (job,) = await outbox_rows(db)
+    job_id = job.id
     broker = make_broker(settings)
     relay = BrokerRelay(settings, db, broker)
     try:
@@ -578,6 +592,11 @@ async def test_a_dead_letter_joins_the_outbox_dead_list(
     (row,) = await outbox_rows(db)
     assert (row.id, row.status) == (job_id, DEAD)
     assert row.last_error == "dead-lettered by RabbitMQ (rejected)"
+    media = await media_of(db, media_id)
+    assert (media.status, media.failure_reason) == (
+        FAILED,
+        "processing failed after 0 attempts",
+    )
 
 
 async def test_each_start_counts_and_the_delivery_limit_ends_a_crash_loop(

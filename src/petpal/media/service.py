@@ -105,12 +105,19 @@ async def do_process(services: Services, media_id: str) -> None:
 
     Idempotent: media no longer ``processing`` is left as it is, and the
     variants' keys depend only on the media id and the variant, so a second
-    run overwrites instead of adding a second set.
+    run overwrites instead of adding a second set. The one exception is media
+    failed by :func:`do_fail_processing` (its job died; the upload is kept):
+    a replayed job takes it back to ``processing`` and tries again.
     """
     async with services.db.read_session() as session:
         media = await session.get(Media, media_id)
-    if media is None or media.status != PROCESSING or media.incoming_key is None:
+    if media is None or media.incoming_key is None:
         return  # already done by an earlier delivery, or deleted
+    if media.status == FAILED:
+        if not await _resume_processing(services, media_id):
+            return  # resumed by another delivery meanwhile
+    elif media.status != PROCESSING:
+        return
     incoming_key = media.incoming_key
 
     with tempfile.TemporaryDirectory(dir=_tmp_dir(services)) as workdir:
@@ -150,6 +157,35 @@ async def do_process(services: Services, media_id: str) -> None:
         variants=variants,
     )
     await services.storage.delete(incoming_key)
+
+
+async def do_fail_processing(session: AsyncSession, media_id: str, reason: str) -> None:
+    """Record media ``failed`` because its job gave up, in ``session``.
+
+    The raw upload is kept, so that ``petpal jobs replay`` can process it
+    once the cause (a storage outage, say) is gone. No cache entry needs
+    dropping: only ready media is cached.
+    """
+    await session.execute(
+        update(Media)
+        .where(Media.id == media_id, Media.status == PROCESSING)
+        .values(status=FAILED, failure_reason=reason, processed_at=utcnow())
+    )
+
+
+async def _resume_processing(services: Services, media_id: str) -> bool:
+    """Take media failed by its job's death back to ``processing``."""
+    async with services.db.write_session() as session:
+        result = await session.execute(
+            update(Media)
+            .where(
+                Media.id == media_id,
+                Media.status == FAILED,
+                Media.incoming_key.is_not(None),
+            )
+            .values(status=PROCESSING, failure_reason=None, processed_at=None)
+        )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def _tmp_dir(services: Services) -> Path:

@@ -56,6 +56,7 @@ from petpal.platform.jobs import (
     RUNNING,
     DeliveryLimitReached,
     OutboxJob,
+    declare_dead,
     refresh_outbox_gauges,
     run_job,
     start_delivery,
@@ -437,20 +438,15 @@ class BrokerRelay:
         )
         if not letters:
             return 0
-        now = utcnow()
         async with self._db.write_session() as session:
             for job_id, reason, _ in letters:
-                await session.execute(
-                    update(OutboxJob)
-                    .where(
-                        OutboxJob.id == job_id,
-                        OutboxJob.status.not_in([DONE, DEAD]),
-                    )
-                    .values(
-                        status=DEAD,
-                        finished_at=now,
-                        last_error=f"dead-lettered by RabbitMQ ({reason})",
-                    )
+                # Locked, so a worker recording an outcome meanwhile either
+                # goes first (and the row is done) or waits for the verdict.
+                row = await session.get(OutboxJob, job_id, with_for_update=True)
+                if row is None or row.status in (DONE, DEAD):
+                    continue
+                await declare_dead(
+                    session, row, f"dead-lettered by RabbitMQ ({reason})"
                 )
         # Acknowledged only once the outbox has them: a crash here keeps them.
         await self._in_io_thread(lambda: [m.ack() for _, _, m in letters])

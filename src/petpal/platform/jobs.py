@@ -14,6 +14,10 @@ the broker; distributed mode only) → ``running`` (an attempt holds a lease
 until ``available_at``) → ``done``, or ``pending`` again after a failure (a
 retry with back-off), or ``dead`` after ``job_max_attempts`` attempts.
 
+A job kind whose death would leave something a user sees half done (a photo
+``processing`` forever) registers an :func:`on_dead` hook beside its handler;
+whichever runner declares the job dead runs it in the same transaction.
+
 Handlers must be idempotent: after a crash a job may run a second time. A
 database that is down or restarting is not a crash: the runner waits for it,
 and a job that finished meanwhile has its outcome recorded once the database
@@ -105,6 +109,63 @@ def job(kind: str) -> Callable[[Handler], Handler]:
     return register
 
 
+@dataclass(frozen=True)
+class DeadJob:
+    """A job being declared dead, as its kind's :func:`on_dead` hook sees it."""
+
+    job_id: str
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    error: str | None
+
+
+DeadHook = Callable[[AsyncSession, DeadJob], Awaitable[None]]
+_dead_hooks: dict[str, DeadHook] = {}
+
+
+def on_dead(kind: str) -> Callable[[DeadHook], DeadHook]:
+    """Register ``fn`` to run when a job of ``kind`` is declared dead.
+
+    It runs in the transaction that records the verdict, so the two commit
+    together, and it must only write through that session (no cache, no
+    storage, no network). It must leave things so that ``petpal jobs replay``
+    can still run the job to success: replay only queues the job again.
+    """
+
+    def register(fn: DeadHook) -> DeadHook:
+        if kind in _dead_hooks and _dead_hooks[kind] is not fn:
+            raise RuntimeError(f"two on-dead hooks for job kind {kind!r}")
+        _dead_hooks[kind] = fn
+        return fn
+
+    return register
+
+
+async def declare_dead(session: AsyncSession, row: OutboxJob, error: str) -> None:
+    """Record ``row`` dead in ``session`` and run its kind's on-dead hook.
+
+    Every runner that gives up on a job goes through here: the embedded relay
+    and Celery workers after the last failed attempt, a worker that finds the
+    delivery limit reached, and the broker relay moving RabbitMQ's dead
+    letters into the outbox.
+    """
+    row.status, row.finished_at, row.last_error = DEAD, utcnow(), error
+    hook = _dead_hooks.get(row.kind)
+    if hook is None:
+        return
+    dead = DeadJob(row.id, row.kind, dict(row.payload), row.attempts, error)
+    try:
+        # A savepoint: a failing hook must not cost the verdict, or the job
+        # would come back after its lease and die again, forever.
+        async with session.begin_nested():
+            await hook(session, dead)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("job.on_dead_failed", job_id=row.id, job_kind=row.kind)
+
+
 def enqueue(session: AsyncSession, kind: str, payload: dict[str, Any]) -> str:
     """Add a job to the outbox in ``session``'s transaction; returns its id."""
     now = utcnow()
@@ -166,11 +227,11 @@ async def start_delivery(
             row.available_at = now + LEASE
             return Delivery(row.id, row.kind, dict(row.payload), row.attempts)
         # Raised after the commit, which must keep the verdict.
-        row.status, row.finished_at = DEAD, now
-        row.last_error = verdict = (
+        verdict = (
             f"delivery limit: {row.attempts} attempts started and none "
             "recorded an outcome (the worker died or lost the database)"
         )
+        await declare_dead(session, row, verdict)
         kind = row.kind
     JOB_RUNS.labels(kind, "dead").inc()
     raise DeliveryLimitReached(verdict)
@@ -267,7 +328,7 @@ async def _record_outcome(
             row.status, row.finished_at = DONE, now
             outcome = "done"
         elif delivery.attempt >= max_attempts:
-            row.status, row.finished_at = DEAD, now
+            await declare_dead(session, row, error)
             outcome = "dead"
         else:
             row.status = PENDING
