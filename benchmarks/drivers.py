@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,9 @@ class Capacity:
     server_cpu_seconds: float
     machine_cpu_seconds: float
     raw: str
+    # Cores each role used during the run (``capacity(roles=…)``): the
+    # server, the relay, the job worker, PostgreSQL, Redis, RabbitMQ, wrk.
+    cores_by_role: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -152,6 +156,7 @@ def capacity(
     server_pids: list[int],
     warmup_seconds: float = 3.0,
     connections: int = WRK_CONNECTIONS,
+    roles: dict[str, list[int]] | None = None,
 ) -> Capacity:
     """Requests per second at saturation: wrk, closed loop, after a warm-up."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -168,10 +173,14 @@ def capacity(
                 rate = max(sent / warmup_seconds, 1.0)
                 more = min(MAX_WARMUP_SECONDS, 1.2 * (len(requests) - sent) / rate)
                 _wrk(url, script.name, more, connections)
+        roles_before = cpu_by_role(roles or {})
         cpu_before, machine_before = _tree_cpu(server_pids), machine_cpu_seconds()
+        children_before = _children_cpu()
         raw = _wrk(url, script.name, seconds, connections)
+        wrk_cpu = _children_cpu() - children_before  # wrk has exited by now
         cpu = _tree_cpu(server_pids) - cpu_before
         machine = machine_cpu_seconds() - machine_before
+        roles_after = cpu_by_role(roles or {})
     finally:
         os.unlink(script.name)
     summary = _WRK_SUMMARY.search(raw)
@@ -181,13 +190,23 @@ def capacity(
     socket_errors = _WRK_SOCKET.search(raw)
     if socket_errors:
         errors += sum(int(n) for n in socket_errors.groups())
+    elapsed = float(summary.group(2)) * _UNIT[summary.group(3)]
+    by_role: dict[str, float] = {}
+    if roles is not None:
+        by_role = {
+            role: (roles_after.get(role, 0.0) - roles_before.get(role, 0.0)) / elapsed
+            for role in roles_after
+        }
+        by_role[_NAMED_ROLES["wrk"]] = wrk_cpu / elapsed
+        by_role["everything else"] = machine / elapsed - sum(by_role.values())
     return Capacity(
         requests=int(summary.group(1)),
-        seconds=float(summary.group(2)) * _UNIT[summary.group(3)],
+        seconds=elapsed,
         errors=errors,
         server_cpu_seconds=cpu,
         machine_cpu_seconds=machine,
         raw=raw,
+        cores_by_role=by_role,
     )
 
 
@@ -302,6 +321,44 @@ def process_tree(pids: list[int]) -> list[int]:
 
 def _tree_cpu(pids: list[int]) -> float:
     return sum(_process_cpu(pid) for pid in process_tree(pids))
+
+
+# The machine's other processes that a run loads, by process name.
+_NAMED_ROLES = {
+    "postgres": "PostgreSQL",
+    "redis-server": "Redis",
+    "beam.smp": "RabbitMQ",
+    "wrk": "wrk (the load generator)",
+}
+
+
+def cpu_by_role(roles: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds used so far by each role: the process trees given, and the
+    machine's PostgreSQL, Redis, RabbitMQ and wrk processes by name."""
+    found: dict[str, float] = {}
+    claimed: set[int] = set()
+    for role, pids in roles.items():
+        tree = process_tree(pids)
+        claimed.update(tree)
+        found[role] = sum(_process_cpu(pid) for pid in tree)
+    for role in _NAMED_ROLES.values():
+        found.setdefault(role, 0.0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in claimed:
+            continue
+        try:
+            name = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue
+        role = _NAMED_ROLES.get(name)
+        if role is not None:
+            found[role] += _process_cpu(int(entry))
+    return found
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def machine_cpu_seconds() -> float:

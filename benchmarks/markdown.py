@@ -271,12 +271,14 @@ def _two_workers_row(results: Results) -> Row:
         "two server processes against one (user mix)",
         "≥ 1.4 ×",
         f"{ratio:.2f} × ({one.per_second:,.0f}/s → {two.per_second:,.0f}/s); "
-        f"home feed alone {home_ratio:.2f} ×",
+        f"home feed alone {home_ratio:.2f} ×"
+        + (_roles_text(results.home_two) if results.home_two is not None else ""),
         ratio >= 1.4,
         ""
         if ratio >= 1.4
-        else f"with two processes {_cpu_limit(two)}; the machine has 2 cores and "
-        "wrk, the relay and the job worker share them",
+        else f"with two processes {_cpu_limit(two)}; the machine has 2 cores, "
+        "which the server shares with PostgreSQL, Redis, the relay, the job "
+        "worker and wrk" + _roles_text(two),
     )
 
 
@@ -459,6 +461,13 @@ def _naive_table(results: Results) -> list[str]:
     return lines
 
 
+def _roles_text(run: Capacity) -> str:
+    if not run.cores_by_role:
+        return ""
+    parts = [f"{role} {cores:.2f}" for role, cores in run.cores_by_role.items()]
+    return " (cores: " + ", ".join(parts) + ")"
+
+
 def _mix_section(results: Results) -> list[str]:
     if results.mix_one is None:
         return []
@@ -483,6 +492,27 @@ def _mix_section(results: Results) -> list[str]:
                 f"| {label} | {run.per_second:,.0f} | {run.cpu_ms_per_request:.2f} | "
                 f"{run.server_cores:.2f} | {run.errors} |"
             )
+    runs = [
+        (label, run)
+        for label, run in (
+            ("one process", results.mix_one),
+            ("two processes", results.mix_two),
+        )
+        if run is not None and run.cores_by_role
+    ]
+    if runs:
+        roles = list(runs[0][1].cores_by_role)
+        lines += [
+            "",
+            "Cores each part of the system used during those capacity runs "
+            "(from /proc; the machine has 2):",
+            "",
+            "| part | " + " | ".join(label for label, _ in runs) + " |",
+            "| --- |" + " ---: |" * len(runs),
+        ]
+        for role in roles:
+            cells = [f"{run.cores_by_role.get(role, 0.0):.2f}" for _, run in runs]
+            lines.append(f"| {role} | " + " | ".join(cells) + " |")
     if results.mix_open is not None:
         latency = results.mix_open.result.get("latency_ms", {})
         lines += [

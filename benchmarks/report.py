@@ -212,6 +212,26 @@ class Stack:
     def server_pids(self) -> list[int]:
         return [self.server.pid]
 
+    @property
+    def roles(self) -> dict[str, list[int]]:
+        """Process trees by role, for the CPU table of a capacity run."""
+        from benchmarks.drivers import process_tree
+
+        roles = {"server": self.server_pids}
+        if self.workers > 1:
+            # Each process apart: the kernel hands a shared socket's
+            # connections to whichever process accepts first, so the split
+            # is a figure of its own.
+            children = [
+                p
+                for p in process_tree(self.server_pids)
+                if p != self.server.pid and "resource_tracker" not in _cmdline(p)
+            ]
+            roles = {f"server process {i + 1}": [p] for i, p in enumerate(children)}
+        names = ("relay", "job worker")
+        roles.update({n: [p.pid] for n, p in zip(names, self.helpers, strict=False)})
+        return roles
+
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
         samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -220,6 +240,13 @@ class Stack:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 samples[key] = sample.value
         return samples
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _free_port() -> int:
@@ -633,15 +660,21 @@ def measure_all(
         if "mix" not in options.skip:
             print("  the user mix: capacity …", flush=True)
             check_answers(one.url, mix, sample=400)
-            results.mix_one = capacity(one.url, mix, options.seconds, one.server_pids)
+            results.mix_one = capacity(
+                one.url, mix, options.seconds, one.server_pids, roles=one.roles
+            )
         if "freshness" not in options.skip:
             results.freshness = measure_freshness(one, env, options)
     if "mix" not in options.skip:
         print("two server processes, cache on", flush=True)
         with stack(env, logs, workers=2) as two:
             home = requests["home feed"]
-            results.home_two = capacity(two.url, home, options.seconds, two.server_pids)
-            results.mix_two = capacity(two.url, mix, options.seconds, two.server_pids)
+            results.home_two = capacity(
+                two.url, home, options.seconds, two.server_pids, roles=two.roles
+            )
+            results.mix_two = capacity(
+                two.url, mix, options.seconds, two.server_pids, roles=two.roles
+            )
             # At the target rate when the capacity allows it; otherwise at
             # half the capacity, which gives a latency that means something
             # (past capacity the queue only grows).
