@@ -173,14 +173,14 @@ def capacity(
                 rate = max(sent / warmup_seconds, 1.0)
                 more = min(MAX_WARMUP_SECONDS, 1.2 * (len(requests) - sent) / rate)
                 _wrk(url, script.name, more, connections)
-        roles_before = cpu_by_role(roles or {})
+        roles_before = cpu_by_process(roles or {})
         cpu_before, machine_before = _tree_cpu(server_pids), machine_cpu_seconds()
         children_before = _children_cpu()
         raw = _wrk(url, script.name, seconds, connections)
         wrk_cpu = _children_cpu() - children_before  # wrk has exited by now
         cpu = _tree_cpu(server_pids) - cpu_before
         machine = machine_cpu_seconds() - machine_before
-        roles_after = cpu_by_role(roles or {})
+        roles_after = cpu_by_process(roles or {})
     finally:
         os.unlink(script.name)
     summary = _WRK_SUMMARY.search(raw)
@@ -193,10 +193,7 @@ def capacity(
     elapsed = float(summary.group(2)) * _UNIT[summary.group(3)]
     by_role: dict[str, float] = {}
     if roles is not None:
-        by_role = {
-            role: (roles_after.get(role, 0.0) - roles_before.get(role, 0.0)) / elapsed
-            for role in roles_after
-        }
+        by_role = cores_between(roles_before, roles_after, roles, elapsed)
         by_role[_NAMED_ROLES["wrk"]] = wrk_cpu / elapsed
         by_role["everything else"] = machine / elapsed - sum(by_role.values())
     return Capacity(
@@ -332,19 +329,16 @@ _NAMED_ROLES = {
 }
 
 
-def cpu_by_role(roles: dict[str, list[int]]) -> dict[str, float]:
-    """CPU seconds used so far by each role: the process trees given, and the
-    machine's PostgreSQL, Redis, RabbitMQ and wrk processes by name."""
-    found: dict[str, float] = {}
-    claimed: set[int] = set()
+def cpu_by_process(roles: dict[str, list[int]]) -> dict[int, tuple[str, float]]:
+    """Each process of a role, with the CPU seconds it has used so far: the
+    process trees given, and the machine's PostgreSQL, Redis, RabbitMQ and
+    wrk processes by name."""
+    found: dict[int, tuple[str, float]] = {}
     for role, pids in roles.items():
-        tree = process_tree(pids)
-        claimed.update(tree)
-        found[role] = sum(_process_cpu(pid) for pid in tree)
-    for role in _NAMED_ROLES.values():
-        found.setdefault(role, 0.0)
+        for pid in process_tree(pids):
+            found[pid] = (role, _process_cpu(pid))
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in claimed:
+        if not entry.isdigit() or int(entry) in found:
             continue
         try:
             name = Path(f"/proc/{entry}/comm").read_text().strip()
@@ -352,8 +346,24 @@ def cpu_by_role(roles: dict[str, list[int]]) -> dict[str, float]:
             continue
         role = _NAMED_ROLES.get(name)
         if role is not None:
-            found[role] += _process_cpu(int(entry))
+            found[int(entry)] = (role, _process_cpu(int(entry)))
     return found
+
+
+def cores_between(
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    roles: dict[str, list[int]],
+    seconds: float,
+) -> dict[str, float]:
+    """Cores each role used between two snapshots, process by process: a
+    process that started meanwhile counts whole, one that exited is lost (a
+    PostgreSQL backend of a closed connection), never subtracted."""
+    used = dict.fromkeys([*roles, *_NAMED_ROLES.values()], 0.0)
+    for pid, (role, cpu) in after.items():
+        earlier = before.get(pid)
+        used[role] += cpu - (earlier[1] if earlier and earlier[0] == role else 0.0)
+    return {role: cpu / seconds for role, cpu in used.items()}
 
 
 def _children_cpu() -> float:

@@ -135,3 +135,14 @@ def test_profile_shares_group_samples_by_the_code_on_top() -> None:
             "FastAPI and Starlette (routing, dependencies)": 0.2,
         }
     )
+
+
+def test_cores_by_role_never_go_negative_when_a_process_exits() -> None:
+    from benchmarks.drivers import cores_between
+
+    before = {10: ("PostgreSQL", 50.0), 11: ("PostgreSQL", 2.0), 20: ("server", 5.0)}
+    after = {11: ("PostgreSQL", 3.0), 12: ("PostgreSQL", 0.5), 20: ("server", 9.0)}
+    cores = cores_between(before, after, {"server": [20]}, seconds=2.0)
+    assert cores["PostgreSQL"] == pytest.approx((1.0 + 0.5) / 2)  # 10 exited
+    assert cores["server"] == pytest.approx(2.0)
+    assert all(value >= 0 for value in cores.values())

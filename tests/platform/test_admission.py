@@ -67,3 +67,35 @@ async def test_a_waiting_request_takes_a_place_that_frees_in_time() -> None:
 def test_the_limit_stays_under_the_redis_pool() -> None:
     settings = Settings()
     assert settings.max_concurrent_requests < settings.cache_max_connections
+
+
+async def test_a_stalled_request_body_holds_no_place() -> None:
+    """A client that sends half a body and stops must not jam the process."""
+    reached = asyncio.Event()
+    stall = asyncio.Event()
+
+    async def reads_its_body(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/upload":
+            reached.set()
+            while (await receive()).get("more_body"):
+                pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def stalled_receive() -> dict[str, object]:
+        await stall.wait()  # the rest of the body never comes (until the end)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def ignored(message: object) -> None:
+        pass
+
+    app = AdmissionMiddleware(reads_its_body, limit=1, wait_seconds=0.1)
+    upload = {"type": "http", "path": "/upload", "method": "POST", "headers": []}
+    stalled = asyncio.create_task(app(upload, stalled_receive, ignored))
+    await reached.wait()
+    async with _client(app) as client:
+        answer = await client.get("/api/v1/feed/public")
+        assert answer.status_code == 200  # the stalled upload holds no place
+    stall.set()
+    await stalled
+    assert not app.places.locked()

@@ -135,8 +135,9 @@ class AdmissionMiddleware:
     80% of a post read's capacity collapsed that way into 10 s answers and
     errors. Here a request beyond the limit waits up to ``wait_seconds`` for
     a place, then gets a 503 problem with Retry-After: the process sheds
-    what it cannot do instead of slowing everything down. Health, readiness
-    and metrics always pass.
+    what it cannot do instead of slowing everything down. A request holds
+    its place only while it works, not while it waits for its client's body.
+    Health, readiness and metrics always pass.
     """
 
     _EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -166,10 +167,30 @@ class AdmissionMiddleware:
                 return
         else:
             await self.places.acquire()
+        # A place is for work, not for waiting on the client: while the app
+        # waits for the request body (or for a disconnect), the place is
+        # given back, and taken again, in turn, once the message is here. A
+        # client that sends half a body and stalls holds no place.
+        owned = True
+        retaking = asyncio.Lock()
+
+        async def receive_without_place() -> Message:
+            nonlocal owned
+            if owned:
+                owned = False
+                self.places.release()
+            message = await receive()
+            async with retaking:
+                if not owned:
+                    await self.places.acquire()
+                    owned = True
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive_without_place, send)
         finally:
-            self.places.release()
+            if owned:
+                self.places.release()
 
 
 ADMISSION_REFUSED = Counter(
