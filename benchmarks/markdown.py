@@ -188,36 +188,26 @@ def _mix_row(results: Results) -> Row:
 def _freshness_rows(results: Results) -> list[Row]:
     fresh = results.freshness
     rows = []
-    accept = fresh.get("upload_server_p99_ms")
-    rows.append(
-        Row(
-            "photo upload: accepted, server time",
-            "p99 ≤ 50 ms",
-            fresh.get("upload_measured", "n/a"),
-            None if accept is None else accept <= 50,
-            fresh.get("upload_limit", ""),
-        )
-    )
-    ready = fresh.get("ready_p99_ms")
-    rows.append(
-        Row(
-            "photo upload: thumbnails ready",
-            "p99 ≤ 1 s",
-            fresh.get("ready_measured", "n/a"),
-            None if ready is None else ready <= 1000,
-            fresh.get("ready_limit", ""),
-        )
-    )
-    visible = fresh.get("fanout_visible_p99_ms")
-    rows.append(
-        Row(
+    for what, target, key, limit_ms in (
+        ("photo upload: accepted, server time", "p99 ≤ 50 ms", "upload", 50),
+        ("photo upload: thumbnails ready", "p99 ≤ 1 s", "ready", 1000),
+        (
             "fan-out: post visible in all active followers' feeds",
             "p99 ≤ 1 s",
-            fresh.get("fanout_measured", "n/a"),
-            None if visible is None else visible <= 1000,
-            fresh.get("fanout_limit", ""),
+            "fanout",
+            1000,
+        ),
+    ):
+        p99 = fresh.get(f"{key}_p99_ms")
+        rows.append(
+            Row(
+                what,
+                target,
+                fresh.get(f"{key}_measured", "n/a"),
+                None if p99 is None else p99 <= limit_ms,
+                fresh.get(f"{key}_limit", ""),
+            )
         )
-    )
     return rows
 
 

@@ -68,7 +68,7 @@ from sqlalchemy.engine import make_url
 
 from benchmarks import profile
 from loadtest.dataset import RunError
-from loadtest.run import _stop, _wait_until_ready
+from loadtest.run import _petpal, _stop, _wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -164,8 +164,8 @@ def ensure_dataset(options: Options, env: dict[str, str]) -> str:
     )
     env["PETPAL_DATABASE_URL"] = database_url(options)
     started = time.monotonic()
-    petpal(env, "migrate")
-    petpal(env, "seed", "--users", str(options.users))
+    _petpal(env, "migrate")
+    _petpal(env, "seed", "--users", str(options.users), timeout=SEED_TIMEOUT_SECONDS)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
     return f"seeded in this run in {time.monotonic() - started:.0f} s: database {name}"
@@ -174,17 +174,6 @@ def ensure_dataset(options: Options, env: dict[str, str]) -> str:
 def database_url(options: Options) -> str:
     url = make_url(admin_url()).set(database=f"petpal_bench_u{options.users}")
     return url.render_as_string(hide_password=False)
-
-
-def petpal(env: dict[str, str], *args: str) -> None:
-    print("+ petpal", " ".join(args), flush=True)
-    subprocess.run(
-        [str(BIN / "petpal"), *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=SEED_TIMEOUT_SECONDS,
-    )
 
 
 def clear_prefix(redis_url: str, prefix: str) -> None:
@@ -742,14 +731,14 @@ def measure_freshness(
     )
     server = uploads.server
     return {
-        "upload_server_p99_ms": server.p99_at_most_ms,
+        "upload_p99_ms": server.p99_at_most_ms,
         "upload_measured": f"p99 ≤ {server.p99_at_most_ms:,.0f} ms (a histogram "
         f"bucket's bound), mean {server.mean_ms:,.1f} ms, "
         f"{server.share_within_target:.1%} within 50 ms",
         "ready_p99_ms": uploads.ready.p99_ms,
         "ready_measured": f"p99 {uploads.ready.p99_ms:,.0f} ms, p50 "
         f"{uploads.ready.p50_ms:,.0f} ms, at 4 uploads a second",
-        "fanout_visible_p99_ms": fanout.visible.p99_ms,
+        "fanout_p99_ms": fanout.visible.p99_ms,
         "fanout_measured": f"p99 {fanout.visible.p99_ms:,.0f} ms over "
         f"{fanout.pairs:,} (post, follower) pairs; {fanout.author} with "
         f"{fanout.followers:,} followers, {fanout.active:,} active",
@@ -783,7 +772,7 @@ def measure_naive_upload(
         freshness.measure_uploads(stack_.url, rate=2.0, duration=options.open_seconds)
     )
     return {
-        "upload_server_p99_ms": uploads.server.p99_at_most_ms,
+        "upload_p99_ms": uploads.server.p99_at_most_ms,
         "text": uploads.describe() + "\n\n" + uploads.markdown(),
     }
 

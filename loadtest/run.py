@@ -286,14 +286,16 @@ def server_environment(
     return env
 
 
-def _petpal(env: dict[str, str], *args: str) -> None:
+def _petpal(
+    env: dict[str, str], *args: str, timeout: float = SETUP_TIMEOUT_SECONDS
+) -> None:
     print("+ petpal", " ".join(args), flush=True)
     subprocess.run(
         [str(BIN / "petpal"), *args],
         cwd=ROOT,
         env=env,
         check=True,
-        timeout=SETUP_TIMEOUT_SECONDS,
+        timeout=timeout,
     )
 
 

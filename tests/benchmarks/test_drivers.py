@@ -146,3 +146,45 @@ def test_cores_by_role_never_go_negative_when_a_process_exits() -> None:
     assert cores["PostgreSQL"] == pytest.approx((1.0 + 0.5) / 2)  # 10 exited
     assert cores["server"] == pytest.approx(2.0)
     assert all(value >= 0 for value in cores.values())
+
+
+def test_the_report_renders_every_target_with_its_verdict() -> None:
+    from pathlib import Path
+
+    from benchmarks.drivers import Capacity, OpenLoop
+    from benchmarks.markdown import render
+    from benchmarks.report import Endpoint, Options, Results
+
+    def cap(per_second: float) -> Capacity:
+        return Capacity(int(per_second * 10), 10.0, 0, per_second / 100, 15.0, "")
+
+    def endpoint(name: str, per_second: float, p99: float) -> Endpoint:
+        run = OpenLoop(
+            rate=per_second / 2,
+            result={
+                "achieved_per_second": per_second / 2,
+                "latency_ms": {"p50": 1.0, "p99": p99},
+            },
+        )
+        return Endpoint(name, cap(per_second), {0.5: run}, 0.0, 1.0)
+
+    results = Results()
+    results.endpoints = {
+        "B0": endpoint("B0", 40_000, 1),
+        "B1": endpoint("B1", 20_000, 1),
+        "full stack": endpoint("full stack", 30_000, 1),
+        "home feed": endpoint("home feed", 500, 8),
+        "post": endpoint("post", 1_000, 6),
+        "profile": endpoint("profile", 2_000, 4),
+    }
+    results.freshness = {"upload_p99_ms": 25.0, "upload_measured": "≤ 25 ms"}
+    options = Options(200_000, 10, 15, Path("out.md"), False, set())
+    text = render(options, results, "python3 dev.py bench --users 200000")
+    assert "| home feed: p99 at 50% load | ≤ 10 ms | 8.0 ms at 250/s | met |" in text
+    assert "| post: p99 at 50% load | ≤ 5 ms | 6.0 ms at 500/s | **missed** |" in text
+    assert "0.75 × B0" in text
+    assert (
+        "| photo upload: accepted, server time | p99 ≤ 50 ms | ≤ 25 ms | met |" in text
+    )
+    measured = text.count("| met |") + text.count("| **missed** |")
+    assert f"## Targets: {text.count('| met |')} of {measured} measured met" in text
