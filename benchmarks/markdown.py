@@ -38,18 +38,18 @@ def _num(value: float | None, spec: str = ",.0f", unit: str = "") -> str:
 
 
 def _cpu_limit(capacity: Capacity, endpoint: Endpoint | None = None) -> str:
-    top = ""
+    """What a saturated run's CPU says: where it went, and how much per request."""
+    parts = []
     if endpoint is not None and endpoint.profile:
-        parts = list(endpoint.profile.items())[:3]
-        top = "; its CPU went to " + ", ".join(f"{n} {v:.0%}" for n, v in parts)
-    return (
-        top.removeprefix("; ")
-        + ("; " if top else "")
-        + f"the server used {capacity.server_cores:.2f} cores at "
+        top = list(endpoint.profile.items())[:3]
+        parts.append("its CPU went to " + ", ".join(f"{n} {v:.0%}" for n, v in top))
+    parts.append(
+        f"the server used {capacity.server_cores:.2f} cores at "
         f"{capacity.cpu_ms_per_request:.2f} ms of CPU per request "
         f"(the machine, the load generator included: "
         f"{capacity.machine_cores:.2f} cores)"
     )
+    return "; ".join(parts)
 
 
 def _p99(endpoint: Endpoint | None, level: float) -> float | None:

@@ -38,7 +38,6 @@ import re
 import secrets
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,9 +49,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import asyncpg
 import httpx
-import redis
 from benchmarks.drivers import (
     Capacity,
     OpenLoop,
@@ -60,6 +57,7 @@ from benchmarks.drivers import (
     capacity,
     check_answers,
     open_loop,
+    process_tree,
     settle,
     wrk_available,
 )
@@ -67,13 +65,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from benchmarks import profile
-from loadtest.dataset import RunError
-from loadtest.run import _petpal, _stop, _wait_until_ready
+from loadtest.dataset import RunError, delete_keys_under, sql_value
+from loadtest.mix import COMMENTS, ROOT
+from loadtest.run import (
+    BIN,
+    DEFAULT_ADMIN_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    Server,
+    _free_port,
+    _petpal,
+    _stop,
+    _wait_until_ready,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-DEFAULT_ADMIN_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 PASSWORD = "petpal-demo-password"
 API = "/api/v1"
@@ -136,31 +140,22 @@ def admin_url() -> str:
     return os.environ.get("PETPAL_TEST_DATABASE_URL", DEFAULT_ADMIN_DATABASE_URL)
 
 
-async def _pg(url: str, statement: str) -> Any:
-    dsn = make_url(url).set(drivername="postgresql")
-    connection = await asyncpg.connect(
-        dsn.render_as_string(hide_password=False), timeout=10
-    )
-    try:
-        return await connection.fetchval(statement)
-    finally:
-        await connection.close()
-
-
 def ensure_dataset(options: Options, env: dict[str, str]) -> str:
     """The kept data set of ``options.users`` accounts; seeded when missing."""
     name = f"petpal_bench_u{options.users}"
     marker = Path(env["PETPAL_DATA_DIR"]) / ".seeded"
     # The name is made above from an int: nothing to quote.
     query = f"SELECT count(*) FROM pg_database WHERE datname = '{name}'"  # noqa: S608
-    exists = asyncio.run(_pg(admin_url(), query))
+    exists = asyncio.run(sql_value(admin_url(), query))
     if exists and marker.exists() and not options.fresh:
         return f"kept from an earlier run: database {name}"
     if exists:
-        asyncio.run(_pg(admin_url(), f'DROP DATABASE "{name}" WITH (FORCE)'))
+        asyncio.run(sql_value(admin_url(), f'DROP DATABASE "{name}" WITH (FORCE)'))
     marker.unlink(missing_ok=True)
     asyncio.run(
-        _pg(admin_url(), f'CREATE DATABASE "{name}" LC_COLLATE "C" TEMPLATE template0')
+        sql_value(
+            admin_url(), f'CREATE DATABASE "{name}" LC_COLLATE "C" TEMPLATE template0'
+        )
     )
     env["PETPAL_DATABASE_URL"] = database_url(options)
     started = time.monotonic()
@@ -174,16 +169,6 @@ def ensure_dataset(options: Options, env: dict[str, str]) -> str:
 def database_url(options: Options) -> str:
     url = make_url(admin_url()).set(database=f"petpal_bench_u{options.users}")
     return url.render_as_string(hide_password=False)
-
-
-def clear_prefix(redis_url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(redis_url, socket_timeout=10)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        for start in range(0, len(keys), 1000):
-            client.unlink(*keys[start : start + 1000])
-    finally:
-        client.close()
 
 
 # --- the stack -----------------------------------------------------------------
@@ -204,8 +189,6 @@ class Stack:
     @property
     def roles(self) -> dict[str, list[int]]:
         """Process trees by role, for the CPU table of a capacity run."""
-        from benchmarks.drivers import process_tree
-
         roles = {"server": self.server_pids}
         if self.workers > 1:
             # Each process apart: the kernel hands a shared socket's
@@ -236,13 +219,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
     except OSError:
         return ""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -297,18 +273,12 @@ def stack(
             workers,
             f"http://127.0.0.1:{worker_port}/metrics" if jobs else None,
         )
-        _wait_until_ready(_ServerView(server, result.url), logs / "server.log")
+        _wait_until_ready(Server(server, result.url), logs / "server.log")
         yield result
     finally:
         for process in reversed(processes):
             _stop(process, "benchmark process")
         log.close()
-
-
-@dataclass
-class _ServerView:
-    process: subprocess.Popen[bytes]
-    url: str
 
 
 # --- who reads what --------------------------------------------------------------
@@ -317,7 +287,6 @@ class _ServerView:
 @dataclass
 class Readers:
     tokens: list[str] = field(default_factory=list)
-    usernames: list[str] = field(default_factory=list)
     post_ids: list[str] = field(default_factory=list)
     authors: list[str] = field(default_factory=list)
     pet_ids: list[str] = field(default_factory=list)
@@ -338,7 +307,6 @@ def log_in_readers(url: str, users: int, count: int) -> Readers:
             answer.raise_for_status()
             token = answer.json()["access_token"]
             readers.tokens.append(token)
-            readers.usernames.append(name)
             page = client.get(
                 "/feed/home", params={"limit": 10}, headers=_auth(token)
             ).json()
@@ -451,9 +419,6 @@ def mix_requests(readers: Readers, count: int = 4000) -> list[Request]:
             case _:
                 out.append(Request("GET", f"{API}/feed/home?limit=10", token))
     return out
-
-
-COMMENTS = ("What a face!", "So fluffy 😍", "Good dog.", "Those eyes!", "Naptime goals")
 
 
 # --- measuring -------------------------------------------------------------------
@@ -576,7 +541,6 @@ class Results:
     freshness: dict[str, Any] = field(default_factory=dict)
     naive_upload: dict[str, Any] = field(default_factory=dict)
     offline: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
     started: str = ""
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -621,11 +585,11 @@ def run(options: Options) -> Results:
     logs.mkdir(exist_ok=True)
     results.dataset = ensure_dataset(options, env)
     prefix = env["PETPAL_CACHE_KEY_PREFIX"]
-    clear_prefix(redis_url(), prefix)
+    delete_keys_under(redis_url(), prefix)
     try:
         measure_all(options, env, logs, results)
     finally:
-        clear_prefix(redis_url(), prefix)
+        delete_keys_under(redis_url(), prefix)
     results.load_after = os.getloadavg()
     results.seconds = time.monotonic() - began
     return results
@@ -715,7 +679,7 @@ def measure_freshness(
             worker_metrics_url=stack_.worker_metrics_url,
         )
     )
-    author = asyncio.run(_pg(env["PETPAL_DATABASE_URL"], _MOST_FOLLOWED_UNDER))
+    author = asyncio.run(sql_value(env["PETPAL_DATABASE_URL"], _MOST_FOLLOWED_UNDER))
     print(f"  fan-out: posts by {author}, the most followed under the threshold …")
     fanout = asyncio.run(
         freshness.measure_fanout(

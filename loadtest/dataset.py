@@ -202,7 +202,7 @@ def private_database(admin_url: str, tag: str) -> Iterator[str]:
     """
     name = f"petpal_loadtest_{tag}"
     try:
-        asyncio.run(_execute(admin_url, f'CREATE DATABASE "{name}"'))
+        asyncio.run(sql_value(admin_url, f'CREATE DATABASE "{name}"'))
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         shown = make_url(admin_url).render_as_string()  # password hidden
         raise RunError(f"cannot create a database on {shown}: {exc!r}") from exc
@@ -213,19 +213,20 @@ def private_database(admin_url: str, tag: str) -> Iterator[str]:
         try:
             # FORCE: a connection the server left behind must not keep it.
             drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-            asyncio.run(_execute(admin_url, drop))
+            asyncio.run(sql_value(admin_url, drop))
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             # Said loudly, without hiding how the run itself went.
             print(f"WARNING: the database {name} is left behind: {exc!r}")
 
 
-async def _execute(url: str, statement: str) -> None:
+async def sql_value(url: str, statement: str) -> Any:
+    """Run one statement on the server ``url`` names; its first value, if any."""
     dsn = make_url(url).set(drivername="postgresql")
     connection = await asyncpg.connect(
         dsn.render_as_string(hide_password=False), timeout=10
     )
     try:
-        await connection.execute(statement)
+        return await connection.fetchval(statement)
     finally:
         await connection.close()
 
@@ -237,12 +238,18 @@ def private_key_prefix(redis_url: str, tag: str) -> Iterator[str]:
     try:
         yield prefix
     finally:
-        client = redis.Redis.from_url(redis_url, socket_timeout=10)
         try:
-            keys = list(client.scan_iter(match=prefix + "*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.unlink(*keys[start : start + 1000])
+            delete_keys_under(redis_url, prefix)
         except redis.RedisError as exc:
             print(f"WARNING: Redis keys under {prefix} are left behind: {exc!r}")
-        finally:
-            client.close()
+
+
+def delete_keys_under(redis_url: str, prefix: str) -> None:
+    """Delete every key that starts with ``prefix``, a page at a time."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start : start + 1000])
+    finally:
+        client.close()

@@ -49,6 +49,7 @@ from loadtest.mix import (
     ACTIONS,
     BASELINE_NAME,
     BASELINE_PAUSE_SECONDS,
+    COMMENTS,
     DEMO_ACCOUNTS,
     DEMO_PASSWORD,
     PASSWORD_ENV,
@@ -71,14 +72,6 @@ REFRESH_AHEAD_SECONDS = 5.0
 # Enough to act on, few enough that old pages are forgotten.
 SEEN_POSTS = 200
 
-COMMENTS = (
-    "What a good boy! 😍",
-    "Those eyes 🥺",
-    "Best nap spot in the house.",
-    "Trop mignon ! 🐾",
-    "Give them a scratch from me",
-    "かわいい！",
-)
 CAPTIONS = (
     "Morning walk done #dogs #morningwalk 🐕",
     "Caught napping again #cats #naptime",

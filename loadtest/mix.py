@@ -39,6 +39,17 @@ DEMO_PASSWORD = "petpal-demo-password"  # the published demo log-in
 BASELINE_NAME = "/healthz (baseline)"
 BASELINE_PAUSE_SECONDS = 0.2
 
+# What the simulated people write under posts (the load test and the
+# benchmark report's user mix).
+COMMENTS = (
+    "What a good boy! 😍",
+    "Those eyes 🥺",
+    "Best nap spot in the house.",
+    "Trop mignon ! 🐾",
+    "Give them a scratch from me",
+    "かわいい！",
+)
+
 # Every action the locustfile implements, in the order the mix table lists
 # them. A mix must give each a weight, so that a new action is never left out
 # of a file by accident.
