@@ -19,6 +19,7 @@ from petpal.platform.deps import (
     limit_log_in,
     limit_sign_up,
 )
+from petpal.platform.wire import json_response
 
 router = APIRouter(tags=["identity"])
 
@@ -68,8 +69,10 @@ async def update_me(
 @router.get("/accounts/{username}", response_model=Profile)
 async def get_profile(
     username: str, viewer: OptionalAccount, services: ServicesDep
-) -> Profile:
+) -> Response:
     account_id = await service.resolve_username(services, username)
-    return await service.get_profile(
-        services, account_id, viewer.account_id if viewer else None
+    return json_response(
+        await service.profile_wire(
+            services, account_id, viewer.account_id if viewer else None
+        )
     )

@@ -43,12 +43,15 @@ from petpal.platform.security import (
 )
 from petpal.platform.services import Services
 from petpal.platform.text import canonical_username, lookup_username
+from petpal.platform.wire import Wire, utc_text
 
 ACCOUNT_TTL = 600.0
 
 
 def _account_key(account_id: str) -> str:
-    return f"account:{account_id}"
+    # v2: the value carries the avatar's URL. A new shape gets a new key, so
+    # that processes of two releases side by side never read each other's.
+    return f"account:v2:{account_id}"
 
 
 def _username_key(canonical: str) -> str:
@@ -218,7 +221,7 @@ async def do_log_out(services: Services, secret: str) -> None:
 # --- profiles -----------------------------------------------------------------
 
 
-def _account_blob(account: Account) -> bytes:
+def _account_blob(account: Account, avatar_url: str | None) -> bytes:
     return orjson.dumps(
         {
             "id": account.id,
@@ -226,6 +229,7 @@ def _account_blob(account: Account) -> bytes:
             "display_name": account.display_name,
             "bio": account.bio,
             "avatar_media_id": account.avatar_media_id,
+            "avatar_url": avatar_url,
             "created_at": account.created_at,
         }
     )
@@ -234,18 +238,34 @@ def _account_blob(account: Account) -> bytes:
 async def _cached_accounts(
     services: Services, account_ids: list[str]
 ) -> dict[str, dict[str, object]]:
-    """The stored fields of the existing accounts among ``account_ids``.
+    """The stored fields of the existing accounts among ``account_ids``, with
+    the avatar's display URL.
 
     One cache round trip for all of them, and one query for those it misses.
+    The URL is stored with the account: an avatar is always a ready media
+    item, which never changes, so the value changes only when the account
+    does, and the write that changes it invalidates it.
     """
+    from petpal.media.service import display_urls
+
     keys = {_account_key(account_id): account_id for account_id in account_ids}
 
     async def load(missing: list[str]) -> dict[str, bytes | None]:
         async with services.db.read_session() as session:
-            accounts = await session.scalars(
-                select(Account).where(Account.id.in_([keys[k] for k in missing]))
+            accounts = list(
+                await session.scalars(
+                    select(Account).where(Account.id.in_([keys[k] for k in missing]))
+                )
             )
-            return {_account_key(a.id): _account_blob(a) for a in accounts}
+        avatars = await display_urls(
+            services, [a.avatar_media_id for a in accounts if a.avatar_media_id]
+        )
+        return {
+            _account_key(a.id): _account_blob(
+                a, avatars.get(a.avatar_media_id) if a.avatar_media_id else None
+            )
+            for a in accounts
+        }
 
     found = await services.cache.get_or_load_many(list(keys), load, ttl=ACCOUNT_TTL)
     return {
@@ -280,25 +300,29 @@ async def resolve_username(services: Services, username: str) -> str:
     return blob.decode()
 
 
+async def summary_wires(services: Services, account_ids: list[str]) -> dict[str, Wire]:
+    """``AccountSummary``'s JSON shape of the existing accounts among the ids,
+    in one cache round trip."""
+    blobs = await _cached_accounts(services, account_ids)
+    return {
+        account_id: {
+            "id": account_id,
+            "username": blob["username"],
+            "display_name": blob["display_name"],
+            "avatar_url": blob["avatar_url"],
+        }
+        for account_id, blob in blobs.items()
+    }
+
+
 async def get_summaries(
     services: Services, account_ids: list[str]
 ) -> dict[str, AccountSummary]:
     """Public summaries of the given accounts, from the cache where possible."""
-    from petpal.media.service import display_urls
-
-    blobs = await _cached_accounts(services, account_ids)
-    avatars = await display_urls(
-        services,
-        [str(b["avatar_media_id"]) for b in blobs.values() if b["avatar_media_id"]],
-    )
+    wires = await summary_wires(services, account_ids)
     return {
-        account_id: AccountSummary(
-            id=account_id,
-            username=str(blob["username"]),
-            display_name=str(blob["display_name"]),
-            avatar_url=avatars.get(str(blob["avatar_media_id"])),
-        )
-        for account_id, blob in blobs.items()
+        account_id: AccountSummary.model_validate(wire)
+        for account_id, wire in wires.items()
     }
 
 
@@ -315,35 +339,44 @@ async def ids_for_usernames(services: Services, usernames: list[str]) -> dict[st
         return {row[0]: row[1] for row in rows}
 
 
-async def get_profile(
+async def profile_wire(
     services: Services, account_id: str, viewer_id: str | None
-) -> Profile:
-    from petpal.media.service import display_urls
+) -> Wire:
+    """``Profile``'s JSON shape: the cached account, then its counts and
+    whether the viewer follows it, in one more round trip."""
     from petpal.social.service import account_counts, is_following
 
     blob = await _cached_account(services, account_id)
     if blob is None:
         raise NotFoundError("the account")
-    followers, following, posts = await account_counts(services, account_id)
-    avatar_id = blob["avatar_media_id"]
-    avatar_url = None
-    if avatar_id:
-        avatar_url = (await display_urls(services, [str(avatar_id)])).get(
-            str(avatar_id)
-        )
-    followed_by_me = None
-    if viewer_id is not None and viewer_id != account_id:
-        followed_by_me = await is_following(services, viewer_id, account_id)
-    return Profile.model_validate(
-        {
-            **blob,
-            "avatar_url": avatar_url,
-            "follower_count": followers,
-            "following_count": following,
-            "post_count": posts,
-            "followed_by_me": followed_by_me,
-        }
+
+    async def followed_by_viewer() -> bool | None:
+        if viewer_id is None or viewer_id == account_id:
+            return None
+        return await is_following(services, viewer_id, account_id)
+
+    (followers, following, posts), followed = await asyncio.gather(
+        account_counts(services, account_id), followed_by_viewer()
     )
+    return {
+        "id": account_id,
+        "username": blob["username"],
+        "display_name": blob["display_name"],
+        "avatar_url": blob["avatar_url"],
+        "bio": blob["bio"],
+        "avatar_media_id": blob["avatar_media_id"],
+        "created_at": utc_text(str(blob["created_at"])),
+        "follower_count": followers,
+        "following_count": following,
+        "post_count": posts,
+        "followed_by_me": followed,
+    }
+
+
+async def get_profile(
+    services: Services, account_id: str, viewer_id: str | None
+) -> Profile:
+    return Profile.model_validate(await profile_wire(services, account_id, viewer_id))
 
 
 async def get_me(services: Services, account_id: str) -> Me:

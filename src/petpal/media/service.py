@@ -4,7 +4,7 @@ The upload request only streams bytes to storage, checks the header, records
 the media as ``processing`` and queues the job; decoding happens in
 ``do_process``, which the ``media.process`` job (:mod:`petpal.media.tasks`)
 runs. Public functions for other services: ``require_ready_media``,
-``display_urls`` and ``media_views``.
+``display_urls``, ``media_views`` and ``media_json``.
 
 ``settings.media_process_inline`` is a benchmark baseline only: the upload
 request then runs ``do_process`` itself before answering.
@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -243,12 +244,15 @@ async def get_media(
     raise NotFoundError("the media")
 
 
-async def media_views(
-    services: Services, media_ids: Iterable[str]
-) -> dict[str, MediaView]:
-    """Views of the *ready* media among ``media_ids``, cached (they never change)."""
+async def media_json(services: Services, media_ids: Iterable[str]) -> dict[str, bytes]:
+    """The *ready* media among ``media_ids``, each as its view's JSON.
 
+    Cached as that JSON, which never changes once ready: a page embeds it as
+    it is, without building a model of it.
+    """
     keys = {media_key(media_id): media_id for media_id in media_ids}
+    if not keys:
+        return {}
 
     async def load(missing: list[str]) -> dict[str, bytes | None]:
         async with services.db.read_session() as session:
@@ -267,18 +271,25 @@ async def media_views(
     found = await services.cache.get_or_load_many(
         list(keys), load, ttl=READY_TTL, missing_ttl=2.0
     )
+    return {keys[key]: blob for key, blob in found.items() if blob is not None}
+
+
+async def media_views(
+    services: Services, media_ids: Iterable[str]
+) -> dict[str, MediaView]:
+    """Views of the *ready* media among ``media_ids``, cached (they never change)."""
     return {
-        keys[key]: MediaView.model_validate_json(blob)
-        for key, blob in found.items()
-        if blob is not None
+        media_id: MediaView.model_validate_json(blob)
+        for media_id, blob in (await media_json(services, media_ids)).items()
     }
 
 
 async def display_urls(services: Services, media_ids: Iterable[str]) -> dict[str, str]:
     """The display-size URL of each ready media item among ``media_ids``."""
     urls = {}
-    for media_id, view in (await media_views(services, media_ids)).items():
-        by_name = {v.name: v.url for v in view.variants}
+    for media_id, blob in (await media_json(services, media_ids)).items():
+        # Read from the cached JSON directly: only one field is needed.
+        by_name = {v["name"]: v["url"] for v in orjson.loads(blob)["variants"]}
         url = by_name.get(DISPLAY_VARIANT) or next(iter(by_name.values()), None)
         if url:
             urls[media_id] = url

@@ -1,7 +1,7 @@
 """Pet profiles, the adoption listing and Pet of the Day.
 
-Other services use only ``require_own_pets`` and ``pet_summaries``; the tables
-stay private to this package.
+Other services use only ``require_own_pets``, ``pet_summaries`` and
+``pet_tag_wires``; the tables stay private to this package.
 
 A pet's stored fields are cached under ``pet:{id}`` and invalidated after
 every write that changes them; views add the owner and the photo from the
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -47,6 +48,7 @@ from petpal.platform.pagination import (
     encode_cursor,
 )
 from petpal.platform.services import Services
+from petpal.platform.wire import Wire
 
 PET_TTL = 600.0
 ADOPTIONS_SCOPE = "adoptions"
@@ -58,6 +60,15 @@ _system_random = random.SystemRandom()
 
 def pet_key(pet_id: str) -> str:
     return f"pet:{pet_id}"
+
+
+def pet_tag_key(pet_id: str) -> str:
+    """How the pet appears in posts (``PetSummary``'s JSON, photo URL included).
+
+    Invalidated with ``pet:{id}``: a pet's photo is always a ready media item,
+    which never changes, so the tag changes only when the pet does.
+    """
+    return f"pet-tag:{pet_id}"
 
 
 def pet_of_the_day_key(day: date) -> str:
@@ -285,7 +296,7 @@ async def do_update_pet(
         for field, value in changes.items():
             setattr(pet, field, value)
         stored = _StoredPet.model_validate(pet)
-    await services.cache.invalidate(pet_key(pet_id))
+    await services.cache.invalidate(pet_key(pet_id), pet_tag_key(pet_id))
     if dropped_pick:
         await services.cache.invalidate(pet_of_the_day_key(today))
     return await _fresh_view(services, stored)
@@ -299,7 +310,7 @@ async def do_delete_pet(services: Services, pet_id: str, account_id: str) -> Non
         # whether the cached pick has to go.
         dropped_pick = await _drop_pick(session, today, pet.id)
         await session.execute(delete(Pet).where(Pet.id == pet.id))
-    await services.cache.invalidate(pet_key(pet_id))
+    await services.cache.invalidate(pet_key(pet_id), pet_tag_key(pet_id))
     if dropped_pick:
         await services.cache.invalidate(pet_of_the_day_key(today))
 
@@ -477,24 +488,48 @@ async def require_own_pets(
             )
 
 
+async def pet_tag_wires(services: Services, pet_ids: list[str]) -> dict[str, Wire]:
+    """``PetSummary``'s JSON shape of the pets among ``pet_ids`` that exist,
+    in one cache round trip."""
+    keys = {pet_tag_key(pet_id): pet_id for pet_id in pet_ids if is_valid_id(pet_id)}
+    if not keys:
+        return {}
+
+    async def load(missing: list[str]) -> dict[str, bytes | None]:
+        async with services.db.read_session() as session:
+            rows = (
+                await session.execute(
+                    select(Pet.id, Pet.name, Pet.species, Pet.photo_media_id).where(
+                        Pet.id.in_([keys[key] for key in missing])
+                    )
+                )
+            ).all()
+        urls = await display_urls(services, [r.photo_media_id for r in rows if r[3]])
+        return {
+            pet_tag_key(row.id): orjson.dumps(
+                {
+                    "id": row.id,
+                    "name": row.name,
+                    "species": row.species,
+                    "photo_url": urls.get(row.photo_media_id)
+                    if row.photo_media_id
+                    else None,
+                }
+            )
+            for row in rows
+        }
+
+    found = await services.cache.get_or_load_many(list(keys), load, ttl=PET_TTL)
+    return {
+        keys[key]: orjson.loads(blob) for key, blob in found.items() if blob is not None
+    }
+
+
 async def pet_summaries(
     services: Services, pet_ids: list[str]
 ) -> dict[str, PetSummary]:
     """Summaries of the pets among ``pet_ids`` that exist, from the cache."""
-    pets = []
-    for pet_id in dict.fromkeys(pet_ids):
-        pet = await _cached_pet(services, pet_id)
-        if pet is not None:
-            pets.append(pet)
-    urls = await display_urls(
-        services, [p.photo_media_id for p in pets if p.photo_media_id]
-    )
     return {
-        pet.id: PetSummary(
-            id=pet.id,
-            name=pet.name,
-            species=pet.species,
-            photo_url=urls.get(pet.photo_media_id) if pet.photo_media_id else None,
-        )
-        for pet in pets
+        pet_id: PetSummary.model_validate(wire)
+        for pet_id, wire in (await pet_tag_wires(services, pet_ids)).items()
     }

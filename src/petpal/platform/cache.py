@@ -266,11 +266,10 @@ class Cache:
                     if is_tombstone(cached):
                         seen[key] = cached
                         continue
-                    CACHE_REQUESTS.labels(key.split(":", 1)[0], "hit").inc()
                     results[key] = None if cached == _MISSING_MARK else cached
         missing = [key for key in wanted if key not in results]
-        for key in missing:
-            CACHE_REQUESTS.labels(key.split(":", 1)[0], "miss").inc()
+        _count(results, "hit")
+        _count(missing, "miss")
 
         joined = {key: self._loading[key] for key in missing if key in self._loading}
         mine = [key for key in missing if key not in joined]
@@ -475,6 +474,16 @@ class Cache:
                 seconds=self._bypass_after_error,
             )
         self._bypass_until = time.monotonic() + self._bypass_after_error
+
+
+def _count(keys: Iterable[str], outcome: str) -> None:
+    """Count look-ups by key family: one counter update a family, not a key."""
+    families: dict[str, int] = {}
+    for key in keys:
+        family = key.split(":", 1)[0]
+        families[family] = families.get(family, 0) + 1
+    for family, n in families.items():
+        CACHE_REQUESTS.labels(family, outcome).inc(n)
 
 
 def _consume(future: asyncio.Future[bytes | None]) -> None:

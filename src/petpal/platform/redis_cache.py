@@ -7,7 +7,9 @@ the database and bypasses Redis for a moment.
 
 Look-ups and stores issued in the same turn of the event loop travel
 together, as one ``MGET`` and one pipeline: a page that asks the cache for
-fifty posts at once makes one round trip on one connection, not fifty.
+fifty posts at once makes one round trip on one connection, not fifty, and
+the look-ups of several families made side by side (a page's posts, their
+counts and the viewer's likes, say) share that round trip too.
 """
 
 from __future__ import annotations
@@ -126,7 +128,10 @@ class RedisBackend:
     def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
-        self._gets: _TurnBatch[str, bytes | None] = _TurnBatch(self._mget)
+        # Each item is a list of keys: single gets and whole pages share one MGET.
+        self._gets: _TurnBatch[list[str], list[bytes | None]] = _TurnBatch(
+            self._mget_lists
+        )
         self._sets: _TurnBatch[tuple[str, bytes, int, bytes | None], object] = (
             _TurnBatch(self._pipelined_set)
         )
@@ -140,10 +145,12 @@ class RedisBackend:
         return self._prefix + key
 
     async def get(self, key: str) -> bytes | None:
-        return await self._gets.submit(key)
+        return (await self._gets.submit([key]))[0]
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        values = await self._mget(list(keys))
+        if not keys:
+            return {}
+        values = await self._gets.submit(list(keys))
         return {
             key: value
             for key, value in zip(keys, values, strict=True)
@@ -176,12 +183,22 @@ class RedisBackend:
     async def ping(self) -> None:
         await redis_call(self._client.ping())
 
-    async def _mget(self, keys: list[str]) -> list[bytes | None]:
-        if not keys:
-            return []
+    async def _mget_lists(self, lists: list[list[str]]) -> list[list[bytes | None]]:
+        """One MGET for every list of keys; each list gets its own values back."""
+        prefix = self._prefix
         # Bytes, never str: the client is built without decode_responses.
-        values = await redis_call(self._client.mget([self._key(k) for k in keys]))
-        return [value if isinstance(value, bytes) else None for value in values]
+        values = await redis_call(
+            self._client.mget([prefix + key for keys in lists for key in keys])
+        )
+        found: list[list[bytes | None]] = []
+        start = 0
+        for keys in lists:
+            end = start + len(keys)
+            found.append(
+                [v if isinstance(v, bytes) else None for v in values[start:end]]
+            )
+            start = end
+        return found
 
     async def _pipelined_set(
         self, entries: list[tuple[str, bytes, int, bytes | None]]

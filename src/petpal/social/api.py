@@ -13,6 +13,7 @@ from petpal.platform.deps import (
     limit_per_account,
 )
 from petpal.platform.pagination import Page
+from petpal.platform.wire import json_response, page_response
 from petpal.social import service, trending
 from petpal.social.schemas import (
     CommentCreate,
@@ -77,9 +78,11 @@ async def account_posts(
     services: ServicesDep,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
-) -> Page[PostView]:
-    return await service.account_posts(
-        services, username, _viewer_id(viewer), cursor, limit
+) -> Response:
+    return page_response(
+        await service.account_posts(
+            services, username, _viewer_id(viewer), cursor, limit
+        )
     )
 
 
@@ -93,18 +96,21 @@ async def account_posts(
     dependencies=[Depends(limit_per_account("post"))],
 )
 async def create_post(
-    data: PostCreate, me: CurrentAccount, services: ServicesDep, response: Response
-) -> PostView:
+    data: PostCreate, me: CurrentAccount, services: ServicesDep
+) -> Response:
     post_id = await service.do_create_post(services, me.account_id, data)
+    response = json_response(
+        await service.get_post(services, post_id, me.account_id), status_code=201
+    )
     response.headers["Location"] = f"/api/v1/posts/{post_id}"
-    return await service.get_post(services, post_id, me.account_id)
+    return response
 
 
 @router.get("/posts/{post_id}", response_model=PostView)
 async def get_post(
     post_id: str, viewer: OptionalAccount, services: ServicesDep
-) -> PostView:
-    return await service.get_post(services, post_id, _viewer_id(viewer))
+) -> Response:
+    return json_response(await service.get_post(services, post_id, _viewer_id(viewer)))
 
 
 @router.delete("/posts/{post_id}", status_code=204)
@@ -168,8 +174,10 @@ async def home_feed(
     services: ServicesDep,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
-) -> Page[PostView]:
-    return await service.home_feed(services, me.account_id, cursor, limit)
+) -> Response:
+    return page_response(
+        await service.home_feed(services, me.account_id, cursor, limit)
+    )
 
 
 @router.get("/feed/public", response_model=Page[PostView])
@@ -178,8 +186,10 @@ async def public_feed(
     services: ServicesDep,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
-) -> Page[PostView]:
-    return await service.public_feed(services, _viewer_id(viewer), cursor, limit)
+) -> Response:
+    return page_response(
+        await service.public_feed(services, _viewer_id(viewer), cursor, limit)
+    )
 
 
 @router.get("/feed/trending", response_model=Page[PostView])
@@ -188,8 +198,10 @@ async def trending_feed(
     services: ServicesDep,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
-) -> Page[PostView]:
-    return await trending.trending_feed(services, _viewer_id(viewer), cursor, limit)
+) -> Response:
+    return page_response(
+        await trending.trending_feed(services, _viewer_id(viewer), cursor, limit)
+    )
 
 
 @router.get("/tags/{tag}", response_model=Page[PostView])
@@ -199,5 +211,7 @@ async def tag_feed(
     services: ServicesDep,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
-) -> Page[PostView]:
-    return await service.tag_feed(services, tag, _viewer_id(viewer), cursor, limit)
+) -> Response:
+    return page_response(
+        await service.tag_feed(services, tag, _viewer_id(viewer), cursor, limit)
+    )

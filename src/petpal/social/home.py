@@ -53,18 +53,15 @@ from sqlalchemy import Select, String, literal, select, true, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from petpal.platform.cache import CacheBackendError
-from petpal.platform.pagination import Page
 from petpal.platform.services import Services
 from petpal.platform.timelines import TimelineContent, TimelineSlice
+from petpal.platform.wire import WirePage
 from petpal.social.models import AccountStats, Follow, Post
-from petpal.social.schemas import PostView
 from petpal.social.views import (
     Counted,
     after_id,
-    counts_of,
-    likes_of,
     next_cursor,
-    post_views,
+    post_wires,
     read_counted,
 )
 
@@ -103,33 +100,28 @@ def _announced_key(author_id: str) -> str:
 
 async def home_page(
     services: Services, account_id: str, cursor: str | None, limit: int
-) -> Page[PostView]:
+) -> WirePage:
     """Posts of the accounts ``account_id`` follows, and its own, newest first."""
     scope = f"home:{account_id}"
     before = after_id(services, scope, cursor)
     found = await _from_timelines(services, account_id, before, limit + 1)
-    sources: list[str] = []
     if found is None:
         counted = await _from_database(services, account_id, before, limit + 1)
         ids = [c.id for c in counted]
-        page = counted[:limit]
+        wires = await post_wires(
+            services, ids[:limit], account_id, {c.id: c for c in counted}
+        )
     else:
         ids, sources = found
-        counts = await counts_of(services, ids[:limit])
-        page = [counts[i] for i in ids[:limit] if i in counts]
-    liked = await likes_of(services, account_id, [c.id for c in page])
-    views = await post_views(services, page, liked)
-    shown = {view.id for view in views}
-    gone = [i for i in ids[:limit] if i not in shown]
-    if gone and sources:
-        # Deleted (or their author is): never shown, and out of the way now.
-        # Should the store fail, the retract job removes them too.
-        with contextlib.suppress(CacheBackendError):
-            await services.timelines.remove(sources, gone)
-    return Page[PostView](
-        items=views,
-        next_cursor=next_cursor(services, scope, ids[:limit], len(ids) > limit),
-    )
+        wires = await post_wires(services, ids[:limit], account_id)
+        shown = {wire["id"] for wire in wires}
+        gone = [i for i in ids[:limit] if i not in shown]
+        if gone:
+            # Deleted (or their author is): never shown, and out of the way
+            # now. Should the store fail, the retract job removes them too.
+            with contextlib.suppress(CacheBackendError):
+                await services.timelines.remove(sources, gone)
+    return WirePage(wires, next_cursor(services, scope, ids[:limit], len(ids) > limit))
 
 
 async def _from_timelines(

@@ -54,6 +54,7 @@ from petpal.platform.text import (
     extract_hashtags,
     extract_mentions,
 )
+from petpal.platform.wire import Wire, WirePage
 from petpal.social import home, trending
 from petpal.social.models import (
     TAG_MAX_LENGTH,
@@ -71,7 +72,6 @@ from petpal.social.schemas import (
     CommentView,
     LikeState,
     PostCreate,
-    PostView,
 )
 from petpal.social.views import (
     COUNTS_TTL,
@@ -83,7 +83,7 @@ from petpal.social.views import (
     likes_of,
     next_cursor,
     post_key,
-    post_views,
+    post_wires,
     read_counted,
 )
 
@@ -425,17 +425,13 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
         await trending.remove_post(services, post_id, author_id)
 
 
-async def get_post(services: Services, post_id: str, viewer_id: str | None) -> PostView:
+async def get_post(services: Services, post_id: str, viewer_id: str | None) -> Wire:
+    """``PostView``'s JSON shape of the post; 404 if it is gone."""
     _require_id(post_id, "the post")
-    counted = list((await counts_of(services, [post_id])).values())
-    if not counted:
+    wires = await post_wires(services, [post_id], viewer_id)
+    if not wires:
         raise NotFoundError("the post")
-    views = await post_views(
-        services, counted, await likes_of(services, viewer_id, [post_id])
-    )
-    if not views:
-        raise NotFoundError("the post")
-    return views[0]
+    return wires[0]
 
 
 # --- likes ----------------------------------------------------------------------
@@ -663,7 +659,7 @@ async def _comment_views(
 
 async def home_feed(
     services: Services, account_id: str, cursor: str | None, limit: int
-) -> Page[PostView]:
+) -> WirePage:
     """Posts of the accounts ``account_id`` follows, and its own, newest first.
 
     Served from fanned-out timelines; see :mod:`petpal.social.home`.
@@ -673,7 +669,7 @@ async def home_feed(
 
 async def public_feed(
     services: Services, viewer_id: str | None, cursor: str | None, limit: int
-) -> Page[PostView]:
+) -> WirePage:
     return await _post_page(
         services, "public", counted_query(), Post.id, cursor, limit, viewer_id
     )
@@ -685,7 +681,7 @@ async def account_posts(
     viewer_id: str | None,
     cursor: str | None,
     limit: int,
-) -> Page[PostView]:
+) -> WirePage:
     account_id = await resolve_username(services, username)
     query = counted_query().where(Post.author_id == account_id)
     return await _post_page(
@@ -708,7 +704,7 @@ async def tag_feed(
     viewer_id: str | None,
     cursor: str | None,
     limit: int,
-) -> Page[PostView]:
+) -> WirePage:
     tag = lookup_tag(raw_tag)
     if tag is None:
         raise NotFoundError("the hashtag")
@@ -732,7 +728,7 @@ async def _post_page(
     cursor: str | None,
     limit: int,
     viewer_id: str | None,
-) -> Page[PostView]:
+) -> WirePage:
     """Newest first by ``key`` (a post id column), ``limit`` at a time.
 
     Ids are unique and grow with time, so "below the last id seen" returns
@@ -744,13 +740,10 @@ async def _post_page(
     query = query.order_by(key.desc()).limit(limit + 1)
     async with services.db.read_session() as session:
         counted = await read_counted(session, query)
-    page = counted[:limit]
-    liked = await likes_of(services, viewer_id, [c.id for c in page])
-    return Page[PostView](
-        items=await post_views(services, page, liked),
-        next_cursor=next_cursor(
-            services, scope, [c.id for c in page], len(counted) > limit
-        ),
+    page = [c.id for c in counted[:limit]]
+    return WirePage(
+        await post_wires(services, page, viewer_id, {c.id: c for c in counted}),
+        next_cursor(services, scope, page, len(counted) > limit),
     )
 
 

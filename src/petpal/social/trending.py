@@ -83,14 +83,13 @@ from petpal.platform.db import utcnow
 from petpal.platform.ids import is_valid_id, new_id
 from petpal.platform.pagination import (
     InvalidCursorError,
-    Page,
     decode_cursor,
     encode_cursor,
 )
 from petpal.platform.services import Services
+from petpal.platform.wire import WirePage
 from petpal.social.models import Comment, Like, Post
-from petpal.social.schemas import PostView
-from petpal.social.views import counts_of, likes_of, post_views
+from petpal.social.views import post_wires
 
 POST_WEIGHT = 1
 LIKE_WEIGHT = 1
@@ -376,7 +375,7 @@ def _trending_position(key: dict[str, Any]) -> tuple[str, int]:
 
 async def trending_feed(
     services: Services, viewer_id: str | None, cursor: str | None, limit: int
-) -> Page[PostView]:
+) -> WirePage:
     """The trending posts, ranked once per snapshot and paged within it.
 
     The cursor carries the snapshot's id and a position in it, so a walk over
@@ -405,9 +404,4 @@ async def trending_feed(
         )
     # Counts from the cache, which also drops the posts deleted since the
     # snapshot was made.
-    by_id = await counts_of(services, ids)
-    in_rank_order = [by_id[i] for i in ids if i in by_id]
-    liked = await likes_of(services, viewer_id, [c.id for c in in_rank_order])
-    return Page[PostView](
-        items=await post_views(services, in_rank_order, liked), next_cursor=next_cursor
-    )
+    return WirePage(await post_wires(services, ids, viewer_id), next_cursor)

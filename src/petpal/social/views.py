@@ -10,27 +10,29 @@ under ``post-counts:{id}``, which a deletion invalidates and which caches
 cache under ``post:{id}``; the posts a page misses there are loaded
 together, in one batch. Authors, media and pets come from their own
 services' caches.
+
+A page is built as plain dicts in ``PostView``'s JSON shape and rendered
+once (:mod:`petpal.platform.wire`), in three cache round trips whatever its
+size (``post_wires``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, TypedDict, cast
 
 import orjson
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from petpal.identity.service import get_summaries
-from petpal.media.service import media_views
+from petpal.identity.service import summary_wires
+from petpal.media.service import media_json
 from petpal.platform.ids import is_valid_id
 from petpal.platform.pagination import InvalidCursorError, decode_cursor, encode_cursor
 from petpal.platform.services import Services
+from petpal.platform.wire import Wire, utc_text
 from petpal.social.models import Like, Post, PostMedia, PostMention, PostPet, PostTag
-from petpal.social.schemas import PetTag, PostView
 
 POST_TTL = 3600.0
 COUNTS_TTL = 600.0
@@ -191,121 +193,95 @@ async def _load_bodies(services: Services, post_ids: list[str]) -> dict[str, byt
     return {post_id: orjson.dumps(body) for post_id, body in bodies.items()}
 
 
-class _BodyBatch:
-    """Loads, in one batch, every post body its callers miss in the cache.
-
-    Each caller goes through ``Cache.get_or_load`` (metrics, single flight,
-    invalidation races); the loaders it starts for the missing keys of a page
-    all wait here, and the first one schedules a single load for all of them.
-    """
-
-    def __init__(self, services: Services) -> None:
-        self._services = services
-        self._waiting: dict[str, asyncio.Future[bytes | None]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def load(self, post_id: str) -> bytes | None:
-        future = self._waiting.get(post_id)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._waiting[post_id] = future
-        if self._task is None:
-            self._task = asyncio.create_task(self._dispatch())
-        return await future
-
-    async def _dispatch(self) -> None:
-        # One turn of the loop lets the other keys of the page join the batch.
-        await asyncio.sleep(0)
-        waiting, self._waiting, self._task = self._waiting, {}, None
-        try:
-            bodies = await _load_bodies(self._services, list(waiting))
-        except asyncio.CancelledError:
-            for future in waiting.values():
-                future.cancel()
-            raise
-        except Exception as exc:
-            # Not swallowed: every waiter raises it from its own await.
-            for future in waiting.values():
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for post_id, future in waiting.items():
-            if not future.done():
-                future.set_result(bodies.get(post_id))
-
-
 async def _post_bodies(services: Services, post_ids: list[str]) -> dict[str, _PostBody]:
-    batch = _BodyBatch(services)
-    blobs = await asyncio.gather(
-        *(
-            services.cache.get_or_load(
-                post_key(post_id),
-                functools.partial(batch.load, post_id),
-                ttl=POST_TTL,
-            )
-            for post_id in post_ids
-        )
-    )
+    """The bodies of the existing posts among ``post_ids``: one cache round
+    trip, and one batch of queries for those it misses."""
+    keys = {post_key(post_id): post_id for post_id in post_ids}
+
+    async def load(missing: list[str]) -> dict[str, bytes | None]:
+        bodies = await _load_bodies(services, [keys[key] for key in missing])
+        return {post_key(post_id): body for post_id, body in bodies.items()}
+
+    found = await services.cache.get_or_load_many(list(keys), load, ttl=POST_TTL)
     return {
-        post_id: cast(_PostBody, orjson.loads(blob))
-        for post_id, blob in zip(post_ids, blobs, strict=True)
+        keys[key]: cast(_PostBody, orjson.loads(blob))
+        for key, blob in found.items()
         if blob is not None
     }
 
 
-async def _pet_tags(services: Services, pet_ids: list[str]) -> dict[str, PetTag]:
+async def _pet_tags(services: Services, pet_ids: list[str]) -> dict[str, Wire]:
     if not pet_ids:
         return {}
     # Imported on use: pets may come to call social, and two services that
     # import each other at module level would make an import cycle.
-    from petpal.pets.service import pet_summaries
+    from petpal.pets.service import pet_tag_wires
 
-    summaries = await pet_summaries(services, pet_ids)
-    return {
-        pet_id: PetTag.model_validate(summary.model_dump(mode="json"))
-        for pet_id, summary in summaries.items()
-    }
+    return await pet_tag_wires(services, pet_ids)
 
 
-async def post_views(
-    services: Services, counted: Sequence[Counted], liked: set[str] | None
-) -> list[PostView]:
-    """Views of the posts in ``counted``, in its order; vanished ones are left out."""
-    if not counted:
+async def post_wires(
+    services: Services,
+    post_ids: Sequence[str],
+    viewer_id: str | None,
+    counted: Mapping[str, Counted] | None = None,
+) -> list[Wire]:
+    """``PostView``'s JSON shape of the existing posts among ``post_ids``, in order.
+
+    ``counted`` holds the counts when the page's own query read them; they
+    come from the cache otherwise. Three cache round trips, whatever the
+    page's size: the posts with their counts and the viewer's likes; their
+    authors, media and pets; the authors' avatars and the pets' photos. A
+    post that is gone, or whose author is, is left out.
+    """
+    ids = list(post_ids)
+    if not ids:
         return []
-    bodies = await _post_bodies(services, [c.id for c in counted])
-    present = list(bodies.values())
-    # Independent look-ups, so their round trips overlap.
+
+    async def counts() -> Mapping[str, Counted]:
+        return counted if counted is not None else await counts_of(services, ids)
+
+    # Side by side, so each step's look-ups share one round trip.
+    found, liked, bodies = await asyncio.gather(
+        counts(), likes_of(services, viewer_id, ids), _post_bodies(services, ids)
+    )
+    present = [bodies[i] for i in ids if i in bodies and i in found]
     accounts, media, pets = await asyncio.gather(
-        get_summaries(
+        summary_wires(
             services,
             [b["author_id"] for b in present]
             + [m for b in present for m in b["mention_ids"]],
         ),
-        media_views(services, [m for b in present for m in b["media_ids"]]),
+        media_json(services, [m for b in present for m in b["media_ids"]]),
         _pet_tags(services, [p for b in present for p in b["pet_ids"]]),
     )
-    views = []
-    for post_id, like_count, comment_count in counted:
-        body = bodies.get(post_id)
-        author = accounts.get(body["author_id"]) if body else None
-        if body is None or author is None:
+    wires = []
+    for body in present:
+        author = accounts.get(body["author_id"])
+        if author is None:
             continue
-        views.append(
-            PostView(
-                id=post_id,
-                author=author,
-                caption=body["caption"],
-                hashtags=body["hashtags"],
-                mentions=[
-                    accounts[m].username for m in body["mention_ids"] if m in accounts
+        post_id = body["id"]
+        counts_now = found[post_id]
+        # In PostView's field order; media as their cached JSON, as it is.
+        wires.append(
+            {
+                "id": post_id,
+                "author": author,
+                "caption": body["caption"],
+                "hashtags": body["hashtags"],
+                "mentions": [
+                    accounts[m]["username"]
+                    for m in body["mention_ids"]
+                    if m in accounts
                 ],
-                media=[media[m] for m in body["media_ids"] if m in media],
-                pets=[pets[p] for p in body["pet_ids"] if p in pets],
-                like_count=like_count,
-                comment_count=comment_count,
-                liked_by_me=None if liked is None else post_id in liked,
-                created_at=datetime.fromisoformat(body["created_at"]),
-            )
+                "media": [
+                    orjson.Fragment(media[m]) for m in body["media_ids"] if m in media
+                ],
+                "pets": [pets[p] for p in body["pet_ids"] if p in pets],
+                "like_count": counts_now.like_count,
+                "comment_count": counts_now.comment_count,
+                "liked_by_me": None if liked is None else post_id in liked,
+                "created_at": utc_text(body["created_at"]),
+            }
         )
-    return views
+    return wires

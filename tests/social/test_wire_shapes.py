@@ -1,0 +1,109 @@
+"""The reads rendered straight to JSON answer exactly their declared models.
+
+Post pages, posts and profiles are built as plain dicts and rendered once
+(``petpal.platform.wire``), not through their response models. Each answer
+here, with every part filled in (an avatar, a mention, a tagged pet with a
+photo, a like), must be what its model would have written: validating it
+and writing it back gives the same JSON, field for field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from petpal.identity.schemas import Profile
+from petpal.platform.pagination import Page
+from petpal.platform.services import Services
+from petpal.social.schemas import PostView
+from tests.factories import a_user
+from tests.social.builders import a_photo
+
+
+def as_model_writes_it(model: type[BaseModel], response: httpx.Response) -> Any:
+    assert response.status_code in (200, 201), response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert model.model_validate(body).model_dump(mode="json") == body
+    return body
+
+
+async def test_post_pages_posts_and_profiles_match_their_models(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    alice = await a_user(client)
+    bob = await a_user(client)
+    avatar = await a_photo(client, alice, services, photos)
+    changed = await client.patch(
+        "/api/v1/accounts/me", headers=alice.headers, json={"avatar_media_id": avatar}
+    )
+    assert changed.status_code == 200, changed.text
+    pet_photo = await a_photo(client, alice, services, photos)
+    pet = await client.post(
+        "/api/v1/pets",
+        headers=alice.headers,
+        json={"name": "Rex", "species": "dog", "photo_media_id": pet_photo},
+    )
+    assert pet.status_code == 201, pet.text
+    created = await client.post(
+        "/api/v1/posts",
+        headers=alice.headers,
+        json={
+            "caption": f"Walkies with @{bob.username} #dog",
+            "media_ids": [await a_photo(client, alice, services, photos)],
+            "pet_ids": [pet.json()["id"]],
+        },
+    )
+    post = as_model_writes_it(PostView, created)
+    follow = await client.post(
+        f"/api/v1/accounts/{alice.username}/follow", headers=bob.headers
+    )
+    assert follow.status_code == 204, follow.text
+    like = await client.post(f"/api/v1/posts/{post['id']}/like", headers=bob.headers)
+    assert like.status_code == 200, like.text
+
+    seen = as_model_writes_it(
+        PostView, await client.get(f"/api/v1/posts/{post['id']}", headers=bob.headers)
+    )
+    # Every part is there, so every part's shape was checked.
+    assert seen["author"]["avatar_url"] is not None
+    assert seen["mentions"] == [bob.username]
+    assert seen["hashtags"] == ["dog"]
+    assert seen["pets"][0]["photo_url"] is not None
+    assert seen["media"][0]["variants"]
+    assert (seen["like_count"], seen["liked_by_me"]) == (1, True)
+    assert seen["created_at"].endswith("Z")
+    anonymous = as_model_writes_it(
+        PostView, await client.get(f"/api/v1/posts/{post['id']}")
+    )
+    assert anonymous["liked_by_me"] is None
+
+    for path in (
+        "/api/v1/feed/home",
+        "/api/v1/feed/public",
+        "/api/v1/feed/trending",
+        "/api/v1/tags/dog",
+        f"/api/v1/accounts/{alice.username}/posts",
+    ):
+        page = as_model_writes_it(
+            Page[PostView], await client.get(path, headers=bob.headers)
+        )
+        assert [item["id"] for item in page["items"]] == [post["id"]], path
+        assert page["items"][0] == seen, path
+
+    profile = as_model_writes_it(
+        Profile,
+        await client.get(f"/api/v1/accounts/{alice.username}", headers=bob.headers),
+    )
+    assert profile["followed_by_me"] is True
+    assert profile["avatar_url"] == seen["author"]["avatar_url"]
+    assert (profile["follower_count"], profile["post_count"]) == (1, 1)
+    assert profile["created_at"].endswith("Z")
+    own = as_model_writes_it(
+        Profile,
+        await client.get(f"/api/v1/accounts/{alice.username}", headers=alice.headers),
+    )
+    assert own["followed_by_me"] is None
