@@ -12,7 +12,7 @@ together, in one batch. Authors, media and pets come from their own
 services' caches.
 
 A page is built as plain dicts in ``PostView``'s JSON shape and rendered
-once (:mod:`petpal.platform.wire`), in three cache round trips whatever its
+once (:mod:`petpal.platform.wire`), in two cache round trips whatever its
 size (``post_wires``).
 """
 
@@ -229,10 +229,10 @@ async def post_wires(
     """``PostView``'s JSON shape of the existing posts among ``post_ids``, in order.
 
     ``counted`` holds the counts when the page's own query read them; they
-    come from the cache otherwise. Three cache round trips, whatever the
-    page's size: the posts with their counts and the viewer's likes; their
-    authors, media and pets; the authors' avatars and the pets' photos. A
-    post that is gone, or whose author is, is left out.
+    come from the cache otherwise. Two cache round trips, whatever the
+    page's size: the posts with their counts and the viewer's likes, then
+    their authors (avatars included), media and pet tags (photos included).
+    A post that is gone, or whose author is, is left out.
     """
     ids = list(post_ids)
     if not ids:
