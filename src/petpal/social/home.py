@@ -32,8 +32,8 @@ then; so a Redis failure in between leaves no timeline wrong for long.
 Reading. A warm page is one script call for the timeline's ids and links,
 one more for the linked authors' timelines if there are any, then two
 round trips for the counts, the viewer's likes and the post views
-(``views.post_wires``): no SQL. A missing
-timeline is rebuilt from the database at once; if that takes longer than
+(``views.post_wires``): no SQL. A missing timeline is rebuilt from the
+database at once; if that takes longer than
 ``timeline_rebuild_budget_seconds`` the page is served straight from the
 database and the build is stored when it ends. A page below what the
 timelines hold (past the cap) comes from the database, by the same query.
