@@ -95,10 +95,12 @@ class Settings(BaseSettings):
     # How long a request waits for a free pooled connection before it is
     # answered 503: a saturated pool sheds load instead of queueing without end.
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
-    # Test each pooled connection with a cheap round trip before handing it
-    # out, so connections that died in a server restart are replaced silently
-    # instead of failing the first request that draws them.
-    db_pool_pre_ping: bool = True
+    # Test each pooled connection with a round trip (three statements on
+    # asyncpg) before handing it out. Off by default: connections the server
+    # closed (a restart) are replaced at checkout anyway, without a round
+    # trip (db.py). Turn it on where connections can die silently, behind a
+    # pooler or a network that drops idle connections.
+    db_pool_pre_ping: bool = False
     # Connections are replaced after this long, so a failover behind a DNS
     # name or a pooler is picked up and server-side memory does not creep.
     db_pool_recycle_seconds: int = Field(default=1800, ge=1)
