@@ -230,10 +230,7 @@ async def test_connections_lost_in_a_restart_are_replaced_unseen(
         user = await a_user(client)
         # Several pooled connections, all of them idle in the pool.
         await asyncio.gather(
-            *(
-                client.get(f"/api/v1/accounts/{user.username}/posts")
-                for _ in range(4)
-            )
+            *(client.get(f"/api/v1/accounts/{user.username}/posts") for _ in range(4))
         )
         assert await _terminate_connections(postgres, app_services) >= 1
         # Each of these reads the database (a page query), on a pooled
