@@ -166,8 +166,18 @@ async def declare_dead(session: AsyncSession, row: OutboxJob, error: str) -> Non
         log.exception("job.on_dead_failed", job_id=row.id, job_kind=row.kind)
 
 
-def enqueue(session: AsyncSession, kind: str, payload: dict[str, Any]) -> str:
-    """Add a job to the outbox in ``session``'s transaction; returns its id."""
+def enqueue(
+    session: AsyncSession,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    delay: timedelta = timedelta(0),
+) -> str:
+    """Add a job to the outbox in ``session``'s transaction; returns its id.
+
+    With ``delay`` the job is not due (neither run nor published) until that
+    long after now.
+    """
     now = utcnow()
     job_id = new_id()
     session.info[JOBS_ENQUEUED] = True
@@ -178,7 +188,7 @@ def enqueue(session: AsyncSession, kind: str, payload: dict[str, Any]) -> str:
             payload=payload,
             status=PENDING,
             attempts=0,
-            available_at=now,
+            available_at=now + delay,
             created_at=now,
         )
     )
