@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,9 +55,14 @@ from petpal.media.models import FAILED, PROCESSING, READY, Media
 from petpal.media.schemas import MediaView, VariantView
 from petpal.media.upload import receive_file
 from petpal.platform.db import utcnow
-from petpal.platform.errors import InvalidInputError, NotFoundError, ProblemError
+from petpal.platform.errors import (
+    RETRY_AFTER_SECONDS,
+    InvalidInputError,
+    NotFoundError,
+    ProblemError,
+)
 from petpal.platform.ids import is_valid_id, new_id
-from petpal.platform.jobs import enqueue
+from petpal.platform.jobs import enqueue, record_dead
 from petpal.platform.services import Services
 
 log = structlog.get_logger(__name__)
@@ -114,11 +120,35 @@ async def do_upload(services: Services, owner_id: str, request: Request) -> Medi
             enqueue(session, PROCESS_JOB, {"media_id": media_id})
     if not inline:
         return media
-    await do_process(services, media_id)
+    await _process_inline(services, media_id)
     async with services.db.read_session() as session:
         processed = await session.get(Media, media_id)
     # Deleted meanwhile only if its owner was: nothing newer to show then.
     return processed or media
+
+
+async def _process_inline(services: Services, media_id: str) -> None:
+    """Run ``do_process`` in the request; if it raises, end as the job would.
+
+    The queued job retries and, dead, leaves the photo ``failed`` for a replay;
+    here the one attempt is recorded as that dead job, through the same hook,
+    and the request answers a problem instead of leaving the photo
+    ``processing`` forever behind a 500.
+    """
+    try:
+        await do_process(services, media_id)
+    except Exception as exc:
+        error = "".join(traceback.format_exception_only(exc)).strip()
+        log.warning("media.inline_processing_failed", media_id=media_id, error=error)
+        async with services.db.write_session() as session:
+            await record_dead(session, PROCESS_JOB, {"media_id": media_id}, error)
+        raise ProblemError(
+            503,
+            "processing_failed",
+            "the photo could not be processed now; it is recorded as failed",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            extra={"media_id": media_id},
+        ) from exc
 
 
 async def do_process(services: Services, media_id: str) -> None:

@@ -166,6 +166,32 @@ async def declare_dead(session: AsyncSession, row: OutboxJob, error: str) -> Non
         log.exception("job.on_dead_failed", job_id=row.id, job_kind=row.kind)
 
 
+async def record_dead(
+    session: AsyncSession, kind: str, payload: dict[str, Any], error: str
+) -> str:
+    """Record, in ``session``, a job that ran once outside the outbox and failed.
+
+    For work a request did itself instead of queueing it (the inline media
+    baseline): it ends as a job that died on its first attempt, its kind's
+    on-dead hook runs, and ``petpal jobs replay`` can run it again.
+    """
+    now = utcnow()
+    row = OutboxJob(
+        id=new_id(),
+        kind=kind,
+        payload=payload,
+        status=RUNNING,
+        attempts=1,
+        available_at=now,
+        created_at=now,
+    )
+    session.add(row)
+    await session.flush()  # the row must outlive a failing hook's savepoint
+    await declare_dead(session, row, error)
+    JOB_RUNS.labels(kind, "dead").inc()
+    return row.id
+
+
 def enqueue(
     session: AsyncSession,
     kind: str,
