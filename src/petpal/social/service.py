@@ -837,31 +837,40 @@ async def do_recount(
     this repairs them after rows vanished by a cascade from outside, e.g. an
     account deleted with its likes, comments and follows.
     """
+    async with services.db.write_session() as session:
+        await recount_in(session, account_ids, post_ids)
+    await services.cache.invalidate(
+        *(_counts_key(a) for a in account_ids), *(counts_key(p) for p in post_ids)
+    )
+
+
+async def recount_in(
+    session: AsyncSession, account_ids: Sequence[str], post_ids: Sequence[str]
+) -> None:
+    """:func:`do_recount`'s writes, in ``session``; the cached counts stay."""
 
     def count(model: type[Base], condition: ColumnElement[bool]) -> Any:
         return (
             select(func.count()).select_from(model).where(condition).scalar_subquery()
         )
 
-    async with services.db.write_session() as session:
-        if post_ids:
-            await session.execute(
-                update(Post)
-                .where(Post.id.in_(list(post_ids)))
-                .values(
-                    like_count=count(Like, Like.post_id == Post.id),
-                    comment_count=count(Comment, Comment.post_id == Post.id),
-                )
+    if post_ids:
+        await session.execute(
+            update(Post)
+            .where(Post.id.in_(list(post_ids)))
+            .values(
+                like_count=count(Like, Like.post_id == Post.id),
+                comment_count=count(Comment, Comment.post_id == Post.id),
             )
-        for account_id in account_ids:
-            await _ensure_stats(session, account_id)
-            await session.execute(
-                update(AccountStats)
-                .where(AccountStats.account_id == account_id)
-                .values(
-                    follower_count=count(Follow, Follow.followee_id == account_id),
-                    following_count=count(Follow, Follow.follower_id == account_id),
-                    post_count=count(Post, Post.author_id == account_id),
-                )
+        )
+    for account_id in account_ids:
+        await _ensure_stats(session, account_id)
+        await session.execute(
+            update(AccountStats)
+            .where(AccountStats.account_id == account_id)
+            .values(
+                follower_count=count(Follow, Follow.followee_id == account_id),
+                following_count=count(Follow, Follow.follower_id == account_id),
+                post_count=count(Post, Post.author_id == account_id),
             )
-    await services.cache.invalidate(*(_counts_key(a) for a in account_ids))
+        )
