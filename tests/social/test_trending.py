@@ -204,6 +204,39 @@ async def test_a_deleted_post_leaves_trending_at_once(
     assert await fresh(client, services) == [kept["id"]]
 
 
+async def test_a_page_of_a_stale_snapshot_is_full_despite_deleted_posts(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    # Three posts ranked in the snapshot; the newest is deleted while the
+    # snapshot is still current (it is read afresh only every 5 s).
+    authors = await many_users(services, 3)
+    await warm(client, services)
+    oldest, middle, newest = await posts_by(client, services, photos, authors)
+    assert await fresh(client, services) == ids([newest, middle, oldest])
+    response = await client.delete(
+        f"/api/v1/posts/{newest['id']}", headers=authors[2].headers
+    )
+    assert response.status_code == 204
+
+    first = (await client.get(TRENDING, params={"limit": 2})).json()
+    assert ids(first["items"]) == ids([middle, oldest])
+    assert first["next_cursor"] is None
+    # A walk begun before the deletion gets full pages too.
+    await services.cache.invalidate("trending:current")
+    authors = await many_users(services, 3)
+    posts = await posts_by(client, services, photos, authors)
+    walk_start = await client.get(TRENDING, params={"limit": 1})
+    assert ids(walk_start.json()["items"]) == [posts[2]["id"]]
+    response = await client.delete(
+        f"/api/v1/posts/{posts[1]['id']}", headers=authors[1].headers
+    )
+    assert response.status_code == 204
+    second = await client.get(
+        TRENDING, params={"limit": 1, "cursor": walk_start.json()["next_cursor"]}
+    )
+    assert ids(second.json()["items"]) == [posts[0]["id"]]
+
+
 async def a_busy_day(
     client: httpx.AsyncClient,
     services: Services,

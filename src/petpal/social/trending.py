@@ -47,7 +47,8 @@ that left the window (and takes them out of the ranking), keeps
 ``post_id:author_id``, so this needs nothing else) and stores the ids as a
 snapshot. New walks share one snapshot for ``TRENDING_TTL`` seconds, which
 bounds how many are stored. The page's counts come from the cache, which
-also drops posts deleted since the snapshot was made.
+also drops posts deleted since the snapshot was made; a page reads on past
+them in the snapshot, so that it is full whenever more posts follow.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ from petpal.platform.pagination import (
 from petpal.platform.services import Services
 from petpal.social.models import Comment, Like, Post
 from petpal.social.schemas import PostView
-from petpal.social.views import counts_of, likes_of, post_views
+from petpal.social.views import Counted, counts_of, likes_of, post_views
 
 POST_WEIGHT = 1
 LIKE_WEIGHT = 1
@@ -395,18 +396,21 @@ async def trending_feed(
     if snapshot is None:
         raise InvalidCursorError()
     all_ids: list[str] = snapshot["ids"]
-    ids = all_ids[start : start + limit]
-    next_cursor = None
-    if start + limit < len(all_ids):
-        next_cursor = encode_cursor(
-            services.secret,
-            scope,
-            {"snapshot": snapshot["snapshot"], "at": start + limit},
-        )
     # Counts from the cache, which also drops the posts deleted since the
-    # snapshot was made.
-    by_id = await counts_of(services, ids)
-    in_rank_order = [by_id[i] for i in ids if i in by_id]
+    # snapshot was made; the page reads on past them, so that it is full
+    # whenever the snapshot holds more.
+    in_rank_order: list[Counted] = []
+    position = start
+    while len(in_rank_order) < limit and position < len(all_ids):
+        ids = all_ids[position : position + limit - len(in_rank_order)]
+        position += len(ids)
+        by_id = await counts_of(services, ids)
+        in_rank_order += [by_id[i] for i in ids if i in by_id]
+    next_cursor = None
+    if position < len(all_ids):
+        next_cursor = encode_cursor(
+            services.secret, scope, {"snapshot": snapshot["snapshot"], "at": position}
+        )
     liked = await likes_of(services, viewer_id, [c.id for c in in_rank_order])
     return Page[PostView](
         items=await post_views(services, in_rank_order, liked), next_cursor=next_cursor
