@@ -23,6 +23,7 @@ from petpal.social.tasks import RECOUNT_JOB
 from tests.factories import User
 from tests.social.builders import a_photo, a_post, many_users
 from tests.social.test_timelines import HOME, follow, settle
+from tests.social.test_trending import fresh
 
 
 @pytest.fixture(autouse=True)
@@ -92,28 +93,36 @@ async def test_a_dead_follow_change_leaves_no_timeline_without_the_followee(
     assert await home_ids(client, reader) == [post["id"]]
 
 
-async def test_a_dead_recount_still_corrects_the_counts(
+async def test_a_dead_recount_still_corrects_the_counts_and_trending(
     client: httpx.AsyncClient,
     services: Services,
     photos: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    author, fan = await many_users(services, 2)
-    post = await a_post(client, author, await a_photo(client, author, services, photos))
-    liked = await client.post(f"/api/v1/posts/{post['id']}/like", headers=fan.headers)
-    assert liked.status_code == 200, liked.text
+    first, second, fan = await many_users(services, 3)
+    await fresh(client, services)  # the trending ranking exists
+    liked = await a_post(client, first, await a_photo(client, first, services, photos))
+    newer = await a_post(
+        client, second, await a_photo(client, second, services, photos)
+    )
+    response = await client.post(
+        f"/api/v1/posts/{liked['id']}/like", headers=fan.headers
+    )
+    assert response.status_code == 200, response.text
+    assert (await client.get(f"/api/v1/posts/{liked['id']}")).json()["like_count"]
+    assert await fresh(client, services) == [liked["id"], newer["id"]]
     # The like vanishes from outside the service (as by a cascade), and the
     # recount that should follow fails every attempt.
     breaks(monkeypatch, "petpal.social.tasks.do_recount")
     async with services.db.write_session() as session:
-        await session.execute(delete(Like).where(Like.post_id == post["id"]))
-        enqueue(session, RECOUNT_JOB, {"post_ids": [post["id"]]})
+        await session.execute(delete(Like).where(Like.post_id == liked["id"]))
+        enqueue(session, RECOUNT_JOB, {"post_ids": [liked["id"]]})
     await settle(services)
     assert await dead_kinds(services) == [RECOUNT_JOB]
 
-    await services.cache.invalidate(f"post-counts:{post['id']}")  # its TTL passed
-    fetched = await client.get(f"/api/v1/posts/{post['id']}")
+    fetched = await client.get(f"/api/v1/posts/{liked['id']}")
     assert fetched.json()["like_count"] == 0
+    assert await fresh(client, services) == [newer["id"], liked["id"]]
 
 
 async def test_a_recount_corrects_the_counts_it_finds_cached(

@@ -18,12 +18,14 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import delete
 from ulid import ULID
 
 from petpal.platform.cache import CacheBackendError
 from petpal.platform.db import utcnow
 from petpal.platform.services import Services
 from petpal.social import service, trending
+from petpal.social.models import Like
 from tests.factories import User
 from tests.social.builders import a_photo, a_post, many_users, walk
 
@@ -235,6 +237,23 @@ async def test_a_page_of_a_stale_snapshot_is_full_despite_deleted_posts(
         TRENDING, params={"limit": 1, "cursor": walk_start.json()["next_cursor"]}
     )
     assert ids(second.json()["items"]) == [posts[0]["id"]]
+
+
+async def test_likes_removed_by_a_recount_leave_the_scores(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    # Rows that vanish by cascade (an account deleted with its likes) are
+    # followed by a recount of the posts they counted for.
+    *authors, fan = await many_users(services, 3)
+    await warm(client, services)
+    liked, newer = await posts_by(client, services, photos, authors)
+    await like(client, liked, fan)
+    assert await fresh(client, services) == ids([liked, newer])
+    async with services.db.write_session() as session:
+        await session.execute(delete(Like).where(Like.account_id == fan.id))
+    await service.do_recount(services, [fan.id], [liked["id"]])
+
+    assert await fresh(client, services) == ids([newer, liked])
 
 
 async def a_busy_day(

@@ -835,19 +835,32 @@ async def do_recount(
 
     The counters stay exact under concurrent social writes by construction;
     this repairs them after rows vanished by a cascade from outside, e.g. an
-    account deleted with its likes, comments and follows.
+    account deleted with its likes, comments and follows. With posts, the
+    trending ranking is rebuilt too, without the vanished events.
     """
     async with services.db.write_session() as session:
         await recount_in(session, account_ids, post_ids)
+    await do_drop_recounted(services, account_ids, post_ids)
+
+
+async def do_drop_recounted(
+    services: Services, account_ids: Sequence[str], post_ids: Sequence[str]
+) -> None:
+    """Drop what was derived from the counters and rows a recount corrected:
+    the cached counts and, with posts, the trending ranking (their likes and
+    comments that vanished still count there)."""
     await services.cache.invalidate(
         *(_counts_key(a) for a in account_ids), *(counts_key(p) for p in post_ids)
     )
+    if post_ids:
+        await trending.forget_ranking(services)
 
 
 async def recount_in(
     session: AsyncSession, account_ids: Sequence[str], post_ids: Sequence[str]
 ) -> None:
-    """:func:`do_recount`'s writes, in ``session``; the cached counts stay."""
+    """:func:`do_recount`'s writes, in ``session``; then
+    :func:`do_drop_recounted`, after the commit."""
 
     def count(model: type[Base], condition: ColumnElement[bool]) -> Any:
         return (

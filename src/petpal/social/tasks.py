@@ -4,7 +4,8 @@
 comments, an account's followers, following and posts). Whoever removes
 social rows other than through this service, as deleting an account does by
 cascade, enqueues it with the ids of the accounts and posts concerned. It
-recomputes from the rows, so running it twice does no harm.
+recomputes from the rows, so running it twice does no harm, then drops the
+cached counts and the trending ranking derived from what changed.
 
 ``social.fanout``, ``social.retract`` and ``social.follow_timeline`` keep
 the home timelines in line with posts and follows (see
@@ -25,9 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from petpal.platform.jobs import DeadJob, JobContext, enqueue, job, on_dead
 from petpal.platform.services import Services
 from petpal.social import home
-from petpal.social.service import do_recount, recount_in
+from petpal.social.service import do_drop_recounted, do_recount, recount_in
 
 RECOUNT_JOB = "social.recount"
+RECOUNTED_JOB = "social.recounted"
 
 
 @job(RECOUNT_JOB)
@@ -44,12 +46,25 @@ async def recount(ctx: JobContext, payload: dict[str, Any]) -> None:
 async def recount_in_verdict(session: AsyncSession, dead: DeadJob) -> None:
     # The counters would stay wrong for good. Its writes are database writes,
     # and the database answers now (the verdict is being recorded in it), so
-    # they are made here; the counts cached before are served until their
-    # TTL (views.COUNTS_TTL) runs out.
-    await recount_in(
-        session,
-        [str(a) for a in dead.payload.get("account_ids", [])],
-        [str(p) for p in dead.payload.get("post_ids", [])],
+    # they are made here; dropping what was derived from them waits for a
+    # job, since a hook must not touch the cache.
+    payload = {
+        "account_ids": [str(a) for a in dead.payload.get("account_ids", [])],
+        "post_ids": [str(p) for p in dead.payload.get("post_ids", [])],
+    }
+    await recount_in(session, payload["account_ids"], payload["post_ids"])
+    enqueue(session, RECOUNTED_JOB, payload)
+
+
+# social.recounted needs no on-dead hook: what it drops from the cache and
+# the ranking is owed when the store fails (platform/store_calls.py), and is
+# dropped by its TTL (views.COUNTS_TTL, the ranking's week) at the latest.
+@job(RECOUNTED_JOB)
+async def recounted(ctx: JobContext, payload: dict[str, Any]) -> None:
+    await do_drop_recounted(
+        ctx.services,
+        [str(a) for a in payload.get("account_ids", [])],
+        [str(p) for p in payload.get("post_ids", [])],
     )
 
 

@@ -40,6 +40,10 @@ older than the window are not recorded: pages never show those posts. A
 post deleted while a rebuild reads the rows may come back with its result;
 pages still never show it (below), and it falls out as it ages.
 
+Rows that vanish by a cascade (an account deleted with its likes) are not
+events: the recount that follows deletes the ranking (``forget_ranking``),
+and its next reader rebuilds it from the rows that remain.
+
 Reading. A page-walk ranks once and reads a snapshot of ids. A new walk
 takes the top of the ranking (one round trip, no SQL), drops the posts
 that left the window (and takes them out of the ranking), keeps
@@ -195,6 +199,18 @@ async def remove_post(services: Services, post_id: str, author_id: str) -> None:
         await services.rankings.remove(
             _ranking_key(epoch_of(utcnow())), [_member(post_id, author_id)]
         )
+
+
+async def forget_ranking(services: Services) -> None:
+    """Delete the current ranking, for its next read to rebuild from the rows.
+
+    For rows that changed other than through the writes above (likes and
+    comments gone by a cascade, which only a recount notices): their events
+    cannot be subtracted, having no rows left to date them. Best effort: a
+    deletion the store fails is owed and made once it answers.
+    """
+    with contextlib.suppress(CacheBackendError):
+        await services.rankings.forget(_ranking_key(epoch_of(utcnow())))
 
 
 # --- rebuilding -----------------------------------------------------------------
