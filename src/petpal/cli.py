@@ -14,6 +14,8 @@ from petpal.platform.settings import Settings, get_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and replay background jobs.")
 app.add_typer(jobs_app, name="jobs")
+media_app = typer.Typer(no_args_is_help=True, help="Operate on stored media.")
+app.add_typer(media_app, name="media")
 
 DataDir = Annotated[
     Path | None,
@@ -296,6 +298,24 @@ def jobs_replay(
             await db.dispose()
 
     typer.echo(f"{asyncio.run(run())} job(s) queued again")
+
+
+@media_app.command("sweep-uploads")
+def media_sweep_uploads(data_dir: DataDir = None) -> None:
+    """Delete raw uploads nothing needs any more (run it daily, e.g. from cron)."""
+    from petpal.media.service import do_sweep_uploads
+    from petpal.platform.services import Services
+
+    async def run() -> str:
+        settings = _settings(data_dir).model_copy(update={"run_jobs_in_process": False})
+        services = Services.build(settings)
+        try:
+            swept = await do_sweep_uploads(services)
+        finally:
+            await services.close()
+        return f"{swept.deleted} of {swept.examined} stored upload(s) deleted"
+
+    typer.echo(asyncio.run(run()))
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""A photo whose processing job dies ends ``failed``, and a replay revives it."""
+"""A photo whose processing job dies ends ``failed``, and a replay revives it.
+
+So does one whose processing raises inside its upload request (the inline
+benchmark baseline): the request answers a problem, never a 500.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from petpal.media.service import PROCESS_JOB
+from petpal.platform.app import create_app
 from petpal.platform.jobs import (
     DEAD,
     DONE,
@@ -21,12 +27,14 @@ from petpal.platform.jobs import (
     OutboxJob,
     enqueue,
     job,
+    list_dead_jobs,
     on_dead,
     replay_dead_jobs,
     start_delivery,
 )
 from petpal.platform.services import Services
-from tests.factories import a_user, an_uploaded_photo, drain_jobs
+from petpal.platform.settings import Settings
+from tests.factories import a_user, an_uploaded_photo, assert_problem, drain_jobs
 
 PHOTO = Path(__file__).parent.parent / "fixtures" / "photos" / "camera-exif"
 SMALL_PHOTO = PHOTO / "apple_iphone5_ori3_gps.jpg"
@@ -124,3 +132,50 @@ async def test_a_failing_on_dead_hook_does_not_cost_the_verdict(
         row = await session.get(OutboxJob, job_id)
     assert row is not None
     assert (row.status, row.last_error) == (DEAD, "RuntimeError: always")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError("no space left on device"), RuntimeError("a bug in a decoder")],
+    ids=["outage", "bug"],
+)
+async def test_inline_processing_that_raises_ends_failed_and_answers_a_problem(
+    settings: Settings, error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The benchmark's naive path: the request processes the photo itself, and
+    # processing raises. Like a job that died on its only attempt, the photo
+    # is failed and the operator can replay it.
+    def broken(*_: Any) -> None:
+        raise error
+
+    monkeypatch.setattr("petpal.media.service.process_image", broken)
+    inline = settings.model_copy(update={"media_process_inline": True})
+    app: FastAPI = create_app(inline)
+    async with app.router.lifespan_context(app):
+        services: Services = app.state.services
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            user = await a_user(c)
+            with SMALL_PHOTO.open("rb") as f:
+                answer = await c.post(
+                    "/api/v1/media",
+                    headers=user.headers,
+                    files={"file": ("p.jpg", f, "image/jpeg")},
+                )
+            problem = assert_problem(answer, 503, "processing_failed")
+            assert answer.headers["retry-after"]
+            media_id = problem["media_id"]
+            fetched = await c.get(f"/api/v1/media/{media_id}", headers=user.headers)
+            assert fetched.json()["status"] == "failed"
+            assert (
+                fetched.json()["failure_reason"] == "processing failed after 1 attempt"
+            )
+
+            (dead,) = await list_dead_jobs(services.db)
+            assert (dead.kind, dead.payload) == (PROCESS_JOB, {"media_id": media_id})
+            assert str(error) in (dead.last_error or "")
+            monkeypatch.undo()
+            assert await replay_dead_jobs(services.db) == 1
+            await drain_jobs(services)
+            fetched = await c.get(f"/api/v1/media/{media_id}", headers=user.headers)
+            assert fetched.json()["status"] == "ready"

@@ -33,6 +33,7 @@ from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
 from petpal.media.models import FAILED, READY, Media
+from petpal.media.service import PROCESS_JOB
 from petpal.platform.broker import (
     BrokerRelay,
     Topology,
@@ -222,6 +223,11 @@ async def outbox_rows(db: Database) -> list[OutboxJob]:
         return list((await session.scalars(select(OutboxJob))).all())
 
 
+async def photo_jobs(db: Database) -> list[OutboxJob]:
+    """The media.process rows: a photo's death adds a media.discard_upload."""
+    return [row for row in await outbox_rows(db) if row.kind == PROCESS_JOB]
+
+
 async def wait_until(
     check: Any, what: str, processes: Processes, seconds: float = 90
 ) -> None:
@@ -234,20 +240,22 @@ async def wait_until(
 
 
 async def all_ready(db: Database, media_ids: list[str]) -> bool:
-    """Every photo ready and every job's outcome recorded (it comes last)."""
+    """Every photo ready and every photo job's outcome recorded (it comes last)."""
     async with db.read_session() as session:
         rows = (
             await session.scalars(select(Media).where(Media.id.in_(media_ids)))
         ).all()
         unfinished = await session.scalar(
-            select(OutboxJob.id).where(OutboxJob.status != DONE).limit(1)
+            select(OutboxJob.id)
+            .where(OutboxJob.kind == PROCESS_JOB, OutboxJob.status != DONE)
+            .limit(1)
         )
     ready = len(rows) == len(media_ids) and all(m.status == READY for m in rows)
     return ready and unfinished is None
 
 
 async def all_done(db: Database, media_ids: list[str]) -> bool:
-    """The photos are ready and every job is recorded as done.
+    """The photos are ready and every photo job is recorded as done.
 
     The job marks its photo ready and only then returns for the worker to
     record the job done: a check between the two sees a ready photo whose
@@ -255,7 +263,7 @@ async def all_done(db: Database, media_ids: list[str]) -> bool:
     """
     if not await all_ready(db, media_ids):
         return False
-    return all(row.status == DONE for row in await outbox_rows(db))
+    return all(row.status == DONE for row in await photo_jobs(db))
 
 
 async def media_of(db: Database, media_id: str) -> Media:
@@ -326,10 +334,10 @@ async def test_a_failing_job_retries_is_dead_lettered_and_replays(
     processes.worker("media")
 
     async def dead() -> bool:
-        return [r.status for r in await outbox_rows(db)] == [DEAD]
+        return [r.status for r in await photo_jobs(db)] == [DEAD]
 
     await wait_until(dead, "the job to die", processes)
-    (row,) = await outbox_rows(db)
+    (row,) = await photo_jobs(db)
     assert row.attempts == settings.job_max_attempts
     assert row.last_error
     # The owner's app sees the photo failed, not processing forever.
@@ -346,7 +354,7 @@ async def test_a_failing_job_retries_is_dead_lettered_and_replays(
     replayed = run_cli(settings, "jobs", "replay", row.id)
     assert "1 job(s) queued again" in replayed.stdout, replayed
     await wait_until(lambda: all_done(db, [media_id]), "replayed photo", processes)
-    (row,) = await outbox_rows(db)
+    (row,) = await photo_jobs(db)
     assert (row.status, row.attempts) == (DONE, 1)
 
 
@@ -589,7 +597,7 @@ async def test_a_dead_letter_joins_the_outbox_dead_list(
     finally:
         await relay.close()
     assert moved == 1
-    (row,) = await outbox_rows(db)
+    (row,) = await photo_jobs(db)
     assert (row.id, row.status) == (job_id, DEAD)
     assert row.last_error == "dead-lettered by RabbitMQ (rejected)"
     media = await media_of(db, media_id)

@@ -18,12 +18,14 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import delete
 from ulid import ULID
 
 from petpal.platform.cache import CacheBackendError
 from petpal.platform.db import utcnow
 from petpal.platform.services import Services
 from petpal.social import service, trending
+from petpal.social.models import Like
 from tests.factories import User
 from tests.social.builders import a_photo, a_post, many_users, walk
 
@@ -202,6 +204,56 @@ async def test_a_deleted_post_leaves_trending_at_once(
     assert ids(same_snapshot.json()["items"]) == [kept["id"]]
     assert await ranking(services) == [kept["id"]]
     assert await fresh(client, services) == [kept["id"]]
+
+
+async def test_a_page_of_a_stale_snapshot_is_full_despite_deleted_posts(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    # Three posts ranked in the snapshot; the newest is deleted while the
+    # snapshot is still current (it is read afresh only every 5 s).
+    authors = await many_users(services, 3)
+    await warm(client, services)
+    oldest, middle, newest = await posts_by(client, services, photos, authors)
+    assert await fresh(client, services) == ids([newest, middle, oldest])
+    response = await client.delete(
+        f"/api/v1/posts/{newest['id']}", headers=authors[2].headers
+    )
+    assert response.status_code == 204
+
+    first = (await client.get(TRENDING, params={"limit": 2})).json()
+    assert ids(first["items"]) == ids([middle, oldest])
+    assert first["next_cursor"] is None
+    # A walk begun before the deletion gets full pages too.
+    await services.cache.invalidate("trending:current")
+    authors = await many_users(services, 3)
+    posts = await posts_by(client, services, photos, authors)
+    walk_start = await client.get(TRENDING, params={"limit": 1})
+    assert ids(walk_start.json()["items"]) == [posts[2]["id"]]
+    response = await client.delete(
+        f"/api/v1/posts/{posts[1]['id']}", headers=authors[1].headers
+    )
+    assert response.status_code == 204
+    second = await client.get(
+        TRENDING, params={"limit": 1, "cursor": walk_start.json()["next_cursor"]}
+    )
+    assert ids(second.json()["items"]) == [posts[0]["id"]]
+
+
+async def test_likes_removed_by_a_recount_leave_the_scores(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    # Rows that vanish by cascade (an account deleted with its likes) are
+    # followed by a recount of the posts they counted for.
+    *authors, fan = await many_users(services, 3)
+    await warm(client, services)
+    liked, newer = await posts_by(client, services, photos, authors)
+    await like(client, liked, fan)
+    assert await fresh(client, services) == ids([liked, newer])
+    async with services.db.write_session() as session:
+        await session.execute(delete(Like).where(Like.account_id == fan.id))
+    await service.do_recount(services, [fan.id], [liked["id"]])
+
+    assert await fresh(client, services) == ids([newer, liked])
 
 
 async def a_busy_day(

@@ -8,13 +8,34 @@ runs. Public functions for other services: ``require_ready_media``,
 
 ``settings.media_process_inline`` is a benchmark baseline only: the upload
 request then runs ``do_process`` itself before answering.
+
+The raw upload (``incoming/<id>`` in storage) may carry the uploader's GPS
+position, so it lives no longer than it is needed, and the media row names
+it (``incoming_key``) until the object is gone, so that nothing can be
+forgotten in storage:
+
+- ``ready`` or ``failed`` for an unreadable photo: ``do_process`` deletes it
+  once the outcome is recorded; a crash in between leaves the row naming it,
+  and the job's next delivery finishes the deletion.
+- ``failed`` because its job died (:func:`do_fail_processing`): kept for
+  ``media_failed_upload_retention_seconds``, so that ``petpal jobs replay``
+  can still process it, then deleted by the ``media.discard_upload`` job
+  that the death scheduled (:func:`do_discard_upload`).
+- an upload no row names (its row was never committed, or was removed with
+  its account by cascade): ``petpal media sweep-uploads``
+  (:func:`do_sweep_uploads`) deletes it, and any upload the rules above
+  should have deleted, once it is older than
+  ``media_orphan_upload_grace_seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
+import traceback
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +56,21 @@ from petpal.media.models import FAILED, PROCESSING, READY, Media
 from petpal.media.schemas import MediaView, VariantView
 from petpal.media.upload import receive_file
 from petpal.platform.db import utcnow
-from petpal.platform.errors import InvalidInputError, NotFoundError, ProblemError
+from petpal.platform.errors import (
+    RETRY_AFTER_SECONDS,
+    InvalidInputError,
+    NotFoundError,
+    ProblemError,
+)
 from petpal.platform.ids import is_valid_id, new_id
-from petpal.platform.jobs import enqueue
+from petpal.platform.jobs import enqueue, record_dead
 from petpal.platform.services import Services
 
 log = structlog.get_logger(__name__)
 
 PROCESS_JOB = "media.process"
+DISCARD_UPLOAD_JOB = "media.discard_upload"
+INCOMING_PREFIX = "incoming/"
 DISPLAY_VARIANT = "medium"
 READY_TTL = 3600.0
 
@@ -69,7 +97,7 @@ async def do_upload(services: Services, owner_id: str, request: Request) -> Medi
         except ImageRejected as exc:
             raise ProblemError(exc.status, exc.code, exc.detail) from exc
         media_id = new_id()
-        incoming_key = f"incoming/{media_id}"
+        incoming_key = f"{INCOMING_PREFIX}{media_id}"
         await services.storage.put(incoming_key, received.path, header.content_type)
     finally:
         received.path.unlink(missing_ok=True)
@@ -93,27 +121,57 @@ async def do_upload(services: Services, owner_id: str, request: Request) -> Medi
             enqueue(session, PROCESS_JOB, {"media_id": media_id})
     if not inline:
         return media
-    await do_process(services, media_id)
+    await _process_inline(services, media_id)
     async with services.db.read_session() as session:
         processed = await session.get(Media, media_id)
     # Deleted meanwhile only if its owner was: nothing newer to show then.
     return processed or media
 
 
+async def _process_inline(services: Services, media_id: str) -> None:
+    """Run ``do_process`` in the request; if it raises, end as the job would.
+
+    The queued job retries and, dead, leaves the photo ``failed`` for a replay;
+    here the one attempt is recorded as that dead job, through the same hook,
+    and the request answers a problem instead of leaving the photo
+    ``processing`` forever behind a 500.
+    """
+    try:
+        await do_process(services, media_id)
+    except Exception as exc:
+        error = "".join(traceback.format_exception_only(exc)).strip()
+        log.warning("media.inline_processing_failed", media_id=media_id, error=error)
+        async with services.db.write_session() as session:
+            await record_dead(session, PROCESS_JOB, {"media_id": media_id}, error)
+        raise ProblemError(
+            503,
+            "processing_failed",
+            "the photo could not be processed now; it is recorded as failed",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            extra={"media_id": media_id},
+        ) from exc
+
+
 async def do_process(services: Services, media_id: str) -> None:
     """Decode an upload, store its variants and record it ``ready`` (or
     ``failed``, with a reason); the raw upload is deleted either way.
 
-    Idempotent: media no longer ``processing`` is left as it is, and the
-    variants' keys depend only on the media id and the variant, so a second
-    run overwrites instead of adding a second set. The one exception is media
-    failed by :func:`do_fail_processing` (its job died; the upload is kept):
-    a replayed job takes it back to ``processing`` and tries again.
+    Idempotent: media no longer ``processing`` is left as it is (but for an
+    upload a crash kept, which is deleted now), and the variants' keys depend
+    only on the media id and the variant, so a second run overwrites instead
+    of adding a second set. The one exception is media failed by
+    :func:`do_fail_processing` (its job died; the upload is kept): a replayed
+    job takes it back to ``processing`` and tries again.
     """
     async with services.db.read_session() as session:
         media = await session.get(Media, media_id)
     if media is None or media.incoming_key is None:
         return  # already done by an earlier delivery, or deleted
+    if media.status == READY:
+        # The outcome was recorded but the upload not deleted (the process
+        # died, or storage failed, in between): finish that now.
+        await _delete_upload(services, media_id, media.incoming_key)
+        return
     if media.status == FAILED:
         if not await _resume_processing(services, media_id):
             return  # resumed by another delivery meanwhile
@@ -130,7 +188,7 @@ async def do_process(services: Services, media_id: str) -> None:
             )
         except ImageFailed as exc:
             await _finish(services, media_id, status=FAILED, failure_reason=exc.reason)
-            await services.storage.delete(incoming_key)
+            await _delete_upload(services, media_id, incoming_key)
             log.info("media.failed", media_id=media_id, reason=exc.reason)
             return
 
@@ -157,21 +215,172 @@ async def do_process(services: Services, media_id: str) -> None:
         blurhash=result.blurhash,
         variants=variants,
     )
-    await services.storage.delete(incoming_key)
+    await _delete_upload(services, media_id, incoming_key)
 
 
 async def do_fail_processing(session: AsyncSession, media_id: str, reason: str) -> None:
     """Record media ``failed`` because its job gave up, in ``session``.
 
     The raw upload is kept, so that ``petpal jobs replay`` can process it
-    once the cause (a storage outage, say) is gone. No cache entry needs
-    dropping: only ready media is cached.
+    once the cause (a storage outage, say) is gone, and a
+    ``media.discard_upload`` job is queued to delete it once the retention
+    has passed. No cache entry needs dropping: only ready media is cached.
     """
-    await session.execute(
+    failed_at = utcnow()
+    result = await session.execute(
         update(Media)
         .where(Media.id == media_id, Media.status == PROCESSING)
-        .values(status=FAILED, failure_reason=reason, processed_at=utcnow())
+        .values(status=FAILED, failure_reason=reason, processed_at=failed_at)
     )
+    if getattr(result, "rowcount", 0):
+        enqueue(
+            session,
+            DISCARD_UPLOAD_JOB,
+            {"media_id": media_id, "failed_at": failed_at.isoformat()},
+        )
+
+
+async def do_discard_upload(
+    services: Services, media_id: str, failed_at: datetime
+) -> None:
+    """Delete the upload of media that failed at ``failed_at``, once expired.
+
+    Runs as soon as the death is recorded (a dead-job hook cannot read the
+    settings) and, before the retention has passed, only queues itself again
+    for when it has. Media replayed meanwhile is left alone: ``ready`` lost
+    its upload when processed, and media that failed again since has a job
+    of its own, counted from the later failure.
+    """
+    retention = timedelta(
+        seconds=services.settings.media_failed_upload_retention_seconds
+    )
+    not_before = failed_at + retention
+    now = utcnow()
+    if now < not_before:
+        async with services.db.write_session() as session:
+            enqueue(
+                session,
+                DISCARD_UPLOAD_JOB,
+                {"media_id": media_id, "failed_at": failed_at.isoformat()},
+                delay=not_before - now,
+            )
+        return
+    async with services.db.read_session() as session:
+        media = await session.get(Media, media_id)
+    if media is None or media.incoming_key is None:
+        return
+    if media.status == READY:
+        await _delete_upload(services, media_id, media.incoming_key)
+        return
+    failed_since = media.processed_at is not None and media.processed_at > failed_at
+    if media.status != FAILED or failed_since:
+        return
+    # Unnamed first, then deleted: a replay from now on finds no upload and
+    # leaves the photo failed, instead of racing the deletion.
+    if not await _unname_upload(services, media_id, media.incoming_key):
+        return
+    await services.storage.delete(media.incoming_key)
+    log.info("media.upload_discarded", media_id=media_id)
+
+
+@dataclass(frozen=True)
+class UploadSweep:
+    """What :func:`do_sweep_uploads` found under ``incoming/``."""
+
+    examined: int
+    deleted: int
+
+
+async def do_sweep_uploads(services: Services) -> UploadSweep:
+    """Delete every stored upload that nothing needs any more.
+
+    Kept: uploads of media still ``processing``, and of media failed by its
+    job's death within the retention (a replay needs them). Deleted, once
+    older than ``media_orphan_upload_grace_seconds``: the rest, above all
+    uploads no media row names, which nothing else would ever find: a row
+    removed with its account by cascade, an upload whose row never committed,
+    a discard job that was lost. Safe to run at any time and from anywhere.
+    """
+    settings = services.settings
+    now = utcnow()
+    stored_before = now - timedelta(seconds=settings.media_orphan_upload_grace_seconds)
+    failed_before = now - timedelta(
+        seconds=settings.media_failed_upload_retention_seconds
+    )
+    examined = deleted = 0
+    async for batch in services.storage.list_objects(INCOMING_PREFIX):
+        examined += len(batch)
+        stored = {
+            key: key.removeprefix(INCOMING_PREFIX)
+            for key, modified in batch
+            if modified <= stored_before
+        }
+        async with services.db.read_session() as session:
+            rows = await session.execute(
+                select(Media.id, Media.status, Media.processed_at).where(
+                    Media.id.in_(list(stored.values())),
+                    Media.incoming_key.in_(list(stored)),
+                )
+            )
+            needed = {
+                row.id
+                for row in rows
+                if row.status == PROCESSING
+                or (
+                    row.status == FAILED
+                    and row.processed_at is not None
+                    and row.processed_at > failed_before
+                )
+            }
+        for key, media_id in stored.items():
+            if media_id not in needed and await _unname_upload(services, media_id, key):
+                await services.storage.delete(key)
+                deleted += 1
+    log.info("media.uploads_swept", examined=examined, deleted=deleted)
+    return UploadSweep(examined=examined, deleted=deleted)
+
+
+async def _unname_upload(services: Services, media_id: str, key: str) -> bool:
+    """Stop naming ``key`` unless a replay took its media back meanwhile.
+
+    Unnamed before it is deleted: a crash in between leaves an upload no row
+    names, which the next sweep deletes.
+    """
+    async with services.db.write_session() as session:
+        result = await session.execute(
+            update(Media)
+            .where(
+                Media.id == media_id,
+                Media.incoming_key == key,
+                Media.status != PROCESSING,
+            )
+            .values(incoming_key=None)
+        )
+        if getattr(result, "rowcount", 0):
+            return True
+        still_named = await session.scalar(
+            select(Media.id).where(Media.id == media_id, Media.incoming_key == key)
+        )
+    return still_named is None
+
+
+async def _delete_upload(services: Services, media_id: str, incoming_key: str) -> None:
+    """Delete the upload of processed media, then stop naming it.
+
+    In this order so that a crash in between leaves a row that still names
+    the upload, for the job's next delivery to delete it.
+    """
+    await services.storage.delete(incoming_key)
+    async with services.db.write_session() as session:
+        await session.execute(
+            update(Media)
+            .where(
+                Media.id == media_id,
+                Media.status != PROCESSING,
+                Media.incoming_key == incoming_key,
+            )
+            .values(incoming_key=None)
+        )
 
 
 async def _resume_processing(services: Services, media_id: str) -> bool:
@@ -200,7 +409,7 @@ async def _finish(services: Services, media_id: str, **values: Any) -> None:
         await session.execute(
             update(Media)
             .where(Media.id == media_id, Media.status == PROCESSING)
-            .values(incoming_key=None, processed_at=utcnow(), **values)
+            .values(processed_at=utcnow(), **values)
         )
     await services.cache.invalidate(media_key(media_id))
 

@@ -1,12 +1,25 @@
-"""The media job: decode, make the variants, and forget the raw upload."""
+"""The media jobs: process an upload, and forget an upload kept for a replay.
+
+``media.process`` decodes, makes the variants and deletes the raw upload. If
+it dies, its photo is marked failed and its upload kept for
+``media_failed_upload_retention_seconds``, after which ``media.discard_upload``
+(queued by the death) deletes it: an upload may carry GPS and other metadata.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from petpal.media.service import PROCESS_JOB, do_fail_processing, do_process
+from petpal.media.service import (
+    DISCARD_UPLOAD_JOB,
+    PROCESS_JOB,
+    do_discard_upload,
+    do_fail_processing,
+    do_process,
+)
 from petpal.platform.jobs import DeadJob, JobContext, job, on_dead
 
 
@@ -21,3 +34,16 @@ async def fail_media(session: AsyncSession, dead: DeadJob) -> None:
     tries = "1 attempt" if dead.attempts == 1 else f"{dead.attempts} attempts"
     reason = f"processing failed after {tries}"
     await do_fail_processing(session, str(dead.payload["media_id"]), reason)
+
+
+@job(DISCARD_UPLOAD_JOB)
+async def discard_upload(ctx: JobContext, payload: dict[str, Any]) -> None:
+    await do_discard_upload(
+        ctx.services,
+        str(payload["media_id"]),
+        datetime.fromisoformat(str(payload["failed_at"])),
+    )
+
+
+# media.discard_upload needs no on-dead hook: a death leaves only the upload
+# behind, which `petpal media sweep-uploads` deletes once it has expired.

@@ -166,8 +166,44 @@ async def declare_dead(session: AsyncSession, row: OutboxJob, error: str) -> Non
         log.exception("job.on_dead_failed", job_id=row.id, job_kind=row.kind)
 
 
-def enqueue(session: AsyncSession, kind: str, payload: dict[str, Any]) -> str:
-    """Add a job to the outbox in ``session``'s transaction; returns its id."""
+async def record_dead(
+    session: AsyncSession, kind: str, payload: dict[str, Any], error: str
+) -> str:
+    """Record, in ``session``, a job that ran once outside the outbox and failed.
+
+    For work a request did itself instead of queueing it (the inline media
+    baseline): it ends as a job that died on its first attempt, its kind's
+    on-dead hook runs, and ``petpal jobs replay`` can run it again.
+    """
+    now = utcnow()
+    row = OutboxJob(
+        id=new_id(),
+        kind=kind,
+        payload=payload,
+        status=RUNNING,
+        attempts=1,
+        available_at=now,
+        created_at=now,
+    )
+    session.add(row)
+    await session.flush()  # the row must outlive a failing hook's savepoint
+    await declare_dead(session, row, error)
+    JOB_RUNS.labels(kind, "dead").inc()
+    return row.id
+
+
+def enqueue(
+    session: AsyncSession,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    delay: timedelta = timedelta(0),
+) -> str:
+    """Add a job to the outbox in ``session``'s transaction; returns its id.
+
+    With ``delay`` the job is not due (neither run nor published) until that
+    long after now.
+    """
     now = utcnow()
     job_id = new_id()
     session.info[JOBS_ENQUEUED] = True
@@ -178,7 +214,7 @@ def enqueue(session: AsyncSession, kind: str, payload: dict[str, Any]) -> str:
             payload=payload,
             status=PENDING,
             attempts=0,
-            available_at=now,
+            available_at=now + delay,
             created_at=now,
         )
     )

@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     # with the media ready or failed) instead of queueing the media job.
     # benchmarks/freshness.py measures the accept latency both ways.
     media_process_inline: bool = False
+    # A photo whose processing job died keeps its raw upload, GPS and all,
+    # this long so that `petpal jobs replay` can still process it; then the
+    # media.discard_upload job deletes the upload and the photo stays failed.
+    # A week outlasts a long weekend without anyone reading the dead list.
+    media_failed_upload_retention_seconds: float = Field(default=7 * 24 * 3600, ge=0)
+    # `petpal media sweep-uploads` deletes a raw upload that no media row
+    # names only once it is this old: an upload is stored a moment before its
+    # row commits.
+    media_orphan_upload_grace_seconds: float = Field(default=3600, ge=0)
 
     # Embedded job runner: worker threads and how often the relay polls the
     # outbox when nothing woke it (a commit that writes a job wakes it at once).

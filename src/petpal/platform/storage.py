@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import obstore
@@ -68,6 +69,15 @@ class Storage:
                 yield bytes(chunk)
 
         return size, chunks()
+
+    async def list_objects(
+        self, prefix: str, batch_size: int = 1000
+    ) -> AsyncIterator[list[tuple[str, datetime]]]:
+        """Batches of (key, last modified) of the objects under ``prefix``."""
+        async for batch in obstore.list(
+            self.store, prefix=prefix.rstrip("/"), chunk_size=batch_size
+        ):
+            yield [(str(meta["path"]), meta["last_modified"]) for meta in batch]
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(*ObjectNotFoundError):

@@ -38,6 +38,13 @@ database at once; if that takes longer than
 database and the build is stored when it ends. A page below what the
 timelines hold (past the cap) comes from the database, by the same query.
 
+Dying. A job that fails every attempt must not leave a timeline wrong for
+as long as its owner keeps reading it (each read extends its life). A dead
+fan-out or follow change queues ``social.forget_timelines``, which deletes
+the timelines it may have missed, to be rebuilt by their next read. A dead
+retract needs nothing: pages already leave deleted posts out and remove them
+from the timelines they read.
+
 Cursors are the last id of a page, and ids are ULIDs: "below the last id"
 returns each post once, whatever is posted or deleted meanwhile.
 """
@@ -69,6 +76,7 @@ from petpal.social.views import (
 FANOUT_JOB = "social.fanout"
 RETRACT_JOB = "social.retract"
 FOLLOW_JOB = "social.follow_timeline"
+FORGET_JOB = "social.forget_timelines"
 # Followers read per query, and timelines written per script call, by a
 # fan-out: one round trip each way per chunk.
 FANOUT_CHUNK = 1000
@@ -398,6 +406,31 @@ async def retract(services: Services, post_id: str, author_id: str) -> None:
         await _each_follower(services, author_id, remove)
 
     await _or_owe(services, author_id, everywhere())
+
+
+async def forget_timelines(
+    services: Services, account_ids: Sequence[str], followers_of: str | None
+) -> None:
+    """Delete timelines that may have missed a change, so their next read
+    rebuilds them from the database (the ``social.forget_timelines`` job).
+
+    The repair queued when a fan-out or a follow change dies: the home
+    timelines of ``account_ids`` and, with ``followers_of``, that author's own
+    and every follower's. Deleting is the one write that needs no knowledge
+    of what was missed, and costs each warm reader one rebuild.
+    """
+    keys = [home_key(a) for a in account_ids]
+    if followers_of is not None:
+        author = followers_of
+        # The mark goes too: a big author's next post announces the link anew.
+        keys += [home_key(author), author_key(author), _announced_key(author)]
+    await services.timelines.forget(*keys)
+    if followers_of is not None:
+
+        async def forget(follower_ids: list[str]) -> None:
+            await services.timelines.forget(*(home_key(f) for f in follower_ids))
+
+        await _each_follower(services, followers_of, forget)
 
 
 async def _or_owe(services: Services, author_id: str, work: Awaitable[None]) -> None:

@@ -828,33 +828,55 @@ async def do_recount(
 
     The counters stay exact under concurrent social writes by construction;
     this repairs them after rows vanished by a cascade from outside, e.g. an
-    account deleted with its likes, comments and follows.
+    account deleted with its likes, comments and follows. With posts, the
+    trending ranking is rebuilt too, without the vanished events.
     """
+    async with services.db.write_session() as session:
+        await recount_in(session, account_ids, post_ids)
+    await do_drop_recounted(services, account_ids, post_ids)
+
+
+async def do_drop_recounted(
+    services: Services, account_ids: Sequence[str], post_ids: Sequence[str]
+) -> None:
+    """Drop what was derived from the counters and rows a recount corrected:
+    the cached counts and, with posts, the trending ranking (their likes and
+    comments that vanished still count there)."""
+    await services.cache.invalidate(
+        *(_counts_key(a) for a in account_ids), *(counts_key(p) for p in post_ids)
+    )
+    if post_ids:
+        await trending.forget_ranking(services)
+
+
+async def recount_in(
+    session: AsyncSession, account_ids: Sequence[str], post_ids: Sequence[str]
+) -> None:
+    """:func:`do_recount`'s writes, in ``session``; then
+    :func:`do_drop_recounted`, after the commit."""
 
     def count(model: type[Base], condition: ColumnElement[bool]) -> Any:
         return (
             select(func.count()).select_from(model).where(condition).scalar_subquery()
         )
 
-    async with services.db.write_session() as session:
-        if post_ids:
-            await session.execute(
-                update(Post)
-                .where(Post.id.in_(list(post_ids)))
-                .values(
-                    like_count=count(Like, Like.post_id == Post.id),
-                    comment_count=count(Comment, Comment.post_id == Post.id),
-                )
+    if post_ids:
+        await session.execute(
+            update(Post)
+            .where(Post.id.in_(list(post_ids)))
+            .values(
+                like_count=count(Like, Like.post_id == Post.id),
+                comment_count=count(Comment, Comment.post_id == Post.id),
             )
-        for account_id in account_ids:
-            await _ensure_stats(session, account_id)
-            await session.execute(
-                update(AccountStats)
-                .where(AccountStats.account_id == account_id)
-                .values(
-                    follower_count=count(Follow, Follow.followee_id == account_id),
-                    following_count=count(Follow, Follow.follower_id == account_id),
-                    post_count=count(Post, Post.author_id == account_id),
-                )
+        )
+    for account_id in account_ids:
+        await _ensure_stats(session, account_id)
+        await session.execute(
+            update(AccountStats)
+            .where(AccountStats.account_id == account_id)
+            .values(
+                follower_count=count(Follow, Follow.followee_id == account_id),
+                following_count=count(Follow, Follow.follower_id == account_id),
+                post_count=count(Post, Post.author_id == account_id),
             )
-    await services.cache.invalidate(*(_counts_key(a) for a in account_ids))
+        )

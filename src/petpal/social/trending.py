@@ -40,6 +40,10 @@ older than the window are not recorded: pages never show those posts. A
 post deleted while a rebuild reads the rows may come back with its result;
 pages still never show it (below), and it falls out as it ages.
 
+Rows that vanish by a cascade (an account deleted with its likes) are not
+events: the recount that follows deletes the ranking (``forget_ranking``),
+and its next reader rebuilds it from the rows that remain.
+
 Reading. A page-walk ranks once and reads a snapshot of ids. A new walk
 takes the top of the ranking (one round trip, no SQL), drops the posts
 that left the window (and takes them out of the ranking), keeps
@@ -47,7 +51,8 @@ that left the window (and takes them out of the ranking), keeps
 ``post_id:author_id``, so this needs nothing else) and stores the ids as a
 snapshot. New walks share one snapshot for ``TRENDING_TTL`` seconds, which
 bounds how many are stored. The page's counts come from the cache, which
-also drops posts deleted since the snapshot was made.
+also drops posts deleted since the snapshot was made; a page reads on past
+them in the snapshot, so that it is full whenever more posts follow.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ from petpal.platform.pagination import (
 from petpal.platform.services import Services
 from petpal.platform.wire import WirePage
 from petpal.social.models import Comment, Like, Post
-from petpal.social.views import post_wires
+from petpal.social.views import Counted, counts_of, post_wires
 
 POST_WEIGHT = 1
 LIKE_WEIGHT = 1
@@ -193,6 +198,18 @@ async def remove_post(services: Services, post_id: str, author_id: str) -> None:
         await services.rankings.remove(
             _ranking_key(epoch_of(utcnow())), [_member(post_id, author_id)]
         )
+
+
+async def forget_ranking(services: Services) -> None:
+    """Delete the current ranking, for its next read to rebuild from the rows.
+
+    For rows that changed other than through the writes above (likes and
+    comments gone by a cascade, which only a recount notices): their events
+    cannot be subtracted, having no rows left to date them. Best effort: a
+    deletion the store fails is owed and made once it answers.
+    """
+    with contextlib.suppress(CacheBackendError):
+        await services.rankings.forget(_ranking_key(epoch_of(utcnow())))
 
 
 # --- rebuilding -----------------------------------------------------------------
@@ -394,14 +411,25 @@ async def trending_feed(
     if snapshot is None:
         raise InvalidCursorError()
     all_ids: list[str] = snapshot["ids"]
-    ids = all_ids[start : start + limit]
-    next_cursor = None
-    if start + limit < len(all_ids):
-        next_cursor = encode_cursor(
-            services.secret,
-            scope,
-            {"snapshot": snapshot["snapshot"], "at": start + limit},
-        )
     # Counts from the cache, which also drops the posts deleted since the
-    # snapshot was made.
-    return WirePage(await post_wires(services, ids, viewer_id), next_cursor)
+    # snapshot was made; the page reads on past them, so that it is full
+    # whenever the snapshot holds more.
+    in_rank_order: list[Counted] = []
+    position = start
+    while len(in_rank_order) < limit and position < len(all_ids):
+        ids = all_ids[position : position + limit - len(in_rank_order)]
+        position += len(ids)
+        by_id = await counts_of(services, ids)
+        in_rank_order += [by_id[i] for i in ids if i in by_id]
+    next_cursor = None
+    if position < len(all_ids):
+        next_cursor = encode_cursor(
+            services.secret, scope, {"snapshot": snapshot["snapshot"], "at": position}
+        )
+    wires = await post_wires(
+        services,
+        [c.id for c in in_rank_order],
+        viewer_id,
+        {c.id: c for c in in_rank_order},
+    )
+    return WirePage(wires, next_cursor)
