@@ -32,7 +32,11 @@ from petpal.platform.errors import (
     problem_response,
 )
 from petpal.platform.jobs import refresh_outbox_gauges
-from petpal.platform.observability import RequestEdgeMiddleware, configure_logging
+from petpal.platform.observability import (
+    RequestEdgeMiddleware,
+    configure_logging,
+    raw_header,
+)
 from petpal.platform.ratelimit import AnonymousLimitMiddleware
 from petpal.platform.services import SERVICE_NAMES, Services, import_task_modules
 from petpal.platform.settings import Settings, get_settings
@@ -95,7 +99,7 @@ class BodyLimitMiddleware:
             return
         is_upload = scope["path"] == f"{API_PREFIX}/media"
         limit = self.max_upload if is_upload else self.max_json
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = raw_header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._refuse(scope, receive, send, limit)
             return
@@ -173,10 +177,12 @@ class AdmissionMiddleware:
         # given back, and taken again, in turn, once the message is here. A
         # client that sends half a body and stalls holds no place.
         owned = True
-        retaking = asyncio.Lock()
+        retaking: asyncio.Lock | None = None  # made by the first receive
 
         async def receive_without_place() -> Message:
-            nonlocal owned
+            nonlocal owned, retaking
+            if retaking is None:
+                retaking = asyncio.Lock()
             if owned:
                 owned = False
                 self.places.release()
