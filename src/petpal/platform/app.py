@@ -38,6 +38,7 @@ from petpal.platform.observability import (
     raw_header,
 )
 from petpal.platform.ratelimit import AnonymousLimitMiddleware
+from petpal.platform.routing import index_routes
 from petpal.platform.services import SERVICE_NAMES, Services, import_task_modules
 from petpal.platform.settings import Settings, get_settings
 from petpal.platform.storage import ObjectNotFoundError
@@ -251,6 +252,7 @@ def create_app(
     import_task_modules(names)
     _add_operational_routes(app)
     _register_problem_schema(app)
+    index_routes(app.router)
     app.add_middleware(
         BodyLimitMiddleware,
         max_json=settings.max_json_body_bytes,
