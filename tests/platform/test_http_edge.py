@@ -94,3 +94,15 @@ async def test_a_failing_cache_degrades_but_stays_ready(
     assert ready.status_code == 200
     assert ready.json()["status"] == "degraded"
     assert ready.json()["checks"]["cache"].startswith("degraded")
+
+
+async def test_a_parameter_equal_to_a_literal_segment_keeps_the_route_label(
+    client: httpx.AsyncClient,
+) -> None:
+    # The label was once rebuilt from the path, replacing the last segment
+    # equal to a parameter's value: "posts" here named the wrong segment.
+    answer = await client.get("/api/v1/accounts/posts/posts")
+    assert answer.status_code == 404
+    metrics = (await client.get("/metrics")).text
+    assert 'route="/api/v1/accounts/{username}/posts",status="404"' in metrics
+    assert "/api/v1/accounts/posts/{username}" not in metrics

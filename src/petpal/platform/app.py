@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
@@ -31,8 +32,13 @@ from petpal.platform.errors import (
     problem_response,
 )
 from petpal.platform.jobs import refresh_outbox_gauges
-from petpal.platform.observability import RequestEdgeMiddleware, configure_logging
+from petpal.platform.observability import (
+    RequestEdgeMiddleware,
+    configure_logging,
+    raw_header,
+)
 from petpal.platform.ratelimit import AnonymousLimitMiddleware
+from petpal.platform.routing import index_routes
 from petpal.platform.services import SERVICE_NAMES, Services, import_task_modules
 from petpal.platform.settings import Settings, get_settings
 from petpal.platform.storage import ObjectNotFoundError
@@ -94,7 +100,7 @@ class BodyLimitMiddleware:
             return
         is_upload = scope["path"] == f"{API_PREFIX}/media"
         limit = self.max_upload if is_upload else self.max_json
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = raw_header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._refuse(scope, receive, send, limit)
             return
@@ -172,10 +178,12 @@ class AdmissionMiddleware:
         # given back, and taken again, in turn, once the message is here. A
         # client that sends half a body and stalls holds no place.
         owned = True
-        retaking = asyncio.Lock()
+        retaking: asyncio.Lock | None = None  # made by the first receive
 
         async def receive_without_place() -> Message:
-            nonlocal owned
+            nonlocal owned, retaking
+            if retaking is None:
+                retaking = asyncio.Lock()
             if owned:
                 owned = False
                 self.places.release()
@@ -236,16 +244,15 @@ def create_app(
     names = tuple(services)
     for name in names:
         module = importlib.import_module(f"petpal.{name}.api")
-        app.include_router(
-            module.router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES
-        )
+        _add_routes(app, module.router, responses=PROBLEM_RESPONSES)
     if settings.benchmark_baselines:
         from petpal.platform import baselines
 
-        app.include_router(baselines.router, prefix=API_PREFIX)
+        _add_routes(app, baselines.router)
     import_task_modules(names)
     _add_operational_routes(app)
     _register_problem_schema(app)
+    index_routes(app.router)
     app.add_middleware(
         BodyLimitMiddleware,
         max_json=settings.max_json_body_bytes,
@@ -261,6 +268,55 @@ def create_app(
     )
     app.add_middleware(RequestEdgeMiddleware)
     return app
+
+
+def _add_routes(
+    app: FastAPI,
+    router: APIRouter,
+    responses: dict[int | str, dict[str, Any]] | None = None,
+) -> None:
+    """Each of ``router``'s routes, as a route of the app under the API prefix.
+
+    What ``app.include_router(router, prefix=…, responses=…)`` would serve,
+    but flat: FastAPI keeps an included router as one entry that it matches
+    in two passes over every route it holds, on every request, which was a
+    third of the CPU of a request that did nothing (docs/benchmarks.md). A
+    route of the app itself is matched once, by its own regular expression.
+    The OpenAPI schema is the same (tests/platform/test_routing.py).
+    """
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            raise TypeError(f"only API routes are served flat, not {route!r}")
+        app.router.add_api_route(
+            API_PREFIX + route.path,
+            route.endpoint,
+            response_model=route.response_model,
+            status_code=route.status_code,
+            tags=route.tags,
+            dependencies=route.dependencies,
+            summary=route.summary,
+            description=route.description,
+            response_description=route.response_description,
+            responses={**(responses or {}), **route.responses},
+            deprecated=route.deprecated,
+            methods=route.methods,
+            operation_id=route.operation_id,
+            response_model_include=route.response_model_include,
+            response_model_exclude=route.response_model_exclude,
+            response_model_by_alias=route.response_model_by_alias,
+            response_model_exclude_unset=route.response_model_exclude_unset,
+            response_model_exclude_defaults=route.response_model_exclude_defaults,
+            response_model_exclude_none=route.response_model_exclude_none,
+            include_in_schema=route.include_in_schema,
+            response_class=route.response_class,
+            name=route.name,
+            route_class_override=type(route),
+            callbacks=route.callbacks,
+            openapi_extra=route.openapi_extra,
+            generate_unique_id_function=route.generate_unique_id_function,
+            strict_content_type=route.strict_content_type,
+            max_body_size=route.max_body_size,
+        )
 
 
 def create_server_app() -> ASGIApp:

@@ -9,6 +9,7 @@ import orjson
 from fastapi import Depends, Query, Request, Response
 
 from petpal.platform.errors import UnauthorizedError
+from petpal.platform.observability import raw_header
 from petpal.platform.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from petpal.platform.ratelimit import client_ip, login_key
 from petpal.platform.security import AccessClaims, read_access_token
@@ -17,6 +18,9 @@ from petpal.platform.services import Services
 # Every dependency here is ``async def``, though none of them awaits: FastAPI
 # runs a plain ``def`` dependency in a worker thread, which cost more CPU per
 # request than all of the rest of the authentication (docs/benchmarks.md).
+# The account dependencies take the request alone rather than depending on
+# ``get_services`` and on each other: each level of sub-dependency is another
+# pass of FastAPI's dependency solver on every request.
 
 
 async def get_services(request: Request) -> Services:
@@ -25,30 +29,32 @@ async def get_services(request: Request) -> Services:
 
 
 def _bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if not header:
+    raw = raw_header(request.scope, b"authorization")
+    if not raw:
         return None
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = raw.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise UnauthorizedError("the Authorization header must be 'Bearer <token>'")
     return token.strip()
 
 
-async def optional_account(
-    request: Request, services: Annotated[Services, Depends(get_services)]
-) -> AccessClaims | None:
+def _claims(request: Request) -> AccessClaims | None:
     token = _bearer_token(request)
     if token is None:
         return None
+    services: Services = request.app.state.services
     claims = read_access_token(services.secret, token)
     if claims is None:
         raise UnauthorizedError("the access token is invalid or has expired")
     return claims
 
 
-async def require_account(
-    claims: Annotated[AccessClaims | None, Depends(optional_account)],
-) -> AccessClaims:
+async def optional_account(request: Request) -> AccessClaims | None:
+    return _claims(request)
+
+
+async def require_account(request: Request) -> AccessClaims:
+    claims = _claims(request)
     if claims is None:
         raise UnauthorizedError()
     return claims

@@ -9,7 +9,7 @@ how many SQL statements the request sent.
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 import time
 from typing import Any
 
@@ -54,46 +54,53 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     )
 
 
+def raw_header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), without a Request.
+
+    A Starlette ``Request`` and its header map cost more than reading the
+    one header a middleware or dependency needs from the ASGI scope.
+    """
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
 def route_template(scope: Scope) -> str:
     """The matched route as a template, e.g. ``/api/v1/posts/{post_id}``.
 
-    Rebuilt from the path and its parameters, because the route object that
-    the router leaves in the scope may not carry the prefix it was mounted at.
-    Unmatched paths share one label, so a scan cannot explode the series.
+    The route's own ``path_format``: every route is a route of the app itself
+    (``app._add_routes``), so its template carries the API prefix. Unmatched
+    paths share one label, so a scan cannot explode the series.
     """
-    if scope.get("route") is None:
+    route = scope.get("route")
+    if route is None:
         return "unmatched"
-    path: str = scope["path"]
-    params = scope.get("path_params", {})
-    for name, value in params.items():
-        text = str(value)
-        # A {name:path} parameter spans segments; it always ends the path.
-        if "/" in text and path.endswith(text):
-            path = path[: len(path) - len(text)] + "{" + name + "}"
-    segments = path.split("/")
-    for name, value in params.items():
-        text = str(value)
-        for index in range(len(segments) - 1, -1, -1):
-            if segments[index] == text:
-                segments[index] = "{" + name + "}"
-                break
-    return "/".join(segments)
+    template = getattr(route, "path_format", None)
+    return template if isinstance(template, str) else "unmatched"
 
 
 class RequestEdgeMiddleware:
-    """Request id, latency and query metrics, in plain ASGI to stay cheap."""
+    """Request id, latency and query metrics, in plain ASGI to stay cheap.
+
+    The histogram children are looked up once per (method, route, status)
+    and kept: ``labels()`` takes a lock and builds its key on every call.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._seconds: dict[tuple[str, str, int], Any] = {}
+        self._queries: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64]
-        request_id = request_id or secrets.token_hex(8)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        given = raw_header(scope, b"x-request-id")
+        request_id = given.decode("latin-1")[:64] if given else ""
+        request_id = request_id or os.urandom(8).hex()
+        encoded_id = request_id.encode()
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         counter = [0]
         token = queries_in_scope.set(counter)
         status = 500
@@ -104,16 +111,23 @@ class RequestEdgeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"].append((b"x-request-id", request_id.encode()))
+                message["headers"].append((b"x-request-id", encoded_id))
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
             template = route_template(scope)
-            REQUEST_SECONDS.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - started
-            )
-            REQUEST_QUERIES.labels(template).observe(counter[0])
+            key = (scope["method"], template, status)
+            seconds = self._seconds.get(key)
+            if seconds is None:
+                seconds = REQUEST_SECONDS.labels(key[0], template, str(status))
+                self._seconds[key] = seconds
+            seconds.observe(elapsed)
+            queries = self._queries.get(template)
+            if queries is None:
+                queries = self._queries[template] = REQUEST_QUERIES.labels(template)
+            queries.observe(counter[0])
             queries_in_scope.reset(token)
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.reset_contextvars(**tokens)

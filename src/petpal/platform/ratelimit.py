@@ -37,6 +37,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from petpal.platform.errors import ProblemError, problem_response
+from petpal.platform.observability import raw_header
 from petpal.platform.redis_cache import connection_pool
 from petpal.platform.security import read_access_token
 from petpal.platform.settings import Settings
@@ -208,9 +209,10 @@ class AnonymousLimitMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
-        request = Request(scope, receive)
         services = scope["app"].state.services
-        if not _is_signed_in(request, services.secret):
+        if not _is_signed_in(scope, services.secret):
+            # Only an anonymous request needs the Request (for its client IP).
+            request = Request(scope, receive)
             ip = client_ip(request, services.settings.trusted_proxies)
             try:
                 await services.limiter.enforce([("anonymous", ip)], with_quota=False)
@@ -227,8 +229,11 @@ class AnonymousLimitMiddleware:
         await self.app(scope, receive, send)
 
 
-def _is_signed_in(request: Request, secret: str) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def _is_signed_in(scope: Scope, secret: str) -> bool:
+    header = raw_header(scope, b"authorization")
+    if header is None:
+        return False
+    scheme, _, token = header.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return False
     return read_access_token(secret, token.strip()) is not None

@@ -1,0 +1,145 @@
+"""The route index chooses exactly the route the router would have chosen."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from petpal.platform.routing import RouteIndex, index_routes
+
+
+def _app(indexed: bool) -> FastAPI:
+    """Routes that overlap in every way the router's order decides."""
+    app = FastAPI()
+
+    def answer(route: str, **params: str) -> dict[str, object]:
+        return {"route": route, "params": params}
+
+    @app.get("/")
+    async def root() -> dict[str, object]:
+        return answer("root")
+
+    @app.get("/items/special")
+    async def special() -> dict[str, object]:
+        return answer("special")
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: str) -> dict[str, object]:
+        return answer("item", item_id=item_id)
+
+    @app.delete("/items/{item_id}")
+    async def delete_item(item_id: str) -> dict[str, object]:
+        return answer("delete_item", item_id=item_id)
+
+    @app.get("/items/{item_id}/shadowed")
+    async def first(item_id: str) -> dict[str, object]:
+        return answer("first", item_id=item_id)
+
+    @app.get("/items/late/shadowed")
+    async def shadowed() -> dict[str, object]:
+        return answer("never: declared after a route that matches it")
+
+    @app.post("/items/{item_id}/late")
+    async def post_late(item_id: str) -> dict[str, object]:
+        return answer("post_late", item_id=item_id)
+
+    @app.get("/items/x/late")
+    async def get_late() -> dict[str, object]:
+        return answer("get_late")
+
+    @app.get("/files/img-{name}")
+    async def image(name: str) -> dict[str, object]:
+        return answer("image", name=name)
+
+    @app.get("/files/{key:path}")
+    async def file(key: str) -> dict[str, object]:
+        return answer("file", key=key)
+
+    @app.get("/n/{number:int}")
+    async def number(number: int) -> dict[str, object]:
+        return answer("number", number=str(number))
+
+    @app.get("/n/{word}")
+    async def word(word: str) -> dict[str, object]:
+        return answer("word", word=word)
+
+    if indexed:
+        index_routes(app.router)
+    return app
+
+
+REQUESTS = [
+    ("GET", "/"),
+    ("GET", "/items/special"),
+    ("DELETE", "/items/special"),  # the literal route has no DELETE
+    ("GET", "/items/42"),
+    ("PUT", "/items/42"),  # 405
+    ("GET", "/items/late/shadowed"),
+    ("GET", "/items/x/late"),  # a PARTIAL match first, a FULL one later
+    ("POST", "/items/x/late"),
+    ("PUT", "/items/x/late"),
+    ("GET", "/items/42/"),  # redirect to the path without the slash
+    ("GET", "/items"),
+    ("GET", "/items/"),
+    ("GET", "/files/img-cat.jpg"),
+    ("GET", "/files/a/b/c.txt"),
+    ("GET", "/files/"),
+    ("GET", "/n/7"),
+    ("GET", "/n/seven"),
+    ("GET", "/nothing/here"),
+    ("GET", "/openapi.json"),
+    ("HEAD", "/docs"),
+    ("GET", "/docs/"),
+    ("GET", "//items//42"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), REQUESTS)
+async def test_the_index_answers_as_the_router_does(method: str, path: str) -> None:
+    answers = []
+    for indexed in (False, True):
+        transport = httpx.ASGITransport(app=_app(indexed))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://petpal.test"
+        ) as client:
+            response = await client.request(method, path)
+        status, text, headers = response.status_code, response.text, response.headers
+        answers.append((status, headers.get("location"), headers.get("allow"), text))
+    assert answers[0] == answers[1]
+
+
+def test_candidates_are_the_routes_a_path_can_match_in_declaration_order() -> None:
+    app = _app(indexed=True)
+    index = app.router.middleware_stack
+    assert isinstance(index, RouteIndex)
+    names = [getattr(r, "name", "") for r in index.candidates("/items/x/late")]
+    assert names == ["item", "delete_item", "first", "post_late", "get_late"]
+    assert [getattr(r, "name", "") for r in index.candidates("/n/7")] == [
+        "number",
+        "word",
+    ]
+    assert index.candidates("/nothing/here") == []
+
+
+async def test_a_route_added_later_is_served_in_its_place() -> None:
+    app = _app(indexed=True)
+
+    # Without it the index would answer 405 from GET /items/{item_id}.
+    @app.put("/items/{item_id}")
+    async def put_item(item_id: str) -> dict[str, str]:
+        return {"route": "put_item"}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://petpal.test"
+    ) as client:
+        answer = await client.put("/items/42")
+    assert answer.json() == {"route": "put_item"}
+
+
+def test_a_router_with_its_own_middleware_is_not_indexed() -> None:
+    app = FastAPI()
+    index_routes(app.router)
+    with pytest.raises(RuntimeError):
+        index_routes(app.router)  # its dispatch is the index now

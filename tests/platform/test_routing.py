@@ -1,0 +1,48 @@
+"""Service routes are served flat under the API prefix, as each declares them."""
+
+from __future__ import annotations
+
+import importlib
+
+import httpx
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from petpal.platform.app import API_PREFIX
+from petpal.platform.services import SERVICE_NAMES
+from tests.factories import a_user
+
+
+def test_every_service_route_is_a_route_of_the_app(app: FastAPI) -> None:
+    served = {
+        (route.path, method)
+        for route in app.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    }
+    for name in SERVICE_NAMES:
+        router = importlib.import_module(f"petpal.{name}.api").router
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            for method in route.methods:
+                assert (API_PREFIX + route.path, method) in served
+
+
+async def test_routes_keep_their_tags_dependencies_and_problem_responses(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    sign_up = schema["paths"]["/api/v1/accounts"]["post"]
+    assert sign_up["tags"] == ["identity"]
+    assert sign_up["operationId"] == "sign_up_api_v1_accounts_post"
+    assert "application/problem+json" in sign_up["responses"]["429"]["content"]
+    assert "/api/v1/baseline/stack" not in schema["paths"]
+
+
+async def test_a_literal_path_wins_over_a_parameter_declared_after_it(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await a_user(client)
+    me = await client.get("/api/v1/accounts/me", headers=user.headers)
+    assert me.status_code == 200
+    assert me.json()["username"] == user.username
