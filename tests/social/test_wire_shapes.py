@@ -1,6 +1,6 @@
 """The reads rendered straight to JSON answer exactly their declared models.
 
-Post pages, posts and profiles are built as plain dicts and rendered once
+Post pages, posts, comment pages and profiles are built as plain dicts and rendered once
 (``petpal.platform.wire``), not through their response models. Each answer
 here, with every part filled in (an avatar, a mention, a tagged pet with a
 photo, a like), must be what its model would have written: validating it
@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from petpal.identity.schemas import Profile
 from petpal.platform.pagination import Page
 from petpal.platform.services import Services
-from petpal.social.schemas import PostView
+from petpal.social.schemas import CommentView, PostView
 from tests.factories import a_user
 from tests.social.builders import a_photo
 
@@ -64,6 +64,12 @@ async def test_post_pages_posts_and_profiles_match_their_models(
     assert follow.status_code == 204, follow.text
     like = await client.post(f"/api/v1/posts/{post['id']}/like", headers=bob.headers)
     assert like.status_code == 200, like.text
+    comment = await client.post(
+        f"/api/v1/posts/{post['id']}/comments",
+        headers=bob.headers,
+        json={"body": "Good dog"},
+    )
+    assert comment.status_code == 201, comment.text
 
     seen = as_model_writes_it(
         PostView, await client.get(f"/api/v1/posts/{post['id']}", headers=bob.headers)
@@ -93,6 +99,14 @@ async def test_post_pages_posts_and_profiles_match_their_models(
         )
         assert [item["id"] for item in page["items"]] == [post["id"]], path
         assert page["items"][0] == seen, path
+
+    comments = as_model_writes_it(
+        Page[CommentView],
+        await client.get(f"/api/v1/posts/{post['id']}/comments", headers=bob.headers),
+    )
+    assert comments["items"] == [comment.json()]
+    assert comments["items"][0]["author"]["username"] == bob.username
+    assert comments["items"][0]["created_at"].endswith("Z")
 
     profile = as_model_writes_it(
         Profile,

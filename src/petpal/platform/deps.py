@@ -6,10 +6,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, Query, Request, Response
+from fastapi import Depends, Query, Request
 
 from petpal.platform.errors import UnauthorizedError
-from petpal.platform.observability import raw_header
+from petpal.platform.observability import add_response_headers, raw_header
 from petpal.platform.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from petpal.platform.ratelimit import client_ip, login_key
 from petpal.platform.security import AccessClaims, read_access_token
@@ -61,12 +61,14 @@ async def require_account(request: Request) -> AccessClaims:
 
 
 async def _enforce(
-    response: Response, services: Services, checks: Sequence[tuple[str, str]]
+    request: Request, services: Services, checks: Sequence[tuple[str, str]]
 ) -> None:
     quota = await services.limiter.enforce(checks)
     if quota is not None:
-        # Reaches the client when the handler returns a model, not a Response.
-        response.headers.update(quota.headers())
+        # Added to whatever the handler answers, a model or a Response of its
+        # own, by the request edge (FastAPI's injected Response would reach
+        # the client only with a model).
+        add_response_headers(request.scope, quota.headers())
 
 
 def _client_ip(request: Request, services: Services) -> str:
@@ -75,22 +77,20 @@ def _client_ip(request: Request, services: Services) -> str:
 
 async def limit_sign_up(
     request: Request,
-    response: Response,
     services: Annotated[Services, Depends(get_services)],
 ) -> None:
-    await _enforce(response, services, [("sign_up", _client_ip(request, services))])
+    await _enforce(request, services, [("sign_up", _client_ip(request, services))])
 
 
 async def limit_log_in(
     request: Request,
-    response: Response,
     services: Annotated[Services, Depends(get_services)],
 ) -> None:
     checks = [("log_in_ip", _client_ip(request, services))]
     login = await _submitted_login(request)
     if login is not None:
         checks.append(("log_in_name", login_key(login)))
-    await _enforce(response, services, checks)
+    await _enforce(request, services, checks)
 
 
 async def _submitted_login(request: Request) -> str | None:
@@ -108,11 +108,11 @@ def limit_per_account(name: str) -> Callable[..., Awaitable[None]]:
     """A dependency that charges the signed-in account against limit ``name``."""
 
     async def enforce(
-        response: Response,
+        request: Request,
         me: Annotated[AccessClaims, Depends(require_account)],
         services: Annotated[Services, Depends(get_services)],
     ) -> None:
-        await _enforce(response, services, [(name, me.account_id)])
+        await _enforce(request, services, [(name, me.account_id)])
 
     return enforce
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -80,6 +81,20 @@ def route_template(scope: Scope) -> str:
     return template if isinstance(template, str) else "unmatched"
 
 
+# Scope key of the headers that code behind the edge adds to the answer.
+_EXTRA_HEADERS = "petpal.response_headers"
+
+
+def add_response_headers(scope: Scope, headers: Mapping[str, str]) -> None:
+    """Headers for this request's answer, whatever the handler returns.
+
+    The request edge writes them into the response start, so they reach the
+    client on a model, on a Response a handler built itself and on an error.
+    """
+    extra = scope.setdefault(_EXTRA_HEADERS, [])
+    extra += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+
 class RequestEdgeMiddleware:
     """Request id, latency and query metrics, in plain ASGI to stay cheap.
 
@@ -110,8 +125,10 @@ class RequestEdgeMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"].append((b"x-request-id", encoded_id))
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", encoded_id))
+                headers += scope.get(_EXTRA_HEADERS, ())
+                message["headers"] = headers
             await send(message)
 
         try:

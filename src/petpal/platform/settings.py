@@ -99,8 +99,12 @@ class Settings(BaseSettings):
     # PostgreSQL connection pool, per process. A process holds at most
     # pool_size + max_overflow connections, so replicas × that must stay below
     # the server's max_connections (or a pooler's limit in front of it).
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
+    # The default adds up to the admission limit (max_concurrent_requests,
+    # 32): under full load a request never waits for a connection, and the
+    # pool keeps most of them open instead of opening and closing overflow
+    # connections on every burst.
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=12, ge=0)
     # How long a request waits for a free pooled connection before it is
     # answered 503: a saturated pool sheds load instead of queueing without end.
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -28,9 +28,15 @@ class WirePage(NamedTuple):
 
 
 def json_response(content: object, status_code: int = 200) -> Response:
-    """``content`` (wire dicts, lists, fragments) as an ``application/json`` answer."""
+    """``content`` (wire dicts, lists, fragments) as an ``application/json`` answer.
+
+    Datetimes (always aware UTC here) are written as pydantic writes them,
+    with ``Z``.
+    """
     return Response(
-        orjson.dumps(content), status_code=status_code, media_type="application/json"
+        orjson.dumps(content, option=orjson.OPT_UTC_Z),
+        status_code=status_code,
+        media_type="application/json",
     )
 
 

@@ -141,8 +141,10 @@ async def comments(
     services: ServicesDep,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
-) -> Page[CommentView]:
-    return await service.list_comments(services, post_id, cursor, limit)
+) -> Response:
+    return page_response(
+        await service.list_comments(services, post_id, cursor, limit)
+    )
 
 
 @router.post(

@@ -35,7 +35,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from petpal.identity.schemas import AccountSummary
-from petpal.identity.service import get_summaries, ids_for_usernames, resolve_username
+from petpal.identity.service import (
+    get_summaries,
+    ids_for_usernames,
+    resolve_username,
+    summary_wires,
+)
 from petpal.media.service import require_ready_media
 from petpal.platform.cache import CacheBackendError
 from petpal.platform.db import Base, utcnow
@@ -442,15 +447,15 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
     liked_at = utcnow()
     try:
         async with services.db.write_session() as session:
-            author_id = await _require_post(session, post_id)
+            # A missing post fails the insert's foreign key: no look-up first.
             inserted = await _insert_if_absent(
                 session,
                 Like,
                 {"post_id": post_id, "account_id": account_id, "created_at": liked_at},
             )
-            count = await _add_likes(session, post_id, 1 if inserted else 0)
+            count, author_id = await _add_likes(session, post_id, 1 if inserted else 0)
     except IntegrityError as exc:
-        raise NotFoundError("the post") from exc  # deleted while we liked it
+        raise NotFoundError("the post") from exc
     if inserted:
         SOCIAL_WRITES.labels("like").inc()
         await services.cache.invalidate(
@@ -466,7 +471,6 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
 async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeState:
     _require_id(post_id, "the post")
     async with services.db.write_session() as session:
-        author_id = await _require_post(session, post_id)
         # The like's time comes back with its deletion: trending takes back
         # exactly what the like added.
         liked_at = await session.scalar(
@@ -474,7 +478,9 @@ async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeSt
             .where(Like.post_id == post_id, Like.account_id == account_id)
             .returning(Like.created_at)
         )
-        count = await _add_likes(session, post_id, 0 if liked_at is None else -1)
+        count, author_id = await _add_likes(
+            session, post_id, 0 if liked_at is None else -1
+        )
     if liked_at is not None:
         SOCIAL_WRITES.labels("unlike").inc()
         await services.cache.invalidate(
@@ -508,23 +514,29 @@ async def _require_post(session: AsyncSession, post_id: str) -> str:
     return author_id
 
 
-async def _add_likes(session: AsyncSession, post_id: str, delta: int) -> int:
-    """Add ``delta`` to the post's like count; the count after it.
+async def _add_likes(
+    session: AsyncSession, post_id: str, delta: int
+) -> tuple[int, str]:
+    """Add ``delta`` to the post's like count; the count after it, and the
+    post's author. 404 if there is no such post.
 
-    The update returns the count, and is the transaction's last statement: a
+    The update returns both, and is the transaction's last statement: a
     popular post's row stays locked from it to the commit only, one round
     trip, however many likes queue up behind it.
     """
     if delta == 0:
-        count = await session.scalar(select(Post.like_count).where(Post.id == post_id))
+        query: Any = select(Post.like_count, Post.author_id).where(Post.id == post_id)
     else:
-        count = await session.scalar(
+        query = (
             update(Post)
             .where(Post.id == post_id)
             .values(like_count=Post.like_count + delta)
-            .returning(Post.like_count)
+            .returning(Post.like_count, Post.author_id)
         )
-    return int(count or 0)
+    row = (await session.execute(query)).one_or_none()
+    if row is None:
+        raise NotFoundError("the post")
+    return int(row[0]), str(row[1])
 
 
 # --- comments -------------------------------------------------------------------
@@ -615,25 +627,40 @@ async def do_delete_comment(
 
 async def list_comments(
     services: Services, post_id: str, cursor: str | None, limit: int
-) -> Page[CommentView]:
-    """A post's comments, oldest first."""
+) -> WirePage:
+    """A post's comments, oldest first, in ``CommentView``'s JSON shape.
+
+    One query for the page; the post's existence is asked of the cache (its
+    counts) only when the page is empty: comments go with their post.
+    """
     _require_id(post_id, "the post")
     scope = f"comments:{post_id}"
-    query = select(Comment).where(Comment.post_id == post_id)
+    query = select(
+        Comment.id, Comment.author_id, Comment.body, Comment.created_at
+    ).where(Comment.post_id == post_id)
     after = after_id(services, scope, cursor)
     if after is not None:
         query = query.where(Comment.id > after)
     async with services.db.read_session() as session:
-        await _require_post(session, post_id)
-        rows = list(
-            (await session.scalars(query.order_by(Comment.id).limit(limit + 1))).all()
-        )
+        rows = (await session.execute(query.order_by(Comment.id).limit(limit + 1))).all()
+    if not rows and not await counts_of(services, [post_id]):
+        raise NotFoundError("the post")
     page = rows[:limit]
-    return Page[CommentView](
-        items=await _comment_views(services, page),
-        next_cursor=next_cursor(
-            services, scope, [c.id for c in page], len(rows) > limit
-        ),
+    authors = await summary_wires(services, [row.author_id for row in page])
+    items = [
+        {
+            "id": row.id,
+            "post_id": post_id,
+            "author": authors[row.author_id],
+            "body": row.body,
+            "created_at": row.created_at,
+        }
+        for row in page
+        if row.author_id in authors
+    ]
+    return WirePage(
+        items,
+        next_cursor(services, scope, [row.id for row in page], len(rows) > limit),
     )
 
 
