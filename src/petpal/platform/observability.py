@@ -92,7 +92,9 @@ def add_response_headers(scope: Scope, headers: Mapping[str, str]) -> None:
     client on a model, on a Response a handler built itself and on an error.
     """
     extra = scope.setdefault(_EXTRA_HEADERS, [])
-    extra += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    extra += [
+        (name.lower().encode(), value.encode()) for name, value in headers.items()
+    ]
 
 
 class RequestEdgeMiddleware:

@@ -142,9 +142,7 @@ async def comments(
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
 ) -> Response:
-    return page_response(
-        await service.list_comments(services, post_id, cursor, limit)
-    )
+    return page_response(await service.list_comments(services, post_id, cursor, limit))
 
 
 @router.post(

@@ -642,7 +642,9 @@ async def list_comments(
     if after is not None:
         query = query.where(Comment.id > after)
     async with services.db.read_session() as session:
-        rows = (await session.execute(query.order_by(Comment.id).limit(limit + 1))).all()
+        rows = (
+            await session.execute(query.order_by(Comment.id).limit(limit + 1))
+        ).all()
     if not rows and not await counts_of(services, [post_id]):
         raise NotFoundError("the post")
     page = rows[:limit]
