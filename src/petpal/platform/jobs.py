@@ -435,11 +435,15 @@ class EmbeddedRelay:
         """Wait until no job is due or running (tests and the seed use this)."""
         deadline = asyncio.get_running_loop().time() + within_seconds
         while asyncio.get_running_loop().time() < deadline:
-            self.wake()
             # Idle before and after the query: the relay may claim and start a
             # job while the query runs, and then nothing is "due" any more.
             if self._idle() and not await self._has_due_jobs() and self._idle():
                 return
+            # Woken after the check, not before it: a wake starts a claim at
+            # once, and a claim (a write transaction) still running when the
+            # read above ends made the check fail again and again, for
+            # nothing, until the drain timed out.
+            self.wake()
             await asyncio.sleep(0.02)
         raise TimeoutError("jobs still pending after drain timeout")
 
