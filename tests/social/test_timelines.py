@@ -26,6 +26,7 @@ from petpal.platform.jobs import EmbeddedRelay
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings
 from petpal.platform.timelines import TimelineContent
+from petpal.social import home
 from petpal.social.home import author_key, home_key
 from tests.factories import User
 from tests.social.builders import a_photo, a_post, many_users, walk
@@ -646,3 +647,54 @@ async def test_a_walk_reads_the_slack_from_the_timeline_then_past_a_trim_the_dat
         assert await stored(services, home_key(reader.id)) == everything[:16]
         assert await walked() == everything
         assert home_queries() > before
+
+
+async def test_fan_out_reads_the_next_followers_while_it_writes_and_drops_who_left(
+    settings: Settings, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(home, "FANOUT_CHUNK", 2)
+    async with an_app(settings, run_jobs_in_process=False) as (client, services):
+        author, leaver, *others = await many_users(services, 7)
+        idle = others.pop()
+        media_id = await a_photo(client, author, services, photos)
+        for user in (leaver, *others, idle):
+            await follow(client, user, author)
+        for user in (leaver, *others):
+            assert await home_ids(client, user) == []  # their timelines exist
+        post = await a_post(client, author, media_id)
+
+        real_read = services.db.read_session
+        readers: list[str] = []
+
+        @asynccontextmanager
+        async def read_session() -> AsyncIterator[Any]:
+            task = asyncio.current_task()
+            readers.append(task.get_name() if task is not None else "")
+            async with real_read() as session:
+                yield session
+
+        monkeypatch.setattr(services.db, "read_session", read_session)
+        real_add = services.timelines.add
+        chunk_reads_at_first_write: list[int] = []
+
+        async def add(keys: Sequence[str], **kwargs: Any) -> list[str]:
+            if home_key(leaver.id) in keys:
+                # Found in the first chunk, then gone before the write, and
+                # back reading a timeline rebuilt without the author.
+                await unfollow(client, leaver, author)
+                assert await home_ids(client, leaver) == []
+                chunk_reads_at_first_write.append(readers.count(home.FOLLOWERS_TASK))
+            return await real_add(keys, **kwargs)
+
+        monkeypatch.setattr(services.timelines, "add", add)
+        await home.fan_out(services, post["id"], author.id)
+
+        # The second chunk was read while the first was being written.
+        assert chunk_reads_at_first_write == [2]
+        # Every chunk reached, the last one too; nobody who does not read.
+        for user in others:
+            assert await stored(services, home_key(user.id)) == [post["id"]]
+        assert await stored(services, home_key(idle.id)) is None
+        # The write outlived the unfollow; the check after it undid it.
+        assert await stored(services, home_key(leaver.id)) is None
+        assert await home_ids(client, leaver) == []
