@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 
+from petpal.platform import timelines as timelines_module
 from petpal.platform.app import create_app
+from petpal.platform.cache import CacheBackendError
 from petpal.platform.jobs import EmbeddedRelay
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings
 from petpal.platform.timelines import TimelineContent
+from petpal.social import home
 from petpal.social.home import author_key, home_key
 from tests.factories import User
 from tests.social.builders import a_photo, a_post, many_users, walk
@@ -464,3 +468,233 @@ async def test_the_store_keeps_its_rules(settings: Settings) -> None:
         release.set()
         assert await waiting is not None
         assert await stored(services, "t:b") is None
+
+
+def ulids(count: int) -> list[str]:
+    """Ids that sort like ULIDs, oldest first."""
+    return [f"01J{n:023d}" for n in range(count)]
+
+
+async def loaded(content: TimelineContent) -> TimelineContent:
+    return content
+
+
+async def test_a_timeline_fills_the_caps_slack_before_a_write_trims_it(
+    settings: Settings,
+) -> None:
+    async with an_app(settings, timeline_max_entries=32) as (_, services):
+        timelines = services.timelines
+        assert timelines.slack == 2
+        ids = ulids(40)
+        content = TimelineContent(ids[:30][::-1], True, ["x", "y", "z"])
+        assert await timelines.build("t:a", lambda: loaded(content), 5.0)
+
+        # Past the cap, within the slack: nothing trimmed, and a timeline
+        # that holds every id stays complete. Its links are no ids.
+        await timelines.add(["t:a"], ids=ids[30:33])
+        await timelines.add(["t:a"], ids=ids[33:34])
+        (grown,) = await timelines.read(["t:a"], None, 100)
+        assert grown is not None
+        assert grown.ids == ids[:34][::-1]
+        assert grown.complete
+        assert grown.links == ["x", "y", "z"]
+
+        # One more is past the slack: back to the newest 32, incomplete.
+        await timelines.add(["t:a"], ids=ids[34:35])
+        (trimmed,) = await timelines.read(["t:a"], None, 100)
+        assert trimmed is not None
+        assert trimmed.ids == ids[3:35][::-1]
+        assert not trimmed.complete
+        assert trimmed.links == ["x", "y", "z"]
+        # Its floor holds: an id older than its oldest is refused.
+        await timelines.add(["t:a"], ids=[ids[2]])
+        assert await stored(services, "t:a") == ids[3:35][::-1]
+
+
+async def test_a_new_id_at_the_bottom_of_a_timeline_meets_its_floor(
+    settings: Settings,
+) -> None:
+    async with an_app(settings) as (_, services):
+        timelines = services.timelines
+        ids = ulids(8)
+        held = [ids[6], ids[4], ids[2]]
+        incomplete = TimelineContent(held, False)
+        for key in ("t:incomplete", "t:emptied"):
+            assert await timelines.build(key, lambda: loaded(incomplete), 5.0)
+        complete = TimelineContent(held, True)
+        assert await timelines.build("t:complete", lambda: loaded(complete), 5.0)
+
+        # The floor of an incomplete timeline is its oldest id: that one is
+        # there already, one below it is refused, any above it taken (just
+        # above it, or the newest).
+        for new in (ids[2], ids[1], ids[3], ids[7]):
+            assert await timelines.add(["t:incomplete"], ids=[new]) == ["t:incomplete"]
+        assert await stored(services, "t:incomplete") == [
+            ids[7],
+            ids[6],
+            ids[4],
+            ids[3],
+            ids[2],
+        ]
+        # A complete timeline holds every id there is: any id is taken.
+        assert await timelines.add(["t:complete"], ids=[ids[0]]) == ["t:complete"]
+        assert await stored(services, "t:complete") == [*held, ids[0]]
+        # An incomplete timeline that lost all its ids knows nothing: the
+        # next write deletes it, and it is rebuilt when read.
+        await timelines.remove(["t:emptied"], held)
+        assert await stored(services, "t:emptied") == []
+        assert await timelines.add(["t:emptied"], ids=[ids[0]]) == []
+        assert await stored(services, "t:emptied") is None
+
+        # A timeline being built takes every id; its build applies the floor.
+        release = asyncio.Event()
+
+        async def slow() -> TimelineContent:
+            await release.wait()
+            return TimelineContent(ids[3:5][::-1], False)
+
+        building = asyncio.create_task(timelines.build("t:building", slow, 5.0))
+        await asyncio.sleep(0.05)
+        assert await timelines.add(["t:building"], ids=[ids[4]]) == ["t:building"]
+        assert await timelines.add(["t:building"], ids=[ids[0]]) == ["t:building"]
+        release.set()
+        await building
+        assert await stored(services, "t:building") == ids[3:5][::-1]
+
+
+async def test_a_write_to_many_timelines_goes_in_bounded_batches(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(timelines_module, "ADDS_IN_FLIGHT", 2)
+    async with an_app(settings, cache_bypass_after_error_seconds=0) as (_, services):
+        timelines = services.timelines
+        monkeypatch.setattr(timelines.backend, "add_batch", 4)
+        keys = [f"t:{i:02d}" for i in range(11)]
+        existing = keys[::3]
+        for key in existing:
+            empty = TimelineContent([], True)
+            assert await timelines.build(key, lambda c=empty: loaded(c), 5.0)
+
+        real_add = timelines.backend.add
+        sizes: list[int] = []
+        running = most = 0
+        failing: set[str] = set()
+
+        async def add(names: Sequence[str], *args: Any) -> list[str]:
+            nonlocal running, most
+            sizes.append(len(names))
+            running += 1
+            most = max(most, running)
+            try:
+                await asyncio.sleep(0.02)  # time for the others to start, if they may
+                if failing & set(names):
+                    raise CacheBackendError("this batch fails")
+                return await real_add(names, *args)
+            finally:
+                running -= 1
+
+        monkeypatch.setattr(timelines.backend, "add", add)
+        first, second = ulids(2)
+        assert await timelines.add(keys, ids=[first]) == existing
+        assert sizes == [4, 4, 3]
+        assert most == 2
+
+        # One batch fails: the others finish before the error is raised, and
+        # the failed batch's timelines are owed a deletion (rebuilt when read).
+        failing.add("timeline:t:06")
+        with pytest.raises(CacheBackendError):
+            await timelines.add(keys, ids=[second])
+        assert running == 0
+        await timelines.read(["t:00"], None, 1)  # the store answers: debts paid
+        assert await stored(services, "t:06") is None
+        assert await stored(services, "t:00") == [second, first]
+        assert await stored(services, "t:09") == [second, first]
+
+
+async def test_a_walk_reads_the_slack_from_the_timeline_then_past_a_trim_the_database(
+    settings: Settings, photos: Path
+) -> None:
+    async with an_app(settings, timeline_max_entries=16) as (client, services):
+        assert services.timelines.slack == 1
+        reader, alice = await many_users(services, 2)
+        media_id = await a_photo(client, alice, services, photos)
+        await follow(client, reader, alice)
+        posts = [await a_post(client, alice, media_id) for _ in range(15)]
+        await settle(services)
+        # Built from fewer posts than the cap: complete.
+        assert len(await home_ids(client, reader)) == 15
+        posts += [await a_post(client, alice, media_id) for _ in range(2)]
+        await settle(services)
+        everything = [p["id"] for p in reversed(posts)]
+        assert await stored(services, home_key(reader.id)) == everything
+
+        async def walked() -> list[str]:
+            pages = await walk(client, HOME, headers=reader.headers, limit=5)
+            return [p["id"] for p in pages]
+
+        assert await walked() == everything  # caches the posts' counts
+        before = home_queries()
+        # The timeline went past its cap into the slack and holds every post:
+        # the whole walk comes from it.
+        assert await walked() == everything
+        assert home_queries() == before
+
+        posts.append(await a_post(client, alice, media_id))
+        await settle(services)
+        everything = [p["id"] for p in reversed(posts)]
+        # Past the slack: trimmed to the cap, and the walk's end comes from
+        # the database, each post once.
+        assert await stored(services, home_key(reader.id)) == everything[:16]
+        assert await walked() == everything
+        assert home_queries() > before
+
+
+async def test_fan_out_reads_the_next_followers_while_it_writes_and_drops_who_left(
+    settings: Settings, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(home, "FANOUT_CHUNK", 2)
+    async with an_app(settings, run_jobs_in_process=False) as (client, services):
+        author, leaver, *others = await many_users(services, 7)
+        idle = others.pop()
+        media_id = await a_photo(client, author, services, photos)
+        for user in (leaver, *others, idle):
+            await follow(client, user, author)
+        for user in (leaver, *others):
+            assert await home_ids(client, user) == []  # their timelines exist
+        post = await a_post(client, author, media_id)
+
+        real_read = services.db.read_session
+        readers: list[str] = []
+
+        @asynccontextmanager
+        async def read_session() -> AsyncIterator[Any]:
+            task = asyncio.current_task()
+            readers.append(task.get_name() if task is not None else "")
+            async with real_read() as session:
+                yield session
+
+        monkeypatch.setattr(services.db, "read_session", read_session)
+        real_add = services.timelines.add
+        chunk_reads_at_first_write: list[int] = []
+
+        async def add(keys: Sequence[str], **kwargs: Any) -> list[str]:
+            if home_key(leaver.id) in keys:
+                # Found in the first chunk, then gone before the write, and
+                # back reading a timeline rebuilt without the author.
+                await unfollow(client, leaver, author)
+                assert await home_ids(client, leaver) == []
+                chunk_reads_at_first_write.append(readers.count(home.FOLLOWERS_TASK))
+            return await real_add(keys, **kwargs)
+
+        monkeypatch.setattr(services.timelines, "add", add)
+        await home.fan_out(services, post["id"], author.id)
+
+        # The second chunk was read while the first was being written.
+        assert chunk_reads_at_first_write == [2]
+        # Every chunk reached, the last one too; nobody who does not read.
+        for user in others:
+            assert await stored(services, home_key(user.id)) == [post["id"]]
+        assert await stored(services, home_key(idle.id)) is None
+        # The write outlived the unfollow; the check after it undid it.
+        assert await stored(services, home_key(leaver.id)) is None
+        assert await home_ids(client, leaver) == []

@@ -11,6 +11,16 @@ from the bottom) can never remove a fact.
 The scripts compare ids only through Redis's own lexicographic commands,
 never with Lua's ``<``, whose order follows the server's locale.
 
+Fan-out is the hot path: one ``ADD`` call per batch of timelines, most of
+which do not exist. Per timeline it costs one ``ZCARD`` (existence and size
+at once, O(1)); a timeline that exists and gets one new id then takes a
+``ZADD`` and a ``ZRANK`` of that id, on the path the ``ZADD`` has just
+walked. The facts are read only when the id lands lowest, the one place an
+incomplete timeline's floor can refuse it; and the size from ``ZCARD``
+tells whether the cap's slack (see ``timelines``) is spent before anything
+is counted. Several ids at once (a follow, a build) take the general path:
+facts, floor, then the ids.
+
 A script that names several keys needs them in one hash slot on a Redis
 Cluster; this backend targets one Redis (or a replicated pair), as the cache
 does.
@@ -37,9 +47,13 @@ _IDS_TOP = "(~"
 _LINK = "~link:"
 
 _FUNCTIONS = """
-local function trim(key, cap)
+-- Back to the newest cap ids once there are more than cap + slack. most is
+-- at least the number of members (ids and facts), so most writes need not
+-- count anything.
+local function trim(key, cap, slack, most)
+  if most <= cap + slack then return end
   local n = redis.call('ZLEXCOUNT', key, '-', '(~')
-  if n > cap then
+  if n > cap + slack then
     redis.call('ZREMRANGEBYRANK', key, 0, n - cap - 1)
     redis.call('ZREM', key, '~complete')
   end
@@ -50,8 +64,8 @@ local function oldest(key)
 end
 
 local function incomplete(key)
-  return redis.call('ZSCORE', key, '~ready')
-    and not redis.call('ZSCORE', key, '~complete')
+  local facts = redis.call('ZMSCORE', key, '~ready', '~complete')
+  return facts[1] and not facts[2]
 end
 
 -- ARGV[first..last] into key; an incomplete timeline keeps its floor.
@@ -88,50 +102,71 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
 end
 """
 
-# KEYS[1]: the timeline. ARGV: token, cap, ttl in ms, complete (1 or 0),
-# number of ids, oldest id ('' if none), the ids, the links.
+# KEYS[1]: the timeline. ARGV: token, cap, slack, ttl in ms, complete (1 or
+# 0), number of ids, oldest id ('' if none), the ids, the links.
 _FINISH_BUILD = (
     _FUNCTIONS
     + """
 local key = KEYS[1]
 if not redis.call('ZSCORE', key, ARGV[1]) then return 0 end
 redis.call('ZREM', key, ARGV[1])
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
 if redis.call('ZSCORE', key, '~ready') then
-  add_ids(key, 7, 6 + n)
+  add_ids(key, 8, 7 + n)
 else
-  for j = 7, 6 + n do redis.call('ZADD', key, 0, ARGV[j]) end
+  for j = 8, 7 + n do redis.call('ZADD', key, 0, ARGV[j]) end
   redis.call('ZADD', key, 0, '~ready')
-  if ARGV[4] == '1' then
+  if ARGV[5] == '1' then
     redis.call('ZADD', key, 0, '~complete')
-  elseif ARGV[6] ~= '' then
-    redis.call('ZREMRANGEBYLEX', key, '-', '(' .. ARGV[6])
+  elseif ARGV[7] ~= '' then
+    redis.call('ZREMRANGEBYLEX', key, '-', '(' .. ARGV[7])
   end
 end
-for j = 7 + n, #ARGV do redis.call('ZADD', key, 0, '~link:' .. ARGV[j]) end
-trim(key, tonumber(ARGV[2]))
-redis.call('PEXPIRE', key, ARGV[3])
+for j = 8 + n, #ARGV do redis.call('ZADD', key, 0, '~link:' .. ARGV[j]) end
+trim(key, tonumber(ARGV[2]), tonumber(ARGV[3]), redis.call('ZCARD', key))
+redis.call('PEXPIRE', key, ARGV[4])
 return 1
 """
 )
 
-# KEYS: timelines. ARGV: cap, number of ids, the ids, the links.
-# Returns the (1-based) positions of the keys that existed.
+# KEYS: timelines. ARGV: cap, slack, number of ids, the ids, the links.
+# Returns the (1-based) positions of the keys that existed and were kept.
 _ADD = (
     _FUNCTIONS
     + """
-local cap = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
+-- One id into key: fan-out's new post, nearly always the newest. It is
+-- added first; only if it landed lowest are the facts read, since an
+-- incomplete timeline vouches for nothing below its oldest id. False if
+-- the timeline is incomplete and held no id at all.
+local function add_new_id(key, id)
+  if redis.call('ZADD', key, 0, id) == 0 or redis.call('ZRANK', key, id) > 0
+      or not incomplete(key) then
+    return true
+  end
+  redis.call('ZREM', key, id)
+  return oldest(key) ~= nil
+end
+
+local cap, slack = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 local added = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then
-    if incomplete(key) and not oldest(key) then
-      redis.call('DEL', key)  -- knows nothing any more: rebuilt when read
+  local size = redis.call('ZCARD', key)  -- 0: no such timeline
+  if size > 0 then
+    local kept = true
+    if n == 1 then
+      kept = add_new_id(key, ARGV[4])
+    elseif incomplete(key) and not oldest(key) then
+      kept = false
     else
-      add_ids(key, 3, 2 + n)
-      for j = 3 + n, #ARGV do redis.call('ZADD', key, 0, '~link:' .. ARGV[j]) end
-      trim(key, cap)
+      add_ids(key, 4, 3 + n)
+    end
+    if kept then
+      for j = 4 + n, #ARGV do redis.call('ZADD', key, 0, '~link:' .. ARGV[j]) end
+      trim(key, cap, slack, size + #ARGV - 3)
       added[#added + 1] = i
+    else
+      redis.call('DEL', key)  -- knows nothing any more: rebuilt when read
     end
   end
 end
@@ -152,6 +187,12 @@ def _text(value: Any) -> str:
 class RedisTimelineBackend:
     """A ``TimelineBackend`` over one Redis, every key under ``prefix``."""
 
+    # A fan-out to thousands of followers neither holds Redis in one long
+    # script (every other client waits meanwhile; 500 full timelines take it
+    # a few milliseconds) nor waits for each answer before encoding the
+    # next batch.
+    add_batch: int | None = 500
+
     def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
@@ -165,8 +206,11 @@ class RedisTimelineBackend:
     def from_settings(cls, settings: Settings) -> RedisTimelineBackend:
         return cls(connect(settings), settings.cache_key_prefix)
 
-    def _keys(self, keys: Sequence[str]) -> list[str]:
-        return [self._prefix + key for key in keys]
+    def _keys(self, keys: Sequence[str]) -> list[bytes]:
+        # Encoded here, in one pass: redis-py's own encoding of each argument
+        # costs fan-out twice as much client CPU.
+        prefix = self._prefix
+        return [(prefix + key).encode() for key in keys]
 
     async def read(
         self, keys: Sequence[str], before: str | None, count: int, ttl: float
@@ -199,12 +243,19 @@ class RedisTimelineBackend:
         )
 
     async def finish_build(
-        self, key: str, token: str, content: TimelineContent, cap: int, ttl: float
+        self,
+        key: str,
+        token: str,
+        content: TimelineContent,
+        cap: int,
+        slack: int,
+        ttl: float,
     ) -> bool:
         oldest = min(content.ids) if content.ids else ""
         args: list[str | int] = [
             token,
             cap,
+            slack,
             milliseconds(ttl),
             1 if content.complete else 0,
             len(content.ids),
@@ -216,12 +267,17 @@ class RedisTimelineBackend:
         return bool(stored)
 
     async def add(
-        self, keys: Sequence[str], ids: Sequence[str], links: Sequence[str], cap: int
+        self,
+        keys: Sequence[str],
+        ids: Sequence[str],
+        links: Sequence[str],
+        cap: int,
+        slack: int,
     ) -> list[str]:
         if not keys:
             return []
         positions = await redis_call(
-            self._add(keys=self._keys(keys), args=[cap, len(ids), *ids, *links])
+            self._add(keys=self._keys(keys), args=[cap, slack, len(ids), *ids, *links])
         )
         return [keys[int(p) - 1] for p in positions]
 

@@ -174,6 +174,8 @@ class Settings(BaseSettings):
     # Home timelines (social/home.py): each post's id is fanned out on write
     # into its followers' timelines, in Redis when redis_url is set.
     # Ids kept per timeline; a walk past the oldest is served by the database.
+    # A timeline may grow a sixteenth past it before a write trims it back
+    # (platform/timelines.py), so most writes skip the trim.
     timeline_max_entries: int = Field(default=800, ge=1)
     # A timeline unread this long expires, and with it the fan-out to that
     # account: only timelines that exist receive posts. The next read of the

@@ -8,6 +8,13 @@ reader, which is what makes "the timeline exists" a cheap and exact test of
 "someone reads it". Redis holds them when ``PETPAL_REDIS_URL`` is set
 (``redis_timelines``); an in-process equivalent otherwise.
 
+The cap is kept with a slack of a sixteenth (``trim_slack``): a timeline may
+grow to cap + slack ids, and the write that would pass that trims it back to
+the newest cap ids in one step. So most writes skip counting and trimming,
+and a timeline holds at most a sixteenth more than the cap. Readers need not
+care: ids past the cap are ids like any other, and a complete timeline over
+the cap still holds every id there is, so it stays complete until trimmed.
+
 Besides its ids a timeline carries three facts, kept with the ids so that
 one read returns them together:
 
@@ -53,6 +60,14 @@ KEY_PREFIX = "timeline:"
 # A build that has not stored its result after this long has died; its
 # placeholder then expires with it.
 BUILD_SECONDS = 60.0
+# How many of a long write's calls (see ``TimelineBackend.add_batch``) are in
+# flight at once: the next batch is encoded while the store works on one.
+ADDS_IN_FLIGHT = 4
+
+
+def trim_slack(cap: int) -> int:
+    """How far past ``cap`` a timeline may grow before a write trims it."""
+    return cap // 16
 
 
 @dataclass(frozen=True)
@@ -80,8 +95,12 @@ class TimelineContent:
 class TimelineBackend(Protocol):
     """Where timelines live. Raises only ``CacheBackendError`` for its own faults.
 
-    Each method is one round trip, whatever the number of keys.
+    Each method is one round trip, whatever the number of keys; ``Timelines``
+    gives ``add`` at most ``add_batch`` keys a call.
     """
+
+    # Timelines one ``add`` call names at most; None: any number.
+    add_batch: int | None
 
     async def read(
         self, keys: Sequence[str], before: str | None, count: int, ttl: float
@@ -92,15 +111,29 @@ class TimelineBackend(Protocol):
 
     async def begin_build(self, key: str, token: str, ttl: float) -> None: ...
     async def finish_build(
-        self, key: str, token: str, content: TimelineContent, cap: int, ttl: float
+        self,
+        key: str,
+        token: str,
+        content: TimelineContent,
+        cap: int,
+        slack: int,
+        ttl: float,
     ) -> bool:
         """Store ``content`` if ``token`` is still in the timeline; True if so."""
         ...
 
     async def add(
-        self, keys: Sequence[str], ids: Sequence[str], links: Sequence[str], cap: int
+        self,
+        keys: Sequence[str],
+        ids: Sequence[str],
+        links: Sequence[str],
+        cap: int,
+        slack: int,
     ) -> list[str]:
-        """Add to those of ``keys`` that exist; returns them."""
+        """Add to those of ``keys`` that exist; returns them.
+
+        A timeline past ``cap + slack`` ids afterwards keeps the newest ``cap``.
+        """
         ...
 
     async def remove(self, keys: Sequence[str], ids: Sequence[str]) -> None: ...
@@ -126,6 +159,9 @@ class InProcessTimelineBackend:
 
     The same rules as the Redis scripts in ``redis_timelines``, in Python.
     """
+
+    # No round trip to save, none to overlap: batches would only cost tasks.
+    add_batch: int | None = None
 
     # A full timeline of 800 ids takes about 70 KB here: 5,000 of them,
     # far more than a laptop's accounts, stay within a few hundred MB.
@@ -173,7 +209,13 @@ class InProcessTimelineBackend:
         timeline.expires_at = max(timeline.expires_at, expires_at)
 
     async def finish_build(
-        self, key: str, token: str, content: TimelineContent, cap: int, ttl: float
+        self,
+        key: str,
+        token: str,
+        content: TimelineContent,
+        cap: int,
+        slack: int,
+        ttl: float,
     ) -> bool:
         timeline = self._get(key)
         if timeline is None or token not in timeline.builds:
@@ -189,12 +231,17 @@ class InProcessTimelineBackend:
                 ids = {i for i in ids if i >= floor}
             timeline.ids = sorted(ids)
         timeline.links.update(content.links)
-        _trim(timeline, cap)
+        _trim(timeline, cap, slack)
         timeline.expires_at = time.monotonic() + ttl
         return True
 
     async def add(
-        self, keys: Sequence[str], ids: Sequence[str], links: Sequence[str], cap: int
+        self,
+        keys: Sequence[str],
+        ids: Sequence[str],
+        links: Sequence[str],
+        cap: int,
+        slack: int,
     ) -> list[str]:
         added = []
         for key in keys:
@@ -206,7 +253,7 @@ class InProcessTimelineBackend:
                 continue
             _add_ids(timeline, ids)
             timeline.links.update(links)
-            _trim(timeline, cap)
+            _trim(timeline, cap, slack)
             added.append(key)
         return added
 
@@ -249,8 +296,8 @@ def _add_ids(timeline: _Timeline, ids: Iterable[str]) -> None:
             timeline.ids.insert(at, new)
 
 
-def _trim(timeline: _Timeline, cap: int) -> None:
-    if len(timeline.ids) > cap:
+def _trim(timeline: _Timeline, cap: int, slack: int) -> None:
+    if len(timeline.ids) > cap + slack:
         del timeline.ids[: len(timeline.ids) - cap]
         timeline.complete = False
 
@@ -273,6 +320,7 @@ class Timelines:
     ) -> None:
         self.backend = backend
         self.cap = cap
+        self.slack = trim_slack(cap)
         self.ttl = ttl_seconds
         self._calls = StoreCalls(backend, cache, store="timeline")
         self._builds: dict[str, asyncio.Task[TimelineContent]] = {}
@@ -325,7 +373,7 @@ class Timelines:
             await self._calls.call(
                 "timeline_build",
                 lambda: self.backend.finish_build(
-                    name, token, content, self.cap, self.ttl
+                    name, token, content, self.cap, self.slack, self.ttl
                 ),
             )
         return content
@@ -341,16 +389,45 @@ class Timelines:
     async def add(
         self, keys: Sequence[str], ids: Sequence[str] = (), links: Sequence[str] = ()
     ) -> list[str]:
-        """Add ``ids`` and ``links`` to those timelines that exist; returns them."""
-        if not keys:
-            return []
+        """Add ``ids`` and ``links`` to those timelines that exist; returns them.
+
+        The backend's ``add_batch`` timelines per call, ``ADDS_IN_FLIGHT``
+        calls at a time. Should one fail, the others still finish before
+        this raises: each failed call owes its timelines a deletion, and none
+        is left running behind the caller's back.
+        """
         names = [KEY_PREFIX + k for k in keys]
-        added = await self._calls.call(
+        size = self.backend.add_batch
+        if size is None or len(names) <= size:
+            added = await self._add(names, ids, links)
+        else:
+            slots = asyncio.Semaphore(ADDS_IN_FLIGHT)
+
+            async def one(batch: list[str]) -> list[str]:
+                async with slots:
+                    return await self._add(batch, ids, links)
+
+            results = await asyncio.gather(
+                *(one(names[i : i + size]) for i in range(0, len(names), size)),
+                return_exceptions=True,
+            )
+            added = []
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+                added.extend(result)
+        return [name.removeprefix(KEY_PREFIX) for name in added]
+
+    async def _add(
+        self, names: list[str], ids: Sequence[str], links: Sequence[str]
+    ) -> list[str]:
+        if not names:
+            return []
+        return await self._calls.call(
             "timeline_add",
-            lambda: self.backend.add(names, ids, links, self.cap),
+            lambda: self.backend.add(names, ids, links, self.cap, self.slack),
             owe=names,
         )
-        return [name.removeprefix(KEY_PREFIX) for name in added]
 
     async def remove(self, keys: Sequence[str], ids: Sequence[str]) -> None:
         if keys and ids:

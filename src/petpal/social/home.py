@@ -6,8 +6,14 @@ committed with the post, writes it into the timelines of the author's
 followers: those whose timelines exist. A timeline exists while its owner
 reads the feed and expires ``timeline_ttl_seconds`` after the last read, so
 "has a timeline" is what "active" means here: it is exactly the set of
-feeds that are warm, it costs one EXISTS per follower inside the fan-out
-script, and nobody pays for writes to feeds nobody reads.
+feeds that are warm, it costs one O(1) look-up per follower inside the
+fan-out script, and nobody pays for writes to feeds nobody reads.
+
+The job reads the followers ``FANOUT_CHUNK`` at a time, in the order of
+their follows, and reads the next chunk while it writes this one, so the
+database and the timelines' store work side by side. After each write it
+reads the chunk's follows again (see ``_deliver``) and deletes the
+timelines of whoever unfollowed meanwhile.
 
 Authors with more than ``fanout_max_followers`` followers are not fanned
 out. Their followers' timelines carry a link to the author's own timeline of
@@ -55,6 +61,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import Counter
 from sqlalchemy import Select, String, literal, select, true, union_all
@@ -77,9 +84,11 @@ FANOUT_JOB = "social.fanout"
 RETRACT_JOB = "social.retract"
 FOLLOW_JOB = "social.follow_timeline"
 FORGET_JOB = "social.forget_timelines"
-# Followers read per query, and timelines written per script call, by a
-# fan-out: one round trip each way per chunk.
+# Followers read per query by a fan-out (and the like jobs); the next chunk
+# is read while the timelines of this one are written (``Timelines.add``
+# splits them into batches of its own).
 FANOUT_CHUNK = 1000
+FOLLOWERS_TASK = "petpal-fanout-followers"  # the task that reads a chunk
 
 HOME_PAGES = Counter(
     "petpal_home_feed_pages_total",
@@ -367,29 +376,34 @@ async def _deliver(
     author_id: str,
     ids: Sequence[str],
     links: Sequence[str],
-    follower_ids: list[str],
+    followers: _Followers,
 ) -> None:
-    keys = {home_key(f): f for f in follower_ids}
+    keys = {home_key(f): f for f in followers.ids}
     written = await services.timelines.add(list(keys), ids=ids, links=links)
     FANOUT_WRITES.inc(len(written))
     if not written:
         return
     # A follower who unfollowed after the query that found them may have had
     # their timeline deleted before this write: the write would then outlive
-    # the unfollow. Whoever no longer follows loses the timeline again.
-    receivers = [keys[key] for key in written]
+    # the unfollow. Whoever no longer follows loses the timeline again. The
+    # follows are read again by the chunk's range of follow ids, one index
+    # range like the read that found them (a list of a thousand ids would
+    # be a statement of its own for every chunk size); one who unfollowed
+    # and followed again has a new follow id, out of the range, and is
+    # merely rebuilt.
     async with services.db.read_session() as session:
         still = set(
             (
                 await session.scalars(
                     select(Follow.follower_id).where(
                         Follow.followee_id == author_id,
-                        Follow.follower_id.in_(receivers),
+                        Follow.id >= followers.first,
+                        Follow.id <= followers.last,
                     )
                 )
             ).all()
         )
-    left = [home_key(f) for f in receivers if f not in still]
+    left = [key for key in written if keys[key] not in still]
     if left:
         await services.timelines.forget(*left)
 
@@ -398,8 +412,8 @@ async def retract(services: Services, post_id: str, author_id: str) -> None:
     """Take a deleted post out of every timeline (the ``social.retract`` job)."""
     timelines = services.timelines
 
-    async def remove(follower_ids: list[str]) -> None:
-        await timelines.remove([home_key(f) for f in follower_ids], [post_id])
+    async def remove(followers: _Followers) -> None:
+        await timelines.remove([home_key(f) for f in followers.ids], [post_id])
 
     async def everywhere() -> None:
         await timelines.remove([home_key(author_id), author_key(author_id)], [post_id])
@@ -427,8 +441,8 @@ async def forget_timelines(
     await services.timelines.forget(*keys)
     if followers_of is not None:
 
-        async def forget(follower_ids: list[str]) -> None:
-            await services.timelines.forget(*(home_key(f) for f in follower_ids))
+        async def forget(followers: _Followers) -> None:
+            await services.timelines.forget(*(home_key(f) for f in followers.ids))
 
         await _each_follower(services, followers_of, forget)
 
@@ -446,21 +460,35 @@ async def _or_owe(services: Services, author_id: str, work: Awaitable[None]) -> 
         timelines = services.timelines
         timelines.owe_deletion([home_key(author_id), author_key(author_id)])
 
-        async def owe(follower_ids: list[str]) -> None:
-            timelines.owe_deletion(home_key(f) for f in follower_ids)
+        async def owe(followers: _Followers) -> None:
+            timelines.owe_deletion(home_key(f) for f in followers.ids)
 
         await _each_follower(services, author_id, owe)
         raise
 
 
+@dataclass(frozen=True)
+class _Followers:
+    """A chunk of an author's followers, in the order of their follows' ids."""
+
+    ids: list[str]  # the followers' account ids
+    first: str  # the follow ids the chunk spans, both included
+    last: str
+
+
 async def _each_follower(
     services: Services,
     author_id: str,
-    action: Callable[[list[str]], Awaitable[None]],
+    action: Callable[[_Followers], Awaitable[None]],
 ) -> None:
-    """Call ``action`` with the author's followers, ``FANOUT_CHUNK`` at a time."""
-    after = ""
-    while True:
+    """Call ``action`` with the author's followers, ``FANOUT_CHUNK`` at a time.
+
+    The next chunk is read while ``action`` works on this one, so the
+    database and the timelines' store work at the same time; ``action``
+    still sees one chunk at a time, in order.
+    """
+
+    async def read(after: str) -> _Followers | None:
         async with services.db.read_session() as session:
             rows = (
                 await session.execute(
@@ -470,11 +498,30 @@ async def _each_follower(
                     .limit(FANOUT_CHUNK)
                 )
             ).all()
-        if rows:
-            await action([row.follower_id for row in rows])
-        if len(rows) < FANOUT_CHUNK:
-            return
-        after = rows[-1].id
+        if not rows:
+            return None
+        return _Followers([row.follower_id for row in rows], rows[0].id, rows[-1].id)
+
+    def start(after: str) -> asyncio.Task[_Followers | None]:
+        return asyncio.create_task(read(after), name=FOLLOWERS_TASK)
+
+    reading: asyncio.Task[_Followers | None] | None = start("")
+    try:
+        while reading is not None:
+            chunk = await reading
+            reading = None
+            if chunk is None:
+                return
+            if len(chunk.ids) == FANOUT_CHUNK:
+                reading = start(chunk.last)
+            await action(chunk)
+    finally:
+        if reading is not None:
+            # Waited for, not cancelled: a task cancelled inside a database
+            # call may hang. Its error, if any, is not this one's news.
+            await asyncio.wait({reading})
+            if not reading.cancelled():
+                reading.exception()
 
 
 async def follow_changed(
