@@ -251,24 +251,26 @@ def _offline_rows(results: Results) -> list[Row]:
 
 
 _FANOUT_PLAIN = re.compile(r"baseline \(plain writes\)\s+\d+\s+[\d.]+\s+([\d,]+)")
+_FANOUT_CPU = re.compile(r"CPU per insert: (.+)")
+_FANOUT_LOAD = re.compile(r"load average: ([\d.]+) before, ([\d.]+) after")
 
 
 def _fanout_limit(text: str, inserts: float | None) -> str:
+    """What the fan-out benchmark measured beside its rate, when it missed."""
     plain = _FANOUT_PLAIN.search(text)
     if inserts is None or inserts >= 100_000 or plain is None:
         return ""
     rate = float(plain.group(1).replace(",", ""))
+    limit = f"plain pipelined ZADDs into the same timelines reach {rate:,.0f}/s"
     if rate < 100_000:
-        return (
-            f"plain pipelined ZADDs into the same timelines reach {rate:,.0f}/s on "
-            "this machine, itself under the target; fan-out's checks (the "
-            "timeline exists, its cap and floor) cost the rest"
-        )
-    return (
-        f"plain pipelined ZADDs into the same timelines reach {rate:,.0f}/s; "
-        "fan-out's checks (the timeline exists, its cap and floor) cost the "
-        "difference"
-    )
+        limit += " on this machine, itself under the target"
+    cpu = _FANOUT_CPU.search(text)
+    if cpu:
+        limit += f"; CPU per insert: {cpu.group(1)}"
+    load = _FANOUT_LOAD.search(text)
+    if load:
+        limit += f"; load average {load.group(1)} to {load.group(2)}"
+    return limit
 
 
 def _two_workers_row(results: Results) -> Row:

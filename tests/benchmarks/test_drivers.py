@@ -188,3 +188,32 @@ def test_the_report_renders_every_target_with_its_verdict() -> None:
     )
     measured = text.count("| met |") + text.count("| **missed** |")
     assert f"## Targets: {text.count('| met |')} of {measured} measured met" in text
+
+
+def test_the_report_says_what_limits_fan_out_from_its_measurements() -> None:
+    from pathlib import Path
+
+    from benchmarks.markdown import render
+    from benchmarks.report import Options, Results
+
+    results = Results()
+    output = [
+        "fan-out benchmark on the Redis: 20000 followers, 6000 with a timeline",
+        f"{'':<34}{'inserts':>9}{'seconds':>9}{'inserts/s':>12}{'calls':>8}",
+        f"{'fan-out (Timelines.add)':<34}{120000:>9}{2.24:>9.2f}{'53,588':>12}{800:>8}",
+        f"{'baseline (plain writes)':<34}{120000:>9}{2.90:>9.2f}{'41,368':>12}{120:>8}",
+        "fan-out / baseline: 1.30",
+        "CPU per insert: fan-out this process 5.5 us + Redis 12.4 us; "
+        "baseline this process 18.7 us + Redis 5.1 us",
+        "load average: 2.1 before, 2.3 after, on 2 cores",
+    ]
+    results.offline = {"fan-out": "\n".join(output)}
+    options = Options(200_000, 10, 15, Path("out.md"), False, set())
+    text = render(options, results, "python3 dev.py bench --users 200000")
+    (row,) = [line for line in text.splitlines() if line.startswith("| fan-out: t")]
+    assert "53,588/s = 1.30 × plain pipelined ZADD" in row
+    assert "**missed**" in row
+    (limit,) = [line for line in text.splitlines() if line.startswith("- **fan-out: t")]
+    assert "reach 41,368/s on this machine, itself under the target" in limit
+    assert "fan-out this process 5.5 us + Redis 12.4 us" in limit
+    assert "load average 2.1 to 2.3" in limit
