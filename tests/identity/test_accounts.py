@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from tests.factories import PASSWORD, a_user, assert_problem
 
@@ -336,3 +339,28 @@ async def test_profile_lookup_is_case_and_width_insensitive(
         response = await client.get(f"/api/v1/accounts/{spelling}")
         assert response.status_code == 200
         assert response.json()["id"] == user.id
+
+
+async def test_every_read_refuses_a_bad_token(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """A token offered to any read is checked, even where the read does not
+    need a caller: a bad one is a 401 everywhere, never silently ignored
+    (comment pages, pets and follower lists once answered 200)."""
+    reads = [
+        route.path
+        for route in app.routes
+        if isinstance(route, APIRoute)
+        and route.methods == {"GET"}
+        and route.path.startswith("/api/v1/")
+    ]
+    assert "/api/v1/posts/{post_id}/comments" in reads
+    for path in reads:
+        concrete = re.sub(r"\{[^}]+\}", "x", path)
+        response = await client.get(
+            concrete, headers={"Authorization": "Bearer not.a.jwt"}
+        )
+        assert_problem(response, 401)
+    # Without a header the public reads still answer.
+    public = await client.get("/api/v1/posts/x/comments")
+    assert_problem(public, 404)

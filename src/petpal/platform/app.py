@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -24,6 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from petpal.platform.cache import CacheBackendError
+from petpal.platform.deps import optional_account, require_account
 from petpal.platform.errors import (
     PROBLEM_MEDIA_TYPE,
     BodyTooLargeError,
@@ -287,13 +289,20 @@ def _add_routes(
     for route in router.routes:
         if not isinstance(route, APIRoute):
             raise TypeError(f"only API routes are served flat, not {route!r}")
+        dependencies = list(route.dependencies)
+        if route.methods == {"GET"} and not _reads_token(route.dependant):
+            # A token offered to a read is checked on every read, so a bad
+            # one is a 401 everywhere, not only where the route reads the
+            # caller. (Not on sign-up, log-in and refresh, where a client
+            # may well still send the access token that just expired.)
+            dependencies.append(Depends(optional_account))
         app.router.add_api_route(
             API_PREFIX + route.path,
             route.endpoint,
             response_model=route.response_model,
             status_code=route.status_code,
             tags=route.tags,
-            dependencies=route.dependencies,
+            dependencies=dependencies,
             summary=route.summary,
             description=route.description,
             response_description=route.response_description,
@@ -317,6 +326,14 @@ def _add_routes(
             strict_content_type=route.strict_content_type,
             max_body_size=route.max_body_size,
         )
+
+
+def _reads_token(dependant: Dependant) -> bool:
+    """Whether a route already checks the bearer token (at any depth)."""
+    return any(
+        d.call in (optional_account, require_account) or _reads_token(d)
+        for d in dependant.dependencies
+    )
 
 
 def create_server_app() -> ASGIApp:
