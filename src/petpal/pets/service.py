@@ -504,7 +504,9 @@ async def pet_tag_wires(services: Services, pet_ids: list[str]) -> dict[str, Wir
                     )
                 )
             ).all()
-        urls = await display_urls(services, [r.photo_media_id for r in rows if r[3]])
+        urls = await display_urls(
+            services, [r.photo_media_id for r in rows if r.photo_media_id]
+        )
         return {
             pet_tag_key(row.id): orjson.dumps(
                 {
