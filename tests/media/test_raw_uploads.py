@@ -80,6 +80,23 @@ async def media_row(services: Services, media_id: str) -> Any:
         ).one_or_none()
 
 
+async def pending_discards(services: Services) -> list[OutboxJob]:
+    """The upload deletions waiting in the outbox, oldest first."""
+    async with services.db.read_session() as session:
+        return list(
+            (
+                await session.scalars(
+                    select(OutboxJob)
+                    .where(
+                        OutboxJob.kind == DISCARD_UPLOAD_JOB,
+                        OutboxJob.status == PENDING,
+                    )
+                    .order_by(OutboxJob.id)
+                )
+            ).all()
+        )
+
+
 @pytest.fixture
 def processing_breaks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Processing raises every time."""
@@ -128,14 +145,7 @@ async def test_a_dead_photo_keeps_its_upload_for_a_replay_then_loses_it(
 
     # Kept while a replay can still use it, with its deletion scheduled.
     assert stored_uploads(services) == [f"incoming/{media['id']}"]
-    async with services.db.read_session() as session:
-        (discard,) = (
-            await session.scalars(
-                select(OutboxJob).where(
-                    OutboxJob.kind == DISCARD_UPLOAD_JOB, OutboxJob.status == PENDING
-                )
-            )
-        ).all()
+    (discard,) = await pending_discards(services)
     assert discard.status == PENDING
     due_in = (discard.available_at - utcnow()).total_seconds()
     assert WEEK - 60 < due_in <= WEEK
@@ -175,16 +185,7 @@ async def test_a_discard_scheduled_before_a_replay_spares_a_later_failure(
     assert await replay_dead_jobs(services.db) == 1
     await drain_jobs(services)
     assert (await media_row(services, media["id"])).status == "failed"
-    async with services.db.read_session() as session:
-        first, _second = (
-            await session.scalars(
-                select(OutboxJob)
-                .where(
-                    OutboxJob.kind == DISCARD_UPLOAD_JOB, OutboxJob.status == PENDING
-                )
-                .order_by(OutboxJob.id)
-            )
-        ).all()
+    first, _second = await pending_discards(services)
     first_failed_at = datetime.fromisoformat(first.payload["failed_at"])
     just_after_first = first_failed_at + timedelta(seconds=WEEK + 0.001)
     monkeypatch.setattr("petpal.media.service.utcnow", lambda: just_after_first)

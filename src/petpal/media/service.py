@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
@@ -347,15 +347,7 @@ async def _unname_upload(services: Services, media_id: str, key: str) -> bool:
     names, which the next sweep deletes.
     """
     async with services.db.write_session() as session:
-        result = await session.execute(
-            update(Media)
-            .where(
-                Media.id == media_id,
-                Media.incoming_key == key,
-                Media.status != PROCESSING,
-            )
-            .values(incoming_key=None)
-        )
+        result = await session.execute(_stop_naming(media_id, key))
         if getattr(result, "rowcount", 0):
             return True
         still_named = await session.scalar(
@@ -372,15 +364,21 @@ async def _delete_upload(services: Services, media_id: str, incoming_key: str) -
     """
     await services.storage.delete(incoming_key)
     async with services.db.write_session() as session:
-        await session.execute(
-            update(Media)
-            .where(
-                Media.id == media_id,
-                Media.status != PROCESSING,
-                Media.incoming_key == incoming_key,
-            )
-            .values(incoming_key=None)
+        await session.execute(_stop_naming(media_id, incoming_key))
+
+
+def _stop_naming(media_id: str, key: str) -> Update:
+    """The update that makes a media row stop naming its upload ``key``;
+    it leaves a row that a replay took back to ``processing`` alone."""
+    return (
+        update(Media)
+        .where(
+            Media.id == media_id,
+            Media.incoming_key == key,
+            Media.status != PROCESSING,
         )
+        .values(incoming_key=None)
+    )
 
 
 async def _resume_processing(services: Services, media_id: str) -> bool:

@@ -268,8 +268,8 @@ class Cache:
                         continue
                     results[key] = None if cached == _MISSING_MARK else cached
         missing = [key for key in wanted if key not in results]
-        _count(results, "hit")
-        _count(missing, "miss")
+        _count_lookups(results, "hit")
+        _count_lookups(missing, "miss")
 
         joined = {key: self._loading[key] for key in missing if key in self._loading}
         mine = [key for key in missing if key not in joined]
@@ -476,7 +476,7 @@ class Cache:
         self._bypass_until = time.monotonic() + self._bypass_after_error
 
 
-def _count(keys: Iterable[str], outcome: str) -> None:
+def _count_lookups(keys: Iterable[str], outcome: str) -> None:
     """Count look-ups by key family: one counter update a family, not a key."""
     families: dict[str, int] = {}
     for key in keys:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import orjson
 from starlette.responses import Response
 
+# A value already in its JSON answer's shape: what goes on the wire as it is.
 Wire = dict[str, Any]
 
 
