@@ -72,6 +72,30 @@ async def test_values_round_trip_with_millisecond_ttls(
 
 
 @requires_redis
+async def test_a_cancelled_lookup_leaves_the_rest_of_its_batch_alone(
+    shared_redis: tuple[Settings, str],
+) -> None:
+    """Look-ups of one turn share one MGET; cancelling one of them (its
+    request timed out, its client left) must not cancel the batch."""
+    backend = RedisBackend.from_settings(shared_redis[0])
+    try:
+        await backend.set("pet:1", b"one", 60)
+        await backend.set("pet:2", b"two", 60)
+        doomed = asyncio.ensure_future(backend.get("pet:1"))
+        kept = asyncio.ensure_future(backend.get_many(["pet:1", "pet:2"]))
+        alone = asyncio.ensure_future(backend.get("pet:2"))
+        await asyncio.sleep(0)  # all three have joined the batch
+        doomed.cancel()
+        assert await kept == {"pet:1": b"one", "pet:2": b"two"}
+        assert await alone == b"two"
+        assert doomed.cancelled()
+        # The next turn's batch is a new one, and works.
+        assert await backend.get("pet:1") == b"one"
+    finally:
+        await backend.close()
+
+
+@requires_redis
 async def test_clear_deletes_only_its_own_prefix(
     shared_redis: tuple[Settings, str],
 ) -> None:

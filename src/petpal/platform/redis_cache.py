@@ -38,7 +38,9 @@ class _TurnBatch(Generic[Item, Result]):
 
     The first call schedules the batch as a task; every call made before that
     task first runs (the rest of the turn, e.g. the other members of a
-    ``gather``) joins it.
+    ``gather``) joins it. Each call waits on a future of its own, so a caller
+    that is cancelled cancels only that future: the batch runs on and the
+    other callers get their results.
     """
 
     def __init__(self, run: Callable[[list[Item]], Awaitable[list[Result]]]) -> None:
@@ -54,8 +56,7 @@ class _TurnBatch(Generic[Item, Result]):
         self._futures.append(future)
         if self._task is None:
             self._task = asyncio.create_task(self._flush())
-        # Shielded: a caller that is cancelled must not cancel the others.
-        return await asyncio.shield(future)
+        return await future
 
     async def _flush(self) -> None:
         items, futures = self._items, self._futures
