@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
 from petpal.platform.cache import CacheBackendError
 from petpal.platform.services import Services
+from tests.factories import a_user, assert_problem
 
 
 async def test_liveness_readiness_and_metrics(client: httpx.AsyncClient) -> None:
@@ -106,3 +109,38 @@ async def test_a_parameter_equal_to_a_literal_segment_keeps_the_route_label(
     metrics = (await client.get("/metrics")).text
     assert 'route="/api/v1/accounts/{username}/posts",status="404"' in metrics
     assert "/api/v1/accounts/posts/{username}" not in metrics
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param("text/plain", id="text"),
+        pytest.param("application/x-www-form-urlencoded", id="form"),
+        pytest.param(None, id="unlabelled"),
+    ],
+)
+async def test_every_json_route_refuses_a_body_of_another_type_as_415(
+    client: httpx.AsyncClient, content_type: str | None
+) -> None:
+    """A JSON body labelled as something else is 415, not a 422 that says
+    "input should be an object" about a body the client sent as one."""
+    user = await a_user(client)
+    schema = (await client.get("/openapi.json")).json()
+    routes = [
+        (method, path)
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert len(routes) >= 9, routes  # the API's JSON routes were found
+    headers = dict(user.headers)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    for method, template in routes:
+        path = re.sub(r"\{[^}]+\}", "01M911CEGT3NK0JZ0V2W5W54ET", template)
+        response = await client.request(
+            method, path, content=b'{"name": "Rex"}', headers=headers
+        )
+        assert response.status_code == 415, (method, template, response.text)
+        problem = assert_problem(response, 415, "unsupported_media_type")
+        assert "application/json" in problem["detail"]

@@ -151,6 +151,16 @@ def _describe_validation_error(error: Mapping[str, Any]) -> dict[str, Any]:
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
+    if isinstance(exc.body, bytes) and exc.body:
+        # FastAPI hands a JSON route the raw bytes when the body is not
+        # labelled as JSON; what follows would only say "not an object".
+        sent = (request.headers.get("content-type") or "no content type")[:80]
+        return problem_response(
+            request,
+            415,
+            "unsupported_media_type",
+            f"send the body as application/json (it came as {sent})",
+        )
     if any(e.get("type") == "json_invalid" for e in errors):
         return problem_response(
             request, 400, "malformed_json", "the request body is not valid JSON"
