@@ -74,6 +74,17 @@ class Capacity:
         return 1000 * self.server_cpu_seconds / self.requests if self.requests else 0.0
 
     @property
+    def system_cpu_ms_per_request(self) -> float | None:
+        """CPU of the whole machine per request, but the load generator's:
+        the server with the relay, the job worker and the data stores it
+        made work. None without ``roles``, which measure wrk's share."""
+        wrk = self.cores_by_role.get(_NAMED_ROLES["wrk"])
+        if wrk is None or not self.requests:
+            return None
+        spent = self.machine_cpu_seconds - wrk * self.seconds
+        return 1000 * spent / self.requests
+
+    @property
     def server_cores(self) -> float:
         return self.server_cpu_seconds / self.seconds if self.seconds else 0.0
 

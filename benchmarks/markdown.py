@@ -176,6 +176,12 @@ def _mix_row(results: Results) -> Row:
     limit = ""
     if not met and capacity is not None:
         limit = "with two server processes, at saturation, " + _cpu_limit(capacity)
+        top = list(mix_cpu_shares(results).items())[:3]
+        if top:
+            limit += "; its server CPU goes to " + ", ".join(
+                f"{action} {share:.0%}" for action, share in top
+            )
+            limit += " (each action measured alone, in the user mix section)"
     return Row(
         "whole user mix, both cores",
         "≥ 2,500/s with p99 ≤ 50 ms, no errors",
@@ -500,6 +506,48 @@ def _roles_text(run: Capacity) -> str:
     return " (cores: " + ", ".join(parts) + ")"
 
 
+def mix_cpu_shares(results: Results) -> dict[str, float]:
+    """Each action's share of the mix's server CPU, largest first: its share
+    of the requests times what one of them cost when measured alone."""
+    spent = {
+        action: results.mix_shares[action] * run.cpu_ms_per_request
+        for action, run in results.mix_actions.items()
+        if action in results.mix_shares
+    }
+    total = sum(spent.values())
+    if not total:
+        return {}
+    ordered = sorted(spent.items(), key=lambda item: item[1], reverse=True)
+    return {action: cpu / total for action, cpu in ordered}
+
+
+def _mix_actions_table(results: Results) -> list[str]:
+    shares = mix_cpu_shares(results)
+    if not shares:
+        return []
+    lines = [
+        "",
+        "Each action alone (its requests cycled, one server process, closed "
+        "loop): what one request costs the server, and the whole machine but "
+        "the load generator (the relay, the job worker, PostgreSQL, Redis and "
+        "RabbitMQ included). Weighted by the action's share of the mix's "
+        "requests, that is where the mix's server CPU goes.",
+        "",
+        "| action | share of requests | requests /s alone | server CPU ms/request "
+        "| machine CPU ms/request | share of the mix's server CPU | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for action, share in shares.items():
+        run = results.mix_actions[action]
+        machine = _num(run.system_cpu_ms_per_request, ".2f")
+        lines.append(
+            f"| {action} | {results.mix_shares[action]:.0%} | {run.per_second:,.0f} "
+            f"| {run.cpu_ms_per_request:.2f} | {machine} "
+            f"| {share:.0%} | {run.errors} |"
+        )
+    return lines
+
+
 def _mix_section(results: Results) -> list[str]:
     if results.mix_one is None:
         return []
@@ -524,6 +572,7 @@ def _mix_section(results: Results) -> list[str]:
                 f"| {label} | {run.per_second:,.0f} | {run.cpu_ms_per_request:.2f} | "
                 f"{run.server_cores:.2f} | {run.errors} |"
             )
+    lines += _mix_actions_table(results)
     runs = [
         (label, run)
         for label, run in (

@@ -15,6 +15,8 @@
    (``benchmarks/openloop.py``). B0, B1 and B2, the same server answering a
    constant, one Redis GET and one primary-key select, are measured the same
    way in the same run, and every throughput is also given as their ratio.
+   The user mix as a whole, then each of its actions alone, which says
+   where the mix's CPU goes.
 4. The naive path: the same server with the cache off and photos processed
    inside the upload request.
 5. The freshness, photo and fan-out benchmarks, run as they are.
@@ -361,6 +363,25 @@ def mix_requests(readers: Readers, count: int = 4000) -> list[Request]:
     likes and follows come in pairs, on then off, so the data set ends as it
     began.
     """
+    return [
+        request for _, requests in mix_actions(readers, count) for request in requests
+    ]
+
+
+def mix_by_action(readers: Readers, count: int = 4000) -> dict[str, list[Request]]:
+    """``mix_requests``'s requests grouped by the action that sends them."""
+    grouped: dict[str, list[Request]] = {}
+    for action, requests in mix_actions(readers, count):
+        grouped.setdefault(action, []).extend(requests)
+    return grouped
+
+
+def mix_actions(readers: Readers, count: int) -> list[tuple[str, list[Request]]]:
+    """``count`` actions drawn by the mix's weights, each with its requests.
+
+    An action the readers cannot do (no cursor, pet or hashtag seen) reads
+    the home feed instead, and counts as that.
+    """
     from loadtest.mix import load_mix
 
     weights = dict(load_mix(None, None).weights)
@@ -368,56 +389,59 @@ def mix_requests(readers: Readers, count: int = 4000) -> list[Request]:
     rng = random.Random(6)
     actions = list(weights)
     chosen = rng.choices(actions, weights=[weights[a] for a in actions], k=count)
-    out: list[Request] = []
+    out: list[tuple[str, list[Request]]] = []
     for action in chosen:
         token = rng.choice(readers.tokens)
         post_id = rng.choice(readers.post_ids)
         author = rng.choice(readers.authors)
+        sent: list[Request] = []
         match action:
             case "read_home_feed":
-                out.append(Request("GET", f"{API}/feed/home?limit=10", token))
+                sent.append(Request("GET", f"{API}/feed/home?limit=10", token))
             case "scroll_home_feed" if readers.cursors:
                 owner, cursor = rng.choice(readers.cursors)
                 path = f"{API}/feed/home?limit=10&cursor={cursor}"
-                out.append(Request("GET", path, owner))
+                sent.append(Request("GET", path, owner))
             case "open_post":
-                out.append(Request("GET", f"{API}/posts/{post_id}", token))
-                out.append(
+                sent.append(Request("GET", f"{API}/posts/{post_id}", token))
+                sent.append(
                     Request("GET", f"{API}/posts/{post_id}/comments?limit=10", token)
                 )
             case "open_profile":
-                out.append(Request("GET", f"{API}/accounts/{author}", token))
-                out.append(
+                sent.append(Request("GET", f"{API}/accounts/{author}", token))
+                sent.append(
                     Request("GET", f"{API}/accounts/{author}/posts?limit=10", token)
                 )
-                out.append(
+                sent.append(
                     Request("GET", f"{API}/accounts/{author}/pets?limit=10", token)
                 )
             case "open_pet" if readers.pet_ids:
                 pet = rng.choice(readers.pet_ids)
-                out.append(Request("GET", f"{API}/pets/{pet}", token))
+                sent.append(Request("GET", f"{API}/pets/{pet}", token))
             case "read_trending":
-                out.append(Request("GET", f"{API}/feed/trending?limit=10", token))
+                sent.append(Request("GET", f"{API}/feed/trending?limit=10", token))
             case "read_public_feed":
-                out.append(Request("GET", f"{API}/feed/public?limit=10", token))
+                sent.append(Request("GET", f"{API}/feed/public?limit=10", token))
             case "browse_hashtag" if readers.tags:
                 tag = quote(rng.choice(readers.tags), safe="")
-                out.append(Request("GET", f"{API}/tags/{tag}?limit=10", token))
+                sent.append(Request("GET", f"{API}/tags/{tag}?limit=10", token))
             case "read_pet_of_the_day":
-                out.append(Request("GET", f"{API}/pets/of-the-day", token))
+                sent.append(Request("GET", f"{API}/pets/of-the-day", token))
             case "like_or_unlike":
-                out.append(Request("POST", f"{API}/posts/{post_id}/like", token))
-                out.append(Request("DELETE", f"{API}/posts/{post_id}/like", token))
+                sent.append(Request("POST", f"{API}/posts/{post_id}/like", token))
+                sent.append(Request("DELETE", f"{API}/posts/{post_id}/like", token))
             case "comment":
                 body = {"body": rng.choice(COMMENTS)}
-                out.append(
+                sent.append(
                     Request("POST", f"{API}/posts/{post_id}/comments", token, body)
                 )
             case "follow_or_unfollow":
-                out.append(Request("POST", f"{API}/accounts/{author}/follow", token))
-                out.append(Request("DELETE", f"{API}/accounts/{author}/follow", token))
+                sent.append(Request("POST", f"{API}/accounts/{author}/follow", token))
+                sent.append(Request("DELETE", f"{API}/accounts/{author}/follow", token))
             case _:
-                out.append(Request("GET", f"{API}/feed/home?limit=10", token))
+                action = "read_home_feed"
+                sent.append(Request("GET", f"{API}/feed/home?limit=10", token))
+        out.append((action, sent))
     return out
 
 
@@ -538,6 +562,9 @@ class Results:
     mix_two: Capacity | None = None
     home_two: Capacity | None = None
     mix_open: OpenLoop | None = None
+    # Each action of the mix on its own, and its share of the mix's requests.
+    mix_actions: dict[str, Capacity] = field(default_factory=dict)
+    mix_shares: dict[str, float] = field(default_factory=dict)
     freshness: dict[str, Any] = field(default_factory=dict)
     naive_upload: dict[str, Any] = field(default_factory=dict)
     offline: dict[str, str] = field(default_factory=dict)
@@ -616,6 +643,7 @@ def measure_all(
             results.mix_one = capacity(
                 one.url, mix, options.seconds, one.server_pids, roles=one.roles
             )
+            measure_mix_actions(one, readers, options, results)
         if "freshness" not in options.skip:
             results.freshness = measure_freshness(one, env, options)
     if "mix" not in options.skip:
@@ -652,6 +680,27 @@ def measure_all(
                 results.naive_upload = measure_naive_upload(naive, env, options)
     if "offline" not in options.skip:
         results.offline = run_offline(env)
+
+
+def measure_mix_actions(
+    stack_: Stack, readers: Readers, options: Options, results: Results
+) -> None:
+    """Each action of the mix alone: what its requests cost, so the report
+    can say where the mix's CPU goes."""
+    by_action = mix_by_action(readers)
+    total = sum(len(batch) for batch in by_action.values())
+    seconds = max(3.0, options.seconds / 2)
+    for action, batch in by_action.items():
+        print(f"  the user mix, {action} alone …", flush=True)
+        results.mix_shares[action] = len(batch) / total
+        results.mix_actions[action] = capacity(
+            stack_.url,
+            batch,
+            seconds,
+            stack_.server_pids,
+            warmup_seconds=2.0,
+            roles=stack_.roles,
+        )
 
 
 # The most followed account that is still fanned out on write: the hardest

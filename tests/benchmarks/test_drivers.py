@@ -217,3 +217,40 @@ def test_the_report_says_what_limits_fan_out_from_its_measurements() -> None:
     assert "reach 41,368/s on this machine, itself under the target" in limit
     assert "fan-out this process 5.5 us + Redis 12.4 us" in limit
     assert "load average 2.1 to 2.3" in limit
+
+
+def test_the_report_says_where_the_mix_spends_its_cpu() -> None:
+    from pathlib import Path
+
+    from benchmarks.drivers import Capacity, OpenLoop
+    from benchmarks.markdown import mix_cpu_shares, render
+    from benchmarks.report import Options, Results
+
+    def alone(requests: int, server_cpu: float, wrk_cores: float) -> Capacity:
+        # 10 s, the machine busy for 12 CPU seconds of which wrk took 1.
+        roles = {"wrk (the load generator)": wrk_cores}
+        return Capacity(requests, 10.0, 0, server_cpu, 12.0, "", roles)
+
+    results = Results()
+    # Likes are a fifth of the requests at four times a feed page's CPU.
+    results.mix_shares = {"read_home_feed": 0.8, "like_or_unlike": 0.2}
+    results.mix_actions = {
+        "read_home_feed": alone(10_000, 10.0, 0.1),  # 1 ms a request
+        "like_or_unlike": alone(2_500, 10.0, 0.1),  # 4 ms a request
+    }
+    results.mix_one = results.mix_two = Capacity(6_000, 10.0, 0, 12.0, 19.0, "")
+    results.mix_open = OpenLoop(
+        rate=300, result={"achieved_per_second": 300, "latency_ms": {"p99": 20.0}}
+    )
+
+    assert mix_cpu_shares(results) == {"like_or_unlike": 0.5, "read_home_feed": 0.5}
+    results.mix_shares = {"read_home_feed": 0.9, "like_or_unlike": 0.1}
+    shares = mix_cpu_shares(results)
+    assert list(shares) == ["read_home_feed", "like_or_unlike"]
+    assert round(shares["read_home_feed"], 3) == round(0.9 / 1.3, 3)
+
+    options = Options(200_000, 10, 15, Path("out.md"), False, set())
+    text = render(options, results, "python3 dev.py bench --users 200000")
+    assert "its server CPU goes to read_home_feed 69%, like_or_unlike 31%" in text
+    # The machine's CPU but wrk's: (12 - 0.1 × 10) s over 10,000 requests.
+    assert "| read_home_feed | 90% | 1,000 | 1.00 | 1.10 | 69% | 0 |" in text
