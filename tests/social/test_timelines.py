@@ -27,7 +27,8 @@ from petpal.platform.services import Services
 from petpal.platform.settings import Settings
 from petpal.platform.timelines import TimelineContent
 from petpal.social import home
-from petpal.social.home import author_key, home_key
+from petpal.social.feeds import author_key
+from petpal.social.home import home_key
 from tests.factories import User
 from tests.social.builders import a_photo, a_post, many_users, walk
 
