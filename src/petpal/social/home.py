@@ -10,11 +10,11 @@ Writing. A new post's id goes into its author's own timelines, the public
 one and its hashtags' in the request (an author sees what they just
 posted), and a ``social.fanout`` job, committed with the post, writes it
 there again and into the timelines of the author's followers: those whose
-timelines exist. A timeline exists while its owner
-reads the feed and expires ``timeline_ttl_seconds`` after the last read, so
-"has a timeline" is what "active" means here: it is exactly the set of
-feeds that are warm, it costs one O(1) look-up per follower inside the
-fan-out script, and nobody pays for writes to feeds nobody reads.
+timelines exist. A timeline exists while its owner reads the feed and
+expires ``timeline_ttl_seconds`` after the last read, so "has a timeline"
+is what "active" means here: it is exactly the set of feeds that are warm,
+it costs one O(1) look-up per follower inside the fan-out script, and
+nobody pays for writes to feeds nobody reads.
 
 The job reads the followers ``FANOUT_CHUNK`` at a time, in the order of
 their follows, and reads the next chunk while it writes this one, so the
