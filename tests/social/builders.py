@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +11,13 @@ import httpx
 
 from petpal.identity.models import Account
 from petpal.media.models import READY, Media
+from petpal.platform.app import create_app
 from petpal.platform.db import utcnow
 from petpal.platform.ids import new_id
+from petpal.platform.jobs import EmbeddedRelay
 from petpal.platform.security import AccessClaims, issue_access_token
 from petpal.platform.services import Services
+from petpal.platform.settings import Settings
 from tests.factories import User
 
 LANDSCAPE = Path("camera-exif") / "orientation_1_landscape.jpg"
@@ -133,3 +138,40 @@ async def a_member(services: Services) -> User:
     """One account made straight in the database (see ``many_users``)."""
     (user,) = await many_users(services, 1)
     return user
+
+
+@asynccontextmanager
+async def an_app(
+    settings: Settings, **overrides: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
+    application = create_app(settings.model_copy(update=overrides))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://petpal.test"
+        ) as client:
+            yield client, application.state.services
+
+
+async def run_jobs(services: Services) -> None:
+    """Run every due job, for an app built with run_jobs_in_process=False."""
+    relay = EmbeddedRelay(
+        services.db, services, concurrency=2, poll_seconds=0.05, max_attempts=3
+    )
+    relay.start()
+    try:
+        await relay.drain()
+    finally:
+        await relay.stop()
+
+
+async def settle(services: Services) -> None:
+    assert services.relay is not None
+    await services.relay.drain()
+    await services.timelines.wait_idle()
+
+
+async def stored(services: Services, key: str) -> list[str] | None:
+    """The ids a timeline holds (None: it does not exist or is being built)."""
+    (found,) = await services.timelines.read([key], None, 10_000)
+    return None if found is None else found.ids

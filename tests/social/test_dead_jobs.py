@@ -21,8 +21,9 @@ from petpal.social import home
 from petpal.social.models import Like
 from petpal.social.tasks import RECOUNT_JOB
 from tests.factories import User
-from tests.social.builders import a_photo, a_post, many_users
-from tests.social.test_timelines import HOME, follow, settle
+from tests.social.builders import a_photo, a_post, many_users, settle
+from tests.social.test_shared_timelines import TAG, feeds_of, listed
+from tests.social.test_timelines import HOME, follow
 from tests.social.test_trending import fresh
 
 
@@ -71,6 +72,31 @@ async def test_a_dead_fan_out_leaves_no_follower_without_the_post(
     assert await dead_kinds(services) == [home.FANOUT_JOB]
 
     assert await home_ids(client, reader) == [post["id"]]
+
+
+async def test_a_dead_fan_out_leaves_no_shared_timeline_without_the_post(
+    client: httpx.AsyncClient,
+    services: Services,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (author,) = await many_users(services, 1)
+    feeds = feeds_of(author)
+    for feed in feeds:
+        assert await listed(client, feed) == []  # the timelines exist
+
+    async def lost(*_: Any) -> None:
+        return None  # the request's own write lost, as the store failing would
+
+    monkeypatch.setattr(home, "deliver_in_request", lost)
+    breaks(monkeypatch, "petpal.social.home.fan_out")
+    media_id = await a_photo(client, author, services, photos)
+    post = await a_post(client, author, media_id, f"#{TAG}")
+    await settle(services)
+    assert await dead_kinds(services) == [home.FANOUT_JOB]
+
+    for feed in feeds:
+        assert await listed(client, feed) == [post["id"]], feed.url
 
 
 async def test_a_dead_follow_change_leaves_no_timeline_without_the_followee(

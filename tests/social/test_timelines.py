@@ -20,49 +20,26 @@ import pytest
 from prometheus_client import REGISTRY
 
 from petpal.platform import timelines as timelines_module
-from petpal.platform.app import create_app
 from petpal.platform.cache import CacheBackendError
-from petpal.platform.jobs import EmbeddedRelay
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings
 from petpal.platform.timelines import TimelineContent
 from petpal.social import home
-from petpal.social.home import author_key, home_key
+from petpal.social.feeds import author_key
+from petpal.social.home import home_key
 from tests.factories import User
-from tests.social.builders import a_photo, a_post, many_users, walk
+from tests.social.builders import (
+    a_photo,
+    a_post,
+    an_app,
+    many_users,
+    run_jobs,
+    settle,
+    stored,
+    walk,
+)
 
 HOME = "/api/v1/feed/home"
-
-
-@asynccontextmanager
-async def an_app(
-    settings: Settings, **overrides: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
-    application = create_app(settings.model_copy(update=overrides))
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://petpal.test"
-        ) as client:
-            yield client, application.state.services
-
-
-async def run_jobs(services: Services) -> None:
-    """Run every due job, for an app built with run_jobs_in_process=False."""
-    relay = EmbeddedRelay(
-        services.db, services, concurrency=2, poll_seconds=0.05, max_attempts=3
-    )
-    relay.start()
-    try:
-        await relay.drain()
-    finally:
-        await relay.stop()
-
-
-async def settle(services: Services) -> None:
-    assert services.relay is not None
-    await services.relay.drain()
-    await services.timelines.wait_idle()
 
 
 async def follow(client: httpx.AsyncClient, follower: User, followee: User) -> None:
@@ -90,12 +67,6 @@ async def home_ids(
     response = await client.get(HOME, headers=user.headers, params={"limit": limit})
     assert response.status_code == 200, response.text
     return [item["id"] for item in response.json()["items"]]
-
-
-async def stored(services: Services, key: str) -> list[str] | None:
-    """The ids a timeline holds (None: it does not exist or is being built)."""
-    (found,) = await services.timelines.read([key], None, 10_000)
-    return None if found is None else found.ids
 
 
 async def truth(

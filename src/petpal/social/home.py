@@ -1,13 +1,20 @@
 """Home feeds: fanned out on write into capped timelines, big accounts merged at read.
 
-Writing. A new post's id goes into its author's own timeline in the request
-(an author sees what they just posted), and a ``social.fanout`` job,
-committed with the post, writes it into the timelines of the author's
-followers: those whose timelines exist. A timeline exists while its owner
-reads the feed and expires ``timeline_ttl_seconds`` after the last read, so
-"has a timeline" is what "active" means here: it is exactly the set of
-feeds that are warm, it costs one O(1) look-up per follower inside the
-fan-out script, and nobody pays for writes to feeds nobody reads.
+How any feed's page is read from timelines, with the database behind them,
+is told in :mod:`petpal.social.feeds`, which also keeps the timelines that
+everyone reads alike (an author's posts, the public feed, each hashtag).
+This module keeps the home timelines, one per reader, and writes every
+timeline a post goes into.
+
+Writing. A new post's id goes into its author's own timelines, the public
+one and its hashtags' in the request (an author sees what they just
+posted), and a ``social.fanout`` job, committed with the post, writes it
+there again and into the timelines of the author's followers: those whose
+timelines exist. A timeline exists while its owner reads the feed and
+expires ``timeline_ttl_seconds`` after the last read, so "has a timeline"
+is what "active" means here: it is exactly the set of feeds that are warm,
+it costs one O(1) look-up per follower inside the fan-out script, and
+nobody pays for writes to feeds nobody reads.
 
 The job reads the followers ``FANOUT_CHUNK`` at a time, in the order of
 their follows, and reads the next chunk while it writes this one, so the
@@ -22,11 +29,10 @@ link is set when a follower's timeline is built and when they follow; when
 an author crosses the threshold, one last fan-out writes the link itself,
 and a mark remembers that it was done.
 
-Deleting. A page never shows a deleted post: its posts' counts come through
-the ``post-counts`` cache, which the deletion invalidates and which caches
-"not found", and a post without counts is left out. A ``social.retract``
-job then takes the id out of the timelines, and a page that still meets it
-takes it out of the timelines it read.
+Deleting. A page never shows a deleted post (see ``feeds``). A
+``social.retract`` job, which carries the post's hashtags read before the
+deletion, then takes the id out of the timelines, and a page that still
+meets it takes it out of the timelines it read.
 
 Following. A follow adds the followee's recent posts (or the link) to the
 follower's timeline; an unfollow deletes the timeline, which also voids a
@@ -37,19 +43,18 @@ then; so a Redis failure in between leaves no timeline wrong for long.
 
 Reading. A warm page is one script call for the timeline's ids and links,
 one more for the linked authors' timelines if there are any, then two
-round trips for the counts, the viewer's likes and the post views
-(``views.post_wires``): no SQL. A missing timeline is rebuilt from the
-database at once; if that takes longer than
-``timeline_rebuild_budget_seconds`` the page is served straight from the
-database and the build is stored when it ends. A page below what the
-timelines hold (past the cap) comes from the database, by the same query.
+round trips for the counts, the viewer's likes and the post views: no SQL.
+A missing timeline is rebuilt from the database, and a page the timelines
+cannot serve (past the cap, over the rebuild's budget, the store away)
+comes from the database, by the query that rebuilds it (``feeds``).
 
 Dying. A job that fails every attempt must not leave a timeline wrong for
 as long as its owner keeps reading it (each read extends its life). A dead
 fan-out or follow change queues ``social.forget_timelines``, which deletes
-the timelines it may have missed, to be rebuilt by their next read. A dead
-retract needs nothing: pages already leave deleted posts out and remove them
-from the timelines they read.
+the timelines it may have missed (a fan-out's: the author's, the public
+one, the post's hashtags' and the followers'), to be rebuilt by their next
+read. A dead retract needs nothing: pages already leave deleted posts out
+and remove them from the timelines they read.
 
 Cursors are the last id of a page, and ids are ULIDs: "below the last id"
 returns each post once, whatever is posted or deleted meanwhile.
@@ -71,14 +76,17 @@ from petpal.platform.cache import CacheBackendError
 from petpal.platform.services import Services
 from petpal.platform.timelines import TimelineContent, TimelineSlice
 from petpal.platform.wire import WirePage
-from petpal.social.models import AccountStats, Follow, Post
-from petpal.social.views import (
-    Counted,
-    after_id,
-    next_cursor,
-    post_wires,
-    read_counted,
+from petpal.social.feeds import (
+    author_key,
+    build_slice,
+    load_author,
+    public_keys,
+    recent_posts,
+    shared_keys,
+    timeline_page,
 )
+from petpal.social.models import AccountStats, Follow, Post, PostTag
+from petpal.social.views import read_counted
 
 FANOUT_JOB = "social.fanout"
 RETRACT_JOB = "social.retract"
@@ -90,11 +98,6 @@ FORGET_JOB = "social.forget_timelines"
 FANOUT_CHUNK = 1000
 FOLLOWERS_TASK = "petpal-fanout-followers"  # the task that reads a chunk
 
-HOME_PAGES = Counter(
-    "petpal_home_feed_pages_total",
-    "Home feed pages by where their ids came from",
-    ["source"],
-)
 FANOUT_WRITES = Counter(
     "petpal_fanout_timeline_writes_total",
     "Timelines a post id (or a link) was written into by fan-out",
@@ -103,10 +106,6 @@ FANOUT_WRITES = Counter(
 
 def home_key(account_id: str) -> str:
     return f"home:{account_id}"
-
-
-def author_key(account_id: str) -> str:
-    return f"author:{account_id}"
 
 
 def _announced_key(author_id: str) -> str:
@@ -120,50 +119,16 @@ async def home_page(
     services: Services, account_id: str, cursor: str | None, limit: int
 ) -> WirePage:
     """Posts of the accounts ``account_id`` follows, and its own, newest first."""
-    scope = f"home:{account_id}"
-    before = after_id(services, scope, cursor)
-    found = await _from_timelines(services, account_id, before, limit + 1)
-    if found is None:
-        counted = await _from_database(services, account_id, before, limit + 1)
-        ids = [c.id for c in counted]
-        wires = await post_wires(
-            services, ids[:limit], account_id, {c.id: c for c in counted}
-        )
-    else:
-        ids, sources = found
-        wires = await post_wires(services, ids[:limit], account_id)
-        shown = {wire["id"] for wire in wires}
-        gone = [i for i in ids[:limit] if i not in shown]
-        if gone:
-            # Deleted (or their author is): never shown, and out of the way
-            # now. Should the store fail, the retract job removes them too.
-            with contextlib.suppress(CacheBackendError):
-                await services.timelines.remove(sources, gone)
-    return WirePage(wires, next_cursor(services, scope, ids[:limit], len(ids) > limit))
-
-
-async def _from_timelines(
-    services: Services, account_id: str, before: str | None, count: int
-) -> tuple[list[str], list[str]] | None:
-    """Up to ``count`` ids below ``before`` and the timelines they came from;
-    None when the page must come from the database."""
-    if not services.cache.enabled:
-        HOME_PAGES.labels("cache_off").inc()
-        return None
-    try:
-        found = await _read_timelines(services, account_id, before, count)
-    except CacheBackendError:
-        HOME_PAGES.labels("backend_error").inc()
-        return None
-    if found is None:
-        return None
-    slices, keys = found
-    ids = _merge(slices, before, count)
-    if ids is None:
-        HOME_PAGES.labels("past_timeline").inc()
-        return None
-    HOME_PAGES.labels("timeline").inc()
-    return ids, keys
+    return await timeline_page(
+        services,
+        "home",
+        f"home:{account_id}",
+        cursor,
+        limit,
+        account_id,
+        functools.partial(_read_timelines, services, account_id),
+        functools.partial(_home_query, services, account_id),
+    )
 
 
 async def _read_timelines(
@@ -173,7 +138,8 @@ async def _read_timelines(
     key = home_key(account_id)
     (home,) = await timelines.read([key], before, count)
     if home is None:
-        home = await _build(services, key, _load_home, account_id, before, count)
+        load = functools.partial(_load_home, services, account_id)
+        home = await build_slice(services, key, load, before, count)
         if home is None:
             return None
     if not home.links:
@@ -183,7 +149,13 @@ async def _read_timelines(
     # Built together: a page waits for one budget, however many are missing.
     built = await asyncio.gather(
         *(
-            _build(services, name, _load_author, author, before, count)
+            build_slice(
+                services,
+                name,
+                functools.partial(load_author, services, author),
+                before,
+                count,
+            )
             for name, author, got in zip(linked, home.links, found, strict=True)
             if got is None
         )
@@ -196,58 +168,6 @@ async def _read_timelines(
             return None  # over budget: this page comes from the database
         slices.append(got)
     return slices, [key, *linked]
-
-
-async def _build(
-    services: Services,
-    key: str,
-    load: Callable[[Services, str], Awaitable[TimelineContent]],
-    account_id: str,
-    before: str | None,
-    count: int,
-) -> TimelineSlice | None:
-    content = await services.timelines.build(
-        key,
-        functools.partial(load, services, account_id),
-        services.settings.timeline_rebuild_budget_seconds,
-    )
-    if content is None:
-        HOME_PAGES.labels("rebuild_over_budget").inc()
-        return None
-    return content.slice(before, count)
-
-
-def _merge(
-    slices: Sequence[TimelineSlice], before: str | None, count: int
-) -> list[str] | None:
-    """The newest ``count`` ids of all ``slices`` together, if they are known.
-
-    Each slice holds the newest ids of its timeline below ``before``. One
-    that returned fewer than asked and is incomplete knows nothing below
-    its oldest id: below that, another slice's ids may have neighbours
-    nobody holds, so the merged page may only reach down to it. None if
-    that leaves the page short.
-    """
-    merged = sorted({i for s in slices for i in s.ids}, reverse=True)
-    floor = None
-    for s in slices:
-        if len(s.ids) < count and not s.complete:
-            # An empty slice knows nothing below ``before`` (or at all).
-            own = s.ids[-1] if s.ids else (before or "~")
-            floor = own if floor is None else max(floor, own)
-    if floor is None:
-        return merged[:count]
-    known = [i for i in merged if i >= floor]
-    return known[:count] if len(known) >= count else None
-
-
-async def _from_database(
-    services: Services, account_id: str, before: str | None, count: int
-) -> list[Counted]:
-    async with services.db.read_session() as session:
-        return await read_counted(
-            session, _home_query(services, account_id, before, count)
-        )
 
 
 def _home_query(
@@ -304,53 +224,57 @@ async def _load_home(services: Services, account_id: str) -> TimelineContent:
     return TimelineContent([row.id for row in rows], len(rows) < cap, links)
 
 
-async def _load_author(services: Services, author_id: str) -> TimelineContent:
-    cap = services.timelines.cap
-    async with services.db.read_session() as session:
-        ids = list((await session.scalars(_recent_posts(author_id, cap))).all())
-    return TimelineContent(ids, len(ids) < cap)
-
-
-def _recent_posts(author_id: str, count: int) -> Select[str]:
-    return (
-        select(Post.id)
-        .where(Post.author_id == author_id)
-        .order_by(Post.id.desc())
-        .limit(count)
-    )
-
-
 # --- writing --------------------------------------------------------------------
 
 
-async def deliver_to_author(services: Services, author_id: str, post_id: str) -> None:
-    """Put a new post into its author's own timelines, in the request.
+def _own_keys(author_id: str, tags: Sequence[str]) -> list[str]:
+    """Every timeline a post is in but its followers' home timelines."""
+    return [home_key(author_id), *shared_keys(author_id, tags)]
+
+
+async def deliver_in_request(
+    services: Services, author_id: str, post_id: str, tags: Sequence[str]
+) -> None:
+    """Put a new post into its author's own timelines, the public one and
+    its hashtags', in the request.
 
     Best effort: the fan-out job does it again, and a failure here only
-    delays the author's own view of the post until it runs.
+    delays the post in those pages until it runs.
     """
     with contextlib.suppress(CacheBackendError):
-        await services.timelines.add(
-            [home_key(author_id), author_key(author_id)], ids=[post_id]
-        )
+        await services.timelines.add(_own_keys(author_id, tags), ids=[post_id])
 
 
 async def fan_out(services: Services, post_id: str, author_id: str) -> None:
     """Deliver a new post to its followers' timelines (the ``social.fanout`` job)."""
     async with services.db.read_session() as session:
         exists = await session.scalar(select(Post.id).where(Post.id == post_id))
+        tags = await _tags_of(session, post_id)
         followers = await _follower_count(session, author_id)
     if exists is None:
         return  # deleted before delivery; a page never shows it anyway
-    delivery = _fan_out(services, post_id, author_id, followers)
-    await _or_owe(services, author_id, delivery)
+    own = _own_keys(author_id, tags)
+    delivery = _fan_out(services, post_id, author_id, own, followers)
+    await _or_owe(services, author_id, own, delivery)
+
+
+async def _tags_of(session: AsyncSession, post_id: str) -> list[str]:
+    return list(
+        (
+            await session.scalars(select(PostTag.tag).where(PostTag.post_id == post_id))
+        ).all()
+    )
 
 
 async def _fan_out(
-    services: Services, post_id: str, author_id: str, followers: int
+    services: Services,
+    post_id: str,
+    author_id: str,
+    own: Sequence[str],
+    followers: int,
 ) -> None:
     timelines = services.timelines
-    await timelines.add([home_key(author_id), author_key(author_id)], ids=[post_id])
+    await timelines.add(own, ids=[post_id])
     if followers > services.settings.fanout_max_followers:
         # Merged in at read time; followers' timelines need only the link,
         # which those built before the author crossed the threshold lack.
@@ -408,36 +332,51 @@ async def _deliver(
         await services.timelines.forget(*left)
 
 
-async def retract(services: Services, post_id: str, author_id: str) -> None:
-    """Take a deleted post out of every timeline (the ``social.retract`` job)."""
+async def retract(
+    services: Services, post_id: str, author_id: str, tags: Sequence[str]
+) -> None:
+    """Take a deleted post out of every timeline (the ``social.retract`` job).
+
+    ``tags`` are the post's hashtags, read before it was deleted with them.
+    """
     timelines = services.timelines
+    own = _own_keys(author_id, tags)
 
     async def remove(followers: _Followers) -> None:
         await timelines.remove([home_key(f) for f in followers.ids], [post_id])
 
     async def everywhere() -> None:
-        await timelines.remove([home_key(author_id), author_key(author_id)], [post_id])
+        await timelines.remove(own, [post_id])
         await _each_follower(services, author_id, remove)
 
-    await _or_owe(services, author_id, everywhere())
+    await _or_owe(services, author_id, own, everywhere())
 
 
 async def forget_timelines(
-    services: Services, account_ids: Sequence[str], followers_of: str | None
+    services: Services,
+    account_ids: Sequence[str],
+    followers_of: str | None,
+    post_id: str | None = None,
 ) -> None:
     """Delete timelines that may have missed a change, so their next read
     rebuilds them from the database (the ``social.forget_timelines`` job).
 
     The repair queued when a fan-out or a follow change dies: the home
     timelines of ``account_ids`` and, with ``followers_of``, that author's own
-    and every follower's. Deleting is the one write that needs no knowledge
-    of what was missed, and costs each warm reader one rebuild.
+    and every follower's; with ``post_id`` (a fan-out's post), the public
+    timeline and those of the post's hashtags. Deleting is the one write
+    that needs no knowledge of what was missed, and costs each warm reader
+    one rebuild.
     """
     keys = [home_key(a) for a in account_ids]
     if followers_of is not None:
         author = followers_of
         # The mark goes too: a big author's next post announces the link anew.
         keys += [home_key(author), author_key(author), _announced_key(author)]
+    if post_id is not None:
+        async with services.db.read_session() as session:
+            tags = await _tags_of(session, post_id)
+        keys += public_keys(tags)
     await services.timelines.forget(*keys)
     if followers_of is not None:
 
@@ -447,18 +386,21 @@ async def forget_timelines(
         await _each_follower(services, followers_of, forget)
 
 
-async def _or_owe(services: Services, author_id: str, work: Awaitable[None]) -> None:
+async def _or_owe(
+    services: Services, author_id: str, own: Sequence[str], work: Awaitable[None]
+) -> None:
     """Run a job's timeline writes; if the store fails, owe what they touch.
 
     The job is retried, but until then the timelines it missed would be
     served without its change once the store answers again. So all of them
-    (the author's and every follower's) are owed a deletion and rebuilt.
+    (``own``, the post's timelines but the followers', and every follower's)
+    are owed a deletion and rebuilt.
     """
     try:
         await work
     except CacheBackendError:
         timelines = services.timelines
-        timelines.owe_deletion([home_key(author_id), author_key(author_id)])
+        timelines.owe_deletion(own)
 
         async def owe(followers: _Followers) -> None:
             timelines.owe_deletion(home_key(f) for f in followers.ids)
@@ -542,7 +484,7 @@ async def follow_changed(
             followers = await _follower_count(session, followee_id)
             big = followers > services.settings.fanout_max_followers
             if not big:  # a big account's posts come through the link
-                recent = _recent_posts(followee_id, timelines.cap)
+                recent = recent_posts(followee_id).limit(timelines.cap)
                 ids = list((await session.scalars(recent)).all())
     if not following:
         # The followee's posts leave the timeline with it; a build in

@@ -2,7 +2,9 @@
 
 Other services use only ``account_counts`` and ``is_following``; the tables
 stay private to this package. How a page of posts is read is told in
-:mod:`petpal.social.views`, trending in :mod:`petpal.social.trending`.
+:mod:`petpal.social.views`, where feeds find their ids in
+:mod:`petpal.social.feeds` (home feeds in :mod:`petpal.social.home`),
+trending in :mod:`petpal.social.trending`.
 
 Counters (likes, comments, followers, posts) are denormalized and kept exact:
 each write changes a counter only in the transaction that really inserted or
@@ -22,7 +24,6 @@ from prometheus_client import Counter as MetricCounter
 from sqlalchemy import (
     ColumnElement,
     Result,
-    Select,
     Table,
     delete,
     func,
@@ -60,7 +61,7 @@ from petpal.platform.text import (
     extract_mentions,
 )
 from petpal.platform.wire import Wire, WirePage
-from petpal.social import home, trending
+from petpal.social import feeds, home, trending
 from petpal.social.models import (
     TAG_MAX_LENGTH,
     AccountStats,
@@ -81,7 +82,6 @@ from petpal.social.schemas import (
 from petpal.social.views import (
     COUNTS_TTL,
     after_id,
-    counted_query,
     counts_key,
     counts_of,
     liked_key,
@@ -89,7 +89,6 @@ from petpal.social.views import (
     next_cursor,
     post_key,
     post_wires,
-    read_counted,
 )
 
 MAX_HASHTAGS = 30
@@ -398,7 +397,7 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
     await services.cache.invalidate(
         _counts_key(author_id), post_key(post_id), counts_key(post_id)
     )
-    await home.deliver_to_author(services, author_id, post_id)
+    await home.deliver_in_request(services, author_id, post_id, hashtags)
     await trending.record_event(
         services, post_id, author_id, trending.POST_WEIGHT, created_at
     )
@@ -412,15 +411,18 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
         author_id = await _require_post(session, post_id)
         if author_id != account_id:
             raise ForbiddenError("only the author may delete a post")
+        # Read first: they go with the post, and name the timelines it is in.
+        tags = await session.scalars(
+            select(PostTag.tag).where(PostTag.post_id == post_id)
+        )
+        payload = {"post_id": post_id, "author_id": author_id, "tags": tags.all()}
         result = await session.execute(delete(Post).where(Post.id == post_id))
         removed = _rowcount(result) == 1
         if removed:
             await _bump_stats(session, author_id, post_count=-1)
             # Pages stop showing it once the invalidation below is done; the
             # job takes it out of the timelines.
-            enqueue(
-                session, home.RETRACT_JOB, {"post_id": post_id, "author_id": author_id}
-            )
+            enqueue(session, home.RETRACT_JOB, payload)
     if removed:
         SOCIAL_WRITES.labels("delete_post").inc()
     await services.cache.invalidate(
@@ -699,9 +701,8 @@ async def home_feed(
 async def public_feed(
     services: Services, viewer_id: str | None, cursor: str | None, limit: int
 ) -> WirePage:
-    return await _post_page(
-        services, "public", counted_query(), Post.id, cursor, limit, viewer_id
-    )
+    """Everybody's posts, newest first; see :mod:`petpal.social.feeds`."""
+    return await feeds.public_page(services, viewer_id, cursor, limit)
 
 
 async def account_posts(
@@ -712,10 +713,7 @@ async def account_posts(
     limit: int,
 ) -> WirePage:
     account_id = await resolve_username(services, username)
-    query = counted_query().where(Post.author_id == account_id)
-    return await _post_page(
-        services, f"posts:{account_id}", query, Post.id, cursor, limit, viewer_id
-    )
+    return await feeds.account_page(services, account_id, viewer_id, cursor, limit)
 
 
 def lookup_tag(raw: str) -> str | None:
@@ -737,43 +735,7 @@ async def tag_feed(
     tag = lookup_tag(raw_tag)
     if tag is None:
         raise NotFoundError("the hashtag")
-    # Keyed on post_tags' own (tag, post_id) primary key, so the page is a
-    # range scan of that index.
-    query = (
-        counted_query()
-        .join(PostTag, PostTag.post_id == Post.id)
-        .where(PostTag.tag == tag)
-    )
-    return await _post_page(
-        services, f"tag:{tag}", query, PostTag.post_id, cursor, limit, viewer_id
-    )
-
-
-async def _post_page(
-    services: Services,
-    scope: str,
-    query: Select[str, int, int],
-    key: InstrumentedAttribute[str],
-    cursor: str | None,
-    limit: int,
-    viewer_id: str | None,
-) -> WirePage:
-    """Newest first by ``key`` (a post id column), ``limit`` at a time.
-
-    Ids are unique and grow with time, so "below the last id seen" returns
-    every post exactly once across pages, whatever was posted meanwhile.
-    """
-    after = after_id(services, scope, cursor)
-    if after is not None:
-        query = query.where(key < after)
-    query = query.order_by(key.desc()).limit(limit + 1)
-    async with services.db.read_session() as session:
-        counted = await read_counted(session, query)
-    page = [c.id for c in counted[:limit]]
-    return WirePage(
-        await post_wires(services, page, viewer_id, {c.id: c for c in counted}),
-        next_cursor(services, scope, page, len(counted) > limit),
-    )
+    return await feeds.tag_page(services, tag, viewer_id, cursor, limit)
 
 
 # --- used by other services -----------------------------------------------------

@@ -8,8 +8,9 @@ recomputes from the rows, so running it twice does no harm, then drops the
 cached counts and the trending ranking derived from what changed.
 
 ``social.fanout``, ``social.retract`` and ``social.follow_timeline`` keep
-the home timelines in line with posts and follows (see
-:mod:`petpal.social.home`). Each reads the rows as they are when it runs
+the timelines in line with posts and follows (the home ones, see
+:mod:`petpal.social.home`, and the author, public and hashtag ones, see
+:mod:`petpal.social.feeds`). Each reads the rows as they are when it runs
 and writes only idempotent changes, so a second run does no harm either.
 
 A job that fails every attempt is dead (``petpal jobs dead``), and its
@@ -77,7 +78,13 @@ async def fan_out(ctx: JobContext, payload: dict[str, Any]) -> None:
 async def forget_fanned_out(session: AsyncSession, dead: DeadJob) -> None:
     # The followers' timelines that exist lack the post, and each read keeps
     # them alive: they are deleted, and rebuilt with it by their next read.
-    payload = {"account_ids": [], "followers_of": str(dead.payload["author_id"])}
+    # So do the public and hashtag timelines, should the request's write
+    # have failed too.
+    payload = {
+        "account_ids": [],
+        "followers_of": str(dead.payload["author_id"]),
+        "post_id": str(dead.payload["post_id"]),
+    }
     enqueue(session, home.FORGET_JOB, payload)
 
 
@@ -86,7 +93,14 @@ async def forget_fanned_out(session: AsyncSession, dead: DeadJob) -> None:
 # the timelines it was read from, so the leftover ids only wait for a read.
 @job(home.RETRACT_JOB)
 async def retract(ctx: JobContext, payload: dict[str, Any]) -> None:
-    await home.retract(ctx.services, str(payload["post_id"]), str(payload["author_id"]))
+    await home.retract(
+        ctx.services,
+        str(payload["post_id"]),
+        str(payload["author_id"]),
+        # Jobs queued before the hashtag timelines carry none: their pages
+        # drop the deleted post when they meet it.
+        [str(t) for t in payload.get("tags", [])],
+    )
 
 
 @job(home.FOLLOW_JOB)
@@ -113,8 +127,10 @@ async def forget_follower_timeline(session: AsyncSession, dead: DeadJob) -> None
 @job(home.FORGET_JOB)
 async def forget_timelines(ctx: JobContext, payload: dict[str, Any]) -> None:
     followers_of = payload.get("followers_of")
+    post_id = payload.get("post_id")
     await home.forget_timelines(
         ctx.services,
         [str(a) for a in payload.get("account_ids", [])],
         None if followers_of is None else str(followers_of),
+        None if post_id is None else str(post_id),
     )

@@ -1,10 +1,11 @@
 """How posts are read: the page query's rows become full post views.
 
-A page of posts starts with one query for the post ids with their like and
-comment counts (the only mutable part of a post, see ``counted_query``),
-which also tells which ids still exist: a deleted post drops out of every
-list at once, whatever a cache still holds. Pages whose ids come from
-elsewhere (home timelines) get the same two facts from the cache instead,
+A page of posts served by the database starts with one query for the post
+ids with their like and comment counts (the only mutable part of a post,
+see ``counted_query``), which also tells which ids still exist: a deleted
+post drops out of every list at once, whatever a cache still holds. Pages
+whose ids come from elsewhere (timelines, see :mod:`petpal.social.feeds`;
+the trending ranking) get the same two facts from the cache instead,
 under ``post-counts:{id}``, which a deletion invalidates and which caches
 "not found" (``counts_of``). The immutable rest of each post comes from the
 cache under ``post:{id}``; the posts a page misses there are loaded
