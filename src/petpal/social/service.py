@@ -17,13 +17,15 @@ import asyncio
 import contextlib
 import unicodedata
 from collections.abc import Sequence
-from typing import Any, cast
+from datetime import datetime
+from typing import Any, NamedTuple, cast
 
 import orjson
 from prometheus_client import Counter as MetricCounter
 from sqlalchemy import (
     ColumnElement,
     Result,
+    Select,
     Table,
     delete,
     func,
@@ -53,7 +55,7 @@ from petpal.platform.errors import (
 )
 from petpal.platform.ids import is_valid_id, new_id
 from petpal.platform.jobs import enqueue
-from petpal.platform.pagination import Page
+from petpal.platform.pagination import MAX_LIMIT, Page
 from petpal.platform.services import Services
 from petpal.platform.text import (
     HASHTAG_PATTERN,
@@ -92,6 +94,10 @@ from petpal.social.views import (
 )
 
 MAX_HASHTAGS = 30
+# A post's first page of comments, for any limit the API takes, is served
+# from this many cached rows (see ``_comments_head``).
+COMMENTS_HEAD_SIZE = MAX_LIMIT
+COMMENTS_HEAD_TTL = 600.0
 
 SOCIAL_WRITES = MetricCounter(
     "petpal_social_writes_total",
@@ -102,6 +108,10 @@ SOCIAL_WRITES = MetricCounter(
 
 def _counts_key(account_id: str) -> str:
     return f"counts:{account_id}"
+
+
+def comments_head_key(post_id: str) -> str:
+    return f"comments-head:{post_id}"
 
 
 # --- small helpers --------------------------------------------------------------
@@ -395,7 +405,10 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
         ) from exc
     SOCIAL_WRITES.labels("post").inc()
     await services.cache.invalidate(
-        _counts_key(author_id), post_key(post_id), counts_key(post_id)
+        _counts_key(author_id),
+        post_key(post_id),
+        counts_key(post_id),
+        comments_head_key(post_id),
     )
     await home.deliver_in_request(services, author_id, post_id, hashtags)
     await trending.record_event(
@@ -426,7 +439,10 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
     if removed:
         SOCIAL_WRITES.labels("delete_post").inc()
     await services.cache.invalidate(
-        post_key(post_id), _counts_key(author_id), counts_key(post_id)
+        post_key(post_id),
+        _counts_key(author_id),
+        counts_key(post_id),
+        comments_head_key(post_id),
     )
     if removed:
         await trending.remove_post(services, post_id, author_id)
@@ -568,7 +584,7 @@ async def do_comment(
     except IntegrityError as exc:
         raise NotFoundError("the post") from exc  # deleted while we commented
     SOCIAL_WRITES.labels("comment").inc()
-    await services.cache.invalidate(counts_key(post_id))
+    await services.cache.invalidate(counts_key(post_id), comments_head_key(post_id))
     await trending.record_event(
         services, post_id, post_author, trending.COMMENT_WEIGHT, comment.created_at
     )
@@ -615,7 +631,7 @@ async def do_delete_comment(
             )
     if removed:
         SOCIAL_WRITES.labels("delete_comment").inc()
-        await services.cache.invalidate(counts_key(post_id))
+        await services.cache.invalidate(counts_key(post_id), comments_head_key(post_id))
         await trending.record_event(
             services,
             post_id,
@@ -632,25 +648,21 @@ async def list_comments(
 ) -> WirePage:
     """A post's comments, oldest first, in ``CommentView``'s JSON shape.
 
-    One query for the page; the post's existence is asked of the cache (its
-    counts) only when the page is empty: comments go with their post.
+    The first page comes from the post's cached head (``_comments_head``);
+    a page past it, or larger than it, is one query, and the post's
+    existence is asked of the cache (its counts) only when that page is
+    empty: comments go with their post.
     """
     _require_id(post_id, "the post")
     scope = f"comments:{post_id}"
-    query = select(
-        Comment.id, Comment.author_id, Comment.body, Comment.created_at
-    ).where(Comment.post_id == post_id)
-    after = after_id(services, scope, cursor)
-    if after is not None:
-        query = query.where(Comment.id > after)
-    async with services.db.read_session() as session:
-        rows = (
-            await session.execute(query.order_by(Comment.id).limit(limit + 1))
-        ).all()
-    if not rows and not await counts_of(services, [post_id]):
-        raise NotFoundError("the post")
-    page = rows[:limit]
-    authors = await summary_wires(services, [row.author_id for row in page])
+    head = await _comments_head(services, post_id) if cursor is None else None
+    if head is not None and (len(head.rows) >= limit or not head.more):
+        rows, more = head.rows[:limit], len(head.rows) > limit or head.more
+    else:
+        rows, more = await _comments_after(
+            services, post_id, after_id(services, scope, cursor), limit
+        )
+    authors = await summary_wires(services, [row.author_id for row in rows])
     items = [
         {
             "id": row.id,
@@ -659,13 +671,96 @@ async def list_comments(
             "body": row.body,
             "created_at": row.created_at,
         }
-        for row in page
+        for row in rows
         if row.author_id in authors
     ]
-    return WirePage(
-        items,
-        next_cursor(services, scope, [row.id for row in page], len(rows) > limit),
+    return WirePage(items, next_cursor(services, scope, [row.id for row in rows], more))
+
+
+class _CommentRow(NamedTuple):
+    id: str
+    author_id: str
+    body: str
+    created_at: str  # ISO 8601 UTC, as the API writes it ("Z")
+
+
+class _CommentsHead(NamedTuple):
+    rows: list[_CommentRow]
+    more: bool
+
+
+def _comment_query(post_id: str) -> Select[str, str, str, datetime]:
+    return select(
+        Comment.id, Comment.author_id, Comment.body, Comment.created_at
+    ).where(Comment.post_id == post_id)
+
+
+async def _comments_head(services: Services, post_id: str) -> _CommentsHead:
+    """The post's oldest ``COMMENTS_HEAD_SIZE`` comments and whether more
+    exist, from the cache under ``comments-head:{id}``; 404 if there is no
+    such post (cached as "not found", like its counts).
+
+    Every write that changes the head invalidates it with the post's counts.
+    A comment committed while a reader loads the head is safe: the
+    invalidation that follows its commit leaves a tombstone, and the cache
+    does not store a load over a key that changed since its miss.
+    """
+
+    async def load() -> bytes | None:
+        async with services.db.read_session() as session:
+            rows = (
+                await session.execute(
+                    _comment_query(post_id)
+                    .order_by(Comment.id)
+                    .limit(COMMENTS_HEAD_SIZE + 1)
+                )
+            ).all()
+            if not rows and not await _post_exists(session, post_id):
+                return None
+        return orjson.dumps(
+            {
+                "rows": [list(row) for row in rows[:COMMENTS_HEAD_SIZE]],
+                "more": len(rows) > COMMENTS_HEAD_SIZE,
+            },
+            option=orjson.OPT_UTC_Z,
+        )
+
+    blob = await services.cache.get_or_load(
+        comments_head_key(post_id), load, ttl=COMMENTS_HEAD_TTL
     )
+    if blob is None:
+        raise NotFoundError("the post")
+    head = orjson.loads(blob)
+    return _CommentsHead([_CommentRow(*row) for row in head["rows"]], head["more"])
+
+
+async def _comments_after(
+    services: Services, post_id: str, after: str | None, limit: int
+) -> tuple[list[_CommentRow], bool]:
+    """``limit`` comments of the post past the comment ``after``, from the
+    database, and whether more follow; 404 if the post is gone."""
+    query = _comment_query(post_id)
+    if after is not None:
+        query = query.where(Comment.id > after)
+    async with services.db.read_session() as session:
+        found = (
+            await session.execute(query.order_by(Comment.id).limit(limit + 1))
+        ).all()
+    if not found and not await counts_of(services, [post_id]):
+        raise NotFoundError("the post")
+    rows = [
+        _CommentRow(row.id, row.author_id, row.body, _utc_z(row.created_at))
+        for row in found[:limit]
+    ]
+    return rows, len(found) > limit
+
+
+def _utc_z(value: datetime) -> str:
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z).decode()[1:-1]
+
+
+async def _post_exists(session: AsyncSession, post_id: str) -> bool:
+    return await session.scalar(select(Post.id).where(Post.id == post_id)) is not None
 
 
 async def _comment_views(
@@ -831,10 +926,13 @@ async def do_drop_recounted(
     services: Services, account_ids: Sequence[str], post_ids: Sequence[str]
 ) -> None:
     """Drop what was derived from the counters and rows a recount corrected:
-    the cached counts and, with posts, the trending ranking (their likes and
-    comments that vanished still count there)."""
+    the cached counts, the posts' cached first comments and, with posts, the
+    trending ranking (their likes and comments that vanished still count
+    there)."""
     await services.cache.invalidate(
-        *(_counts_key(a) for a in account_ids), *(counts_key(p) for p in post_ids)
+        *(_counts_key(a) for a in account_ids),
+        *(counts_key(p) for p in post_ids),
+        *(comments_head_key(p) for p in post_ids),
     )
     if post_ids:
         await trending.forget_ranking(services)
