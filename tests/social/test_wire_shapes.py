@@ -1,10 +1,11 @@
 """The reads rendered straight to JSON answer exactly their declared models.
 
-Post pages, posts, comment pages and profiles are built as plain dicts and rendered once
-(``petpal.platform.wire``), not through their response models. Each answer
-here, with every part filled in (an avatar, a mention, a tagged pet with a
-photo, a like), must be what its model would have written: validating it
-and writing it back gives the same JSON, field for field.
+Post pages, posts, comment pages, profiles and an account's pets are built
+as plain dicts and rendered once (``petpal.platform.wire``), not through
+their response models. Each answer here, with every part filled in (an
+avatar, a mention, a tagged pet with a photo, a like), must be what its
+model would have written: validating it and writing it back gives the same
+JSON, field for field.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import httpx
 from pydantic import BaseModel
 
 from petpal.identity.schemas import Profile
+from petpal.pets.schemas import PetView
 from petpal.platform.pagination import Page
 from petpal.platform.services import Services
 from petpal.social.schemas import CommentView, PostView
@@ -45,7 +47,16 @@ async def test_post_pages_posts_and_profiles_match_their_models(
     pet = await client.post(
         "/api/v1/pets",
         headers=alice.headers,
-        json={"name": "Rex", "species": "dog", "photo_media_id": pet_photo},
+        json={
+            "name": "Rex",
+            "species": "dog",
+            "breed": "Beagle",
+            "birth_date": "2021-05-04",
+            "bio": "Loves walks",
+            "photo_media_id": pet_photo,
+            "available_for_adoption": True,
+            "location": "Lyon",
+        },
     )
     assert pet.status_code == 201, pet.text
     created = await client.post(
@@ -121,3 +132,13 @@ async def test_post_pages_posts_and_profiles_match_their_models(
         await client.get(f"/api/v1/accounts/{alice.username}", headers=alice.headers),
     )
     assert own["followed_by_me"] is None
+
+    pets = as_model_writes_it(
+        Page[PetView], await client.get(f"/api/v1/accounts/{alice.username}/pets")
+    )
+    # The same as the pet's own answer, which its model renders.
+    assert pets["items"] == [pet.json()]
+    assert pets["items"][0]["owner"]["avatar_url"] == seen["author"]["avatar_url"]
+    assert pets["items"][0]["photo"]["variants"]
+    assert pets["items"][0]["birth_date"] == "2021-05-04"
+    assert pets["items"][0]["created_at"].endswith("Z")

@@ -15,6 +15,7 @@ from petpal.platform.deps import (
 )
 from petpal.platform.pagination import Page
 from petpal.platform.text import StorableText
+from petpal.platform.wire import page_response
 
 router = APIRouter(tags=["pets"])
 
@@ -72,8 +73,10 @@ async def list_account_pets(
     services: ServicesDep,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
-) -> Page[PetView]:
-    return await service.list_account_pets(services, username, cursor, limit)
+) -> Response:
+    return page_response(
+        await service.list_account_pets(services, username, cursor, limit)
+    )
 
 
 @router.get(

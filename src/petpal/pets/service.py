@@ -6,15 +6,20 @@ Other services use only ``require_own_pets``, ``pet_summaries`` and
 A pet's stored fields are cached under ``pet:{id}`` and invalidated after
 every write that changes them; views add the owner and the photo from the
 identity and media caches, so a change there never leaves a pet view stale.
+An account's newest pet ids are cached under ``account-pet-ids:{owner id}``
+and invalidated when a pet is created or deleted (a pet never changes
+owner), so the first page of an account's pets is served from the cache and
+rendered straight to JSON (``pet_wires``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -22,8 +27,13 @@ from sqlalchemy import Select, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from petpal.identity.service import get_summaries, resolve_username
-from petpal.media.service import display_urls, media_views, require_ready_media
+from petpal.identity.service import get_summaries, resolve_username, summary_wires
+from petpal.media.service import (
+    display_urls,
+    media_json,
+    media_views,
+    require_ready_media,
+)
 from petpal.pets.models import Pet, PetOfTheDay
 from petpal.pets.schemas import (
     PetCreate,
@@ -42,15 +52,20 @@ from petpal.platform.errors import (
 )
 from petpal.platform.ids import is_valid_id, new_id
 from petpal.platform.pagination import (
+    MAX_LIMIT,
     InvalidCursorError,
     Page,
     decode_cursor,
     encode_cursor,
 )
 from petpal.platform.services import Services
-from petpal.platform.wire import Wire
+from petpal.platform.wire import Wire, WirePage
 
 PET_TTL = 600.0
+# An account's first page of pets, for any limit the API takes, is served
+# from this many cached ids; people have a few pets, so this is all of them
+# but for a few accounts, whose later pages come from the database.
+ACCOUNT_PET_IDS_MAX = MAX_LIMIT
 ADOPTIONS_SCOPE = "adoptions"
 # With no pet to pick, each request looks again, so the first photo counts at
 # once; the look is one count over a partial index.
@@ -73,6 +88,10 @@ def pet_tag_key(pet_id: str) -> str:
 
 def pet_of_the_day_key(day: date) -> str:
     return f"pet-of-the-day:{day.isoformat()}"
+
+
+def account_pet_ids_key(owner_id: str) -> str:
+    return f"account-pet-ids:{owner_id}"
 
 
 def _account_pets_scope(owner_id: str) -> str:
@@ -109,21 +128,75 @@ class _StoredPet(BaseModel):
 # --- reading ------------------------------------------------------------------
 
 
-async def _load_pet_blob(services: Services, pet_id: str) -> bytes | None:
-    async with services.db.read_session() as session:
-        pet = await session.get(Pet, pet_id)
-    if pet is None:
-        return None
-    return _StoredPet.model_validate(pet).model_dump_json().encode()
+async def _pet_blobs(services: Services, pet_ids: Sequence[str]) -> dict[str, bytes]:
+    """The stored fields (``_StoredPet``'s JSON) of the existing pets among
+    ``pet_ids``: one cache round trip, one query for those it misses."""
+    keys = {pet_key(pet_id): pet_id for pet_id in pet_ids}
+    if not keys:
+        return {}
+
+    async def load(missing: list[str]) -> dict[str, bytes | None]:
+        async with services.db.read_session() as session:
+            pets = await session.scalars(
+                select(Pet).where(Pet.id.in_([keys[key] for key in missing]))
+            )
+            return {
+                pet_key(pet.id): _StoredPet.model_validate(pet)
+                .model_dump_json()
+                .encode()
+                for pet in pets
+            }
+
+    found = await services.cache.get_or_load_many(list(keys), load, ttl=PET_TTL)
+    return {keys[key]: blob for key, blob in found.items() if blob is not None}
 
 
 async def _cached_pet(services: Services, pet_id: str) -> _StoredPet | None:
     if not is_valid_id(pet_id):
         return None
-    blob = await services.cache.get_or_load(
-        pet_key(pet_id), lambda: _load_pet_blob(services, pet_id), ttl=PET_TTL
-    )
+    blob = (await _pet_blobs(services, [pet_id])).get(pet_id)
     return None if blob is None else _StoredPet.model_validate_json(blob)
+
+
+async def pet_wires(services: Services, pet_ids: Sequence[str]) -> list[Wire]:
+    """``PetView``'s JSON shape of the existing pets among ``pet_ids``, in order.
+
+    Two cache round trips: the pets, then their owners and photos (cached as
+    their views' JSON, embedded as it is). A pet whose owner just vanished
+    is left out, as in ``_views``.
+    """
+    blobs = await _pet_blobs(services, pet_ids)
+    # As pydantic wrote them: dates and times are already in the API's form.
+    pets = [orjson.loads(blobs[pet_id]) for pet_id in pet_ids if pet_id in blobs]
+    owners, photos = await asyncio.gather(
+        summary_wires(services, [pet["owner_id"] for pet in pets]),
+        media_json(
+            services, [p["photo_media_id"] for p in pets if p["photo_media_id"]]
+        ),
+    )
+    wires = []
+    for pet in pets:
+        owner = owners.get(pet["owner_id"])
+        if owner is None:
+            continue
+        photo = photos.get(pet["photo_media_id"]) if pet["photo_media_id"] else None
+        # In PetView's field order.
+        wires.append(
+            {
+                "id": pet["id"],
+                "owner": owner,
+                "name": pet["name"],
+                "species": pet["species"],
+                "breed": pet["breed"],
+                "birth_date": pet["birth_date"],
+                "bio": pet["bio"],
+                "photo": None if photo is None else orjson.Fragment(photo),
+                "available_for_adoption": pet["listing_id"] is not None,
+                "location": pet["location"],
+                "created_at": pet["created_at"],
+            }
+        )
+    return wires
 
 
 async def _views(services: Services, pets: Sequence[_StoredPet]) -> list[PetView]:
@@ -161,16 +234,71 @@ async def get_pet(services: Services, pet_id: str) -> PetView:
 
 async def list_account_pets(
     services: Services, username: str, cursor: str | None, limit: int
-) -> Page[PetView]:
-    """An account's pets, newest first."""
+) -> WirePage:
+    """An account's pets, newest first, in ``PetView``'s JSON shape.
+
+    The first page comes from the account's cached pet ids
+    (``_newest_pet_ids``), a later one from one query for its ids; the pets
+    themselves from their own cache either way.
+    """
     owner_id = await resolve_username(services, username)
     scope = _account_pets_scope(owner_id)
-    query = select(Pet).where(Pet.owner_id == owner_id)
-    if cursor is not None:
-        query = query.where(Pet.id < _cursor_id(services, scope, cursor))
-    return await _page(
-        services, query.order_by(Pet.id.desc()), limit, scope, lambda p: p.id
+    cached = await _newest_pet_ids(services, owner_id) if cursor is None else None
+    if cached is not None and (len(cached.ids) >= limit or not cached.more):
+        ids, more = cached.ids[:limit], len(cached.ids) > limit or cached.more
+    else:
+        query = select(Pet.id).where(Pet.owner_id == owner_id)
+        if cursor is not None:
+            query = query.where(Pet.id < _cursor_id(services, scope, cursor))
+        async with services.db.read_session() as session:
+            found = list(
+                await session.scalars(query.order_by(Pet.id.desc()).limit(limit + 1))
+            )
+        ids, more = found[:limit], len(found) > limit
+    next_cursor = None
+    if more and ids:
+        next_cursor = encode_cursor(services.secret, scope, {"id": ids[-1]})
+    return WirePage(await pet_wires(services, ids), next_cursor)
+
+
+class _PetIds(NamedTuple):
+    ids: list[str]
+    more: bool
+
+
+async def _newest_pet_ids(services: Services, owner_id: str) -> _PetIds:
+    """The account's newest ``ACCOUNT_PET_IDS_MAX`` pet ids and whether it
+    has more, from the cache.
+
+    A pet created or deleted while a reader loads them is safe: the
+    invalidation that follows its commit leaves a tombstone, and the cache
+    does not store a load over a key that changed since its miss.
+    """
+
+    async def load() -> bytes:
+        async with services.db.read_session() as session:
+            ids = list(
+                await session.scalars(
+                    select(Pet.id)
+                    .where(Pet.owner_id == owner_id)
+                    .order_by(Pet.id.desc())
+                    .limit(ACCOUNT_PET_IDS_MAX + 1)
+                )
+            )
+        return orjson.dumps(
+            {
+                "ids": ids[:ACCOUNT_PET_IDS_MAX],
+                "more": len(ids) > ACCOUNT_PET_IDS_MAX,
+            }
+        )
+
+    blob = await services.cache.get_or_load(
+        account_pet_ids_key(owner_id), load, ttl=PET_TTL
     )
+    if blob is None:  # never cached: the loader finds a list, if an empty one
+        return _PetIds([], False)
+    found = orjson.loads(blob)
+    return _PetIds(found["ids"], found["more"])
 
 
 async def list_adoptions(
@@ -266,6 +394,7 @@ async def do_create_pet(services: Services, owner_id: str, data: PetCreate) -> P
             await require_ready_media(session, [data.photo_media_id], owner_id)
         session.add(pet)
         stored = _StoredPet.model_validate(pet)
+    await services.cache.invalidate(account_pet_ids_key(owner_id))
     return await _fresh_view(services, stored)
 
 
@@ -309,8 +438,11 @@ async def do_delete_pet(services: Services, pet_id: str, account_id: str) -> Non
         # The foreign key would remove the pick too; deleting it here tells us
         # whether the cached pick has to go.
         dropped_pick = await _drop_pick(session, today, pet.id)
+        owner_id = pet.owner_id
         await session.execute(delete(Pet).where(Pet.id == pet.id))
-    await services.cache.invalidate(pet_key(pet_id), pet_tag_key(pet_id))
+    await services.cache.invalidate(
+        pet_key(pet_id), pet_tag_key(pet_id), account_pet_ids_key(owner_id)
+    )
     if dropped_pick:
         await services.cache.invalidate(pet_of_the_day_key(today))
 
