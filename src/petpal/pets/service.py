@@ -9,7 +9,7 @@ identity and media caches, so a change there never leaves a pet view stale.
 An account's newest pet ids are cached under ``account-pet-ids:{owner id}``
 and invalidated when a pet is created or deleted (a pet never changes
 owner), so the first page of an account's pets is served from the cache and
-rendered straight to JSON (``pet_wires``).
+rendered straight to JSON (``_pet_wires``).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ async def _cached_pet(services: Services, pet_id: str) -> _StoredPet | None:
     return None if blob is None else _StoredPet.model_validate_json(blob)
 
 
-async def pet_wires(services: Services, pet_ids: Sequence[str]) -> list[Wire]:
+async def _pet_wires(services: Services, pet_ids: Sequence[str]) -> list[Wire]:
     """``PetView``'s JSON shape of the existing pets among ``pet_ids``, in order.
 
     Two cache round trips: the pets, then their owners and photos (cached as
@@ -258,7 +258,7 @@ async def list_account_pets(
     next_cursor = None
     if more and ids:
         next_cursor = encode_cursor(services.secret, scope, {"id": ids[-1]})
-    return WirePage(await pet_wires(services, ids), next_cursor)
+    return WirePage(await _pet_wires(services, ids), next_cursor)
 
 
 class _PetIds(NamedTuple):

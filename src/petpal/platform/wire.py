@@ -2,12 +2,12 @@
 
 A route normally returns a pydantic model, which FastAPI validates and
 serializes again on the way out. The reads that every page makes (post
-pages, posts, comment pages, profiles) are built instead as plain dicts and
-lists in their response model's exact JSON shape, with parts already cached
-as JSON embedded as they are (``orjson.Fragment``), and rendered once by
-orjson. Their routes still declare the response model, so the OpenAPI
-schema says what they return, and the tests check each such answer against
-it (tests/social/test_wire_shapes.py).
+pages, posts, comment pages, profiles, an account's pets) are built instead
+as plain dicts and lists in their response model's exact JSON shape, with
+parts already cached as JSON embedded as they are (``orjson.Fragment``), and
+rendered once by orjson. Their routes still declare the response model, so
+the OpenAPI schema says what they return, and the tests check each such
+answer against it (tests/social/test_wire_shapes.py).
 """
 
 from __future__ import annotations

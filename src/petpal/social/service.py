@@ -4,7 +4,8 @@ Other services use only ``account_counts`` and ``is_following``; the tables
 stay private to this package. How a page of posts is read is told in
 :mod:`petpal.social.views`, where feeds find their ids in
 :mod:`petpal.social.feeds` (home feeds in :mod:`petpal.social.home`),
-trending in :mod:`petpal.social.trending`.
+trending in :mod:`petpal.social.trending`; a post's first page of comments
+is its cached head (``_comments_head``).
 
 Counters (likes, comments, followers, posts) are denormalized and kept exact:
 each write changes a counter only in the transaction that really inserted or
