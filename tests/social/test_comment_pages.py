@@ -122,7 +122,14 @@ async def test_a_deleted_post_has_no_comments_page(
         assert_problem(await client.get(url, params={"limit": 100}), 404)
 
 
-@pytest.mark.parametrize("post_id", [new_id(), "not-an-id", "x" * 300])
+@pytest.mark.parametrize(
+    "post_id",
+    [
+        pytest.param(new_id(), id="unknown"),
+        pytest.param("not-an-id", id="malformed"),
+        pytest.param("x" * 300, id="long"),
+    ],
+)
 async def test_comments_of_an_unknown_post_are_404(
     client: httpx.AsyncClient, post_id: str
 ) -> None:
