@@ -140,21 +140,28 @@ async def _pet_blobs(services: Services, pet_ids: Sequence[str]) -> dict[str, by
             pets = await session.scalars(
                 select(Pet).where(Pet.id.in_([keys[key] for key in missing]))
             )
-            return {
-                pet_key(pet.id): _StoredPet.model_validate(pet)
-                .model_dump_json()
-                .encode()
-                for pet in pets
-            }
+            return {pet_key(pet.id): _pet_blob(pet) for pet in pets}
 
     found = await services.cache.get_or_load_many(list(keys), load, ttl=PET_TTL)
     return {keys[key]: blob for key, blob in found.items() if blob is not None}
 
 
+def _pet_blob(pet: Pet) -> bytes:
+    return _StoredPet.model_validate(pet).model_dump_json().encode()
+
+
+async def _load_pet_blob(services: Services, pet_id: str) -> bytes | None:
+    async with services.db.read_session() as session:
+        pet = await session.get(Pet, pet_id)
+    return None if pet is None else _pet_blob(pet)
+
+
 async def _cached_pet(services: Services, pet_id: str) -> _StoredPet | None:
     if not is_valid_id(pet_id):
         return None
-    blob = (await _pet_blobs(services, [pet_id])).get(pet_id)
+    blob = await services.cache.get_or_load(
+        pet_key(pet_id), lambda: _load_pet_blob(services, pet_id), ttl=PET_TTL
+    )
     return None if blob is None else _StoredPet.model_validate_json(blob)
 
 
