@@ -42,7 +42,7 @@ from petpal.identity.service import (
     summary_wires,
 )
 from petpal.media.service import require_ready_media
-from petpal.platform.cache import CacheBackendError
+from petpal.platform.cache import CacheBackendError, WriteMarks
 from petpal.platform.db import Base, utcnow
 from petpal.platform.errors import (
     ConflictError,
@@ -80,6 +80,7 @@ from petpal.social.schemas import (
 )
 from petpal.social.views import (
     COUNTS_TTL,
+    POST_TTL,
     after_id,
     counted_query,
     counts_key,
@@ -131,11 +132,12 @@ async def _insert_if_absent(
     statement, so a counter bumped only when this returns True stays exact
     under any number of concurrent requests.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
         statement: Any = postgresql.insert(_table(model)).on_conflict_do_nothing()
     else:
         statement = sqlite.insert(_table(model)).on_conflict_do_nothing()
-    return _rowcount(await session.execute(statement.values(values))) == 1
+    return _rowcount(await connection.execute(statement.values(values))) == 1
 
 
 async def _ensure_stats(session: AsyncSession, account_id: str) -> None:
@@ -445,6 +447,8 @@ async def get_post(services: Services, post_id: str, viewer_id: str | None) -> W
 async def do_like(services: Services, post_id: str, account_id: str) -> LikeState:
     _require_id(post_id, "the post")
     liked_at = utcnow()
+    keys = counts_key(post_id), liked_key(account_id, post_id)
+    marks = await services.cache.mark_for_write(*keys)
     try:
         async with services.db.write_session() as session:
             # A missing post fails the insert's foreign key: no look-up first.
@@ -453,44 +457,73 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
                 Like,
                 {"post_id": post_id, "account_id": account_id, "created_at": liked_at},
             )
-            count, author_id = await _add_likes(session, post_id, 1 if inserted else 0)
+            counts, author_id = await _add_likes(session, post_id, 1 if inserted else 0)
     except IntegrityError as exc:
         raise NotFoundError("the post") from exc
     if inserted:
         SOCIAL_WRITES.labels("like").inc()
-        await services.cache.invalidate(
-            counts_key(post_id), liked_key(account_id, post_id)
-        )
+    await _store_like_state(services, marks, post_id, account_id, counts, liked=True)
+    if inserted:
         await trending.record_event(
             services, post_id, author_id, trending.LIKE_WEIGHT, liked_at
         )
-        await _rewarm(services, post_id, account_id)
-    return LikeState(liked=True, like_count=count)
+    return LikeState(liked=True, like_count=counts[0])
 
 
 async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeState:
     _require_id(post_id, "the post")
+    keys = counts_key(post_id), liked_key(account_id, post_id)
+    marks = await services.cache.mark_for_write(*keys)
     async with services.db.write_session() as session:
         # The like's time comes back with its deletion: trending takes back
         # exactly what the like added.
-        liked_at = await session.scalar(
+        connection = await session.connection()
+        liked_at = await connection.scalar(
             delete(Like)
             .where(Like.post_id == post_id, Like.account_id == account_id)
             .returning(Like.created_at)
         )
-        count, author_id = await _add_likes(
+        counts, author_id = await _add_likes(
             session, post_id, 0 if liked_at is None else -1
         )
     if liked_at is not None:
         SOCIAL_WRITES.labels("unlike").inc()
-        await services.cache.invalidate(
-            counts_key(post_id), liked_key(account_id, post_id)
-        )
+    await _store_like_state(services, marks, post_id, account_id, counts, liked=False)
+    if liked_at is not None:
         await trending.record_event(
             services, post_id, author_id, trending.LIKE_WEIGHT, liked_at, undone=True
         )
-        await _rewarm(services, post_id, account_id)
-    return LikeState(liked=False, like_count=count)
+    return LikeState(liked=False, like_count=counts[0])
+
+
+async def _store_like_state(
+    services: Services,
+    marks: WriteMarks,
+    post_id: str,
+    account_id: str,
+    counts: tuple[int, int],
+    *,
+    liked: bool,
+) -> None:
+    """Cache the post's counts and the liker's like as a like or unlike left
+    them, in the keys it marked before its transaction (one round trip).
+
+    The counts were read under the post's row lock, held to the commit, so
+    they are what the commit left; the cache's marks take care of any write
+    that came after (see ``Cache.mark_for_write``). The many feed pages that
+    show the post next find both cached, and no row is read again for them.
+    """
+    cache = services.cache
+    await asyncio.gather(
+        cache.store_after_write(
+            marks, {counts_key(post_id): orjson.dumps(list(counts))}, ttl=COUNTS_TTL
+        ),
+        cache.store_after_write(
+            marks,
+            {liked_key(account_id, post_id): b"1" if liked else b"0"},
+            ttl=POST_TTL,
+        ),
+    )
 
 
 async def _rewarm(
@@ -516,27 +549,32 @@ async def _require_post(session: AsyncSession, post_id: str) -> str:
 
 async def _add_likes(
     session: AsyncSession, post_id: str, delta: int
-) -> tuple[int, str]:
-    """Add ``delta`` to the post's like count; the count after it, and the
-    post's author. 404 if there is no such post.
+) -> tuple[tuple[int, int], str]:
+    """Add ``delta`` to the post's like count; its like and comment counts
+    after it, and its author. 404 if there is no such post.
 
-    The update returns both, and is the transaction's last statement: a
+    The update returns them, and is the transaction's last statement: a
     popular post's row stays locked from it to the commit only, one round
-    trip, however many likes queue up behind it.
+    trip, however many likes queue up behind it. Sent on the session's
+    connection as it is: a plain update needs none of the ORM's bulk-update
+    work (which was a good part of a like's CPU).
     """
     if delta == 0:
-        query: Any = select(Post.like_count, Post.author_id).where(Post.id == post_id)
+        query: Any = select(Post.like_count, Post.comment_count, Post.author_id).where(
+            Post.id == post_id
+        )
     else:
         query = (
             update(Post)
             .where(Post.id == post_id)
             .values(like_count=Post.like_count + delta)
-            .returning(Post.like_count, Post.author_id)
+            .returning(Post.like_count, Post.comment_count, Post.author_id)
         )
-    row = (await session.execute(query)).one_or_none()
+    connection = await session.connection()
+    row = (await connection.execute(query)).one_or_none()
     if row is None:
         raise NotFoundError("the post")
-    return int(row[0]), str(row[1])
+    return (int(row[0]), int(row[1])), str(row[2])
 
 
 # --- comments -------------------------------------------------------------------
