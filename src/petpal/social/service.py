@@ -12,7 +12,6 @@ deleted the row it counts, as the statement's row count says.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import unicodedata
 from collections.abc import Sequence
 from typing import Any, cast
@@ -51,7 +50,12 @@ from petpal.platform.errors import (
     NotFoundError,
 )
 from petpal.platform.ids import is_valid_id, new_id
-from petpal.platform.jobs import enqueue
+from petpal.platform.jobs import (
+    BACKSTOP_DELAY,
+    enqueue,
+    release_backstop,
+    settle_backstop,
+)
 from petpal.platform.pagination import Page
 from petpal.platform.services import Services
 from petpal.platform.text import (
@@ -154,16 +158,30 @@ async def _ensure_stats(session: AsyncSession, account_id: str) -> None:
 
 
 async def _bump_stats(session: AsyncSession, account_id: str, **deltas: int) -> None:
-    """Add ``deltas`` to an account's counters, in the caller's transaction."""
-    await _ensure_stats(session, account_id)
-    changes = {
-        getattr(AccountStats, name): getattr(AccountStats, name) + delta
-        for name, delta in deltas.items()
+    """Add ``deltas`` to an account's counters, in the caller's transaction.
+
+    One statement: the row is made (with the deltas as its counts) if the
+    account has none yet, or its counts are added to, atomically.
+    """
+    connection = await session.connection()
+    values = {
+        "account_id": account_id,
+        "follower_count": 0,
+        "following_count": 0,
+        "post_count": 0,
+        **deltas,
     }
-    await session.execute(
-        update(AccountStats)
-        .where(AccountStats.account_id == account_id)
-        .values(changes)
+    changes = {
+        name: getattr(AccountStats, name) + delta for name, delta in deltas.items()
+    }
+    if connection.dialect.name == "postgresql":
+        statement: Any = postgresql.insert(_table(AccountStats))
+    else:
+        statement = sqlite.insert(_table(AccountStats))
+    await connection.execute(
+        statement.values(values).on_conflict_do_update(
+            index_elements=[AccountStats.account_id], set_=changes
+        )
     )
 
 
@@ -185,6 +203,7 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
     followee_id = await resolve_username(services, username)
     if followee_id == follower_id:
         raise InvalidInputError("cannot_follow_self", "an account cannot follow itself")
+    job_id = None
     try:
         async with services.db.write_session() as session:
             inserted = await _insert_if_absent(
@@ -199,61 +218,70 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
             )
             if inserted:
                 await _bump_follow_stats(session, follower_id, followee_id, 1)
-                _enqueue_follow_change(session, follower_id, followee_id)
+                job_id = _enqueue_follow_change(session, follower_id, followee_id)
     except IntegrityError as exc:
         # One of the two accounts was deleted after its name was resolved.
         raise NotFoundError("the account") from exc
-    if inserted:
+    if job_id is not None:
         SOCIAL_WRITES.labels("follow").inc()
         await services.cache.invalidate(
             _counts_key(follower_id),
             _counts_key(followee_id),
             _following_key(follower_id),
         )
-        await _apply_follow_change(services, follower_id, followee_id)
+        await _apply_follow_change(services, follower_id, followee_id, job_id)
 
 
 async def do_unfollow(services: Services, follower_id: str, username: str) -> None:
     followee_id = await resolve_username(services, username)
     if followee_id == follower_id:
         raise InvalidInputError("cannot_follow_self", "an account cannot follow itself")
+    job_id = None
     async with services.db.write_session() as session:
-        result = await session.execute(
+        connection = await session.connection()
+        result = await connection.execute(
             delete(Follow).where(
                 Follow.follower_id == follower_id, Follow.followee_id == followee_id
             )
         )
-        removed = _rowcount(result) == 1
-        if removed:
+        if _rowcount(result) == 1:
             await _bump_follow_stats(session, follower_id, followee_id, -1)
-            _enqueue_follow_change(session, follower_id, followee_id)
-    if removed:
+            job_id = _enqueue_follow_change(session, follower_id, followee_id)
+    if job_id is not None:
         SOCIAL_WRITES.labels("unfollow").inc()
         await services.cache.invalidate(
             _counts_key(follower_id),
             _counts_key(followee_id),
             _following_key(follower_id),
         )
-        await _apply_follow_change(services, follower_id, followee_id)
+        await _apply_follow_change(services, follower_id, followee_id, job_id)
 
 
 def _enqueue_follow_change(
     session: AsyncSession, follower_id: str, followee_id: str
-) -> None:
-    enqueue(
+) -> str:
+    # A backstop: the request does the work itself, right after the commit.
+    return enqueue(
         session,
         home.FOLLOW_JOB,
         {"follower_id": follower_id, "followee_id": followee_id},
+        delay=BACKSTOP_DELAY,
     )
 
 
 async def _apply_follow_change(
-    services: Services, follower_id: str, followee_id: str
+    services: Services, follower_id: str, followee_id: str, job_id: str
 ) -> None:
     # At once, so that the follower's next page shows the change; the job
-    # committed with the follow repeats it should the timeline store fail.
-    with contextlib.suppress(CacheBackendError):
+    # committed with the follow repeats it should the timeline store fail
+    # (at once) or this process die first (after its delay). Done here, it
+    # is recorded done, and no relay or worker spends anything on it.
+    try:
         await home.follow_changed(services, follower_id, followee_id)
+    except CacheBackendError:
+        await release_backstop(services.db, job_id)
+    else:
+        await settle_backstop(services.db, job_id)
 
 
 async def list_followers(
