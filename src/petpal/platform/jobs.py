@@ -238,28 +238,26 @@ BACKSTOP_DELAY = timedelta(seconds=30)
 
 async def settle_backstop(db: Database, job_id: str) -> None:
     """Record a backstop job done: the request did its work."""
-    await _update_pending(db, job_id, status=DONE, finished_at=utcnow())
+    async with db.statement_session() as session:
+        await _update_pending(session, job_id, status=DONE, finished_at=utcnow())
 
 
 async def release_backstop(db: Database, job_id: str) -> None:
     """Make a backstop job due now: the request could not do its work."""
-    await _update_pending(db, job_id, available_at=utcnow(), notify=True)
+    async with db.write_session() as session:
+        session.info[JOBS_ENQUEUED] = True  # wakes the relays at commit
+        await _update_pending(session, job_id, available_at=utcnow())
 
 
-async def _update_pending(
-    db: Database, job_id: str, *, notify: bool = False, **values: Any
-) -> None:
+async def _update_pending(session: AsyncSession, job_id: str, **values: Any) -> None:
     # Only while pending: a relay that already took the job (its delay
     # ended) leaves it alone, and the job runs, harmlessly, being idempotent.
-    async with db.write_session() as session:
-        if notify:
-            session.info[JOBS_ENQUEUED] = True
-        connection = await session.connection()
-        await connection.execute(
-            update(OutboxJob)
-            .where(OutboxJob.id == job_id, OutboxJob.status == PENDING)
-            .values(**values)
-        )
+    connection = await session.connection()
+    await connection.execute(
+        update(OutboxJob)
+        .where(OutboxJob.id == job_id, OutboxJob.status == PENDING)
+        .values(**values)
+    )
 
 
 def backoff(attempt: int, base_seconds: float = 1.0) -> timedelta:
