@@ -173,7 +173,8 @@ async def test_a_like_leaves_its_counts_cached_without_reading_them_again(
     await client.get(f"/api/v1/posts/{post['id']}", headers=bob.headers)  # cached
     counts, liked = counts_key(post["id"]), liked_key(bob.id, post["id"])
 
-    for action in ("like", "like", "unlike", "unlike", "like"):
+    steps = [("like", True), ("like", False), ("unlike", True), ("unlike", False)]
+    for action, changes in [*steps, ("like", True)]:
         scope = [0]
         token = queries_in_scope.set(scope)
         try:
@@ -181,8 +182,10 @@ async def test_a_like_leaves_its_counts_cached_without_reading_them_again(
             state = await do(services, post["id"], bob.id)
         finally:
             queries_in_scope.reset(token)
-        # The write's own statements, and nothing read back for the cache.
-        assert scope[0] == 2
+        # The write's own statements, and nothing read back for the cache:
+        # on PostgreSQL one when it changes something (see do_like), then a
+        # read of the counts when it does not.
+        assert scope[0] == (1 if changes and not services.db.is_sqlite else 2)
         # After each answer the cache holds what the database does.
         in_database = await _in_database(services, post["id"], bob.id)
         assert orjson.loads(await _cached(services, counts) or b"") == in_database[0]
