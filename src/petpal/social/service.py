@@ -24,6 +24,7 @@ from sqlalchemy import (
     Result,
     Select,
     Table,
+    bindparam,
     delete,
     func,
     select,
@@ -522,26 +523,62 @@ async def _like_in_transaction(
     return inserted, counts, author_id
 
 
-async def _like_in_one_statement(
-    services: Services, post_id: str, account_id: str, liked_at: datetime
-) -> tuple[bool, tuple[int, int], str]:
+def _like_statement() -> Any:
     added = (
         postgresql.insert(_table(Like))
-        .values(post_id=post_id, account_id=account_id, created_at=liked_at)
+        .values(
+            post_id=bindparam("like_post"),
+            account_id=bindparam("like_account"),
+            created_at=bindparam("like_at", type_=_table(Like).c.created_at.type),
+        )
         .on_conflict_do_nothing()
         .returning(Like.post_id)
         .cte("added")
     )
-    query = (
+    return (
         update(Post)
-        .where(Post.id == post_id, select(added.c.post_id).exists())
+        .where(Post.id == bindparam("like_post"), select(added.c.post_id).exists())
         .values(like_count=Post.like_count + 1)
         .returning(Post.like_count, Post.comment_count, Post.author_id)
         .add_cte(added)
     )
+
+
+def _unlike_statement() -> Any:
+    removed = (
+        delete(Like)
+        .where(
+            Like.post_id == bindparam("like_post"),
+            Like.account_id == bindparam("like_account"),
+        )
+        .returning(Like.post_id, Like.created_at)
+        .cte("removed")
+    )
+    return (
+        update(Post)
+        .where(Post.id == bindparam("like_post"), Post.id == removed.c.post_id)
+        .values(like_count=Post.like_count - 1)
+        .returning(
+            Post.like_count, Post.comment_count, Post.author_id, removed.c.created_at
+        )
+        .add_cte(removed)
+    )
+
+
+# Built once, with named parameters: building a statement and working out
+# its cache key (to find its compiled form) cost more CPU than the rest of
+# executing it; a statement object keeps its key.
+_LIKE = _like_statement()
+_UNLIKE = _unlike_statement()
+
+
+async def _like_in_one_statement(
+    services: Services, post_id: str, account_id: str, liked_at: datetime
+) -> tuple[bool, tuple[int, int], str]:
+    parameters = {"like_post": post_id, "like_account": account_id, "like_at": liked_at}
     async with services.db.statement_session() as session:
         connection = await session.connection()
-        row = (await connection.execute(query)).one_or_none()
+        row = (await connection.execute(_LIKE, parameters)).one_or_none()
         if row is None:  # liked already (or no such post: 404)
             counts, author_id = await _add_likes(session, post_id, 0)
             return False, counts, author_id
@@ -591,24 +628,10 @@ async def _unlike_in_transaction(
 async def _unlike_in_one_statement(
     services: Services, post_id: str, account_id: str
 ) -> tuple[datetime | None, tuple[int, int], str]:
-    removed = (
-        delete(Like)
-        .where(Like.post_id == post_id, Like.account_id == account_id)
-        .returning(Like.post_id, Like.created_at)
-        .cte("removed")
-    )
-    query = (
-        update(Post)
-        .where(Post.id == post_id, Post.id == removed.c.post_id)
-        .values(like_count=Post.like_count - 1)
-        .returning(
-            Post.like_count, Post.comment_count, Post.author_id, removed.c.created_at
-        )
-        .add_cte(removed)
-    )
+    parameters = {"like_post": post_id, "like_account": account_id}
     async with services.db.statement_session() as session:
         connection = await session.connection()
-        row = (await connection.execute(query)).one_or_none()
+        row = (await connection.execute(_UNLIKE, parameters)).one_or_none()
         if row is None:  # not liked (or no such post: 404)
             counts, author_id = await _add_likes(session, post_id, 0)
             return None, counts, author_id
