@@ -223,3 +223,19 @@ async def test_get_or_load_many_survives_a_dead_backend() -> None:
         "a:1": b"db",
         "a:2": b"db",
     }
+
+
+async def test_a_write_marked_while_the_backend_was_down_only_invalidates() -> None:
+    backend = FlakyBackend()
+    cache = Cache(backend, bypass_after_error=0)
+    await backend.set("k:1", b"old", 60)
+    backend.down = True
+    marks = await cache.mark_for_write("k:1")  # owed, not raised
+    backend.down = False
+    await cache.store_after_write(marks, {"k:1": b"new"})
+
+    async def load() -> bytes:
+        return b"db"
+
+    # The value was not stored over a key the write never marked.
+    assert await cache.get_or_load("k:1", load) == b"db"

@@ -486,3 +486,27 @@ async def test_likes_and_trending_go_on_while_redis_is_frozen(
             # and rebuilt from the rows, not served without it.
             await asyncio.sleep(0.6)
             assert await trending() == [first["id"], second["id"]]
+
+
+@requires_redis
+async def test_a_write_stores_its_values_only_where_its_mark_still_is(
+    shared_redis: tuple[Settings, str],
+) -> None:
+    # Two processes (two clients) on one Redis: the store after a write is
+    # one atomic check of the writer's own mark, in the server.
+    settings = shared_redis[0]
+    mine = Cache(RedisBackend.from_settings(settings))
+    theirs = Cache(RedisBackend.from_settings(settings))
+
+    async def loaded(value: bytes) -> bytes:
+        return value
+
+    try:
+        marks = await mine.mark_for_write("counts:1", "counts:2")
+        await theirs.invalidate("counts:2")  # written again after our mark
+        await mine.store_after_write(marks, {"counts:1": b"ours", "counts:2": b"ours"})
+        assert await theirs.get_or_load("counts:1", lambda: loaded(b"db")) == b"ours"
+        assert await theirs.get_or_load("counts:2", lambda: loaded(b"db")) == b"db"
+    finally:
+        await mine.close()
+        await theirs.close()

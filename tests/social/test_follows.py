@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import httpx
 import pytest
+from sqlalchemy import select
 
+from petpal.platform.jobs import DONE, OutboxJob
 from petpal.platform.services import Services
-from tests.factories import a_user, assert_problem
-from tests.social.builders import a_member, many_users, walk
+from petpal.social import home
+from petpal.social.models import AccountStats
+from tests.factories import User, a_user, assert_problem
+from tests.social.builders import a_member, a_photo, a_post, many_users, walk
+from tests.social.test_dead_jobs import home_ids
+from tests.social.test_timelines import follow, settle, unfollow
 
 
 async def test_follow_and_unfollow_are_idempotent_and_counted(
@@ -206,3 +215,59 @@ async def test_followed_by_me_is_cached_and_exact_after_each_change(
     assert (await client.get(profile, headers=viewer.headers)).json()[
         "followed_by_me"
     ] is False
+
+
+async def test_the_request_settles_the_follow_job_it_did_itself(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    author, reader = await many_users(services, 2)
+    post = await a_post(client, author, await a_photo(client, author, services, photos))
+    assert await home_ids(client, reader) == []  # the reader's timeline exists
+    await settle(services)
+
+    await follow(client, reader, author)
+    # Shown at once, by the request; its backstop job is recorded done, and
+    # no relay or worker ever ran it.
+    assert await home_ids(client, reader) == [post["id"]]
+    await unfollow(client, reader, author)
+    assert await home_ids(client, reader) == []
+    async with services.db.read_session() as session:
+        jobs = (
+            await session.execute(
+                select(OutboxJob.status, OutboxJob.attempts).where(
+                    OutboxJob.kind == home.FOLLOW_JOB
+                )
+            )
+        ).all()
+    assert [tuple(job) for job in jobs] == [(DONE, 0), (DONE, 0)]
+
+
+async def test_many_follows_and_unfollows_at_once_keep_the_counts_exact(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    star, *fans = await many_users(services, 41)
+    url = f"/api/v1/accounts/{star.username}/follow"
+
+    async def send(method: str, fan: User) -> None:
+        response = await client.request(method, url, headers=fan.headers)
+        assert response.status_code == 204, response.text
+
+    await asyncio.gather(*(send("POST", fan) for fan in fans))
+    leaving = fans[::3]
+    await asyncio.gather(
+        *(send("DELETE", fan) for fan in leaving),
+        *(send("POST", fan) for fan in fans[1::3]),  # again: no change
+    )
+    staying = len(fans) - len(leaving)
+    profile = await client.get(f"/api/v1/accounts/{star.username}")
+    assert profile.json()["follower_count"] == staying
+    async with services.db.read_session() as session:
+        stats = await session.get(AccountStats, star.id)
+        assert stats is not None
+        assert (stats.follower_count, stats.following_count) == (staying, 0)
+        following = await session.scalars(
+            select(AccountStats.following_count).where(
+                AccountStats.account_id.in_([fan.id for fan in fans])
+            )
+        )
+        assert sorted(following.all()) == [0] * len(leaving) + [1] * staying

@@ -5,11 +5,16 @@ import random
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import select
 
+from petpal.platform.cache import is_tombstone
+from petpal.platform.db import queries_in_scope
 from petpal.platform.services import Services
+from petpal.social import service
 from petpal.social.models import Like, Post
+from petpal.social.views import counts_key, liked_key
 from tests.factories import User, assert_problem
 from tests.social.builders import (
     a_member,
@@ -132,6 +137,95 @@ async def test_two_hundred_clients_liking_and_unliking_at_once_end_exact(
             select(Post.like_count).where(Post.id == post["id"])
         )
     assert counter == len(liking)
+
+
+async def _cached(services: Services, key: str) -> bytes | None:
+    """What the cache holds for ``key``; fails if it would read the database."""
+
+    async def unread() -> bytes:
+        raise AssertionError(f"{key} was not cached")
+
+    return await services.cache.get_or_load(key, unread)
+
+
+async def _in_database(
+    services: Services, post_id: str, account_id: str
+) -> tuple[list[int], bytes]:
+    async with services.db.read_session() as session:
+        row = (
+            await session.execute(
+                select(Post.like_count, Post.comment_count).where(Post.id == post_id)
+            )
+        ).one()
+        liked = await session.scalar(
+            select(Like.post_id).where(
+                Like.post_id == post_id, Like.account_id == account_id
+            )
+        )
+    return [int(row[0]), int(row[1])], b"1" if liked else b"0"
+
+
+async def test_a_like_leaves_its_counts_cached_without_reading_them_again(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    alice, bob = await many_users(services, 2)
+    post = await a_post(client, alice, await a_photo(client, alice, services, photos))
+    await client.get(f"/api/v1/posts/{post['id']}", headers=bob.headers)  # cached
+    counts, liked = counts_key(post["id"]), liked_key(bob.id, post["id"])
+
+    steps = [("like", True), ("like", False), ("unlike", True), ("unlike", False)]
+    for action, changes in [*steps, ("like", True)]:
+        scope = [0]
+        token = queries_in_scope.set(scope)
+        try:
+            do = service.do_like if action == "like" else service.do_unlike
+            state = await do(services, post["id"], bob.id)
+        finally:
+            queries_in_scope.reset(token)
+        # The write's own statements, and nothing read back for the cache:
+        # on PostgreSQL one when it changes something (see do_like), then a
+        # read of the counts when it does not.
+        assert scope[0] == (1 if changes and not services.db.is_sqlite else 2)
+        # After each answer the cache holds what the database does.
+        in_database = await _in_database(services, post["id"], bob.id)
+        assert orjson.loads(await _cached(services, counts) or b"") == in_database[0]
+        assert await _cached(services, liked) == in_database[1]
+        assert state.like_count == in_database[0][0]
+
+
+async def test_many_likes_and_unlikes_at_once_leave_the_cache_exact(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    author = await a_member(services)
+    posts = [
+        await a_post(client, author, await a_photo(client, author, services, photos))
+        for _ in range(3)
+    ]
+    fans = await many_users(services, 30)
+    rng = random.Random(30)
+
+    async def taps(fan: User) -> None:
+        for _ in range(4):
+            post_id = rng.choice(posts)["id"]
+            method = "POST" if rng.random() < 0.6 else "DELETE"
+            url = f"/api/v1/posts/{post_id}/like"
+            response, _ = await _answered(client, method, url, fan)
+            assert response.status_code == 200
+
+    await asyncio.gather(*(taps(fan) for fan in fans))
+    for post in posts:
+        for fan in fans:
+            counts, liked = await _in_database(services, post["id"], fan.id)
+            # Straight from the store: a miss (a tombstone) after a race is
+            # fine, a value other than the database's is not.
+            cached_counts = await services.cache.backend.get(counts_key(post["id"]))
+            if cached_counts is not None and not is_tombstone(cached_counts):
+                assert orjson.loads(cached_counts) == counts
+            cached_like = await services.cache.backend.get(
+                liked_key(fan.id, post["id"])
+            )
+            if cached_like is not None and not is_tombstone(cached_like):
+                assert cached_like == liked
 
 
 async def test_comments_page_oldest_first_exactly_once(

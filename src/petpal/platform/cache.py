@@ -21,6 +21,19 @@ tombstone (a unique marker, kept for ``TOMBSTONE_TTL``) instead of deleting
 the key, and a loader stores its value only if the key still holds what its
 miss saw: nothing, or the same tombstone. The check and the store are one
 atomic step in the backend, so a write that lands during a load always wins.
+
+A writer that will know the new values itself (a like knows the post's
+counts from its own ``UPDATE ... RETURNING``) need not leave a tombstone
+and read the row again after its commit. It marks the keys *before* its
+transaction (``mark_for_write``: a tombstone it remembers) and, after the
+commit, stores what it knows in one round trip (``store_after_write``):
+each key gets the value if it still holds the writer's own tombstone, and a
+fresh tombstone otherwise. The value is safe to store in the first case:
+every other write to the same rows either marks the key before its commit
+(a tombstone of its own would be there instead) or invalidates it after
+its commit (and then lands after this store, or replaced the mark before
+it). Its values must be at least as new as the writer's commit: read under
+the row lock the write holds until it commits, as ``RETURNING`` is.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import structlog
@@ -93,6 +107,13 @@ class CacheBackend(Protocol):
         """Atomically: store ``value`` if ``key`` holds ``seen`` (None: nothing)."""
         ...
 
+    async def set_if_marked(
+        self, key: str, value: bytes, ttl_seconds: float, mark: bytes, other: bytes
+    ) -> None:
+        """Atomically: store ``value`` if ``key`` holds ``mark``; else store
+        ``other`` (a tombstone) for ``TOMBSTONE_TTL``."""
+        ...
+
     async def delete(self, *keys: str) -> None: ...
     async def clear(self) -> None:
         """Delete every key of this cache (its namespace), nothing else."""
@@ -139,6 +160,14 @@ class InProcessBackend:
         current = await self.get(key)
         if current is None or current == seen:
             await self.set(key, value, ttl_seconds)
+
+    async def set_if_marked(
+        self, key: str, value: bytes, ttl_seconds: float, mark: bytes, other: bytes
+    ) -> None:
+        if await self.get(key) == mark:
+            await self.set(key, value, ttl_seconds)
+        else:
+            await self.set(key, other, TOMBSTONE_TTL)
 
     async def delete(self, *keys: str) -> None:
         for key in keys:
@@ -363,13 +392,80 @@ class Cache:
         deletion is owed to the backend until it answers again.
         """
         for key in keys:
-            self._generation[key] = self._generation.get(key, 0) + 1
-            pending = self._loading.pop(key, None)
-            if pending is not None and not pending.done():
-                # Later readers must not join a load that may predate the write.
-                pending.add_done_callback(_consume)
+            self._forget_loads(key)
         if keys:
             await self._tombstone_or_owe(list(keys))
+
+    def _forget_loads(self, key: str) -> None:
+        """Keep loads of ``key`` in flight from storing or being joined."""
+        self._generation[key] = self._generation.get(key, 0) + 1
+        pending = self._loading.pop(key, None)
+        if pending is not None and not pending.done():
+            # Later readers must not join a load that may predate the write.
+            pending.add_done_callback(_consume)
+
+    async def mark_for_write(self, *keys: str) -> WriteMarks:
+        """Invalidate ``keys`` before a write whose new values the writer
+        will know; :meth:`store_after_write` then stores them (see the module).
+
+        Never raises for a backend failure: the keys are then owed an
+        invalidation, as by :meth:`invalidate`, and the store after the
+        write only invalidates them again.
+        """
+        marks = {key: _new_tombstone() for key in keys}
+        for key in keys:
+            self._forget_loads(key)
+        generations = {key: self._generation[key] for key in keys}
+        if keys and await self._backend_usable():
+            try:
+                await self._set_tombstones(marks)
+            except CacheBackendError as exc:
+                self.backend_failed("delete", exc)
+            else:
+                return WriteMarks(marks, generations)
+        self._owe(keys)
+        return WriteMarks({}, generations)
+
+    async def store_after_write(
+        self,
+        marks: WriteMarks,
+        values: Mapping[str, bytes],
+        *,
+        ttl: float | None = None,
+    ) -> None:
+        """Store the values a committed write knows under the keys it marked,
+        in one round trip; a key written by another since its mark is
+        invalidated instead. Never raises for a backend failure."""
+        stale = [
+            key
+            for key in values
+            if key not in marks.tombstones
+            or self._generation.get(key, 0) != marks.generations[key]
+        ]
+        fresh = [key for key in values if key not in stale]
+        for key in values:
+            self._forget_loads(key)
+        if fresh and await self._backend_usable():
+            try:
+                await asyncio.gather(
+                    *(
+                        self.backend.set_if_marked(
+                            key,
+                            values[key],
+                            self._ttl(ttl),
+                            marks.tombstones[key],
+                            _new_tombstone(),
+                        )
+                        for key in fresh
+                    ),
+                    self._set_tombstones({key: _new_tombstone() for key in stale}),
+                )
+            except CacheBackendError as exc:
+                self.backend_failed("set", exc)
+                self._owe(values)
+            return
+        if stale or fresh:
+            await self._tombstone_or_owe([*stale, *fresh])
 
     async def clear(self) -> None:
         self._owed.clear()
@@ -386,12 +482,13 @@ class Cache:
 
     async def _tombstone(self, keys: list[str]) -> None:
         """Replace each key's value by a tombstone of its own."""
+        await self._set_tombstones({key: _new_tombstone() for key in keys})
+
+    async def _set_tombstones(self, tombstones: Mapping[str, bytes]) -> None:
         await asyncio.gather(
             *(
-                self.backend.set(
-                    key, _TOMBSTONE + os.urandom(8).hex().encode(), TOMBSTONE_TTL
-                )
-                for key in keys
+                self.backend.set(key, tombstone, TOMBSTONE_TTL)
+                for key, tombstone in tombstones.items()
             )
         )
 
@@ -474,6 +571,19 @@ class Cache:
                 seconds=self._bypass_after_error,
             )
         self._bypass_until = time.monotonic() + self._bypass_after_error
+
+
+@dataclass(frozen=True)
+class WriteMarks:
+    """What :meth:`Cache.mark_for_write` left: each key's tombstone (none
+    when the backend failed) and the key's generation in this process."""
+
+    tombstones: Mapping[str, bytes]
+    generations: Mapping[str, int]
+
+
+def _new_tombstone() -> bytes:
+    return _TOMBSTONE + os.urandom(8).hex().encode()
 
 
 def _count_lookups(keys: Iterable[str], outcome: str) -> None:

@@ -199,6 +199,23 @@ class Database:
             yield session
 
     @asynccontextmanager
+    async def statement_session(self) -> AsyncIterator[AsyncSession]:
+        """A session for a write that is one statement, its own transaction.
+
+        On PostgreSQL the statement is sent alone, in autocommit, as reads
+        are: two round trips fewer than BEGIN and COMMIT around it. On SQLite
+        it runs in a write transaction (``BEGIN IMMEDIATE``), as any write.
+        Nothing here notifies the relays: a statement that makes a job due
+        belongs in a ``write_session``.
+        """
+        if self.is_sqlite:
+            async with self.write_session() as session:
+                yield session
+        else:
+            async with self._readers() as session:
+                yield session
+
+    @asynccontextmanager
     async def write_session(self) -> AsyncIterator[AsyncSession]:
         """A session whose transaction commits when the block ends cleanly."""
         async with self._writers() as session:

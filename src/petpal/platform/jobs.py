@@ -206,7 +206,10 @@ def enqueue(
     """
     now = utcnow()
     job_id = new_id()
-    session.info[JOBS_ENQUEUED] = True
+    if not delay:
+        # Wakes the relays at commit; a job not yet due would wake them for
+        # nothing (they find it by their poll once it is).
+        session.info[JOBS_ENQUEUED] = True
     session.add(
         OutboxJob(
             id=job_id,
@@ -219,6 +222,42 @@ def enqueue(
         )
     )
     return job_id
+
+
+# --- backstops ------------------------------------------------------------------
+#
+# Some work is done in the request, right after the commit, and a job committed
+# with the change is only its backstop: for a process that dies before doing
+# it, or a store that fails while it does. Such a job is enqueued with
+# ``BACKSTOP_DELAY``; the request then records it done once it did the work
+# itself (``settle_backstop``), so that neither the relay nor a worker touches
+# it, or makes it due at once when it could not (``release_backstop``).
+
+BACKSTOP_DELAY = timedelta(seconds=30)
+
+
+async def settle_backstop(db: Database, job_id: str) -> None:
+    """Record a backstop job done: the request did its work."""
+    async with db.statement_session() as session:
+        await _update_pending(session, job_id, status=DONE, finished_at=utcnow())
+
+
+async def release_backstop(db: Database, job_id: str) -> None:
+    """Make a backstop job due now: the request could not do its work."""
+    async with db.write_session() as session:
+        session.info[JOBS_ENQUEUED] = True  # wakes the relays at commit
+        await _update_pending(session, job_id, available_at=utcnow())
+
+
+async def _update_pending(session: AsyncSession, job_id: str, **values: Any) -> None:
+    # Only while pending: a relay that already took the job (its delay
+    # ended) leaves it alone, and the job runs, harmlessly, being idempotent.
+    connection = await session.connection()
+    await connection.execute(
+        update(OutboxJob)
+        .where(OutboxJob.id == job_id, OutboxJob.status == PENDING)
+        .values(**values)
+    )
 
 
 def backoff(attempt: int, base_seconds: float = 1.0) -> timedelta:

@@ -23,11 +23,15 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from petpal.platform.cache import CacheBackendError
+from petpal.platform.cache import TOMBSTONE_TTL, CacheBackendError
 from petpal.platform.settings import Settings
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+# A store: key, value, ttl in ms, then what the key must hold (None: store
+# whatever it holds; b"": nothing, else the value it was seen with), and
+# what to store instead when it does not (None: nothing).
+_Store = tuple[str, bytes, int, bytes | None, bytes | None]
 
 # SCAN page size when clearing a namespace.
 _SCAN_COUNT = 1000
@@ -133,10 +137,9 @@ class RedisBackend:
         self._gets: _TurnBatch[list[str], list[bytes | None]] = _TurnBatch(
             self._mget_lists
         )
-        self._sets: _TurnBatch[tuple[str, bytes, int, bytes | None], object] = (
-            _TurnBatch(self._pipelined_set)
-        )
+        self._sets: _TurnBatch[_Store, object] = _TurnBatch(self._pipelined_set)
         self._set_if_unchanged = client.register_script(_SET_IF_UNCHANGED)
+        self._set_if_marked = client.register_script(_SET_IF_MARKED)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisBackend:
@@ -159,14 +162,21 @@ class RedisBackend:
         }
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
-        await self._sets.submit((key, value, milliseconds(ttl_seconds), None))
+        await self._sets.submit((key, value, milliseconds(ttl_seconds), None, None))
 
     async def set_if_unchanged(
         self, key: str, value: bytes, ttl_seconds: float, seen: bytes | None
     ) -> None:
         # b"" stands for "no value": a stored value is never empty here
         # (the cache stores serialized values and its own markers).
-        await self._sets.submit((key, value, milliseconds(ttl_seconds), seen or b""))
+        await self._sets.submit(
+            (key, value, milliseconds(ttl_seconds), seen or b"", None)
+        )
+
+    async def set_if_marked(
+        self, key: str, value: bytes, ttl_seconds: float, mark: bytes, other: bytes
+    ) -> None:
+        await self._sets.submit((key, value, milliseconds(ttl_seconds), mark, other))
 
     async def delete(self, *keys: str) -> None:
         if keys:
@@ -201,14 +211,18 @@ class RedisBackend:
             start = end
         return found
 
-    async def _pipelined_set(
-        self, entries: list[tuple[str, bytes, int, bytes | None]]
-    ) -> list[object]:
+    async def _pipelined_set(self, entries: list[_Store]) -> list[object]:
         async def run() -> list[object]:
             async with self._client.pipeline(transaction=False) as pipe:
-                for key, value, ttl_ms, seen in entries:
+                for key, value, ttl_ms, seen, other in entries:
                     if seen is None:
                         pipe.set(self._key(key), value, px=ttl_ms)
+                    elif other is not None:
+                        await self._set_if_marked(
+                            keys=[self._key(key)],
+                            args=[value, ttl_ms, seen, other, _TOMBSTONE_MS],
+                            client=pipe,
+                        )
                     else:
                         await self._set_if_unchanged(
                             keys=[self._key(key)],
@@ -258,6 +272,19 @@ if current == false or current == ARGV[3] then
 end
 return 0
 """
+
+
+# KEYS[1]; ARGV: value, ttl in ms, the writer's mark, a tombstone and its
+# ttl in ms, stored instead when the key no longer holds the mark.
+_SET_IF_MARKED = """
+if redis.call('GET', KEYS[1]) == ARGV[3] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+return 0
+"""
+_TOMBSTONE_MS = milliseconds(TOMBSTONE_TTL)
 
 
 def _glob_escape(text: str) -> str:

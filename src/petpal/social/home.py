@@ -37,9 +37,11 @@ meets it takes it out of the timelines it read.
 Following. A follow adds the followee's recent posts (or the link) to the
 follower's timeline; an unfollow deletes the timeline, which also voids a
 build in progress, and the next read rebuilds it. Both happen in the
-request and again in a ``social.follow_timeline`` job committed with the
-change, which brings the timeline in line with whatever the follow is by
-then; so a Redis failure in between leaves no timeline wrong for long.
+request; a ``social.follow_timeline`` job committed with the change is their
+backstop (``jobs.BACKSTOP_DELAY``): recorded done by the request once it did
+the work, made due at once if the timeline store failed, and run after its
+delay if the process died in between. It brings the timeline in line with
+whatever the follow is by then, so no timeline stays wrong for long.
 
 Reading. A warm page is one script call for the timeline's ids and links,
 one more for the linked authors' timelines if there are any, then two
