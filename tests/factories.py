@@ -95,3 +95,13 @@ async def a_ready_photo(
     media = await an_uploaded_photo(client, user, path, services)
     assert media["status"] == "ready", media
     return str(media["id"])
+
+
+async def page_ids(
+    client: httpx.AsyncClient, url: str, **params: Any
+) -> tuple[list[str], str | None]:
+    """The ids of one page of a list and its next cursor (the page must be 200)."""
+    response = await client.get(url, params=params)
+    assert response.status_code == 200, response.text
+    page = response.json()
+    return [item["id"] for item in page["items"]], page["next_cursor"]

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from petpal.pets import service
 from petpal.platform.services import Services
-from tests.factories import User, assert_problem
+from tests.factories import User, assert_problem, page_ids
 from tests.pets.helpers import PETS, a_pet, walk
 from tests.social.builders import a_member
 
@@ -32,15 +32,6 @@ def pets_queries() -> float:
 
 def pets_url(owner: User) -> str:
     return ACCOUNT_PETS.format(username=owner.username)
-
-
-async def page_ids(
-    client: httpx.AsyncClient, url: str, **params: Any
-) -> tuple[list[str], str | None]:
-    response = await client.get(url, params=params)
-    assert response.status_code == 200, response.text
-    page = response.json()
-    return [item["id"] for item in page["items"]], page["next_cursor"]
 
 
 async def uncached_walk(

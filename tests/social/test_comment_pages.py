@@ -20,7 +20,7 @@ from petpal.platform.ids import new_id
 from petpal.platform.services import Services
 from petpal.social import service
 from petpal.social.models import Comment
-from tests.factories import User, assert_problem
+from tests.factories import User, assert_problem, page_ids
 from tests.social.builders import a_member, a_photo, a_post, walk
 
 COMMENTS = "/api/v1/posts/{post_id}/comments"
@@ -52,15 +52,6 @@ async def a_comment(client: httpx.AsyncClient, url: str, user: User, body: str) 
     response = await client.post(url, headers=user.headers, json={"body": body})
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
-
-
-async def page_ids(
-    client: httpx.AsyncClient, url: str, **params: Any
-) -> tuple[list[str], str | None]:
-    response = await client.get(url, params=params)
-    assert response.status_code == 200, response.text
-    page = response.json()
-    return [item["id"] for item in page["items"]], page["next_cursor"]
 
 
 async def uncached_walk(
