@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client import REGISTRY
 
 from petpal.platform.services import Services
 
@@ -105,3 +106,15 @@ async def page_ids(
     assert response.status_code == 200, response.text
     page = response.json()
     return [item["id"] for item in page["items"]], page["next_cursor"]
+
+
+def queries_on(route: str) -> float:
+    """SQL statements counted so far on requests to ``route`` (its template).
+
+    Counted per request, so the job relay's own polling does not show up;
+    the metric is process-wide, so a test compares two readings.
+    """
+    value = REGISTRY.get_sample_value(
+        "petpal_http_request_db_queries_sum", {"route": route}
+    )
+    return value or 0.0

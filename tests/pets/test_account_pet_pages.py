@@ -12,22 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 
 from petpal.pets import service
 from petpal.platform.services import Services
-from tests.factories import User, assert_problem, page_ids
+from tests.factories import User, assert_problem, page_ids, queries_on
 from tests.pets.helpers import PETS, a_pet, walk
 from tests.social.builders import a_member
 
 ACCOUNT_PETS = "/api/v1/accounts/{username}/pets"
-
-
-def pets_queries() -> float:
-    value = REGISTRY.get_sample_value(
-        "petpal_http_request_db_queries_sum", {"route": ACCOUNT_PETS}
-    )
-    return value or 0.0
 
 
 def pets_url(owner: User) -> str:
@@ -54,11 +46,11 @@ async def test_a_warm_first_page_of_pets_sends_no_sql(
     cold = await client.get(url)
     assert cold.status_code == 200, cold.text
 
-    before = pets_queries()
+    before = queries_on(ACCOUNT_PETS)
     warm = await client.get(url)
     smaller = await client.get(url, params={"limit": 2})
 
-    assert pets_queries() == before
+    assert queries_on(ACCOUNT_PETS) == before
     assert warm.json() == cold.json()
     assert [p["id"] for p in warm.json()["items"]] == created[::-1]
     assert warm.json()["items"][0]["owner"]["username"] == owner.username
@@ -117,22 +109,22 @@ async def test_pages_past_or_larger_than_the_cached_ids(
         assert await walk(client, url, {"limit": limit}) == truth, limit
 
     # Up to the cached ids' count the first page is theirs, warm; past it, SQL.
-    before = pets_queries()
+    before = queries_on(ACCOUNT_PETS)
     head, cursor = await page_ids(client, url, limit=3)
-    assert pets_queries() == before
+    assert queries_on(ACCOUNT_PETS) == before
     assert head == created[:1:-1]
     assert cursor is not None
     assert (await page_ids(client, url, limit=4))[0] == created[:0:-1]
-    assert pets_queries() > before
+    assert queries_on(ACCOUNT_PETS) > before
 
     # With no more pets than are cached, any limit is served from them.
     for pet_id in created[:2]:
         response = await client.delete(f"{PETS}/{pet_id}", headers=owner.headers)
         assert response.status_code == 204
     assert await page_ids(client, url, limit=100) == (created[:1:-1], None)
-    before = pets_queries()
+    before = queries_on(ACCOUNT_PETS)
     assert await page_ids(client, url, limit=100) == (created[:1:-1], None)
-    assert pets_queries() == before
+    assert queries_on(ACCOUNT_PETS) == before
 
 
 async def test_an_account_without_pets_and_an_unknown_account(

@@ -13,24 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 from sqlalchemy import delete
 
 from petpal.platform.ids import new_id
 from petpal.platform.services import Services
 from petpal.social import service
 from petpal.social.models import Comment
-from tests.factories import User, assert_problem, page_ids
+from tests.factories import User, assert_problem, page_ids, queries_on
 from tests.social.builders import a_member, a_photo, a_post, walk
 
 COMMENTS = "/api/v1/posts/{post_id}/comments"
-
-
-def comment_queries() -> float:
-    value = REGISTRY.get_sample_value(
-        "petpal_http_request_db_queries_sum", {"route": COMMENTS}
-    )
-    return value or 0.0
 
 
 async def a_commented_post(
@@ -72,11 +64,11 @@ async def test_a_warm_first_page_of_comments_sends_no_sql(
     cold = await client.get(url)
     assert cold.status_code == 200, cold.text
 
-    before = comment_queries()
+    before = queries_on(COMMENTS)
     warm = await client.get(url)
     smaller = await client.get(url, params={"limit": 2})
 
-    assert comment_queries() == before
+    assert queries_on(COMMENTS) == before
     assert warm.json() == cold.json()
     assert [c["id"] for c in warm.json()["items"]] == ids
     assert warm.json()["items"][0]["author"]["username"] == commenter.username
@@ -145,13 +137,13 @@ async def test_pages_past_or_larger_than_the_cached_head(
         assert await walk(client, url, limit=limit) == truth, limit
 
     # Up to the head's size the first page is the head's, warm; past it, SQL.
-    before = comment_queries()
+    before = queries_on(COMMENTS)
     head, cursor = await page_ids(client, url, limit=3)
-    assert comment_queries() == before
+    assert queries_on(COMMENTS) == before
     assert head == ids[:3]
     assert cursor is not None
     assert (await page_ids(client, url, limit=4))[0] == ids[:4]
-    assert comment_queries() > before
+    assert queries_on(COMMENTS) > before
 
     # With no more than the head holds, any limit is served from it.
     for comment_id in ids[3:]:
@@ -160,9 +152,9 @@ async def test_pages_past_or_larger_than_the_cached_head(
         )
         assert response.status_code == 204
     assert await page_ids(client, url, limit=100) == (ids[:3], None)
-    before = comment_queries()
+    before = queries_on(COMMENTS)
     assert await page_ids(client, url, limit=100) == (ids[:3], None)
-    assert comment_queries() == before
+    assert queries_on(COMMENTS) == before
 
 
 async def test_a_comment_written_during_a_load_is_not_hidden_by_it(

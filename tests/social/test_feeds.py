@@ -8,14 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 from ulid import ULID
 
 from petpal.platform.db import utcnow
 from petpal.platform.pagination import encode_cursor
 from petpal.platform.services import Services
 from petpal.social import service, trending
-from tests.factories import User, a_user, assert_problem, drain_jobs
+from tests.factories import User, a_user, assert_problem, drain_jobs, queries_on
 from tests.social.builders import (
     a_member,
     a_photo,
@@ -297,12 +296,7 @@ async def test_trending_is_cached_briefly(
     assert ids(after_delete.json()["items"]) == [first["id"]]
 
 
-def _queries() -> float:
-    # Counted per request, so the job relay's own polling does not show up.
-    value = REGISTRY.get_sample_value(
-        "petpal_http_request_db_queries_sum", {"route": "/api/v1/feed/public"}
-    )
-    return value or 0.0
+PUBLIC = "/api/v1/feed/public"
 
 
 async def test_a_feed_page_costs_the_same_queries_for_5_or_50_posts(
@@ -318,12 +312,12 @@ async def test_a_feed_page_costs_the_same_queries_for_5_or_50_posts(
         if cold:
             await services.cache.clear()
             await services.timelines.clear()
-        before = _queries()
+        before = queries_on(PUBLIC)
         response = await client.get(
-            "/api/v1/feed/public", params={"limit": limit}, headers=bob.headers
+            PUBLIC, params={"limit": limit}, headers=bob.headers
         )
         assert len(response.json()["items"]) == limit
-        return _queries() - before
+        return queries_on(PUBLIC) - before
 
     # Cold: the timeline's build, the posts' counts, the viewer's likes, the
     # post bodies in one batch, and one look-up per distinct author and media

@@ -11,7 +11,7 @@ from petpal.platform.jobs import DONE, OutboxJob
 from petpal.platform.services import Services
 from petpal.social import home
 from petpal.social.models import AccountStats
-from tests.factories import User, a_user, assert_problem
+from tests.factories import User, a_user, assert_problem, queries_on
 from tests.social.builders import a_member, a_photo, a_post, many_users, walk
 from tests.social.test_dead_jobs import home_ids
 from tests.social.test_timelines import follow, settle, unfollow
@@ -183,13 +183,7 @@ async def test_page_sizes_out_of_range_are_422(
         assert_problem(response, 422, "validation_failed")
 
 
-def _profile_queries() -> float:
-    from prometheus_client import REGISTRY
-
-    value = REGISTRY.get_sample_value(
-        "petpal_http_request_db_queries_sum", {"route": "/api/v1/accounts/{username}"}
-    )
-    return value or 0.0
+PROFILE_ROUTE = "/api/v1/accounts/{username}"
 
 
 async def test_followed_by_me_is_cached_and_exact_after_each_change(
@@ -202,10 +196,10 @@ async def test_followed_by_me_is_cached_and_exact_after_each_change(
     assert (await client.get(profile, headers=viewer.headers)).json()[
         "followed_by_me"
     ] is False
-    before = _profile_queries()
+    before = queries_on(PROFILE_ROUTE)
     warm = await client.get(profile, headers=viewer.headers)
     assert warm.json()["followed_by_me"] is False
-    assert _profile_queries() == before  # a warm profile read sends no SQL
+    assert queries_on(PROFILE_ROUTE) == before  # a warm profile read sends no SQL
 
     await client.post(path, headers=viewer.headers)
     assert (await client.get(profile, headers=viewer.headers)).json()[

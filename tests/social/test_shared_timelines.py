@@ -21,7 +21,7 @@ from petpal.platform.services import Services
 from petpal.platform.settings import Settings
 from petpal.social import home
 from petpal.social.feeds import PUBLIC_KEY, author_key, tag_key
-from tests.factories import User
+from tests.factories import User, queries_on
 from tests.social.builders import (
     a_photo,
     a_post,
@@ -93,13 +93,6 @@ async def delete(client: httpx.AsyncClient, author: User, post_id: str) -> None:
     assert response.status_code == 204, response.text
 
 
-def queries(feed: Feed) -> float:
-    value = REGISTRY.get_sample_value(
-        "petpal_http_request_db_queries_sum", {"route": feed.route}
-    )
-    return value or 0.0
-
-
 def pages_from(feed: Feed, source: str) -> float:
     value = REGISTRY.get_sample_value(
         "petpal_feed_pages_total", {"feed": feed.name, "source": source}
@@ -123,10 +116,10 @@ async def test_warm_pages_send_no_sql(settings: Settings, photos: Path) -> None:
         for feed in feeds_of(author):
 
             async def cost(cursor: str | None, feed: Feed = feed) -> float:
-                before = queries(feed)
+                before = queries_on(feed.route)
                 ids, _ = await page(client, feed, reader, limit=5, cursor=cursor)
                 assert len(ids) == 5
-                return queries(feed) - before
+                return queries_on(feed.route) - before
 
             _, second = await page(client, feed, reader, limit=5)
             await cost(second)  # builds the timeline and caches the posts
@@ -134,9 +127,9 @@ async def test_warm_pages_send_no_sql(settings: Settings, photos: Path) -> None:
             # first page and later ones, for a viewer and for nobody.
             assert await cost(None) == 0, feed.url
             assert await cost(second) == 0, feed.url
-            before = queries(feed)
+            before = queries_on(feed.route)
             assert len((await page(client, feed, limit=5))[0]) == 5
-            assert queries(feed) == before, feed.url
+            assert queries_on(feed.route) == before, feed.url
 
 
 async def test_a_new_post_shows_at_once_and_a_deleted_one_goes_at_once(

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 
 from petpal.platform import timelines as timelines_module
 from petpal.platform.cache import CacheBackendError
@@ -27,7 +26,7 @@ from petpal.platform.timelines import TimelineContent
 from petpal.social import home
 from petpal.social.feeds import author_key
 from petpal.social.home import home_key
-from tests.factories import User
+from tests.factories import User, queries_on
 from tests.social.builders import (
     a_photo,
     a_post,
@@ -78,13 +77,6 @@ async def truth(
         return await walk(client, HOME, headers=user.headers, limit=7)
     finally:
         services.cache.enabled = True
-
-
-def home_queries() -> float:
-    value = REGISTRY.get_sample_value(
-        "petpal_http_request_db_queries_sum", {"route": HOME}
-    )
-    return value or 0.0
 
 
 async def test_a_post_reaches_the_timelines_of_active_followers(
@@ -356,9 +348,9 @@ async def test_a_slow_rebuild_serves_the_page_from_the_database(
         await services.timelines.wait_idle()  # it went on in the background
         assert await stored(services, home_key(reader.id)) == expected
         assert await home_ids(client, reader) == expected  # caches the counts
-        before = home_queries()
+        before = queries_on(HOME)
         assert await home_ids(client, reader) == expected
-        assert home_queries() == before
+        assert queries_on(HOME) == before
 
 
 async def test_a_warm_home_page_sends_no_sql(settings: Settings, photos: Path) -> None:
@@ -380,14 +372,14 @@ async def test_a_warm_home_page_sends_no_sql(settings: Settings, photos: Path) -
         await settle(services)
 
         async def cost(cursor: str | None) -> tuple[float, str | None]:
-            before = home_queries()
+            before = queries_on(HOME)
             params: dict[str, Any] = {"limit": 5}
             if cursor is not None:
                 params["cursor"] = cursor
             response = await client.get(HOME, headers=reader.headers, params=params)
             assert response.status_code == 200
             assert len(response.json()["items"]) == 5
-            return home_queries() - before, response.json()["next_cursor"]
+            return queries_on(HOME) - before, response.json()["next_cursor"]
 
         cold, cursor = await cost(None)
         assert cold > 0
@@ -604,11 +596,11 @@ async def test_a_walk_reads_the_slack_from_the_timeline_then_past_a_trim_the_dat
             return [p["id"] for p in pages]
 
         assert await walked() == everything  # caches the posts' counts
-        before = home_queries()
+        before = queries_on(HOME)
         # The timeline went past its cap into the slack and holds every post:
         # the whole walk comes from it.
         assert await walked() == everything
-        assert home_queries() == before
+        assert queries_on(HOME) == before
 
         posts.append(await a_post(client, alice, media_id))
         await settle(services)
@@ -617,7 +609,7 @@ async def test_a_walk_reads_the_slack_from_the_timeline_then_past_a_trim_the_dat
         # the database, each post once.
         assert await stored(services, home_key(reader.id)) == everything[:16]
         assert await walked() == everything
-        assert home_queries() > before
+        assert queries_on(HOME) > before
 
 
 async def test_fan_out_reads_the_next_followers_while_it_writes_and_drops_who_left(

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 from sqlalchemy import delete
 from ulid import ULID
 
@@ -26,7 +25,7 @@ from petpal.platform.db import utcnow
 from petpal.platform.services import Services
 from petpal.social import service, trending
 from petpal.social.models import Like
-from tests.factories import User
+from tests.factories import User, queries_on
 from tests.social.builders import a_photo, a_post, many_users, walk
 
 TRENDING = "/api/v1/feed/trending"
@@ -384,13 +383,6 @@ async def test_a_walk_sees_each_post_once_while_scores_change(
     assert await fresh(client, services) != snapshot
 
 
-def _trending_queries() -> float:
-    value = REGISTRY.get_sample_value(
-        "petpal_http_request_db_queries_sum", {"route": TRENDING}
-    )
-    return value or 0.0
-
-
 async def test_a_warm_ranking_is_read_without_sql(
     client: httpx.AsyncClient, services: Services, photos: Path
 ) -> None:
@@ -401,9 +393,9 @@ async def test_a_warm_ranking_is_read_without_sql(
     await fresh(client, services)  # the page's posts and counts into the cache
 
     await like(client, posts[1], fan)
-    before = _trending_queries()
+    before = queries_on(TRENDING)
     shown = await fresh(client, services)  # a new ranking read, and a page
-    assert _trending_queries() == before
+    assert queries_on(TRENDING) == before
     assert shown[:2] == ids([posts[1], posts[0]])
 
 
