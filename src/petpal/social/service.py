@@ -94,7 +94,6 @@ from petpal.social.views import (
     counts_key,
     counts_of,
     liked_key,
-    likes_of,
     next_cursor,
     post_key,
     post_wires,
@@ -594,13 +593,26 @@ async def _like_in_one_statement(
     services: Services, post_id: str, account_id: str, liked_at: datetime
 ) -> tuple[bool, tuple[int, int], str]:
     parameters = {"like_post": post_id, "like_account": account_id, "like_at": liked_at}
+    row, counts, author_id = await _run_like_statement(
+        services, _LIKE, parameters, post_id
+    )
+    return row is not None, counts, author_id
+
+
+async def _run_like_statement(
+    services: Services, statement: Any, parameters: dict[str, Any], post_id: str
+) -> tuple[Sequence[Any] | None, tuple[int, int], str]:
+    """Run ``_LIKE`` or ``_UNLIKE``: the row it returned (None when there was
+    nothing to change: liked already, or not liked), and the post's counts
+    and author either way. A missing post fails the like's foreign key, or
+    finds no row to read: 404 both."""
     async with services.db.statement_session() as session:
         connection = await session.connection()
-        row = (await connection.execute(_LIKE, parameters)).one_or_none()
-        if row is None:  # liked already (or no such post: 404)
+        row = (await connection.execute(statement, parameters)).one_or_none()
+        if row is None:
             counts, author_id = await _add_likes(session, post_id, 0)
-            return False, counts, author_id
-    return True, (int(row[0]), int(row[1])), str(row[2])
+            return None, counts, author_id
+    return row, (int(row[0]), int(row[1])), str(row[2])
 
 
 async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeState:
@@ -647,13 +659,11 @@ async def _unlike_in_one_statement(
     services: Services, post_id: str, account_id: str
 ) -> tuple[datetime | None, tuple[int, int], str]:
     parameters = {"like_post": post_id, "like_account": account_id}
-    async with services.db.statement_session() as session:
-        connection = await session.connection()
-        row = (await connection.execute(_UNLIKE, parameters)).one_or_none()
-        if row is None:  # not liked (or no such post: 404)
-            counts, author_id = await _add_likes(session, post_id, 0)
-            return None, counts, author_id
-    return row[3], (int(row[0]), int(row[1])), str(row[2])
+    row, counts, author_id = await _run_like_statement(
+        services, _UNLIKE, parameters, post_id
+    )
+    # The like's time, after the counts and the author.
+    return (None if row is None else row[3]), counts, author_id
 
 
 async def _store_like_state(
@@ -686,17 +696,14 @@ async def _store_like_state(
     )
 
 
-async def _rewarm(
-    services: Services, post_id: str, liker_id: str | None = None
-) -> None:
-    """Load again the keys of a post that a like or comment just invalidated.
+async def _rewarm(services: Services, post_id: str) -> None:
+    """Load again the counts of a post that a comment just invalidated.
 
     The writer pays one primary-key read, so that the many feed pages that
-    show the post next find its counts (and the liker their like) cached.
+    show the post next find its counts cached. (Likes store the counts
+    they know instead: ``_store_like_state``.)
     """
-    await asyncio.gather(
-        counts_of(services, [post_id]), likes_of(services, liker_id, [post_id])
-    )
+    await counts_of(services, [post_id])
 
 
 async def _require_post(session: AsyncSession, post_id: str) -> str:
