@@ -111,6 +111,20 @@ async def test_a_parameter_equal_to_a_literal_segment_keeps_the_route_label(
     assert "/api/v1/accounts/posts/{username}" not in metrics
 
 
+async def json_body_routes(client: httpx.AsyncClient) -> list[tuple[str, str]]:
+    """Every (method, path) whose OpenAPI request body is JSON, with an id
+    that names nothing in each path parameter."""
+    schema = (await client.get("/openapi.json")).json()
+    routes = [
+        (method, re.sub(r"\{[^}]+\}", "01M911CEGT3NK0JZ0V2W5W54ET", path))
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert len(routes) >= 9, routes  # the API's JSON routes were found
+    return routes
+
+
 @pytest.mark.parametrize(
     "content_type",
     [
@@ -125,22 +139,37 @@ async def test_every_json_route_refuses_a_body_of_another_type_as_415(
     """A JSON body labelled as something else is 415, not a 422 that says
     "input should be an object" about a body the client sent as one."""
     user = await a_user(client)
-    schema = (await client.get("/openapi.json")).json()
-    routes = [
-        (method, path)
-        for path, operations in schema["paths"].items()
-        for method, operation in operations.items()
-        if "application/json" in operation.get("requestBody", {}).get("content", {})
-    ]
-    assert len(routes) >= 9, routes  # the API's JSON routes were found
+    routes = await json_body_routes(client)
     headers = dict(user.headers)
     if content_type is not None:
         headers["Content-Type"] = content_type
-    for method, template in routes:
-        path = re.sub(r"\{[^}]+\}", "01M911CEGT3NK0JZ0V2W5W54ET", template)
+    for method, path in routes:
         response = await client.request(
             method, path, content=b'{"name": "Rex"}', headers=headers
         )
-        assert response.status_code == 415, (method, template, response.text)
+        assert response.status_code == 415, (method, path, response.text)
         problem = assert_problem(response, 415, "unsupported_media_type")
         assert "application/json" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        pytest.param(b'{"name": "Rex', "not valid JSON", id="truncated"),
+        pytest.param(b'{"name": "R\xffx"}', "not UTF-8", id="not-utf8"),
+        pytest.param(b"[" * 30_000 + b"]" * 30_000, "nested too deeply", id="deep"),
+        pytest.param(b"[" + b"9" * 5_000 + b"]", "not valid JSON", id="huge-int"),
+    ],
+)
+async def test_every_json_route_says_an_unreadable_json_body_is_malformed(
+    client: httpx.AsyncClient, body: bytes, says: str
+) -> None:
+    """Whatever stops a body labelled JSON from parsing is our 400
+    ``malformed_json`` with the reason, never the framework's bare 400."""
+    user = await a_user(client)
+    routes = await json_body_routes(client)
+    headers = {**user.headers, "Content-Type": "application/json"}
+    for method, path in routes:
+        response = await client.request(method, path, content=body, headers=headers)
+        problem = assert_problem(response, 400, "malformed_json")
+        assert says in problem["detail"], (method, path, problem)

@@ -177,8 +177,30 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
+def _why_json_body_unreadable(exc: StarletteHTTPException) -> str | None:
+    """What was wrong with a JSON body that FastAPI could not parse, or None.
+
+    FastAPI turns only ``JSONDecodeError`` into a validation error; any other
+    failure of ``json.loads`` becomes a bare 400 "There was an error parsing
+    the body", raised from the error. These are the ones a client's bytes
+    cause.
+    """
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, UnicodeError):
+        return "the request body is not valid JSON: it is not UTF-8 text"
+    if isinstance(cause, RecursionError):
+        return "the request body is not valid JSON we accept: it is nested too deeply"
+    if isinstance(cause, ValueError):
+        return "the request body is not valid JSON"
+    return None
+
+
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if (why := _why_json_body_unreadable(exc)) is not None:
+        return problem_response(request, 400, "malformed_json", why)
     status = exc.status_code
     code = {
         400: "bad_request",
