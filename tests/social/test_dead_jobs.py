@@ -35,7 +35,7 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 def breaks(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
     """``target`` raises from now on, as the timeline store failing would."""
 
-    async def broken(*_: Any) -> None:
+    async def broken(*_: Any, **__: Any) -> None:
         raise CacheBackendError("the timeline store is away")
 
     monkeypatch.setattr(target, broken)
@@ -111,7 +111,7 @@ async def test_a_dead_follow_change_leaves_no_timeline_without_the_followee(
     await settle(services)
 
     # The request's own update fails as well as every attempt of the job.
-    breaks(monkeypatch, "petpal.social.home.follow_changed")
+    breaks(monkeypatch, "petpal.social.home.followed")
     await follow(client, reader, author)
     await settle(services)
     assert await dead_kinds(services) == [home.FOLLOW_JOB]

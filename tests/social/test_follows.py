@@ -184,6 +184,7 @@ async def test_page_sizes_out_of_range_are_422(
 
 
 PROFILE_ROUTE = "/api/v1/accounts/{username}"
+FOLLOW_ROUTE = "/api/v1/accounts/{username}/follow"
 
 
 async def test_followed_by_me_is_cached_and_exact_after_each_change(
@@ -265,3 +266,50 @@ async def test_many_follows_and_unfollows_at_once_keep_the_counts_exact(
             )
         )
         assert sorted(following.all()) == [0] * len(leaving) + [1] * staying
+
+
+async def test_accounts_following_each_other_at_once_keep_exact_counts(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Each follow adds to both accounts' counters in one upsert of two rows;
+    pairs following and unfollowing each other at the same moment leave
+    every counter exact and every answer a 204."""
+    users = await many_users(services, 16)
+    pairs = list(zip(users[::2], users[1::2], strict=True))
+
+    async def send(method: str, who: User, whom: User) -> None:
+        url = f"/api/v1/accounts/{whom.username}/follow"
+        response = await client.request(method, url, headers=who.headers)
+        assert response.status_code == 204, response.text
+
+    for method, following in (("POST", 1), ("DELETE", 0), ("POST", 1)):
+        await asyncio.gather(
+            *(send(method, a, b) for a, b in pairs),
+            *(send(method, b, a) for a, b in pairs),
+        )
+        async with services.db.read_session() as session:
+            rows = await session.execute(
+                select(AccountStats.follower_count, AccountStats.following_count).where(
+                    AccountStats.account_id.in_([user.id for user in users])
+                )
+            )
+            assert sorted(tuple(row) for row in rows) == [(following, following)] * 16
+
+
+async def test_a_follow_reads_nothing_back_that_it_knows(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The follow's own statements, one read of the followee's posts for the
+    follower's timeline and the follow read again after writing it, and the
+    backstop recorded done; an unfollow reads nothing."""
+    reader, author = await many_users(services, 2)
+    assert await home_ids(client, reader) == []  # the reader's timeline exists
+    await settle(services)
+    await client.get(f"/api/v1/accounts/{author.username}")  # the name cached
+    for action, expected in (
+        (follow, 3 + 2 + 1),  # follow, counters, job; posts, follow; done
+        (unfollow, 3 + 1),  # unfollow, counters, job; done
+    ):
+        before = queries_on(FOLLOW_ROUTE)
+        await action(client, reader, author)
+        assert queries_on(FOLLOW_ROUTE) - before == expected, action

@@ -473,31 +473,52 @@ async def follow_changed(
 ) -> None:
     """Bring the follower's timeline in line with the follow as it is now.
 
-    Run in the request after a follow or unfollow, and again as the
-    ``social.follow_timeline`` job; either order gives the same result.
+    The ``social.follow_timeline`` job: the backstop of what a follow or an
+    unfollow does in its request (``followed``, ``unfollowed``), which knew
+    the facts read here. Either order gives the same result.
+    """
+    async with services.db.read_session() as session:
+        following = await _follows(session, follower_id, followee_id)
+        followers = await _follower_count(session, followee_id) if following else 0
+    if following:
+        await followed(services, follower_id, followee_id, followers=followers)
+    else:
+        await unfollowed(services, follower_id)
+
+
+async def followed(
+    services: Services, follower_id: str, followee_id: str, *, followers: int
+) -> None:
+    """Add the followee's posts to the follower's timeline, after a follow
+    committed; ``followers`` is the followee's follower count with it.
+
+    Should an unfollow commit meanwhile, its ``unfollowed`` may run before
+    these posts are written: the follow is read again after writing them,
+    and the timeline forgotten if it is gone.
     """
     timelines = services.timelines
     key = home_key(follower_id)
+    big = followers > services.settings.fanout_max_followers
     ids: list[str] = []
-    big = False
-    async with services.db.read_session() as session:
-        following = await _follows(session, follower_id, followee_id)
-        if following:
-            followers = await _follower_count(session, followee_id)
-            big = followers > services.settings.fanout_max_followers
-            if not big:  # a big account's posts come through the link
-                recent = recent_posts(followee_id).limit(timelines.cap)
-                ids = list((await session.scalars(recent)).all())
-    if not following:
-        # The followee's posts leave the timeline with it; a build in
-        # progress that read the follow is void too.
-        await timelines.forget(key)
-        return
+    if not big:  # a big account's posts come through the link
+        async with services.db.read_session() as session:
+            recent = recent_posts(followee_id).limit(timelines.cap)
+            ids = list((await session.scalars(recent)).all())
     written = await timelines.add([key], ids=ids, links=[followee_id] if big else [])
     if written:
         async with services.db.read_session() as session:
             if not await _follows(session, follower_id, followee_id):
                 await timelines.forget(key)  # unfollowed meanwhile
+
+
+async def unfollowed(services: Services, follower_id: str) -> None:
+    """Forget the follower's timeline after an unfollow committed.
+
+    The followee's posts leave it with it; its next read rebuilds it from
+    the follows as they are then, and a build in progress that read the
+    follow is void too.
+    """
+    await services.timelines.forget(home_key(follower_id))
 
 
 async def _follows(session: AsyncSession, follower_id: str, followee_id: str) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
@@ -195,15 +195,65 @@ async def _bump_stats(session: AsyncSession, account_id: str, **deltas: int) -> 
     )
 
 
+def _follow_stats_statement(insert: Any) -> Any:
+    """Both accounts' follow counters in one upsert: rows ``first`` and
+    ``second``, the two account ids in sorted order, each adding its deltas
+    (zero for the counter it leaves alone). It returns each row's follower
+    count after the change."""
+    rows = [
+        {
+            "account_id": bindparam(f"{row}_id"),
+            "follower_count": bindparam(f"{row}_followers"),
+            "following_count": bindparam(f"{row}_following"),
+            "post_count": 0,
+        }
+        for row in ("first", "second")
+    ]
+    statement = insert(_table(AccountStats)).values(rows)
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[AccountStats.account_id],
+        set_={
+            "follower_count": AccountStats.follower_count + excluded.follower_count,
+            "following_count": AccountStats.following_count + excluded.following_count,
+        },
+    ).returning(AccountStats.account_id, AccountStats.follower_count)
+
+
+# Built once, with named parameters (see _LIKE below), one per dialect.
+_FOLLOW_STATS = {
+    "postgresql": _follow_stats_statement(postgresql.insert),
+    "sqlite": _follow_stats_statement(sqlite.insert),
+}
+
+
 async def _bump_follow_stats(
     session: AsyncSession, follower_id: str, followee_id: str, delta: int
-) -> None:
-    # Always in id order: two accounts following each other at the same
-    # moment would otherwise lock the two rows in opposite orders, and one of
-    # the transactions would die in a deadlock (on PostgreSQL).
-    bumps = {follower_id: "following_count", followee_id: "follower_count"}
-    for account_id in sorted(bumps):
-        await _bump_stats(session, account_id, **{bumps[account_id]: delta})
+) -> int:
+    """Add ``delta`` to the follower's following count and to the followee's
+    follower count, in the caller's transaction; the followee's follower
+    count after it.
+
+    The rows go in id order: two accounts following each other at the same
+    moment would otherwise lock the two rows in opposite orders, and one of
+    the transactions would die in a deadlock (on PostgreSQL). A multi-row
+    insert takes its rows in the order given.
+    """
+    deltas = {
+        follower_id: {"followers": 0, "following": delta},
+        followee_id: {"followers": delta, "following": 0},
+    }
+    parameters: dict[str, Any] = {}
+    for row, account_id in zip(("first", "second"), sorted(deltas), strict=True):
+        parameters[f"{row}_id"] = account_id
+        for name, value in deltas[account_id].items():
+            parameters[f"{row}_{name}"] = value
+    connection = await session.connection()
+    result = await connection.execute(
+        _FOLLOW_STATS[connection.dialect.name], parameters
+    )
+    followers = {str(row[0]): int(row[1]) for row in result}
+    return followers[followee_id]
 
 
 # --- follows --------------------------------------------------------------------
@@ -227,19 +277,21 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
                 },
             )
             if inserted:
-                await _bump_follow_stats(session, follower_id, followee_id, 1)
+                followers = await _bump_follow_stats(
+                    session, follower_id, followee_id, 1
+                )
                 job_id = _enqueue_follow_change(session, follower_id, followee_id)
     except IntegrityError as exc:
         # One of the two accounts was deleted after its name was resolved.
         raise NotFoundError("the account") from exc
     if job_id is not None:
         SOCIAL_WRITES.labels("follow").inc()
-        await services.cache.invalidate(
-            _counts_key(follower_id),
-            _counts_key(followee_id),
-            _following_key(follower_id),
+        await _forget_follow_counts(services, follower_id, followee_id)
+        await _apply_follow_change(
+            services,
+            job_id,
+            home.followed(services, follower_id, followee_id, followers=followers),
         )
-        await _apply_follow_change(services, follower_id, followee_id, job_id)
 
 
 async def do_unfollow(services: Services, follower_id: str, username: str) -> None:
@@ -259,12 +311,18 @@ async def do_unfollow(services: Services, follower_id: str, username: str) -> No
             job_id = _enqueue_follow_change(session, follower_id, followee_id)
     if job_id is not None:
         SOCIAL_WRITES.labels("unfollow").inc()
-        await services.cache.invalidate(
-            _counts_key(follower_id),
-            _counts_key(followee_id),
-            _following_key(follower_id),
+        await _forget_follow_counts(services, follower_id, followee_id)
+        await _apply_follow_change(
+            services, job_id, home.unfollowed(services, follower_id)
         )
-        await _apply_follow_change(services, follower_id, followee_id, job_id)
+
+
+async def _forget_follow_counts(
+    services: Services, follower_id: str, followee_id: str
+) -> None:
+    await services.cache.invalidate(
+        _counts_key(follower_id), _counts_key(followee_id), _following_key(follower_id)
+    )
 
 
 def _enqueue_follow_change(
@@ -280,14 +338,14 @@ def _enqueue_follow_change(
 
 
 async def _apply_follow_change(
-    services: Services, follower_id: str, followee_id: str, job_id: str
+    services: Services, job_id: str, change: Awaitable[None]
 ) -> None:
     # At once, so that the follower's next page shows the change; the job
     # committed with the follow repeats it should the timeline store fail
     # (at once) or this process die first (after its delay). Done here, it
     # is recorded done, and no relay or worker spends anything on it.
     try:
-        await home.follow_changed(services, follower_id, followee_id)
+        await change
     except CacheBackendError:
         await release_backstop(services.db, job_id)
     else:
