@@ -301,14 +301,14 @@ async def test_a_follow_reads_nothing_back_that_it_knows(
 ) -> None:
     """The follow's own statements, one read of the followee's posts for the
     follower's timeline and the follow read again after writing it, and the
-    backstop recorded done; an unfollow reads nothing."""
+    backstop recorded done; an unfollow the same."""
     reader, author = await many_users(services, 2)
     assert await home_ids(client, reader) == []  # the reader's timeline exists
     await settle(services)
     await client.get(f"/api/v1/accounts/{author.username}")  # the name cached
     for action, expected in (
         (follow, 3 + 2 + 1),  # follow, counters, job; posts, follow; done
-        (unfollow, 3 + 1),  # unfollow, counters, job; done
+        (unfollow, 3 + 2 + 1),  # unfollow, counters, job; posts, follow; done
     ):
         before = queries_on(FOLLOW_ROUTE)
         await action(client, reader, author)

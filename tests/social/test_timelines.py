@@ -433,6 +433,88 @@ async def test_the_store_keeps_its_rules(settings: Settings) -> None:
         assert await stored(services, "t:b") is None
 
 
+async def test_an_unlink_takes_one_source_out_and_voids_a_build(
+    settings: Settings,
+) -> None:
+    async with an_app(settings) as (_, services):
+        timelines = services.timelines
+        ids = ulids(6)
+        content = TimelineContent(ids[::-1], True, ["alice", "star"])
+        assert await timelines.build("t:a", lambda: loaded(content), 5.0)
+
+        # Out go the source's ids and its link; the rest, and the facts, stay.
+        assert await timelines.unlink("t:a", [ids[1], ids[4], "01J-absent"], "star")
+        (kept,) = await timelines.read(["t:a"], None, 100)
+        assert kept is not None
+        assert kept.ids == [ids[5], ids[3], ids[2], ids[0]]
+        assert kept.complete
+        assert kept.links == ["alice"]
+        # No timeline: nothing to change, nothing made.
+        assert not await timelines.unlink("t:none", ids, "star")
+        assert await stored(services, "t:none") is None
+
+        # A timeline being built is deleted: its build read the source before
+        # the change, and stores nothing.
+        release = asyncio.Event()
+
+        async def slow() -> TimelineContent:
+            await release.wait()
+            return TimelineContent(ids[::-1], True, ["star"])
+
+        building = asyncio.create_task(timelines.build("t:b", slow, 5.0))
+        await asyncio.sleep(0.05)
+        assert not await timelines.unlink("t:b", ids[:2], "star")
+        release.set()
+        assert await building is not None
+        assert await stored(services, "t:b") is None
+
+
+async def test_an_unfollow_keeps_the_timeline_warm_without_the_followee(
+    settings: Settings, photos: Path
+) -> None:
+    async with an_app(settings, fanout_max_followers=1) as (client, services):
+        reader, alice, star, fan = await many_users(services, 4)
+        await follow(client, fan, star)  # star is big: merged through a link
+        posts: dict[str, list[str]] = {}
+        for author in (alice, star):
+            media_id = await a_photo(client, author, services, photos)
+            await follow(client, reader, author)
+            posts[author.id] = [
+                (await a_post(client, author, media_id))["id"] for _ in range(3)
+            ]
+        await settle(services)
+        everything = sorted(posts[alice.id] + posts[star.id], reverse=True)
+        assert await home_ids(client, reader) == everything
+        await home_ids(client, reader)  # every post's view cached
+
+        for gone, left in ((alice, posts[star.id]), (star, [])):
+            await unfollow(client, reader, gone)
+            before = queries_on(HOME)
+            # At once, and from the timeline as it was: nothing rebuilt.
+            assert await home_ids(client, reader) == sorted(left, reverse=True)
+            assert queries_on(HOME) == before
+        await settle(services)
+        assert await home_ids(client, reader) == []
+
+
+async def test_an_unfollow_that_a_new_follow_overtook_forgets_the_timeline(
+    settings: Settings, photos: Path
+) -> None:
+    async with an_app(settings) as (client, services):
+        reader, alice = await many_users(services, 2)
+        await follow(client, reader, alice)
+        media_id = await a_photo(client, alice, services, photos)
+        post = await a_post(client, alice, media_id)
+        await settle(services)
+        assert await home_ids(client, reader) == [post["id"]]
+
+        # The unfollow's own change, run late: the reader follows alice again
+        # by then, so the timeline without her posts must not stay.
+        await home.unfollowed(services, reader.id, alice.id)
+        assert await stored(services, home_key(reader.id)) is None
+        assert await home_ids(client, reader) == [post["id"]]
+
+
 def ulids(count: int) -> list[str]:
     """Ids that sort like ULIDs, oldest first."""
     return [f"01J{n:023d}" for n in range(count)]

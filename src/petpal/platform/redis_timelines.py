@@ -180,6 +180,23 @@ for _, key in ipairs(KEYS) do redis.call('ZREM', key, unpack(ARGV)) end
 """
 
 
+# KEYS[1]: the timeline. ARGV: the link's name, then the ids. A build's
+# token is a member from '~build:' up to (not including) '~build;'.
+_UNLINK = """
+local key = KEYS[1]
+if redis.call('ZSCORE', key, '~ready')
+    and #redis.call('ZRANGEBYLEX', key, '[~build:', '(~build;', 'LIMIT', 0, 1) == 0 then
+  redis.call('ZREM', key, '~link:' .. ARGV[1])
+  for j = 2, #ARGV, 500 do
+    redis.call('ZREM', key, unpack(ARGV, j, math.min(j + 499, #ARGV)))
+  end
+  return 1
+end
+redis.call('DEL', key)
+return 0
+"""
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -201,6 +218,7 @@ class RedisTimelineBackend:
         self._finish = client.register_script(_FINISH_BUILD)
         self._add = client.register_script(_ADD)
         self._remove = client.register_script(_REMOVE)
+        self._unlink = client.register_script(_UNLINK)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisTimelineBackend:
@@ -284,6 +302,10 @@ class RedisTimelineBackend:
     async def remove(self, keys: Sequence[str], ids: Sequence[str]) -> None:
         if keys and ids:
             await redis_call(self._remove(keys=self._keys(keys), args=list(ids)))
+
+    async def unlink(self, key: str, ids: Sequence[str], link: str) -> bool:
+        kept = await redis_call(self._unlink(keys=self._keys([key]), args=[link, *ids]))
+        return bool(kept)
 
     async def delete(self, keys: Sequence[str]) -> None:
         if keys:

@@ -137,6 +137,11 @@ class TimelineBackend(Protocol):
         ...
 
     async def remove(self, keys: Sequence[str], ids: Sequence[str]) -> None: ...
+    async def unlink(self, key: str, ids: Sequence[str], link: str) -> bool:
+        """Take ``ids`` and the link ``link`` out of a ready timeline; True if
+        so. One that is being built is deleted instead, with its builds."""
+        ...
+
     async def delete(self, keys: Sequence[str]) -> None: ...
     async def has_mark(self, key: str) -> bool: ...
     async def set_mark(self, key: str, ttl: float) -> None: ...
@@ -263,6 +268,18 @@ class InProcessTimelineBackend:
             timeline = self._get(key)
             if timeline is not None:
                 timeline.ids = [i for i in timeline.ids if i not in gone]
+
+    async def unlink(self, key: str, ids: Sequence[str], link: str) -> bool:
+        timeline = self._get(key)
+        if timeline is None:
+            return False
+        if not timeline.ready or timeline.builds:
+            del self._data[key]
+            return False
+        gone = set(ids)
+        timeline.ids = [i for i in timeline.ids if i not in gone]
+        timeline.links.discard(link)
+        return True
 
     async def delete(self, keys: Sequence[str]) -> None:
         for key in keys:
@@ -435,6 +452,21 @@ class Timelines:
             await self._calls.call(
                 "timeline_remove", lambda: self.backend.remove(names, ids), owe=names
             )
+
+    async def unlink(self, key: str, ids: Sequence[str], link: str) -> bool:
+        """Take one source's ``ids`` and ``link`` out of timeline ``key`` (an
+        unfollow); True if it was ready and kept, and the caller should
+        check that the source is still to be left out.
+
+        A timeline being built is deleted instead, like ``forget``: its
+        build may have read the source before the change.
+        """
+        name = KEY_PREFIX + key
+        return await self._calls.call(
+            "timeline_remove",
+            lambda: self.backend.unlink(name, ids, link),
+            owe=[name],
+        )
 
     async def forget(self, *keys: str) -> None:
         """Delete timelines (and builds in progress): the next read rebuilds."""

@@ -35,13 +35,14 @@ deletion, then takes the id out of the timelines, and a page that still
 meets it takes it out of the timelines it read.
 
 Following. A follow adds the followee's recent posts (or the link) to the
-follower's timeline; an unfollow deletes the timeline, which also voids a
-build in progress, and the next read rebuilds it. Both happen in the
-request; a ``social.follow_timeline`` job committed with the change is their
-backstop (``jobs.BACKSTOP_DELAY``): recorded done by the request once it did
-the work, made due at once if the timeline store failed, and run after its
-delay if the process died in between. It brings the timeline in line with
-whatever the follow is by then, so no timeline stays wrong for long.
+follower's timeline; an unfollow takes them out again (``unfollowed``), or
+deletes the timeline if a build is in progress, which voids the build. Both
+happen in the request; a ``social.follow_timeline`` job committed with the
+change is their backstop (``jobs.BACKSTOP_DELAY``): recorded done by the
+request once it did the work, made due at once if the timeline store
+failed, and run after its delay if the process died in between. It brings
+the timeline in line with whatever the follow is by then (after an
+unfollow, by deleting it), so no timeline stays wrong for long.
 
 Reading. A warm page is one script call for the timeline's ids and links,
 one more for the linked authors' timelines if there are any, then two
@@ -483,7 +484,9 @@ async def follow_changed(
     if following:
         await followed(services, follower_id, followee_id, followers=followers)
     else:
-        await unfollowed(services, follower_id)
+        # Forgotten whole: the followee's ids would be one more read, and a
+        # job runs rarely (the request's own change failed or never ran).
+        await services.timelines.forget(home_key(follower_id))
 
 
 async def followed(
@@ -511,14 +514,28 @@ async def followed(
                 await timelines.forget(key)  # unfollowed meanwhile
 
 
-async def unfollowed(services: Services, follower_id: str) -> None:
-    """Forget the follower's timeline after an unfollow committed.
+async def unfollowed(services: Services, follower_id: str, followee_id: str) -> None:
+    """Take the followee's posts and link out of the follower's timeline,
+    after an unfollow committed.
 
-    The followee's posts leave it with it; its next read rebuilds it from
-    the follows as they are then, and a build in progress that read the
-    follow is void too.
+    The timeline stays, so the follower's next page needs no rebuild. A
+    fan-out of the followee that read the follow before it went deletes the
+    timeline itself once it sees that (``_deliver``); a build in progress,
+    which may have read the follow, is voided (``Timelines.unlink``); and
+    should the follower follow again before this runs, the follow is read
+    again afterwards and the timeline forgotten.
     """
-    await services.timelines.forget(home_key(follower_id))
+    timelines = services.timelines
+    key = home_key(follower_id)
+    async with services.db.read_session() as session:
+        # Every post of the followee a timeline can hold: it keeps the
+        # newest cap (plus slack) of all, so none older than these.
+        recent = recent_posts(followee_id).limit(timelines.cap + timelines.slack)
+        ids = list((await session.scalars(recent)).all())
+    if await timelines.unlink(key, ids, followee_id):
+        async with services.db.read_session() as session:
+            if await _follows(session, follower_id, followee_id):
+                await timelines.forget(key)  # followed again meanwhile
 
 
 async def _follows(session: AsyncSession, follower_id: str, followee_id: str) -> bool:

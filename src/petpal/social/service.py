@@ -313,7 +313,7 @@ async def do_unfollow(services: Services, follower_id: str, username: str) -> No
         SOCIAL_WRITES.labels("unfollow").inc()
         await _forget_follow_counts(services, follower_id, followee_id)
         await _apply_follow_change(
-            services, job_id, home.unfollowed(services, follower_id)
+            services, job_id, home.unfollowed(services, follower_id, followee_id)
         )
 
 
