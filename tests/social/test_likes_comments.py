@@ -3,19 +3,21 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 
 from petpal.platform.cache import is_tombstone
 from petpal.platform.db import queries_in_scope
+from petpal.platform.ids import new_id
 from petpal.platform.services import Services
 from petpal.social import service
-from petpal.social.models import Like, Post
+from petpal.social.models import Comment, Like, Post
 from petpal.social.views import counts_key, liked_key
-from tests.factories import User, assert_problem
+from tests.factories import User, assert_problem, page_ids, queries_on
 from tests.social.builders import (
     a_member,
     a_photo,
@@ -320,6 +322,212 @@ async def test_concurrent_comments_and_deletes_keep_the_count_exact(
     assert sorted(r.status_code for r in deletes) == [204] * 10 + [404] * 20
     fetched = await client.get(f"/api/v1/posts/{post['id']}")
     assert fetched.json()["comment_count"] == 10
+
+
+COMMENTS = "/api/v1/posts/{post_id}/comments"
+
+
+async def _a_comment(
+    client: httpx.AsyncClient, post_id: str, user: User, body: str = "woof"
+) -> httpx.Response:
+    url = COMMENTS.format(post_id=post_id)
+    return await client.post(url, headers=user.headers, json={"body": body})
+
+
+async def _comment_rows(services: Services, post_id: str) -> list[str]:
+    async with services.db.read_session() as session:
+        found = await session.scalars(
+            select(Comment.id).where(Comment.post_id == post_id).order_by(Comment.id)
+        )
+        return list(found.all())
+
+
+async def test_a_comment_is_one_statement_and_leaves_its_counts_cached(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    alice, bob = await many_users(services, 2)
+    post = await a_post(client, alice, await a_photo(client, alice, services, photos))
+    await client.post(f"/api/v1/posts/{post['id']}/like", headers=alice.headers)
+    # Bob's summary (in the comment's answer) is cached by his first comment.
+    assert (await _a_comment(client, post["id"], bob, "first")).status_code == 201
+
+    for body in ("second", "third"):
+        before = queries_on(COMMENTS)
+        response = await _a_comment(client, post["id"], bob, body)
+        assert response.status_code == 201, response.text
+        assert response.json()["body"] == body
+        # The post's count and the comment's row: one statement on
+        # PostgreSQL (see do_comment), an update and an insert on SQLite;
+        # nothing read back for the cache.
+        expected = 2 if services.db.is_sqlite else 1
+        assert queries_on(COMMENTS) - before == expected
+        in_database, _ = await _in_database(services, post["id"], bob.id)
+        assert in_database == [1, len(await _comment_rows(services, post["id"]))]
+        cached = await _cached(services, counts_key(post["id"]))
+        assert orjson.loads(cached or b"") == in_database
+
+
+@pytest.mark.parametrize(
+    "post_id", [pytest.param(new_id(), id="unknown"), pytest.param("x1", id="bad")]
+)
+async def test_a_comment_on_a_missing_post_is_404_and_writes_nothing(
+    client: httpx.AsyncClient, services: Services, post_id: str
+) -> None:
+    bob = await a_member(services)
+    for _ in range(2):
+        assert_problem(await _a_comment(client, post_id, bob), 404, "not_found")
+    async with services.db.read_session() as session:
+        assert await session.scalar(select(func.count()).select_from(Comment)) == 0
+
+
+async def test_a_comment_on_a_post_deleted_at_the_same_time_is_404(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    alice, bob = await many_users(services, 2)
+    post = await a_post(client, alice, await a_photo(client, alice, services, photos))
+    other = await a_post(client, alice, post["media"][0]["id"])
+    assert (await _a_comment(client, other["id"], bob)).status_code == 201
+
+    # The post's deletion holds its row while the comment arrives: the
+    # comment waits for it, and then finds no post.
+    async with services.db.write_session() as session:
+        await session.execute(delete(Post).where(Post.id == post["id"]))
+        commenting = asyncio.create_task(_a_comment(client, post["id"], bob))
+        await asyncio.sleep(0.5)
+        assert not commenting.done()
+    assert_problem(await commenting, 404, "not_found")
+    assert await _comment_rows(services, post["id"]) == []
+    # The other post's count is untouched.
+    assert await _in_database(services, other["id"], bob.id) == ([0, 1], b"0")
+
+
+async def test_a_comment_waiting_for_a_deletion_rolled_back_is_counted(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    alice, bob = await many_users(services, 2)
+    post = await a_post(client, alice, await a_photo(client, alice, services, photos))
+    assert (await _a_comment(client, post["id"], bob)).status_code == 201
+
+    async with services.db.write_session() as session:
+        await session.execute(delete(Post).where(Post.id == post["id"]))
+        commenting = asyncio.create_task(_a_comment(client, post["id"], bob))
+        await asyncio.sleep(0.5)
+        assert not commenting.done()
+        await session.rollback()
+    assert (await commenting).status_code == 201
+    rows = await _comment_rows(services, post["id"])
+    assert len(rows) == 2
+    assert (await _in_database(services, post["id"], bob.id))[0] == [0, 2]
+    served = await client.get(f"/api/v1/posts/{post['id']}")
+    assert served.json()["comment_count"] == 2
+
+
+async def test_many_comments_and_likes_at_once_keep_counts_and_cache_exact(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    author = await a_member(services)
+    post = await a_post(client, author, await a_photo(client, author, services, photos))
+    people = await many_users(services, 60)
+    post_url = f"/api/v1/posts/{post['id']}"
+
+    async def engage(person: User, index: int) -> list[int]:
+        answers = await asyncio.gather(
+            _a_comment(client, post["id"], person),
+            _a_comment(client, post["id"], person),
+            client.get(post_url),
+        )
+        if index % 2 == 0:
+            liked, _ = await _answered(client, "POST", f"{post_url}/like", person)
+            answers.append(liked)
+        answers.append(await _a_comment(client, post["id"], person))
+        return [answer.status_code for answer in answers]
+
+    answers = await asyncio.gather(*(engage(p, i) for i, p in enumerate(people)))
+    assert {code for codes in answers for code in codes} == {200, 201}
+
+    in_database, _ = await _in_database(services, post["id"], author.id)
+    assert in_database == [30, 180]
+    assert len(await _comment_rows(services, post["id"])) == 180
+    # Straight from the store: a miss (a tombstone) after a race is fine, a
+    # value other than the database's is not.
+    cached = await services.cache.backend.get(counts_key(post["id"]))
+    if cached is not None and not is_tombstone(cached):
+        assert orjson.loads(cached) == in_database
+    served = (await client.get(post_url)).json()
+    assert [served["like_count"], served["comment_count"]] == in_database
+
+
+async def test_a_like_between_a_comments_commit_and_its_cache_store_is_not_lost(
+    client: httpx.AsyncClient,
+    services: Services,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alice, bob = await many_users(services, 2)
+    post = await a_post(client, alice, await a_photo(client, alice, services, photos))
+    post_url = f"/api/v1/posts/{post['id']}"
+    assert (await client.get(post_url)).json()["like_count"] == 0  # cached
+
+    # The comment's counts say 0 likes; the like commits right after it and
+    # stores its own counts before the comment's are stored.
+    for path in ("_comment_in_transaction", "_comment_in_one_statement"):
+        write = getattr(service, path)
+
+        async def then_a_like(*args: Any, write: Any = write) -> Any:
+            answer = await write(*args)
+            assert (await client.post(f"{post_url}/like", headers=bob.headers)).json()[
+                "like_count"
+            ] == 1
+            return answer
+
+        monkeypatch.setattr(service, path, then_a_like)
+    assert (await _a_comment(client, post["id"], bob)).status_code == 201
+    monkeypatch.undo()
+
+    in_database, _ = await _in_database(services, post["id"], bob.id)
+    assert in_database == [1, 1]
+    cached = await services.cache.backend.get(counts_key(post["id"]))
+    if cached is not None and not is_tombstone(cached):
+        assert orjson.loads(cached) == in_database
+    served = (await client.get(post_url)).json()
+    assert [served["like_count"], served["comment_count"]] == in_database
+
+
+async def test_a_comment_shows_at_once_in_every_page_of_its_post(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    alice, bob = await many_users(services, 2)
+    post = await a_post(client, alice, await a_photo(client, alice, services, photos))
+    url = COMMENTS.format(post_id=post["id"])
+    first = (await _a_comment(client, post["id"], bob, "first")).json()["id"]
+    pages = [
+        f"/api/v1/posts/{post['id']}",
+        "/api/v1/feed/public",
+        f"/api/v1/accounts/{alice.username}/posts",
+        "/api/v1/feed/home",
+    ]
+
+    async def comment_counts() -> list[int]:
+        counts = []
+        for page in pages:
+            response = await client.get(page, headers=alice.headers)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            (item,) = body.get("items", [body])
+            assert item["id"] == post["id"]
+            counts.append(item["comment_count"])
+        return counts
+
+    for expected in (1, 2, 3):
+        # Every page read (and cached) before the comment.
+        assert await comment_counts() == [expected] * len(pages)
+        assert (await page_ids(client, url))[0][0] == first
+        newest = (await _a_comment(client, post["id"], bob, f"c{expected}")).json()
+        assert await comment_counts() == [expected + 1] * len(pages)
+        head, _ = await page_ids(client, url)
+        assert head[0] == first
+        assert head[-1] == newest["id"]
+        assert len(head) == expected + 1
 
 
 @pytest.mark.parametrize(

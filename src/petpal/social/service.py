@@ -30,6 +30,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    insert,
     select,
     update,
 )
@@ -755,11 +756,12 @@ async def _store_like_state(
 
 
 async def _rewarm(services: Services, post_id: str) -> None:
-    """Load again the counts of a post that a comment just invalidated.
+    """Load again the counts of a post that a comment's deletion just
+    invalidated.
 
     The writer pays one primary-key read, so that the many feed pages that
-    show the post next find its counts cached. (Likes store the counts
-    they know instead: ``_store_like_state``.)
+    show the post next find its counts cached. (Likes and comments store
+    the counts they know instead: ``_store_like_state``, ``do_comment``.)
     """
     await counts_of(services, [post_id])
 
@@ -816,28 +818,117 @@ async def do_comment(
         body=body,
         created_at=utcnow(),
     )
+    marks = await services.cache.mark_for_write(counts_key(post_id))
     try:
-        async with services.db.write_session() as session:
-            post_author = await _require_post(session, post_id)
-            session.add(comment)
-            await session.flush()
-            await session.execute(
-                update(Post)
-                .where(Post.id == post_id)
-                .values(comment_count=Post.comment_count + 1)
-            )
+        if services.db.is_sqlite:
+            counts, post_author = await _comment_in_transaction(services, comment)
+        else:
+            counts, post_author = await _comment_in_one_statement(services, comment)
     except IntegrityError as exc:
-        raise NotFoundError("the post") from exc  # deleted while we commented
+        # A foreign key failed: the post's cannot (the comment is inserted
+        # only once the post's row is updated), so the commenting account
+        # was deleted meanwhile. 404, as before.
+        raise NotFoundError("the post") from exc
     SOCIAL_WRITES.labels("comment").inc()
-    await services.cache.invalidate(counts_key(post_id), comments_head_key(post_id))
+    # The counts are known (see _store_like_state); the head is not, and a
+    # tombstone left after the commit makes its next reader load it again.
+    await asyncio.gather(
+        services.cache.store_after_write(
+            marks, {counts_key(post_id): orjson.dumps(list(counts))}, ttl=COUNTS_TTL
+        ),
+        services.cache.invalidate(comments_head_key(post_id)),
+    )
     await trending.record_event(
         services, post_id, post_author, trending.COMMENT_WEIGHT, comment.created_at
     )
-    await _rewarm(services, post_id)
     views = await _comment_views(services, [comment])
     if not views:
         raise NotFoundError("the account")
     return views[0]
+
+
+# A comment is two writes, its row and the post's count, made together, as a
+# like's are: on SQLite in one transaction, on PostgreSQL in one statement.
+# There the post's count is bumped first (a WITH clause) and the comment is
+# inserted from what that update returned, so it exists only if the post
+# did when its row was locked: a post deleted before (even one whose delete
+# committed while the update waited for the row) updates nothing, inserts
+# nothing and answers no row, and a delete that comes after waits for the
+# statement's commit and then takes the comment with it (cascade). Both
+# answer the post's counts as the update left them, read under its row lock.
+
+
+async def _comment_in_transaction(
+    services: Services, comment: Comment
+) -> tuple[tuple[int, int], str]:
+    async with services.db.write_session() as session:
+        connection = await session.connection()
+        row = (
+            await connection.execute(_BUMP_COMMENTS, {"comment_post": comment.post_id})
+        ).one_or_none()
+        if row is None:
+            raise NotFoundError("the post")
+        await connection.execute(
+            _table(Comment).insert(),
+            {
+                "id": comment.id,
+                "post_id": comment.post_id,
+                "author_id": comment.author_id,
+                "body": comment.body,
+                "created_at": comment.created_at,
+            },
+        )
+    return (int(row[0]), int(row[1])), str(row[2])
+
+
+def _bump_comments_statement() -> Any:
+    return (
+        update(Post)
+        .where(Post.id == bindparam("comment_post"))
+        .values(comment_count=Post.comment_count + 1)
+        .returning(Post.like_count, Post.comment_count, Post.author_id, Post.id)
+    )
+
+
+def _comment_statement() -> Any:
+    bumped = _bump_comments_statement().cte("bumped")
+    comments = _table(Comment)
+    added = insert(comments).from_select(
+        ["id", "post_id", "author_id", "body", "created_at"],
+        select(
+            bindparam("comment_id", type_=comments.c.id.type),
+            bumped.c.id,
+            bindparam("comment_author", type_=comments.c.author_id.type),
+            bindparam("comment_body", type_=comments.c.body.type),
+            bindparam("comment_at", type_=comments.c.created_at.type),
+        ),
+    )
+    return select(
+        bumped.c.like_count, bumped.c.comment_count, bumped.c.author_id
+    ).add_cte(added.cte("added"))
+
+
+# Built once, as _LIKE is.
+_BUMP_COMMENTS = _bump_comments_statement()
+_COMMENT = _comment_statement()
+
+
+async def _comment_in_one_statement(
+    services: Services, comment: Comment
+) -> tuple[tuple[int, int], str]:
+    parameters = {
+        "comment_post": comment.post_id,
+        "comment_id": comment.id,
+        "comment_author": comment.author_id,
+        "comment_body": comment.body,
+        "comment_at": comment.created_at,
+    }
+    async with services.db.statement_session() as session:
+        connection = await session.connection()
+        row = (await connection.execute(_COMMENT, parameters)).one_or_none()
+    if row is None:
+        raise NotFoundError("the post")
+    return (int(row[0]), int(row[1])), str(row[2])
 
 
 async def do_delete_comment(
