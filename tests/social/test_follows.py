@@ -313,3 +313,35 @@ async def test_a_follow_reads_nothing_back_that_it_knows(
         before = queries_on(FOLLOW_ROUTE)
         await action(client, reader, author)
         assert queries_on(FOLLOW_ROUTE) - before == expected, action
+
+
+async def test_a_follow_leaves_both_accounts_counts_cached_as_they_are(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The upsert's counts are stored: the next profile reads of either
+    account send no SQL, and say what the database does."""
+    reader, author = await many_users(services, 2)
+    profiles = {
+        user.id: f"/api/v1/accounts/{user.username}" for user in (reader, author)
+    }
+    for path in profiles.values():
+        assert (await client.get(path)).status_code == 200  # names, counts cached
+
+    for action, following in ((follow, 1), (unfollow, 0), (follow, 1)):
+        await action(client, reader, author)
+        before = queries_on(PROFILE_ROUTE)
+        shown = {
+            account_id: (await client.get(path)).json()
+            for account_id, path in profiles.items()
+        }
+        assert queries_on(PROFILE_ROUTE) == before
+        assert shown[author.id]["follower_count"] == following
+        assert shown[reader.id]["following_count"] == following
+        async with services.db.read_session() as session:
+            for account_id, profile in shown.items():
+                stats = await session.get(AccountStats, account_id)
+                assert stats is not None
+                assert (profile["follower_count"], profile["following_count"]) == (
+                    stats.follower_count,
+                    stats.following_count,
+                )

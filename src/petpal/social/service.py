@@ -199,8 +199,8 @@ async def _bump_stats(session: AsyncSession, account_id: str, **deltas: int) -> 
 def _follow_stats_statement(insert: Any) -> Any:
     """Both accounts' follow counters in one upsert: rows ``first`` and
     ``second``, the two account ids in sorted order, each adding its deltas
-    (zero for the counter it leaves alone). It returns each row's follower
-    count after the change."""
+    (zero for the counter it leaves alone). It returns each row's counts
+    after the change."""
     rows = [
         {
             "account_id": bindparam(f"{row}_id"),
@@ -218,7 +218,12 @@ def _follow_stats_statement(insert: Any) -> Any:
             "follower_count": AccountStats.follower_count + excluded.follower_count,
             "following_count": AccountStats.following_count + excluded.following_count,
         },
-    ).returning(AccountStats.account_id, AccountStats.follower_count)
+    ).returning(
+        AccountStats.account_id,
+        AccountStats.follower_count,
+        AccountStats.following_count,
+        AccountStats.post_count,
+    )
 
 
 # Built once, with named parameters (see _LIKE below), one per dialect.
@@ -230,10 +235,11 @@ _FOLLOW_STATS = {
 
 async def _bump_follow_stats(
     session: AsyncSession, follower_id: str, followee_id: str, delta: int
-) -> int:
+) -> dict[str, tuple[int, int, int]]:
     """Add ``delta`` to the follower's following count and to the followee's
-    follower count, in the caller's transaction; the followee's follower
-    count after it.
+    follower count, in the caller's transaction; both accounts' followers,
+    following and posts after it, read under the rows' locks, which the
+    transaction holds to its commit.
 
     The rows go in id order: two accounts following each other at the same
     moment would otherwise lock the two rows in opposite orders, and one of
@@ -253,8 +259,7 @@ async def _bump_follow_stats(
     result = await connection.execute(
         _FOLLOW_STATS[connection.dialect.name], parameters
     )
-    followers = {str(row[0]): int(row[1]) for row in result}
-    return followers[followee_id]
+    return {str(row[0]): (int(row[1]), int(row[2]), int(row[3])) for row in result}
 
 
 # --- follows --------------------------------------------------------------------
@@ -265,6 +270,7 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
     if followee_id == follower_id:
         raise InvalidInputError("cannot_follow_self", "an account cannot follow itself")
     job_id = None
+    marks = await _mark_follow_counts(services, follower_id, followee_id)
     try:
         async with services.db.write_session() as session:
             inserted = await _insert_if_absent(
@@ -278,16 +284,15 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
                 },
             )
             if inserted:
-                followers = await _bump_follow_stats(
-                    session, follower_id, followee_id, 1
-                )
+                counts = await _bump_follow_stats(session, follower_id, followee_id, 1)
                 job_id = _enqueue_follow_change(session, follower_id, followee_id)
     except IntegrityError as exc:
         # One of the two accounts was deleted after its name was resolved.
         raise NotFoundError("the account") from exc
     if job_id is not None:
         SOCIAL_WRITES.labels("follow").inc()
-        await _forget_follow_counts(services, follower_id, followee_id)
+        await _store_follow_counts(services, marks, follower_id, counts)
+        followers = counts[followee_id][0]
         await _apply_follow_change(
             services,
             job_id,
@@ -300,6 +305,7 @@ async def do_unfollow(services: Services, follower_id: str, username: str) -> No
     if followee_id == follower_id:
         raise InvalidInputError("cannot_follow_self", "an account cannot follow itself")
     job_id = None
+    marks = await _mark_follow_counts(services, follower_id, followee_id)
     async with services.db.write_session() as session:
         connection = await session.connection()
         result = await connection.execute(
@@ -308,21 +314,43 @@ async def do_unfollow(services: Services, follower_id: str, username: str) -> No
             )
         )
         if _rowcount(result) == 1:
-            await _bump_follow_stats(session, follower_id, followee_id, -1)
+            counts = await _bump_follow_stats(session, follower_id, followee_id, -1)
             job_id = _enqueue_follow_change(session, follower_id, followee_id)
     if job_id is not None:
         SOCIAL_WRITES.labels("unfollow").inc()
-        await _forget_follow_counts(services, follower_id, followee_id)
+        await _store_follow_counts(services, marks, follower_id, counts)
         await _apply_follow_change(
             services, job_id, home.unfollowed(services, follower_id, followee_id)
         )
 
 
-async def _forget_follow_counts(
+async def _mark_follow_counts(
     services: Services, follower_id: str, followee_id: str
+) -> WriteMarks:
+    # Before the write: its upsert returns both accounts' counts, which
+    # _store_follow_counts then stores, as a like stores a post's.
+    return await services.cache.mark_for_write(
+        _counts_key(follower_id), _counts_key(followee_id)
+    )
+
+
+async def _store_follow_counts(
+    services: Services,
+    marks: WriteMarks,
+    follower_id: str,
+    counts: dict[str, tuple[int, int, int]],
 ) -> None:
-    await services.cache.invalidate(
-        _counts_key(follower_id), _counts_key(followee_id), _following_key(follower_id)
+    """Cache both accounts' counts as the follow or unfollow left them, and
+    drop the follower's cached set of followees, which it does not know
+    whole. A profile of a much-followed account is read far more often than
+    it changes, and needs no reload after each follow."""
+    await asyncio.gather(
+        services.cache.store_after_write(
+            marks,
+            {_counts_key(a): orjson.dumps(list(c)) for a, c in counts.items()},
+            ttl=COUNTS_TTL,
+        ),
+        services.cache.invalidate(_following_key(follower_id)),
     )
 
 
