@@ -380,6 +380,26 @@ async def test_a_comment_on_a_missing_post_is_404_and_writes_nothing(
         assert await session.scalar(select(func.count()).select_from(Comment)) == 0
 
 
+async def _comment_behind_a_deletion(
+    client: httpx.AsyncClient,
+    services: Services,
+    post_id: str,
+    user: User,
+    *,
+    commit: bool = True,
+) -> httpx.Response:
+    """Comment on ``post_id`` while another transaction holds the post's
+    deletion, which then commits (or rolls back) with the comment waiting."""
+    async with services.db.write_session() as session:
+        await session.execute(delete(Post).where(Post.id == post_id))
+        commenting = asyncio.create_task(_a_comment(client, post_id, user))
+        await asyncio.sleep(0.5)
+        assert not commenting.done()  # it waits for the post's row
+        if not commit:
+            await session.rollback()
+    return await commenting
+
+
 async def test_a_comment_on_a_post_deleted_at_the_same_time_is_404(
     client: httpx.AsyncClient, services: Services, photos: Path
 ) -> None:
@@ -390,12 +410,8 @@ async def test_a_comment_on_a_post_deleted_at_the_same_time_is_404(
 
     # The post's deletion holds its row while the comment arrives: the
     # comment waits for it, and then finds no post.
-    async with services.db.write_session() as session:
-        await session.execute(delete(Post).where(Post.id == post["id"]))
-        commenting = asyncio.create_task(_a_comment(client, post["id"], bob))
-        await asyncio.sleep(0.5)
-        assert not commenting.done()
-    assert_problem(await commenting, 404, "not_found")
+    answer = await _comment_behind_a_deletion(client, services, post["id"], bob)
+    assert_problem(answer, 404, "not_found")
     assert await _comment_rows(services, post["id"]) == []
     # The other post's count is untouched.
     assert await _in_database(services, other["id"], bob.id) == ([0, 1], b"0")
@@ -408,13 +424,10 @@ async def test_a_comment_waiting_for_a_deletion_rolled_back_is_counted(
     post = await a_post(client, alice, await a_photo(client, alice, services, photos))
     assert (await _a_comment(client, post["id"], bob)).status_code == 201
 
-    async with services.db.write_session() as session:
-        await session.execute(delete(Post).where(Post.id == post["id"]))
-        commenting = asyncio.create_task(_a_comment(client, post["id"], bob))
-        await asyncio.sleep(0.5)
-        assert not commenting.done()
-        await session.rollback()
-    assert (await commenting).status_code == 201
+    answer = await _comment_behind_a_deletion(
+        client, services, post["id"], bob, commit=False
+    )
+    assert answer.status_code == 201
     rows = await _comment_rows(services, post["id"])
     assert len(rows) == 2
     assert (await _in_database(services, post["id"], bob.id))[0] == [0, 2]
