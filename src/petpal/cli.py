@@ -47,8 +47,8 @@ def serve(
         int,
         typer.Option(
             min=1,
-            help="Server processes sharing the port; each runs its own jobs "
-            "unless a broker is set.",
+            help="Server processes sharing the port (more than one needs "
+            "PETPAL_REDIS_URL); each runs its own jobs unless a broker is set.",
         ),
     ] = 1,
     data_dir: DataDir = None,
@@ -59,6 +59,16 @@ def serve(
     from petpal.platform.migrate import upgrade
 
     settings = _settings(data_dir)
+    if workers > 1 and not settings.redis_url:
+        # Each process would keep its own cache, home timelines and rate
+        # limits: a follow or a comment made through one would stay unseen
+        # through the others until its keys expired.
+        raise typer.BadParameter(
+            "more than one server process needs PETPAL_REDIS_URL: without "
+            "it the cache, timelines and rate limits live in each process, "
+            "and the processes would answer differently",
+            param_hint="--workers",
+        )
     upgrade(settings)
     uvicorn.run(
         "petpal.platform.app:create_server_app",

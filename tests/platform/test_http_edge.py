@@ -158,7 +158,7 @@ async def test_every_json_route_refuses_a_body_of_another_type_as_415(
         pytest.param(b'{"name": "Rex', "not valid JSON", id="truncated"),
         pytest.param(b'{"name": "R\xffx"}', "not UTF-8", id="not-utf8"),
         pytest.param(b"[" * 30_000 + b"]" * 30_000, "nested too deeply", id="deep"),
-        pytest.param(b"[" + b"9" * 5_000 + b"]", "not valid JSON", id="huge-int"),
+        pytest.param(b"[" + b"9" * 5_000 + b"]", "4,300 digits", id="huge-int"),
     ],
 )
 async def test_every_json_route_says_an_unreadable_json_body_is_malformed(
@@ -173,3 +173,18 @@ async def test_every_json_route_says_an_unreadable_json_body_is_malformed(
         response = await client.request(method, path, content=body, headers=headers)
         problem = assert_problem(response, 400, "malformed_json")
         assert says in problem["detail"], (method, path, problem)
+
+
+async def test_a_body_of_the_wrong_shape_is_named_body(
+    client: httpx.AsyncClient,
+) -> None:
+    """A 422 about the body as a whole names it "body", not an internal
+    "request"."""
+    for content in (b"[]", b'"text"', b"null"):
+        response = await client.post(
+            "/api/v1/accounts",
+            content=content,
+            headers={"Content-Type": "application/json"},
+        )
+        problem = assert_problem(response, 422, "validation_failed")
+        assert problem["detail"].startswith("body: "), problem

@@ -167,7 +167,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
         )
     described = [_describe_validation_error(e) for e in errors]
     first = described[0] if described else {"location": [], "message": "invalid"}
-    where = ".".join(first["location"][1:]) or "request"
+    # ["body", "name"] is the field "name"; ["body"] alone, the body itself.
+    location = first["location"]
+    where = ".".join(location[1:]) or (location[0] if location else "request")
     return problem_response(
         request,
         422,
@@ -192,6 +194,11 @@ def _why_json_body_unreadable(exc: StarletteHTTPException) -> str | None:
         return "the request body is not valid JSON: it is not UTF-8 text"
     if isinstance(cause, RecursionError):
         return "the request body is not valid JSON we accept: it is nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return (
+            "the request body is not valid JSON we accept: a number in it "
+            "has more than 4,300 digits"
+        )
     if isinstance(cause, ValueError):
         return "the request body is not valid JSON"
     return None
