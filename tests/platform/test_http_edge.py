@@ -188,3 +188,40 @@ async def test_a_body_of_the_wrong_shape_is_named_body(
         )
         problem = assert_problem(response, 422, "validation_failed")
         assert problem["detail"].startswith("body: "), problem
+
+
+async def test_length_limits_on_text_count_characters(
+    client: httpx.AsyncClient,
+) -> None:
+    """Every text field's length limit is worded as one on text; a limit
+    placed after our text checks was worded "at most 50 items"."""
+    user = await a_user(client)
+    long = "x" * 3000
+    for method, path, body in [
+        (
+            "POST",
+            "/api/v1/accounts",
+            {
+                "username": "someone",
+                "email": long,
+                "password": long,
+                "display_name": long,
+            },
+        ),
+        ("POST", "/api/v1/auth/token", {"login": long, "password": long}),
+        ("PATCH", "/api/v1/accounts/me", {"display_name": long, "bio": long}),
+        ("POST", "/api/v1/posts", {"caption": long, "media_ids": ["x"]}),
+        ("POST", "/api/v1/pets", {"name": long, "species": "dog"}),
+        ("POST", "/api/v1/posts/01M911CEGT3NK0JZ0V2W5W54ET/comments", {"body": long}),
+    ]:
+        response = await client.request(method, path, json=body, headers=user.headers)
+        problem = assert_problem(response, 422, "validation_failed")
+        messages = [error["message"] for error in problem["errors"]]
+        lengths = [m for m in messages if "at most" in m]
+        assert lengths, (path, messages)
+        assert all("characters" in m for m in lengths), (path, messages)
+    response = await client.get(
+        "/api/v1/adoptions", params={"location": long}, headers=user.headers
+    )
+    problem = assert_problem(response, 422, "validation_failed")
+    assert "characters" in problem["detail"], problem

@@ -3,13 +3,33 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from petpal.platform.text import NameText, StorableText
+from petpal.platform.text import check_name, check_storable, check_visible
 
-DisplayName = Annotated[NameText, StringConstraints(min_length=1, max_length=50)]
-Bio = Annotated[StorableText, StringConstraints(max_length=500)]
-Password = Annotated[StorableText, StringConstraints(min_length=8, max_length=256)]
+# The length comes first, then the text checks: placed around a type that
+# already carries them, pydantic checks it as a generic length and says
+# "Value should have at most 50 items".
+DisplayName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=50),
+    AfterValidator(check_storable),
+    AfterValidator(check_visible),
+    AfterValidator(check_name),
+]
+Bio = Annotated[str, StringConstraints(max_length=500), AfterValidator(check_storable)]
+Password = Annotated[
+    str, StringConstraints(min_length=8, max_length=256), AfterValidator(check_storable)
+]
+Email = Annotated[
+    str, StringConstraints(min_length=3, max_length=254), AfterValidator(check_storable)
+]
+Login = Annotated[
+    str, StringConstraints(min_length=1, max_length=254), AfterValidator(check_storable)
+]
+GivenPassword = Annotated[
+    str, StringConstraints(min_length=1, max_length=256), AfterValidator(check_storable)
+]
 
 
 class Input(BaseModel):
@@ -18,15 +38,15 @@ class Input(BaseModel):
 
 class SignUp(Input):
     username: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    email: Annotated[StorableText, StringConstraints(min_length=3, max_length=254)]
+    email: Email
     password: Password
     display_name: DisplayName
 
 
 class LogIn(Input):
     # A username or an e-mail address.
-    login: Annotated[StorableText, StringConstraints(min_length=1, max_length=254)]
-    password: Annotated[StorableText, StringConstraints(min_length=1, max_length=256)]
+    login: Login
+    password: GivenPassword
 
 
 class RefreshRequest(Input):

@@ -59,9 +59,9 @@ def _plausible_birth_date(value: dt.date) -> dt.date:
     return value
 
 
-# The constraints come before the storable-text check: placed after it (as in
-# ``Annotated[StorableText, StringConstraints(...)]``) pydantic checks the
-# length before stripping, and "   " passes as a one-letter name.
+# The constraints come before the storable-text check: placed around a type
+# that already carries it, pydantic checks the length before stripping, and
+# "   " passes as a one-letter name.
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=50),

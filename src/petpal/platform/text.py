@@ -15,10 +15,8 @@ is refused: NUL characters and unpaired surrogates.
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated
 
 import regex
-from pydantic import AfterValidator
 
 USERNAME_PATTERN = regex.compile(r"^[a-z0-9_]{3,30}$")
 RESERVED_USERNAMES = frozenset(
@@ -91,15 +89,6 @@ def check_name(value: str) -> str:
     if any(ch in _BIDI_CONTROLS for ch in value):
         raise ValueError("names may not contain bidirectional control characters")
     return value
-
-
-StorableText = Annotated[str, AfterValidator(check_storable)]
-# For names and comments: a value of only blanks or zero-width characters
-# would render as nothing at all.
-VisibleText = Annotated[
-    str, AfterValidator(check_storable), AfterValidator(check_visible)
-]
-NameText = Annotated[VisibleText, AfterValidator(check_name)]
 
 
 def canonical_tag(tag: str) -> str:
