@@ -3,32 +3,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from petpal.platform.text import check_name, check_storable, check_visible
+from petpal.platform.text import NAME, STORABLE, VISIBLE
 
-# The length comes first, then the text checks: placed around a type that
-# already carries them, pydantic checks it as a generic length and says
-# "Value should have at most 50 items".
 DisplayName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=50),
-    AfterValidator(check_storable),
-    AfterValidator(check_visible),
-    AfterValidator(check_name),
+    STORABLE,
+    VISIBLE,
+    NAME,
 ]
-Bio = Annotated[str, StringConstraints(max_length=500), AfterValidator(check_storable)]
-Password = Annotated[
-    str, StringConstraints(min_length=8, max_length=256), AfterValidator(check_storable)
-]
-Email = Annotated[
-    str, StringConstraints(min_length=3, max_length=254), AfterValidator(check_storable)
-]
-Login = Annotated[
-    str, StringConstraints(min_length=1, max_length=254), AfterValidator(check_storable)
-]
+Bio = Annotated[str, StringConstraints(max_length=500), STORABLE]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=256), STORABLE]
+Email = Annotated[str, StringConstraints(min_length=3, max_length=254), STORABLE]
+Login = Annotated[str, StringConstraints(min_length=1, max_length=254), STORABLE]
 GivenPassword = Annotated[
-    str, StringConstraints(min_length=1, max_length=256), AfterValidator(check_storable)
+    str, StringConstraints(min_length=1, max_length=256), STORABLE
 ]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AfterValidator, StringConstraints
+from pydantic import StringConstraints
 
 from petpal.pets import service
 from petpal.pets.schemas import PetCreate, PetOfTheDayView, PetUpdate, PetView, Species
@@ -15,15 +15,14 @@ from petpal.platform.deps import (
     ServicesDep,
 )
 from petpal.platform.pagination import Page
-from petpal.platform.text import check_storable
+from petpal.platform.text import STORABLE
 from petpal.platform.wire import page_response
 
 router = APIRouter(tags=["pets"])
 
-# The length on the str itself, before the text check (see identity.schemas).
+# The length before the check (see petpal.platform.text).
 LocationFilter = Annotated[
-    Annotated[str, StringConstraints(max_length=120), AfterValidator(check_storable)]
-    | None,
+    Annotated[str, StringConstraints(max_length=120), STORABLE] | None,
     Query(description="Part of the location, in any letter case (e.g. 'lyon')"),
 ]
 

@@ -18,7 +18,7 @@ from pydantic import (
 from petpal.identity.schemas import AccountSummary
 from petpal.media.schemas import MediaView
 from petpal.platform.db import utcnow
-from petpal.platform.text import check_storable
+from petpal.platform.text import STORABLE
 
 EARLIEST_BIRTH_DATE = dt.date(1950, 1, 1)
 # The calendar runs furthest ahead at UTC+14 (Kiribati): a pet born "today"
@@ -59,28 +59,26 @@ def _plausible_birth_date(value: dt.date) -> dt.date:
     return value
 
 
-# The constraints come before the storable-text check: placed around a type
-# that already carries it, pydantic checks the length before stripping, and
-# "   " passes as a one-letter name.
+# The constraints before the check (see petpal.platform.text).
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=50),
-    AfterValidator(check_storable),
+    STORABLE,
 ]
 Breed = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=80),
-    AfterValidator(check_storable),
+    STORABLE,
 ]
 Bio = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=1000),
-    AfterValidator(check_storable),
+    STORABLE,
 ]
 Location = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=120),
-    AfterValidator(check_storable),
+    STORABLE,
 ]
 BirthDate = Annotated[
     dt.date, BeforeValidator(_iso_date_only), AfterValidator(_plausible_birth_date)

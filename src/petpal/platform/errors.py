@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -194,13 +195,14 @@ def _why_json_body_unreadable(exc: StarletteHTTPException) -> str | None:
         return "the request body is not valid JSON: it is not UTF-8 text"
     if isinstance(cause, RecursionError):
         return "the request body is not valid JSON we accept: it is nested too deeply"
-    if isinstance(cause, ValueError) and "digits" in str(cause):
+    if isinstance(cause, ValueError):
+        # What is left of json.loads's ValueErrors: an integer longer than
+        # Python converts (sys.set_int_max_str_digits).
+        limit = sys.get_int_max_str_digits()
         return (
             "the request body is not valid JSON we accept: a number in it "
-            "has more than 4,300 digits"
+            f"has more than {limit:,} digits"
         )
-    if isinstance(cause, ValueError):
-        return "the request body is not valid JSON"
     return None
 
 

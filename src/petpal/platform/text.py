@@ -17,6 +17,7 @@ from __future__ import annotations
 import unicodedata
 
 import regex
+from pydantic import AfterValidator
 
 USERNAME_PATTERN = regex.compile(r"^[a-z0-9_]{3,30}$")
 RESERVED_USERNAMES = frozenset(
@@ -89,6 +90,19 @@ def check_name(value: str) -> str:
     if any(ch in _BIDI_CONTROLS for ch in value):
         raise ValueError("names may not contain bidirectional control characters")
     return value
+
+
+# The checks as field metadata. A text field is declared as
+# ``Annotated[str, StringConstraints(...), STORABLE, ...]``: the length on the
+# plain str first, then the checks. Placed the other way round (a length
+# around a type that already carries a check), pydantic applies the length
+# as a generic one: it says "Value should have at most 50 items", and it
+# counts before ``strip_whitespace``, so "   " would pass as a name.
+STORABLE = AfterValidator(check_storable)
+# For names and comments: a value of only blanks or zero-width characters
+# would render as nothing at all.
+VISIBLE = AfterValidator(check_visible)
+NAME = AfterValidator(check_name)
 
 
 def canonical_tag(tag: str) -> str:

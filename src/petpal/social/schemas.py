@@ -3,21 +3,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from petpal.identity.schemas import AccountSummary
 from petpal.media.schemas import MediaView
-from petpal.platform.text import check_storable, check_visible
+from petpal.platform.text import STORABLE, VISIBLE
 
-# The length first, then the text checks (see identity.schemas).
-Caption = Annotated[
-    str, StringConstraints(max_length=2200), AfterValidator(check_storable)
-]
+Caption = Annotated[str, StringConstraints(max_length=2200), STORABLE]
 CommentBody = Annotated[
     str,
     StringConstraints(min_length=1, max_length=1000),
-    AfterValidator(check_storable),
-    AfterValidator(check_visible),
+    STORABLE,
+    VISIBLE,
 ]
 # Generous for a 26-character ULID: the owning service says why an id is bad.
 ForeignId = Annotated[str, StringConstraints(min_length=1, max_length=64)]

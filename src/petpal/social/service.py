@@ -246,15 +246,13 @@ async def _bump_follow_stats(
     the transactions would die in a deadlock (on PostgreSQL). A multi-row
     insert takes its rows in the order given.
     """
-    deltas = {
-        follower_id: {"followers": 0, "following": delta},
-        followee_id: {"followers": delta, "following": 0},
-    }
     parameters: dict[str, Any] = {}
-    for row, account_id in zip(("first", "second"), sorted(deltas), strict=True):
+    for row, account_id in zip(
+        ("first", "second"), sorted((follower_id, followee_id)), strict=True
+    ):
         parameters[f"{row}_id"] = account_id
-        for name, value in deltas[account_id].items():
-            parameters[f"{row}_{name}"] = value
+        parameters[f"{row}_followers"] = delta if account_id == followee_id else 0
+        parameters[f"{row}_following"] = delta if account_id == follower_id else 0
     connection = await session.connection()
     result = await connection.execute(
         _FOLLOW_STATS[connection.dialect.name], parameters
@@ -770,16 +768,23 @@ async def _store_like_state(
     that came after (see ``Cache.mark_for_write``). The many feed pages that
     show the post next find both cached, and no row is read again for them.
     """
-    cache = services.cache
     await asyncio.gather(
-        cache.store_after_write(
-            marks, {counts_key(post_id): orjson.dumps(list(counts))}, ttl=COUNTS_TTL
-        ),
-        cache.store_after_write(
+        _store_post_counts(services, marks, post_id, counts),
+        services.cache.store_after_write(
             marks,
             {liked_key(account_id, post_id): b"1" if liked else b"0"},
             ttl=POST_TTL,
         ),
+    )
+
+
+async def _store_post_counts(
+    services: Services, marks: WriteMarks, post_id: str, counts: tuple[int, int]
+) -> None:
+    """Cache a post's like and comment counts as a write that marked the
+    key left them (read under the post's row lock, so what its commit left)."""
+    await services.cache.store_after_write(
+        marks, {counts_key(post_id): orjson.dumps(list(counts))}, ttl=COUNTS_TTL
     )
 
 
@@ -858,12 +863,10 @@ async def do_comment(
         # was deleted meanwhile. 404, as before.
         raise NotFoundError("the post") from exc
     SOCIAL_WRITES.labels("comment").inc()
-    # The counts are known (see _store_like_state); the head is not, and a
+    # The counts are known (see _store_post_counts); the head is not, and a
     # tombstone left after the commit makes its next reader load it again.
     await asyncio.gather(
-        services.cache.store_after_write(
-            marks, {counts_key(post_id): orjson.dumps(list(counts))}, ttl=COUNTS_TTL
-        ),
+        _store_post_counts(services, marks, post_id, counts),
         services.cache.invalidate(comments_head_key(post_id)),
     )
     await trending.record_event(
