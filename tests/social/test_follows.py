@@ -299,17 +299,18 @@ async def test_accounts_following_each_other_at_once_keep_exact_counts(
 async def test_a_follow_reads_nothing_back_that_it_knows(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    """The follow's own statements, one read of the followee's posts for the
-    follower's timeline and the follow read again after writing it, and the
-    backstop recorded done; an unfollow the same."""
+    """The follow's own writes, one read of the followee's posts for the
+    follower's timeline, and the follow read again after writing it with the
+    backstop recorded done; an unfollow the same. On PostgreSQL each of the
+    three is one statement; SQLite has no writes in WITH clauses."""
     reader, author = await many_users(services, 2)
     assert await home_ids(client, reader) == []  # the reader's timeline exists
     await settle(services)
     await client.get(f"/api/v1/accounts/{author.username}")  # the name cached
-    for action, expected in (
-        (follow, 3 + 2 + 1),  # follow, counters, job; posts, follow; done
-        (unfollow, 3 + 2 + 1),  # unfollow, counters, job; posts, follow; done
-    ):
+    # PostgreSQL: the change with its counters and job; posts; follow + done.
+    # SQLite: the change, the counters, the job; posts; follow, done.
+    expected = 3 + 1 + 2 if services.db.is_sqlite else 1 + 1 + 1
+    for action in (follow, unfollow, follow):
         before = queries_on(FOLLOW_ROUTE)
         await action(client, reader, author)
         assert queries_on(FOLLOW_ROUTE) - before == expected, action

@@ -20,6 +20,7 @@ import pytest
 
 from petpal.platform import timelines as timelines_module
 from petpal.platform.cache import CacheBackendError
+from petpal.platform.jobs import BACKSTOP_DELAY, DONE, PENDING, OutboxJob, enqueue
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings
 from petpal.platform.timelines import TimelineContent
@@ -509,10 +510,68 @@ async def test_an_unfollow_that_a_new_follow_overtook_forgets_the_timeline(
         assert await home_ids(client, reader) == [post["id"]]
 
         # The unfollow's own change, run late: the reader follows alice again
-        # by then, so the timeline without her posts must not stay.
-        await home.unfollowed(services, reader.id, alice.id)
+        # by then, so the timeline without her posts must not stay; its
+        # backstop is recorded done only after the timeline is forgotten.
+        backstop = await a_backstop(services, reader, alice)
+        await home.unfollowed(services, reader.id, alice.id, backstop=backstop)
         assert await stored(services, home_key(reader.id)) is None
+        assert await job_status(services, backstop) == DONE
         assert await home_ids(client, reader) == [post["id"]]
+
+
+async def test_a_follow_that_an_unfollow_overtook_forgets_the_timeline(
+    settings: Settings, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store is tried again at once after the error below.
+    async with an_app(settings, cache_bypass_after_error_seconds=0) as (
+        client,
+        services,
+    ):
+        reader, alice = await many_users(services, 2)
+        media_id = await a_photo(client, alice, services, photos)
+        post = await a_post(client, alice, media_id)
+        assert await home_ids(client, reader) == []  # the reader's timeline
+        await settle(services)
+
+        # The follow's own change, run after an unfollow that came next had
+        # done its own: her posts written now must not stay. While the
+        # timeline cannot be forgotten, the backstop stays to do it.
+        backstop = await a_backstop(services, reader, alice)
+        with monkeypatch.context() as patch:
+
+            async def fail(keys: Sequence[str]) -> None:
+                raise CacheBackendError("the store is away")
+
+            patch.setattr(services.timelines.backend, "delete", fail)
+            with pytest.raises(CacheBackendError):
+                await home.followed(
+                    services, reader.id, alice.id, followers=1, backstop=backstop
+                )
+        assert await job_status(services, backstop) == PENDING
+        await home.followed(
+            services, reader.id, alice.id, followers=1, backstop=backstop
+        )
+        assert await stored(services, home_key(reader.id)) is None
+        assert await job_status(services, backstop) == DONE
+        assert post["id"] not in await home_ids(client, reader)
+
+
+async def a_backstop(services: Services, follower: User, followee: User) -> str:
+    """A pending backstop job of a follow change, as a request commits one."""
+    async with services.db.write_session() as session:
+        return enqueue(
+            session,
+            home.FOLLOW_JOB,
+            {"follower_id": follower.id, "followee_id": followee.id},
+            delay=BACKSTOP_DELAY,
+        )
+
+
+async def job_status(services: Services, job_id: str) -> str:
+    async with services.db.read_session() as session:
+        job = await session.get(OutboxJob, job_id)
+        assert job is not None
+        return job.status
 
 
 def ulids(count: int) -> list[str]:

@@ -33,11 +33,26 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import JSON, Integer, String, Text, func, select, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Insert,
+    Integer,
+    Select,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -224,6 +239,44 @@ def enqueue(
     return job_id
 
 
+def enqueue_when(kind: str, condition: ColumnElement[bool]) -> Insert:
+    """A job of ``kind`` added to the outbox only if ``condition`` holds: an
+    insert for the ``WITH`` clause of a statement that makes a change and
+    its job together, as one statement. Bound by ``job_parameters``.
+
+    It never wakes the relays (a statement sent alone commits without
+    ``write_session``'s notice), so it suits jobs that are not due at once,
+    as backstops are: the relays find those by their poll.
+    """
+    jobs = cast(Table, OutboxJob.__table__)
+    return insert(jobs).from_select(
+        ["id", "kind", "payload", "status", "attempts", "available_at", "created_at"],
+        select(
+            bindparam("job_id", type_=jobs.c.id.type),
+            literal(kind, jobs.c.kind.type),
+            bindparam("job_payload", type_=jobs.c.payload.type),
+            literal(PENDING, jobs.c.status.type),
+            literal(0, jobs.c.attempts.type),
+            bindparam("job_available_at", type_=jobs.c.available_at.type),
+            bindparam("job_created_at", type_=jobs.c.created_at.type),
+        ).where(condition),
+    )
+
+
+def job_parameters(
+    payload: dict[str, Any], *, delay: timedelta = timedelta(0)
+) -> tuple[str, dict[str, Any]]:
+    """A new job's id and the parameters of an ``enqueue_when`` insert."""
+    now = utcnow()
+    job_id = new_id()
+    return job_id, {
+        "job_id": job_id,
+        "job_payload": payload,
+        "job_available_at": now + delay,
+        "job_created_at": now,
+    }
+
+
 # --- backstops ------------------------------------------------------------------
 #
 # Some work is done in the request, right after the commit, and a job committed
@@ -240,6 +293,64 @@ async def settle_backstop(db: Database, job_id: str) -> None:
     """Record a backstop job done: the request did its work."""
     async with db.statement_session() as session:
         await _update_pending(session, job_id, status=DONE, finished_at=utcnow())
+
+
+class BackstopCheck:
+    """A condition read once a request has done a backstop's work, with the
+    backstop recorded done in the same statement if the condition holds.
+
+    The condition says the work stands (say, the follow the request acted on
+    is still there); when it does not, the caller repairs what it did and
+    then calls ``settle_backstop``, so a process that dies in between leaves
+    the job to do it. On PostgreSQL that is one statement sent alone, the
+    update in its ``WITH`` clause, both reading one snapshot; on SQLite a
+    read and the update in one transaction. The condition's parameters are
+    named by the caller; the backstop's are ``backstop_id`` and
+    ``backstop_finished_at``.
+    """
+
+    def __init__(self, condition: ColumnElement[bool]) -> None:
+        self._read = select(condition.label("held"))
+        held = self._read.cte("held")
+        settled = _settling(select(held.c.held).scalar_subquery()).cte("settled")
+        self._read_and_settle: Select[Any] = select(held.c.held).add_cte(settled)
+        self._settle = _settling(None)
+
+    async def settle_if(
+        self, db: Database, job_id: str | None, parameters: dict[str, Any]
+    ) -> bool:
+        """Whether the condition holds now; if it does, the job is done.
+        Without a job (a job's own run, say) the condition is only read."""
+        if job_id is None:
+            async with db.read_session() as session:
+                connection = await session.connection()
+                return bool(await connection.scalar(self._read, parameters))
+        arguments = dict(parameters, backstop_id=job_id, backstop_finished_at=utcnow())
+        if db.is_sqlite:
+            async with db.write_session() as session:
+                connection = await session.connection()
+                held = bool(await connection.scalar(self._read, arguments))
+                if held:
+                    await connection.execute(self._settle, arguments)
+            return held
+        async with db.statement_session() as session:
+            connection = await session.connection()
+            return bool(await connection.scalar(self._read_and_settle, arguments))
+
+
+def _settling(condition: ColumnElement[bool] | None) -> Any:
+    """The update that records a pending backstop done (if ``condition``)."""
+    statement = update(OutboxJob).where(
+        OutboxJob.id == bindparam("backstop_id"), OutboxJob.status == PENDING
+    )
+    if condition is not None:
+        statement = statement.where(condition)
+    return statement.values(
+        status=DONE,
+        finished_at=bindparam(
+            "backstop_finished_at", type_=OutboxJob.__table__.c.finished_at.type
+        ),
+    )
 
 
 async def release_backstop(db: Database, job_id: str) -> None:

@@ -72,10 +72,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter
-from sqlalchemy import Select, String, literal, select, true, union_all
+from sqlalchemy import Select, String, bindparam, literal, select, true, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from petpal.platform.cache import CacheBackendError
+from petpal.platform.jobs import BackstopCheck, settle_backstop
 from petpal.platform.services import Services
 from petpal.platform.timelines import TimelineContent, TimelineSlice
 from petpal.platform.wire import WirePage
@@ -490,14 +491,23 @@ async def follow_changed(
 
 
 async def followed(
-    services: Services, follower_id: str, followee_id: str, *, followers: int
+    services: Services,
+    follower_id: str,
+    followee_id: str,
+    *,
+    followers: int,
+    backstop: str | None = None,
 ) -> None:
     """Add the followee's posts to the follower's timeline, after a follow
-    committed; ``followers`` is the followee's follower count with it.
+    committed; ``followers`` is the followee's follower count with it, and
+    ``backstop`` the request's job that would otherwise do this, recorded
+    done here.
 
     Should an unfollow commit meanwhile, its ``unfollowed`` may run before
     these posts are written: the follow is read again after writing them,
-    and the timeline forgotten if it is gone.
+    and the timeline forgotten if it is gone (the backstop recorded done in
+    the same statement as that read when it is there, after the timeline
+    is forgotten when it is not).
     """
     timelines = services.timelines
     key = home_key(follower_id)
@@ -508,15 +518,21 @@ async def followed(
             recent = recent_posts(followee_id).limit(timelines.cap)
             ids = list((await session.scalars(recent)).all())
     written = await timelines.add([key], ids=ids, links=[followee_id] if big else [])
-    if written:
-        async with services.db.read_session() as session:
-            if not await _follows(session, follower_id, followee_id):
-                await timelines.forget(key)  # unfollowed meanwhile
+    pair = {"follower": follower_id, "followee": followee_id}
+    if (written or backstop) and not await _STILL_FOLLOWING.settle_if(
+        services.db, backstop, pair
+    ):
+        if written:
+            await timelines.forget(key)  # unfollowed meanwhile
+        if backstop is not None:
+            await settle_backstop(services.db, backstop)
 
 
-async def unfollowed(services: Services, follower_id: str, followee_id: str) -> None:
+async def unfollowed(
+    services: Services, follower_id: str, followee_id: str, *, backstop: str
+) -> None:
     """Take the followee's posts and link out of the follower's timeline,
-    after an unfollow committed.
+    after an unfollow committed; ``backstop`` as for ``followed``.
 
     The timeline stays, so the follower's next page needs no rebuild. A
     fan-out of the followee that read the follow before it went deletes the
@@ -532,10 +548,27 @@ async def unfollowed(services: Services, follower_id: str, followee_id: str) -> 
         # newest cap (plus slack) of all, so none older than these.
         recent = recent_posts(followee_id).limit(timelines.cap + timelines.slack)
         ids = list((await session.scalars(recent)).all())
-    if await timelines.unlink(key, ids, followee_id):
-        async with services.db.read_session() as session:
-            if await _follows(session, follower_id, followee_id):
-                await timelines.forget(key)  # followed again meanwhile
+    kept = await timelines.unlink(key, ids, followee_id)
+    pair = {"follower": follower_id, "followee": followee_id}
+    if not await _STILL_NOT_FOLLOWING.settle_if(services.db, backstop, pair):
+        if kept:
+            await timelines.forget(key)  # followed again meanwhile
+        await settle_backstop(services.db, backstop)
+
+
+# The follow of ``follower`` to ``followee``, read after a request changed
+# the follower's timeline for it, with the request's backstop settled in the
+# same statement when the timeline stands as written.
+_FOLLOWING = (
+    select(Follow.id)
+    .where(
+        Follow.follower_id == bindparam("follower"),
+        Follow.followee_id == bindparam("followee"),
+    )
+    .exists()
+)
+_STILL_FOLLOWING = BackstopCheck(_FOLLOWING)
+_STILL_NOT_FOLLOWING = BackstopCheck(~_FOLLOWING)
 
 
 async def _follows(session: AsyncSession, follower_id: str, followee_id: str) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import unicodedata
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
@@ -24,14 +24,20 @@ import orjson
 from prometheus_client import Counter as MetricCounter
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Result,
     Select,
     Table,
     bindparam,
     delete,
+    false,
     func,
     insert,
+    literal,
+    null,
     select,
+    true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -59,8 +65,9 @@ from petpal.platform.ids import is_valid_id, new_id
 from petpal.platform.jobs import (
     BACKSTOP_DELAY,
     enqueue,
+    enqueue_when,
+    job_parameters,
     release_backstop,
-    settle_backstop,
 )
 from petpal.platform.pagination import MAX_LIMIT, Page
 from petpal.platform.services import Services
@@ -240,11 +247,24 @@ async def _bump_follow_stats(
     follower count, in the caller's transaction; both accounts' followers,
     following and posts after it, read under the rows' locks, which the
     transaction holds to its commit.
+    """
+    connection = await session.connection()
+    result = await connection.execute(
+        _FOLLOW_STATS[connection.dialect.name],
+        _follow_stats_parameters(follower_id, followee_id, delta),
+    )
+    return _follow_counts(result)
 
-    The rows go in id order: two accounts following each other at the same
-    moment would otherwise lock the two rows in opposite orders, and one of
-    the transactions would die in a deadlock (on PostgreSQL). A multi-row
-    insert takes its rows in the order given.
+
+def _follow_stats_parameters(
+    follower_id: str, followee_id: str, delta: int
+) -> dict[str, Any]:
+    """The counters' rows, ``first`` and ``second``, in id order.
+
+    Two accounts following each other at the same moment would otherwise
+    lock the two rows in opposite orders, and one of the transactions would
+    die in a deadlock (on PostgreSQL). An insert takes its rows in the order
+    given.
     """
     parameters: dict[str, Any] = {}
     for row, account_id in zip(
@@ -253,11 +273,12 @@ async def _bump_follow_stats(
         parameters[f"{row}_id"] = account_id
         parameters[f"{row}_followers"] = delta if account_id == followee_id else 0
         parameters[f"{row}_following"] = delta if account_id == follower_id else 0
-    connection = await session.connection()
-    result = await connection.execute(
-        _FOLLOW_STATS[connection.dialect.name], parameters
-    )
-    return {str(row[0]): (int(row[1]), int(row[2]), int(row[3])) for row in result}
+    return parameters
+
+
+def _follow_counts(rows: Iterable[Sequence[Any]]) -> dict[str, tuple[int, int, int]]:
+    """Each account's (followers, following, posts) from the counters' rows."""
+    return {str(row[0]): (int(row[1]), int(row[2]), int(row[3])) for row in rows}
 
 
 # --- follows --------------------------------------------------------------------
@@ -267,11 +288,86 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
     followee_id = await resolve_username(services, username)
     if followee_id == follower_id:
         raise InvalidInputError("cannot_follow_self", "an account cannot follow itself")
-    job_id = None
     marks = await _mark_follow_counts(services, follower_id, followee_id)
     try:
-        async with services.db.write_session() as session:
-            inserted = await _insert_if_absent(
+        change = await _change_follow(services, follower_id, followee_id, 1)
+    except IntegrityError as exc:
+        # One of the two accounts was deleted after its name was resolved.
+        raise NotFoundError("the account") from exc
+    if change is not None:
+        SOCIAL_WRITES.labels("follow").inc()
+        job_id, counts = change
+        await _store_follow_counts(services, marks, follower_id, counts)
+        followers = counts[followee_id][0]
+        await _apply_follow_change(
+            services,
+            job_id,
+            home.followed(
+                services, follower_id, followee_id, followers=followers, backstop=job_id
+            ),
+        )
+
+
+async def do_unfollow(services: Services, follower_id: str, username: str) -> None:
+    followee_id = await resolve_username(services, username)
+    if followee_id == follower_id:
+        raise InvalidInputError("cannot_follow_self", "an account cannot follow itself")
+    marks = await _mark_follow_counts(services, follower_id, followee_id)
+    change = await _change_follow(services, follower_id, followee_id, -1)
+    if change is not None:
+        SOCIAL_WRITES.labels("unfollow").inc()
+        job_id, counts = change
+        await _store_follow_counts(services, marks, follower_id, counts)
+        await _apply_follow_change(
+            services,
+            job_id,
+            home.unfollowed(services, follower_id, followee_id, backstop=job_id),
+        )
+
+
+# A follow or an unfollow is three writes made together: the follow's row,
+# the two accounts' counters (_FOLLOW_STATS) and the backstop job of the
+# follower's timeline. On SQLite they are one transaction; on PostgreSQL one
+# statement, the row's change and the job in WITH clauses, the counters and
+# the job written only if the row changed: one round trip instead of five
+# (BEGIN, three statements, COMMIT). Both answer the counters' rows as the
+# change left them, none when there was nothing to change (followed
+# already, or not followed).
+
+
+async def _change_follow(
+    services: Services, follower_id: str, followee_id: str, delta: int
+) -> tuple[str, dict[str, tuple[int, int, int]]] | None:
+    """Follow (``delta`` 1) or unfollow (-1): the backstop job's id and both
+    accounts' counts, or None if there was nothing to change."""
+    if services.db.is_sqlite:
+        return await _change_follow_in_transaction(
+            services, follower_id, followee_id, delta
+        )
+    job_id, parameters = job_parameters(
+        _follow_job_payload(follower_id, followee_id), delay=BACKSTOP_DELAY
+    )
+    parameters.update(
+        _follow_stats_parameters(follower_id, followee_id, delta),
+        follower=follower_id,
+        followee=followee_id,
+    )
+    if delta > 0:
+        parameters.update(follow_id=new_id(), follow_at=utcnow())
+    async with services.db.statement_session() as session:
+        connection = await session.connection()
+        counts = _follow_counts(
+            await connection.execute(_FOLLOW if delta > 0 else _UNFOLLOW, parameters)
+        )
+    return (job_id, counts) if counts else None
+
+
+async def _change_follow_in_transaction(
+    services: Services, follower_id: str, followee_id: str, delta: int
+) -> tuple[str, dict[str, tuple[int, int, int]]] | None:
+    async with services.db.write_session() as session:
+        if delta > 0:
+            changed = await _insert_if_absent(
                 session,
                 Follow,
                 {
@@ -281,45 +377,107 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
                     "created_at": utcnow(),
                 },
             )
-            if inserted:
-                counts = await _bump_follow_stats(session, follower_id, followee_id, 1)
-                job_id = _enqueue_follow_change(session, follower_id, followee_id)
-    except IntegrityError as exc:
-        # One of the two accounts was deleted after its name was resolved.
-        raise NotFoundError("the account") from exc
-    if job_id is not None:
-        SOCIAL_WRITES.labels("follow").inc()
-        await _store_follow_counts(services, marks, follower_id, counts)
-        followers = counts[followee_id][0]
-        await _apply_follow_change(
-            services,
-            job_id,
-            home.followed(services, follower_id, followee_id, followers=followers),
-        )
-
-
-async def do_unfollow(services: Services, follower_id: str, username: str) -> None:
-    followee_id = await resolve_username(services, username)
-    if followee_id == follower_id:
-        raise InvalidInputError("cannot_follow_self", "an account cannot follow itself")
-    job_id = None
-    marks = await _mark_follow_counts(services, follower_id, followee_id)
-    async with services.db.write_session() as session:
-        connection = await session.connection()
-        result = await connection.execute(
-            delete(Follow).where(
-                Follow.follower_id == follower_id, Follow.followee_id == followee_id
+        else:
+            connection = await session.connection()
+            result = await connection.execute(
+                delete(Follow).where(
+                    Follow.follower_id == follower_id,
+                    Follow.followee_id == followee_id,
+                )
             )
+            changed = _rowcount(result) == 1
+        if not changed:
+            return None
+        counts = await _bump_follow_stats(session, follower_id, followee_id, delta)
+        job_id = enqueue(
+            session,
+            home.FOLLOW_JOB,
+            _follow_job_payload(follower_id, followee_id),
+            delay=BACKSTOP_DELAY,
         )
-        if _rowcount(result) == 1:
-            counts = await _bump_follow_stats(session, follower_id, followee_id, -1)
-            job_id = _enqueue_follow_change(session, follower_id, followee_id)
-    if job_id is not None:
-        SOCIAL_WRITES.labels("unfollow").inc()
-        await _store_follow_counts(services, marks, follower_id, counts)
-        await _apply_follow_change(
-            services, job_id, home.unfollowed(services, follower_id, followee_id)
+    return job_id, counts
+
+
+def _follow_job_payload(follower_id: str, followee_id: str) -> dict[str, Any]:
+    # A backstop: the request does the work itself, right after the change.
+    return {"follower_id": follower_id, "followee_id": followee_id}
+
+
+def _follow_change_statement(changed: Any) -> Any:
+    """``changed`` (a WITH clause that returns the follow row it inserted or
+    deleted), then, only if it returned one, the counters' upsert and the
+    backstop job; answers the counters' rows."""
+    happened = select(changed.c.id).exists()
+    stats = _table(AccountStats)
+    rows = union_all(
+        *(
+            select(
+                bindparam(f"{row}_id", type_=stats.c.account_id.type),
+                bindparam(f"{row}_followers", type_=Integer()),
+                bindparam(f"{row}_following", type_=Integer()),
+                literal(0, Integer()),
+            ).where(happened)
+            for row in ("first", "second")
         )
+    )
+    upsert = postgresql.insert(stats).from_select(
+        ["account_id", "follower_count", "following_count", "post_count"], rows
+    )
+    counted = (
+        upsert.on_conflict_do_update(
+            index_elements=[AccountStats.account_id],
+            set_={
+                "follower_count": AccountStats.follower_count
+                + upsert.excluded.follower_count,
+                "following_count": AccountStats.following_count
+                + upsert.excluded.following_count,
+            },
+        )
+        .returning(
+            AccountStats.account_id,
+            AccountStats.follower_count,
+            AccountStats.following_count,
+            AccountStats.post_count,
+        )
+        .cte("counted")
+    )
+    job = enqueue_when(home.FOLLOW_JOB, happened).cte("job")
+    return select(counted).add_cte(changed, job)
+
+
+def _follow_statement() -> Any:
+    follows = _table(Follow)
+    added = (
+        postgresql.insert(follows)
+        .values(
+            id=bindparam("follow_id"),
+            follower_id=bindparam("follower"),
+            followee_id=bindparam("followee"),
+            created_at=bindparam("follow_at", type_=follows.c.created_at.type),
+        )
+        .on_conflict_do_nothing()
+        .returning(follows.c.id)
+        .cte("added")
+    )
+    return _follow_change_statement(added)
+
+
+def _unfollow_statement() -> Any:
+    removed = (
+        delete(Follow)
+        .where(
+            Follow.follower_id == bindparam("follower"),
+            Follow.followee_id == bindparam("followee"),
+        )
+        .returning(Follow.id)
+        .cte("removed")
+    )
+    return _follow_change_statement(removed)
+
+
+# Built once, as _LIKE is (PostgreSQL only).
+_FOLLOW = _follow_statement()
+_UNFOLLOW = _unfollow_statement()
 
 
 async def _mark_follow_counts(
@@ -352,31 +510,18 @@ async def _store_follow_counts(
     )
 
 
-def _enqueue_follow_change(
-    session: AsyncSession, follower_id: str, followee_id: str
-) -> str:
-    # A backstop: the request does the work itself, right after the commit.
-    return enqueue(
-        session,
-        home.FOLLOW_JOB,
-        {"follower_id": follower_id, "followee_id": followee_id},
-        delay=BACKSTOP_DELAY,
-    )
-
-
 async def _apply_follow_change(
     services: Services, job_id: str, change: Awaitable[None]
 ) -> None:
     # At once, so that the follower's next page shows the change; the job
     # committed with the follow repeats it should the timeline store fail
-    # (at once) or this process die first (after its delay). Done here, it
-    # is recorded done, and no relay or worker spends anything on it.
+    # (at once) or this process die first (after its delay). Done here, the
+    # change records the job done, and no relay or worker spends anything
+    # on it.
     try:
         await change
     except CacheBackendError:
         await release_backstop(services.db, job_id)
-    else:
-        await settle_backstop(services.db, job_id)
 
 
 async def list_followers(
@@ -608,8 +753,9 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
 # (the row's change in a WITH clause), which is its own transaction: one
 # round trip instead of four (BEGIN, two statements, COMMIT), and the post's
 # row is locked only while that statement runs. Both answer the same, and
-# each mode's suite tests its own. When nothing changed, the counts are read
-# as they are.
+# each mode's suite tests its own. When nothing changed (liked already, or
+# not liked), the post's counts as they are: on PostgreSQL from the same
+# statement, on SQLite read in the transaction.
 
 
 async def _like_in_transaction(
@@ -637,13 +783,15 @@ def _like_statement() -> Any:
         .returning(Like.post_id)
         .cte("added")
     )
-    return (
+    changed = select(added.c.post_id).exists()
+    bumped = (
         update(Post)
-        .where(Post.id == bindparam("like_post"), select(added.c.post_id).exists())
+        .where(Post.id == bindparam("like_post"), changed)
         .values(like_count=Post.like_count + 1)
         .returning(Post.like_count, Post.comment_count, Post.author_id)
-        .add_cte(added)
+        .cte("bumped")
     )
+    return _or_counts_as_they_are(bumped, changed)
 
 
 def _unlike_statement() -> Any:
@@ -656,15 +804,33 @@ def _unlike_statement() -> Any:
         .returning(Like.post_id, Like.created_at)
         .cte("removed")
     )
-    return (
+    bumped = (
         update(Post)
         .where(Post.id == bindparam("like_post"), Post.id == removed.c.post_id)
         .values(like_count=Post.like_count - 1)
         .returning(
             Post.like_count, Post.comment_count, Post.author_id, removed.c.created_at
         )
-        .add_cte(removed)
+        .cte("bumped")
     )
+    return _or_counts_as_they_are(bumped, select(removed.c.post_id).exists())
+
+
+def _or_counts_as_they_are(bumped: Any, changed: Any) -> Any:
+    """``bumped``'s row (the post's counts and author, and the like's time
+    for an unlike) after True when the like's row ``changed``; otherwise the
+    post's row as it is, after False: so nothing to change costs no second
+    statement. No row: no such post."""
+    rest = [column for column in bumped.c if column.key not in _COUNTED]
+    return union_all(
+        select(true(), *(bumped.c[key] for key in _COUNTED), *rest),
+        select(false(), *(Post.__table__.c[key] for key in _COUNTED))
+        .add_columns(*(null() for _ in rest))
+        .where(Post.id == bindparam("like_post"), ~changed),
+    )
+
+
+_COUNTED = ("like_count", "comment_count", "author_id")
 
 
 # Built once, with named parameters: building a statement and working out
@@ -687,17 +853,18 @@ async def _like_in_one_statement(
 async def _run_like_statement(
     services: Services, statement: Any, parameters: dict[str, Any], post_id: str
 ) -> tuple[Sequence[Any] | None, tuple[int, int], str]:
-    """Run ``_LIKE`` or ``_UNLIKE``: the row it returned (None when there was
+    """Run ``_LIKE`` or ``_UNLIKE``: the row it changed (None when there was
     nothing to change: liked already, or not liked), and the post's counts
     and author either way. A missing post fails the like's foreign key, or
     finds no row to read: 404 both."""
     async with services.db.statement_session() as session:
         connection = await session.connection()
         row = (await connection.execute(statement, parameters)).one_or_none()
-        if row is None:
-            counts, author_id = await _add_likes(session, post_id, 0)
-            return None, counts, author_id
-    return row, (int(row[0]), int(row[1])), str(row[2])
+    if row is None:
+        raise NotFoundError("the post")
+    changed, like_count, comment_count, author_id, *rest = row
+    counts = (int(like_count), int(comment_count))
+    return (tuple(rest) if changed else None), counts, str(author_id)
 
 
 async def do_unlike(services: Services, post_id: str, account_id: str) -> LikeState:
@@ -747,8 +914,7 @@ async def _unlike_in_one_statement(
     row, counts, author_id = await _run_like_statement(
         services, _UNLIKE, parameters, post_id
     )
-    # The like's time, after the counts and the author.
-    return (None if row is None else row[3]), counts, author_id
+    return (None if row is None else row[0]), counts, author_id  # the like's time
 
 
 async def _store_like_state(
