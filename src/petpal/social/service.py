@@ -203,23 +203,12 @@ async def _bump_stats(session: AsyncSession, account_id: str, **deltas: int) -> 
     )
 
 
-def _follow_stats_statement(insert: Any) -> Any:
-    """Both accounts' follow counters in one upsert: rows ``first`` and
-    ``second``, the two account ids in sorted order, each adding its deltas
-    (zero for the counter it leaves alone). It returns each row's counts
-    after the change."""
-    rows = [
-        {
-            "account_id": bindparam(f"{row}_id"),
-            "follower_count": bindparam(f"{row}_followers"),
-            "following_count": bindparam(f"{row}_following"),
-            "post_count": 0,
-        }
-        for row in ("first", "second")
-    ]
-    statement = insert(_table(AccountStats)).values(rows)
-    excluded = statement.excluded
-    return statement.on_conflict_do_update(
+def _counting_follows(upsert: Any) -> Any:
+    """``upsert``, an insert of the two accounts' counter rows (see
+    ``_follow_stats_parameters``), adding each row's deltas to the counters
+    it finds and answering each row's counts after the change."""
+    excluded = upsert.excluded
+    return upsert.on_conflict_do_update(
         index_elements=[AccountStats.account_id],
         set_={
             "follower_count": AccountStats.follower_count + excluded.follower_count,
@@ -233,11 +222,21 @@ def _follow_stats_statement(insert: Any) -> Any:
     )
 
 
-# Built once, with named parameters (see _LIKE below), one per dialect.
-_FOLLOW_STATS = {
-    "postgresql": _follow_stats_statement(postgresql.insert),
-    "sqlite": _follow_stats_statement(sqlite.insert),
-}
+# SQLite's, in the follow's transaction (PostgreSQL's is part of _FOLLOW and
+# _UNFOLLOW below). Built once, with named parameters (see _LIKE below).
+_FOLLOW_STATS = _counting_follows(
+    sqlite.insert(_table(AccountStats)).values(
+        [
+            {
+                "account_id": bindparam(f"{row}_id"),
+                "follower_count": bindparam(f"{row}_followers"),
+                "following_count": bindparam(f"{row}_following"),
+                "post_count": 0,
+            }
+            for row in ("first", "second")
+        ]
+    )
+)
 
 
 async def _bump_follow_stats(
@@ -250,8 +249,7 @@ async def _bump_follow_stats(
     """
     connection = await session.connection()
     result = await connection.execute(
-        _FOLLOW_STATS[connection.dialect.name],
-        _follow_stats_parameters(follower_id, followee_id, delta),
+        _FOLLOW_STATS, _follow_stats_parameters(follower_id, followee_id, delta)
     )
     return _follow_counts(result)
 
@@ -420,27 +418,11 @@ def _follow_change_statement(changed: Any) -> Any:
             for row in ("first", "second")
         )
     )
-    upsert = postgresql.insert(stats).from_select(
-        ["account_id", "follower_count", "following_count", "post_count"], rows
-    )
-    counted = (
-        upsert.on_conflict_do_update(
-            index_elements=[AccountStats.account_id],
-            set_={
-                "follower_count": AccountStats.follower_count
-                + upsert.excluded.follower_count,
-                "following_count": AccountStats.following_count
-                + upsert.excluded.following_count,
-            },
+    counted = _counting_follows(
+        postgresql.insert(stats).from_select(
+            ["account_id", "follower_count", "following_count", "post_count"], rows
         )
-        .returning(
-            AccountStats.account_id,
-            AccountStats.follower_count,
-            AccountStats.following_count,
-            AccountStats.post_count,
-        )
-        .cte("counted")
-    )
+    ).cte("counted")
     job = enqueue_when(home.FOLLOW_JOB, happened).cte("job")
     return select(counted).add_cte(changed, job)
 
