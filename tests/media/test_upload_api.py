@@ -152,6 +152,14 @@ async def test_upload_must_be_multipart_with_a_file_field(
         content=b"--zzz\r\nthis is not a part header\r\n\r\n",
     )
     assert broken.status_code == 400
+    for content_type in ("multipart/form-data", "multipart/form-data; boundary="):
+        unsplittable = await client.post(
+            "/api/v1/media",
+            headers={**user.headers, "content-type": content_type},
+            content=b"--zzz\r\n",
+        )
+        assert_problem(unsplittable, 400, "malformed_upload")
+        assert "boundary" in unsplittable.json()["detail"]
 
 
 @pytest.fixture

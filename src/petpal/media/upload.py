@@ -49,11 +49,16 @@ async def receive_file(
     The caller owns the returned file and must delete it.
     """
     content_type, options = parse_options_header(request.headers.get("content-type"))
-    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+    if content_type != b"multipart/form-data":
         raise ProblemError(
             415,
             "unsupported_media_type",
             "upload the photo as multipart/form-data with a 'file' field",
+        )
+    if not options.get(b"boundary"):
+        # The right type, but a body that cannot be split into its parts.
+        raise _bad_request(
+            "the Content-Type multipart/form-data has no boundary parameter"
         )
     directory.mkdir(parents=True, exist_ok=True)
     out: IO[bytes] = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below
