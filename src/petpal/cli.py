@@ -70,6 +70,13 @@ def serve(
             param_hint="--workers",
         )
     upgrade(settings)
+    address = f"[{host}]" if ":" in host else host
+    jobs = (
+        "its jobs go to RabbitMQ: run `petpal relay` and `petpal worker` too"
+        if settings.broker_url
+        else "its jobs run in this process"
+    )
+    typer.echo(f"serving PetPal at http://{address}:{port}; {jobs}", err=True)
     uvicorn.run(
         "petpal.platform.app:create_server_app",
         factory=True,

@@ -28,3 +28,33 @@ def test_several_server_processes_without_redis_are_refused(
     assert result.exit_code == 2, result.output
     assert "PETPAL_REDIS_URL" in result.output
     assert list(tmp_path.iterdir()) == []  # no database made, nothing served
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "says"),
+    [("", "its jobs run in this process"), ("amqp://nowhere//", "petpal worker")],
+)
+def test_serve_says_where_it_listens_and_where_jobs_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str, says: str
+) -> None:
+    """Uvicorn logs only warnings here, so without this line a new user
+    starting ``petpal serve`` saw nothing at all (found by a trial)."""
+    import uvicorn
+
+    started: list[dict[str, object]] = []
+    # The server itself is not what this checks (the load tests start it).
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.append(kwargs))
+    monkeypatch.delenv("PETPAL_REDIS_URL", raising=False)
+    monkeypatch.setenv("PETPAL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PETPAL_BROKER_URL", broker_url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            cli, ["serve", "--port", "18123", "--data-dir", str(tmp_path)]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "serving PetPal at http://127.0.0.1:18123" in result.output
+    assert says in result.output
+    assert [run["port"] for run in started] == [18123]

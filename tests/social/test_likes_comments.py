@@ -201,6 +201,28 @@ async def test_a_like_leaves_its_counts_cached_without_reading_them_again(
         assert state.like_count == in_database[0][0]
 
 
+async def test_the_same_like_sent_many_times_at_once_answers_the_count_it_left(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """A like that finds the like already there may have waited for the
+    request that put it there: its answer is the count that one left, not
+    the count from before it (a read of the statement's snapshot would be).
+    The same for unlikes."""
+    author, fan = await many_users(services, 2)
+    media_id = await a_photo(client, author, services, photos)
+    for _ in range(8):
+        post = await a_post(client, author, media_id)
+        url = f"/api/v1/posts/{post['id']}/like"
+        for method, state in (("POST", [True, 1]), ("DELETE", [False, 0])):
+            answers = await asyncio.gather(
+                *(_answered(client, method, url, fan) for _ in range(6))
+            )
+            for response, _ in answers:
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert [body["liked"], body["like_count"]] == state, (method, body)
+
+
 async def test_many_likes_and_unlikes_at_once_leave_the_cache_exact(
     client: httpx.AsyncClient, services: Services, photos: Path
 ) -> None:

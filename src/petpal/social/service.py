@@ -802,13 +802,26 @@ def _or_counts_as_they_are(bumped: Any, changed: Any) -> Any:
     """``bumped``'s row (the post's counts and author, and the like's time
     for an unlike) after True when the like's row ``changed``; otherwise the
     post's row as it is, after False: so nothing to change costs no second
-    statement. No row: no such post."""
+    statement. No row: no such post.
+
+    As it is means as the last commit left it, not as the statement's
+    snapshot had it: the like's insert (or delete) that found nothing to do
+    may have waited for a concurrent request doing the same, whose commit
+    the snapshot predates. A locking read (``FOR SHARE``) reads the newest
+    committed row, waiting for a writer that holds it, as the update does.
+    """
     rest = [column for column in bumped.c if column.key not in _COUNTED]
+    current = (
+        select(*(Post.__table__.c[key] for key in _COUNTED))
+        .where(Post.id == bindparam("like_post"), ~changed)
+        .with_for_update(read=True)
+        .cte("current")
+    )
     return union_all(
         select(true(), *(bumped.c[key] for key in _COUNTED), *rest),
-        select(false(), *(Post.__table__.c[key] for key in _COUNTED))
-        .add_columns(*(null() for _ in rest))
-        .where(Post.id == bindparam("like_post"), ~changed),
+        select(false(), *(current.c[key] for key in _COUNTED)).add_columns(
+            *(null() for _ in rest)
+        ),
     )
 
 
