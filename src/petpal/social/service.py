@@ -324,7 +324,7 @@ async def do_unfollow(services: Services, follower_id: str, username: str) -> No
 
 
 # A follow or an unfollow is three writes made together: the follow's row,
-# the two accounts' counters (_FOLLOW_STATS) and the backstop job of the
+# the two accounts' counters (_counting_follows) and the backstop job of the
 # follower's timeline. On SQLite they are one transaction; on PostgreSQL one
 # statement, the row's change and the job in WITH clauses, the counters and
 # the job written only if the row changed: one round trip instead of five
@@ -736,8 +736,9 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
 # round trip instead of four (BEGIN, two statements, COMMIT), and the post's
 # row is locked only while that statement runs. Both answer the same, and
 # each mode's suite tests its own. When nothing changed (liked already, or
-# not liked), the post's counts as they are: on PostgreSQL from the same
-# statement, on SQLite read in the transaction.
+# not liked), the post's counts as the last commit left them: on PostgreSQL
+# from the same statement (a locking read, see _or_counts_as_they_are), on
+# SQLite read in the transaction.
 
 
 async def _like_in_transaction(
