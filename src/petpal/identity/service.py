@@ -342,22 +342,23 @@ async def ids_for_usernames(services: Services, usernames: list[str]) -> dict[st
 async def profile_wire(
     services: Services, account_id: str, viewer_id: str | None
 ) -> Wire:
-    """``Profile``'s JSON shape: the cached account, then its counts and
-    whether the viewer follows it, in one more round trip."""
+    """``Profile``'s JSON shape: the cached account, its counts and whether
+    the viewer follows it, side by side, so their look-ups share one cache
+    round trip."""
     from petpal.social.service import account_counts, is_following
-
-    blob = await _cached_account(services, account_id)
-    if blob is None:
-        raise NotFoundError("the account")
 
     async def followed_by_viewer() -> bool | None:
         if viewer_id is None or viewer_id == account_id:
             return None
         return await is_following(services, viewer_id, account_id)
 
-    (followers, following, posts), followed = await asyncio.gather(
-        account_counts(services, account_id), followed_by_viewer()
+    blob, (followers, following, posts), followed = await asyncio.gather(
+        _cached_account(services, account_id),
+        account_counts(services, account_id),
+        followed_by_viewer(),
     )
+    if blob is None:
+        raise NotFoundError("the account")
     return {
         "id": account_id,
         "username": blob["username"],
