@@ -3,10 +3,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from petpal.cli import app as cli
 from petpal.platform.settings import get_settings
+
+
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *arguments: str) -> Result:
+    """``petpal serve`` with its data in ``tmp_path`` and no Redis."""
+    monkeypatch.delenv("PETPAL_REDIS_URL", raising=False)
+    # The command sets it; monkeypatch puts back what was there before.
+    monkeypatch.setenv("PETPAL_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(
+            cli, ["serve", *arguments, "--data-dir", str(tmp_path)]
+        )
+    finally:
+        get_settings.cache_clear()
 
 
 def test_several_server_processes_without_redis_are_refused(
@@ -15,16 +30,7 @@ def test_several_server_processes_without_redis_are_refused(
     """Each process would keep its own cache, timelines and limits, and two
     requests in a row would see different data (found by trying
     ``python3 dev.py run --workers 2``): refused before anything starts."""
-    monkeypatch.delenv("PETPAL_REDIS_URL", raising=False)
-    # The command sets it; monkeypatch puts back what was there before.
-    monkeypatch.setenv("PETPAL_DATA_DIR", str(tmp_path))
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(
-            cli, ["serve", "--workers", "2", "--data-dir", str(tmp_path)]
-        )
-    finally:
-        get_settings.cache_clear()
+    result = serve(tmp_path, monkeypatch, "--workers", "2")
     assert result.exit_code == 2, result.output
     assert "PETPAL_REDIS_URL" in result.output
     assert list(tmp_path.iterdir()) == []  # no database made, nothing served
@@ -44,16 +50,8 @@ def test_serve_says_where_it_listens_and_where_jobs_run(
     started: list[dict[str, object]] = []
     # The server itself is not what this checks (the load tests start it).
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.append(kwargs))
-    monkeypatch.delenv("PETPAL_REDIS_URL", raising=False)
-    monkeypatch.setenv("PETPAL_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("PETPAL_BROKER_URL", broker_url)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(
-            cli, ["serve", "--port", "18123", "--data-dir", str(tmp_path)]
-        )
-    finally:
-        get_settings.cache_clear()
+    result = serve(tmp_path, monkeypatch, "--port", "18123")
     assert result.exit_code == 0, result.output
     assert "serving PetPal at http://127.0.0.1:18123" in result.output
     assert says in result.output
