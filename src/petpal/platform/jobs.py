@@ -292,7 +292,12 @@ BACKSTOP_DELAY = timedelta(seconds=30)
 async def settle_backstop(db: Database, job_id: str) -> None:
     """Record a backstop job done: the request did its work."""
     async with db.statement_session() as session:
-        await _update_pending(session, job_id, status=DONE, finished_at=utcnow())
+        connection = await session.connection()
+        await connection.execute(_SETTLE, _settle_parameters(job_id))
+
+
+def _settle_parameters(job_id: str) -> dict[str, Any]:
+    return {"backstop_id": job_id, "backstop_finished_at": utcnow()}
 
 
 class BackstopCheck:
@@ -314,7 +319,6 @@ class BackstopCheck:
         held = self._read.cte("held")
         settled = _settling(select(held.c.held).scalar_subquery()).cte("settled")
         self._read_and_settle: Select[Any] = select(held.c.held).add_cte(settled)
-        self._settle = _settling(None)
 
     async def settle_if(
         self, db: Database, job_id: str | None, parameters: dict[str, Any]
@@ -325,13 +329,13 @@ class BackstopCheck:
             async with db.read_session() as session:
                 connection = await session.connection()
                 return bool(await connection.scalar(self._read, parameters))
-        arguments = dict(parameters, backstop_id=job_id, backstop_finished_at=utcnow())
+        arguments = parameters | _settle_parameters(job_id)
         if db.is_sqlite:
             async with db.write_session() as session:
                 connection = await session.connection()
                 held = bool(await connection.scalar(self._read, arguments))
                 if held:
-                    await connection.execute(self._settle, arguments)
+                    await connection.execute(_SETTLE, arguments)
             return held
         async with db.statement_session() as session:
             connection = await session.connection()
@@ -339,7 +343,8 @@ class BackstopCheck:
 
 
 def _settling(condition: ColumnElement[bool] | None) -> Any:
-    """The update that records a pending backstop done (if ``condition``)."""
+    """The update that records a pending backstop done (if ``condition``),
+    bound by ``_settle_parameters``."""
     statement = update(OutboxJob).where(
         OutboxJob.id == bindparam("backstop_id"), OutboxJob.status == PENDING
     )
@@ -351,6 +356,10 @@ def _settling(condition: ColumnElement[bool] | None) -> Any:
             "backstop_finished_at", type_=OutboxJob.__table__.c.finished_at.type
         ),
     )
+
+
+# Built once: settle_backstop runs after most follows and unfollows.
+_SETTLE = _settling(None)
 
 
 async def release_backstop(db: Database, job_id: str) -> None:

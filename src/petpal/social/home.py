@@ -519,7 +519,7 @@ async def followed(
             ids = list((await session.scalars(recent)).all())
     written = await timelines.add([key], ids=ids, links=[followee_id] if big else [])
     pair = {"follower": follower_id, "followee": followee_id}
-    if (written or backstop) and not await _STILL_FOLLOWING.settle_if(
+    if (written or backstop is not None) and not await _STILL_FOLLOWING.settle_if(
         services.db, backstop, pair
     ):
         if written:
@@ -572,12 +572,8 @@ _STILL_NOT_FOLLOWING = BackstopCheck(~_FOLLOWING)
 
 
 async def _follows(session: AsyncSession, follower_id: str, followee_id: str) -> bool:
-    found = await session.scalar(
-        select(Follow.id).where(
-            Follow.follower_id == follower_id, Follow.followee_id == followee_id
-        )
-    )
-    return found is not None
+    pair = {"follower": follower_id, "followee": followee_id}
+    return bool(await session.scalar(select(_FOLLOWING), pair))
 
 
 async def _follower_count(session: AsyncSession, account_id: str) -> int:

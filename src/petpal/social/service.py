@@ -811,22 +811,24 @@ def _or_counts_as_they_are(bumped: Any, changed: Any) -> Any:
     the snapshot predates. A locking read (``FOR SHARE``) reads the newest
     committed row, waiting for a writer that holds it, as the update does.
     """
-    rest = [column for column in bumped.c if column.key not in _COUNTED]
+    rest = [column for column in bumped.c if column.key not in _POST_FACTS]
     current = (
-        select(*(Post.__table__.c[key] for key in _COUNTED))
+        select(*(_table(Post).c[key] for key in _POST_FACTS))
         .where(Post.id == bindparam("like_post"), ~changed)
         .with_for_update(read=True)
         .cte("current")
     )
     return union_all(
-        select(true(), *(bumped.c[key] for key in _COUNTED), *rest),
-        select(false(), *(current.c[key] for key in _COUNTED)).add_columns(
+        select(true(), *(bumped.c[key] for key in _POST_FACTS), *rest),
+        select(false(), *(current.c[key] for key in _POST_FACTS)).add_columns(
             *(null() for _ in rest)
         ),
     )
 
 
-_COUNTED = ("like_count", "comment_count", "author_id")
+# What every answer of _LIKE and _UNLIKE starts with, after the flag: the
+# post's counts and its author.
+_POST_FACTS = ("like_count", "comment_count", "author_id")
 
 
 # Built once, with named parameters: building a statement and working out
