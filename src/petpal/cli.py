@@ -56,6 +56,7 @@ def serve(
     """Apply migrations, then serve the API and run the jobs in this process."""
     import uvicorn
 
+    from petpal.platform.http_protocol import ProblemHttpToolsProtocol
     from petpal.platform.migrate import upgrade
 
     settings = _settings(data_dir)
@@ -84,6 +85,9 @@ def serve(
         host=host,
         port=port,
         proxy_headers=False,
+        # Uvicorn's own, but a request it cannot parse gets a problem
+        # document, as every other error does (platform/http_protocol.py).
+        http=ProblemHttpToolsProtocol,
         access_log=False,
         log_level="warning",
     )

@@ -7,6 +7,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from petpal.cli import app as cli
+from petpal.platform.http_protocol import ProblemHttpToolsProtocol
 from petpal.platform.settings import get_settings
 
 
@@ -56,3 +57,6 @@ def test_serve_says_where_it_listens_and_where_jobs_run(
     assert "serving PetPal at http://127.0.0.1:18123" in result.output
     assert says in result.output
     assert [run["port"] for run in started] == [18123]
+    # Whatever uvicorn cannot parse is answered as a problem too
+    # (tests/platform/test_http_protocol.py).
+    assert [run["http"] for run in started] == [ProblemHttpToolsProtocol]

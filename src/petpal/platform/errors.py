@@ -103,6 +103,11 @@ class BodyTooLargeError(StarletteHTTPException):
         super().__init__(413, f"the request body exceeds {limit} bytes")
 
 
+def problem_type(code: str) -> str:
+    """The problem type URI of an error code: ``not_found`` → ``…/not-found``."""
+    return f"https://petpal.example/problems/{code.replace('_', '-')}"
+
+
 def problem_response(
     request: Request,
     status: int,
@@ -114,7 +119,7 @@ def problem_response(
     extra: Mapping[str, Any] | None = None,
 ) -> Response:
     body: dict[str, Any] = {
-        "type": f"https://petpal.example/problems/{code.replace('_', '-')}",
+        "type": problem_type(code),
         "title": title or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
