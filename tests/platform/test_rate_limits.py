@@ -157,6 +157,56 @@ async def test_each_account_action_is_refused_past_its_limit(
         assert (await act(client, bob)).status_code < 300
 
 
+_OPERATIONS = {
+    "post": ("post", "/api/v1/posts"),
+    "like": ("post", "/api/v1/posts/{post_id}/like"),
+    "comment": ("post", "/api/v1/posts/{post_id}/comments"),
+    "follow": ("post", "/api/v1/accounts/{username}/follow"),
+    "upload": ("post", "/api/v1/media"),
+}
+
+
+async def test_the_schema_declares_the_headers_limited_answers_carry(
+    settings: Settings, photos: Path
+) -> None:
+    """A client generated from the OpenAPI schema can read the quota headers
+    where they come, and Retry-After on every 429 and 503."""
+    async with (
+        limited_app(settings, rate_limit_like="1/hour") as app,
+        client_from(app, "192.0.2.11") as client,
+    ):
+        services: Services = app.state.services
+        schema = (await client.get("/openapi.json")).json()
+        alice = await a_member(services)
+        acts = _actions(services, photos)
+        answers: dict[tuple[str, str], list[httpx.Response]] = {}
+        for action, act in acts.items():
+            answers[_OPERATIONS[action]] = [await act(client, alice)]
+        # The like's limit is 1: the second is a 429.
+        answers[_OPERATIONS["like"]].append(await acts["like"](client, alice))
+        quota = {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"}
+        for (method, path), responses in answers.items():
+            declared = schema["paths"][path][method]["responses"]
+            for response in responses:
+                headers = declared[str(response.status_code)].get("headers", {})
+                assert {name.lower() for name in headers} >= quota, (path, response)
+                assert all(name in response.headers for name in headers), path
+        assert answers[_OPERATIONS["like"]][-1].status_code == 429
+
+        limited = set(_OPERATIONS.values()) | {
+            ("post", "/api/v1/accounts"),
+            ("post", "/api/v1/auth/token"),
+        }
+        for path, operations in schema["paths"].items():
+            for method, operation in operations.items():
+                responses = operation["responses"]
+                for status in ("429", "503"):
+                    assert "Retry-After" in responses[status]["headers"], path
+                success = next(code for code in responses if code.startswith("2"))
+                declares = "X-RateLimit-Limit" in responses[success].get("headers", {})
+                assert declares == ((method, path) in limited), (method, path)
+
+
 async def test_sign_up_is_limited_per_ip(settings: Settings) -> None:
     async with limited_app(settings, rate_limit_sign_up="2/hour") as app:
         async with client_from(app, "192.0.2.20") as client:

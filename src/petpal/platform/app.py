@@ -25,7 +25,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from petpal.platform.cache import CacheBackendError
-from petpal.platform.deps import optional_account, require_account
+from petpal.platform.deps import (
+    RATE_LIMIT_DEPENDENCIES,
+    optional_account,
+    require_account,
+)
 from petpal.platform.errors import (
     PROBLEM_MEDIA_TYPE,
     BodyTooLargeError,
@@ -65,10 +69,34 @@ class Problem(BaseModel):
 _PROBLEM_CONTENT = {
     PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}
 }
+
+
+def _integer_header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "integer"}}
+
+
+_RETRY_AFTER = {"Retry-After": _integer_header("Seconds to wait before trying again")}
+# What platform/ratelimit.py's Quota sends: on every 429, and on the answers
+# of the routes that charge a limit of their own (_add_routes).
+QUOTA_HEADERS = {
+    "X-RateLimit-Limit": _integer_header("Requests the tightest limit allows"),
+    "X-RateLimit-Remaining": _integer_header("Requests left under that limit"),
+    "X-RateLimit-Reset": _integer_header(
+        "Unix time, in seconds, by which a request counts no more against it"
+    ),
+}
+_PROBLEM_HEADERS: dict[int, dict[str, Any]] = {
+    429: {**_RETRY_AFTER, **QUOTA_HEADERS},
+    503: _RETRY_AFTER,
+}
 # Documented on every API route, so clients and schema-driven tests know that
 # errors are problem documents (this also replaces FastAPI's default 422 body).
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": description, "content": _PROBLEM_CONTENT}
+    status: {
+        "description": description,
+        "content": _PROBLEM_CONTENT,
+        **({"headers": _PROBLEM_HEADERS[status]} if status in _PROBLEM_HEADERS else {}),
+    }
     for status, description in {
         400: "Malformed JSON, multipart body or cursor",
         401: "Missing, invalid or expired access token",
@@ -290,6 +318,14 @@ def _add_routes(
         if not isinstance(route, APIRoute):
             raise TypeError(f"only API routes are served flat, not {route!r}")
         dependencies = list(route.dependencies)
+        extra = dict(route.responses)
+        if _charges_a_limit(route.dependant):
+            success = route.status_code or 200
+            documented = extra.get(success, {})
+            extra[success] = {
+                **documented,
+                "headers": {**documented.get("headers", {}), **QUOTA_HEADERS},
+            }
         if route.methods == {"GET"} and not _reads_token(route.dependant):
             # A token offered to a read is checked on every read, so a bad
             # one is a 401 everywhere, not only where the route reads the
@@ -306,7 +342,7 @@ def _add_routes(
             summary=route.summary,
             description=route.description,
             response_description=route.response_description,
-            responses={**(responses or {}), **route.responses},
+            responses={**(responses or {}), **extra},
             deprecated=route.deprecated,
             methods=route.methods,
             operation_id=route.operation_id,
@@ -332,6 +368,15 @@ def _reads_token(dependant: Dependant) -> bool:
     """Whether a route already checks the bearer token (at any depth)."""
     return any(
         d.call in (optional_account, require_account) or _reads_token(d)
+        for d in dependant.dependencies
+    )
+
+
+def _charges_a_limit(dependant: Dependant) -> bool:
+    """Whether a route charges a rate limit (at any depth), and so answers
+    with the X-RateLimit-* headers."""
+    return any(
+        d.call in RATE_LIMIT_DEPENDENCIES or _charges_a_limit(d)
         for d in dependant.dependencies
     )
 

@@ -75,6 +75,11 @@ def _client_ip(request: Request, services: Services) -> str:
     return client_ip(request, services.settings.trusted_proxies)
 
 
+# The dependencies that charge a rate limit, so that the app can document
+# the X-RateLimit-* headers on the routes that carry them (platform/app.py).
+RATE_LIMIT_DEPENDENCIES: set[Callable[..., Awaitable[None]]] = set()
+
+
 async def limit_sign_up(
     request: Request,
     services: Annotated[Services, Depends(get_services)],
@@ -91,6 +96,9 @@ async def limit_log_in(
     if login is not None:
         checks.append(("log_in_name", login_key(login)))
     await _enforce(request, services, checks)
+
+
+RATE_LIMIT_DEPENDENCIES.update((limit_sign_up, limit_log_in))
 
 
 async def _submitted_login(request: Request) -> str | None:
@@ -114,6 +122,7 @@ def limit_per_account(name: str) -> Callable[..., Awaitable[None]]:
     ) -> None:
         await _enforce(request, services, [(name, me.account_id)])
 
+    RATE_LIMIT_DEPENDENCIES.add(enforce)
     return enforce
 
 
