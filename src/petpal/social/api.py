@@ -20,6 +20,7 @@ from petpal.social.schemas import (
     CommentView,
     LikeState,
     PostCreate,
+    PostEdit,
     PostView,
 )
 
@@ -111,6 +112,20 @@ async def get_post(
     post_id: str, viewer: OptionalAccount, services: ServicesDep
 ) -> Response:
     return json_response(await service.get_post(services, post_id, _viewer_id(viewer)))
+
+
+@router.patch(
+    "/posts/{post_id}",
+    response_model=PostView,
+    # Counted as posting: each edit may move the post between hashtag pages.
+    dependencies=[Depends(limit_per_account("post"))],
+)
+async def edit_post(
+    post_id: str, data: PostEdit, me: CurrentAccount, services: ServicesDep
+) -> Response:
+    """Replace the caption; hashtags and mentions follow it. Author only."""
+    await service.do_edit_post(services, post_id, me.account_id, data)
+    return json_response(await service.get_post(services, post_id, me.account_id))
 
 
 @router.delete("/posts/{post_id}", status_code=204)

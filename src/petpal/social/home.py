@@ -87,6 +87,7 @@ from petpal.social.feeds import (
     public_keys,
     recent_posts,
     shared_keys,
+    tag_key,
     timeline_page,
 )
 from petpal.social.models import AccountStats, Follow, Post, PostTag
@@ -356,11 +357,17 @@ async def retract(
     await _or_owe(services, author_id, own, everywhere())
 
 
+def forget_tags_payload(tags: Sequence[str]) -> dict[str, object]:
+    """The ``social.forget_timelines`` job that forgets hashtags' timelines."""
+    return {"account_ids": [], "followers_of": None, "tags": list(tags)}
+
+
 async def forget_timelines(
     services: Services,
     account_ids: Sequence[str],
     followers_of: str | None,
     post_id: str | None = None,
+    tags: Sequence[str] = (),
 ) -> None:
     """Delete timelines that may have missed a change, so their next read
     rebuilds them from the database (the ``social.forget_timelines`` job).
@@ -370,9 +377,10 @@ async def forget_timelines(
     and every follower's; with ``post_id`` (a fan-out's post), the public
     timeline and those of the post's hashtags. Deleting is the one write
     that needs no knowledge of what was missed, and costs each warm reader
-    one rebuild.
+    one rebuild. An edited caption queues it with the ``tags`` whose pages
+    the post left or joined.
     """
-    keys = [home_key(a) for a in account_ids]
+    keys = [home_key(a) for a in account_ids] + [tag_key(t) for t in tags]
     if followers_of is not None:
         author = followers_of
         # The mark goes too: a big author's next post announces the link anew.

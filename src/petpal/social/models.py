@@ -45,6 +45,8 @@ class Post(Base):
     like_count: Mapped[int] = mapped_column(Integer, default=0)
     comment_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When the caption was last edited; None for a post never edited.
+    edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class PostMedia(Base):

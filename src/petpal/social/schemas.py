@@ -33,6 +33,12 @@ class PostCreate(Input):
     pet_ids: list[ForeignId] = Field(default=[], max_length=MAX_PETS_PER_POST)
 
 
+class PostEdit(Input):
+    """A new caption: its hashtags and mentions are worked out anew."""
+
+    caption: Caption
+
+
 class CommentCreate(Input):
     body: CommentBody
 
@@ -58,6 +64,9 @@ class PostView(BaseModel):
         default=None, description="Whether the caller likes the post; null if anonymous"
     )
     created_at: datetime
+    edited_at: datetime | None = Field(
+        default=None, description="When the caption was last edited; null if never"
+    )
 
 
 class CommentView(BaseModel):

@@ -15,6 +15,7 @@ deleted the row it counts, as the statement's row count says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import unicodedata
 from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime
@@ -94,6 +95,7 @@ from petpal.social.schemas import (
     CommentView,
     LikeState,
     PostCreate,
+    PostEdit,
 )
 from petpal.social.views import (
     COUNTS_TTL,
@@ -570,7 +572,13 @@ def _check_post_input(data: PostCreate) -> list[str]:
         raise InvalidInputError("duplicate_media", "a media id appears more than once")
     if len(set(data.pet_ids)) != len(data.pet_ids):
         raise InvalidInputError("duplicate_pet", "a pet id appears more than once")
-    hashtags = extract_hashtags(data.caption)
+    return _caption_hashtags(data.caption)
+
+
+def _caption_hashtags(caption: str) -> list[str]:
+    """A caption's canonical hashtags, once there are not too many of them
+    and none is too long."""
+    hashtags = extract_hashtags(caption)
     if len(hashtags) > MAX_HASHTAGS:
         raise InvalidInputError(
             "too_many_hashtags", f"a caption may have at most {MAX_HASHTAGS} hashtags"
@@ -593,12 +601,33 @@ async def _require_own_pets(
     await require_own_pets(session, pet_ids, owner_id)
 
 
+async def _mentioned(services: Services, caption: str) -> list[str]:
+    """The ids of the accounts a caption mentions that exist, in its order."""
+    names = extract_mentions(caption)
+    found = await ids_for_usernames(services, names)
+    return [found[name] for name in names if name in found]
+
+
+def _caption_links(
+    post_id: str, hashtags: Sequence[str], mentioned: Sequence[str]
+) -> list[Base]:
+    """The rows that link a post to its caption's hashtags and mentions."""
+    return [
+        *(
+            PostTag(tag=tag, post_id=post_id, position=i)
+            for i, tag in enumerate(hashtags)
+        ),
+        *(
+            PostMention(post_id=post_id, account_id=account_id, position=i)
+            for i, account_id in enumerate(mentioned)
+        ),
+    ]
+
+
 async def do_create_post(services: Services, author_id: str, data: PostCreate) -> str:
     """Create a post of ``author_id``'s ready media; returns its id."""
     hashtags = _check_post_input(data)
-    names = extract_mentions(data.caption)
-    found = await ids_for_usernames(services, names)
-    mentioned = [found[name] for name in names if name in found]
+    mentioned = await _mentioned(services, data.caption)
     post_id = new_id()
     created_at = utcnow()
     try:
@@ -627,14 +656,7 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
                         PostPet(post_id=post_id, position=i, pet_id=pet_id)
                         for i, pet_id in enumerate(data.pet_ids)
                     ),
-                    *(
-                        PostTag(tag=tag, post_id=post_id, position=i)
-                        for i, tag in enumerate(hashtags)
-                    ),
-                    *(
-                        PostMention(post_id=post_id, account_id=account_id, position=i)
-                        for i, account_id in enumerate(mentioned)
-                    ),
+                    *_caption_links(post_id, hashtags, mentioned),
                 ]
             )
             await _bump_stats(session, author_id, post_count=1)
@@ -658,6 +680,59 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
         services, post_id, author_id, trending.POST_WEIGHT, created_at
     )
     return post_id
+
+
+async def do_edit_post(
+    services: Services, post_id: str, account_id: str, data: PostEdit
+) -> None:
+    """Replace a post's caption; its hashtags and mentions follow it.
+
+    The post keeps its id, so it keeps its place in every list, and a cursor
+    taken before the edit goes on where it was: an edit never repeats or
+    skips a post. The hashtag pages it leaves or joins are rebuilt from the
+    database: their timelines are forgotten after the commit, and again by
+    a job queued with it, should this process die first.
+    """
+    _require_id(post_id, "the post")
+    hashtags = _caption_hashtags(data.caption)
+    mentioned = await _mentioned(services, data.caption)
+    try:
+        async with services.db.write_session() as session:
+            # The row's lock orders edits of one post: each replaces the
+            # links the one before it wrote.
+            author_id = await session.scalar(
+                select(Post.author_id).where(Post.id == post_id).with_for_update()
+            )
+            if author_id is None:
+                raise NotFoundError("the post")
+            if author_id != account_id:
+                raise ForbiddenError("only the author may edit a post")
+            before = await session.scalars(
+                select(PostTag.tag).where(PostTag.post_id == post_id)
+            )
+            moved = sorted(set(before.all()).symmetric_difference(hashtags))
+            await session.execute(
+                update(Post)
+                .where(Post.id == post_id)
+                .values(caption=data.caption, edited_at=utcnow())
+            )
+            for link in (PostTag, PostMention):
+                await session.execute(delete(link).where(link.post_id == post_id))
+            session.add_all(_caption_links(post_id, hashtags, mentioned))
+            if moved:
+                enqueue(session, home.FORGET_JOB, home.forget_tags_payload(moved))
+    except IntegrityError as exc:
+        # A mentioned account was deleted meanwhile.
+        raise ConflictError(
+            "reference_changed", "something this post refers to just changed; retry"
+        ) from exc
+    SOCIAL_WRITES.labels("edit_post").inc()
+    await services.cache.invalidate(post_key(post_id))
+    if moved:
+        # Best effort: the job forgets them again, and a failed deletion is
+        # owed by the timelines and made once the store answers.
+        with contextlib.suppress(CacheBackendError):
+            await services.timelines.forget(*(feeds.tag_key(t) for t in moved))
 
 
 async def do_delete_post(services: Services, post_id: str, account_id: str) -> None:

@@ -133,4 +133,5 @@ async def forget_timelines(ctx: JobContext, payload: dict[str, Any]) -> None:
         [str(a) for a in payload.get("account_ids", [])],
         None if followers_of is None else str(followers_of),
         None if post_id is None else str(post_id),
+        [str(t) for t in payload.get("tags", [])],
     )

@@ -7,7 +7,8 @@ post drops out of every list at once, whatever a cache still holds. Pages
 whose ids come from elsewhere (timelines, see :mod:`petpal.social.feeds`;
 the trending ranking) get the same two facts from the cache instead,
 under ``post-counts:{id}``, which a deletion invalidates and which caches
-"not found" (``counts_of``). The immutable rest of each post comes from the
+"not found" (``counts_of``). The rest of each post (which changes only by
+an edit of its caption, which invalidates it) comes from the
 cache under ``post:{id}``; the posts a page misses there are loaded
 together, in one batch. Authors, media and pets come from their own
 services' caches.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, TypedDict, cast
+from typing import Any, NamedTuple, NotRequired, TypedDict, cast
 
 import orjson
 from sqlalchemy import Select, select
@@ -144,7 +145,8 @@ async def likes_of(
 
 
 class _PostBody(TypedDict):
-    """The immutable part of a post, as cached under ``post:{id}``."""
+    """A post but its counts, as cached under ``post:{id}``; only an edit of
+    its caption changes it (``service.do_edit_post``), and invalidates it."""
 
     id: str
     author_id: str
@@ -154,15 +156,17 @@ class _PostBody(TypedDict):
     media_ids: list[str]
     pet_ids: list[str]
     created_at: str
+    # Absent from bodies cached before posts could be edited.
+    edited_at: NotRequired[str | None]
 
 
 async def _load_bodies(services: Services, post_ids: list[str]) -> dict[str, bytes]:
     """The bodies of the existing posts among ``post_ids``, in five queries."""
     async with services.db.read_session() as session:
         posts = await session.execute(
-            select(Post.id, Post.author_id, Post.caption, Post.created_at).where(
-                Post.id.in_(post_ids)
-            )
+            select(
+                Post.id, Post.author_id, Post.caption, Post.created_at, Post.edited_at
+            ).where(Post.id.in_(post_ids))
         )
         bodies: dict[str, dict[str, Any]] = {
             row.id: {
@@ -174,6 +178,7 @@ async def _load_bodies(services: Services, post_ids: list[str]) -> dict[str, byt
                 "media_ids": [],
                 "pet_ids": [],
                 "created_at": row.created_at,
+                "edited_at": row.edited_at,
             }
             for row in posts
         }
@@ -219,6 +224,10 @@ async def _pet_tags(services: Services, pet_ids: list[str]) -> dict[str, Wire]:
     from petpal.pets.service import pet_tag_wires
 
     return await pet_tag_wires(services, pet_ids)
+
+
+def _edited_text(stored: str | None) -> str | None:
+    return None if stored is None else utc_text(stored)
 
 
 async def post_wires(
@@ -283,6 +292,7 @@ async def post_wires(
                 "comment_count": counts_now.comment_count,
                 "liked_by_me": None if liked is None else post_id in liked,
                 "created_at": utc_text(body["created_at"]),
+                "edited_at": _edited_text(body.get("edited_at")),
             }
         )
     return wires
