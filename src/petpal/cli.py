@@ -85,9 +85,12 @@ def serve(
         host=host,
         port=port,
         proxy_headers=False,
-        # Uvicorn's own, but a request it cannot parse gets a problem
-        # document, as every other error does (platform/http_protocol.py).
+        # Uvicorn's own, with a problem document for a request it cannot
+        # parse, and limits on a request's head (platform/http_protocol.py).
         http=ProblemHttpToolsProtocol,
+        # No WebSocket routes: an upgrade request is an HTTP request, not
+        # a handshake refused in plain text.
+        ws="none",
         access_log=False,
         log_level="warning",
     )

@@ -42,6 +42,17 @@ async def test_every_response_carries_a_request_id(client: httpx.AsyncClient) ->
     response = await client.get("/healthz", headers={"X-Request-ID": "abc123"})
     assert response.headers["x-request-id"] == "abc123"
     assert len((await client.get("/healthz")).headers["x-request-id"]) == 16
+    # Found by a trial: other bytes were echoed (re-encoded) into the answer
+    # and the logs. Such an id is replaced by one of ours.
+    for given in (b"\xff\xfe" + b"a" * 60, b"a" * 65, b"has space", b"tab\there"):
+        response = await client.get("/healthz", headers=[(b"X-Request-ID", given)])
+        answered = response.headers["x-request-id"]
+        assert len(answered) == 16, given
+        assert answered.encode() != given
+    uuid = "0b7c5d1e-8f34-4e5a-9c2b-7d1f3a6e9b40"
+    assert (await client.get("/healthz", headers={"X-Request-ID": uuid})).headers[
+        "x-request-id"
+    ] == uuid
 
 
 async def test_openapi_documents_the_api(client: httpx.AsyncClient) -> None:

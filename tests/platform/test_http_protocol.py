@@ -1,8 +1,9 @@
-"""Requests that are not HTTP get a problem document from the server itself.
+"""Requests the server will not read get a problem document from the server
+itself: bytes that are not HTTP, heads too long, heads too slow.
 
-A real uvicorn server on loopback, with the protocol ``petpal serve`` runs,
-in front of the test's app; the requests are raw bytes on a socket, since
-no HTTP client sends them.
+A real uvicorn server on loopback, with the protocol and settings ``petpal
+serve`` runs, in front of the test's app; the requests are raw bytes on a
+socket, since no HTTP client sends them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from petpal.platform.http_protocol import ProblemHttpToolsProtocol
+from petpal.platform import http_protocol
+from petpal.platform.http_protocol import MAX_HEAD_BYTES, ProblemHttpToolsProtocol
 
 
 @pytest.fixture
@@ -27,6 +29,7 @@ async def port(app: FastAPI) -> AsyncIterator[int]:
         host="127.0.0.1",
         port=0,
         http=ProblemHttpToolsProtocol,
+        ws="none",
         lifespan="off",
         log_level="critical",
     )
@@ -40,25 +43,57 @@ async def port(app: FastAPI) -> AsyncIterator[int]:
     await serving
 
 
-async def exchange(port: int, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
-    """Status line, headers and body of the answer to ``request``."""
+Answer = tuple[bytes, dict[str, str], bytes]
+
+
+async def exchange(port: int, request: bytes) -> Answer:
+    """Status line, headers and body of the (last) answer to ``request``."""
+    return (await exchanges(port, request))[-1]
+
+
+async def exchanges(port: int, request: bytes) -> list[Answer]:
+    """Every answer to ``request`` until the server closes the connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
         await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        stream = await asyncio.wait_for(reader.read(), timeout=10)
     finally:
         writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status, *lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines)
-    return status.encode(), headers, body
+    answers = []
+    while stream:
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        status, *lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines)
+        length = int(headers["content-length"])
+        answers.append((status.encode(), headers, rest[:length]))
+        stream = rest[length:]
+    return answers
+
+
+def assert_refused(answer: Answer, status: int, code: str, instance: str = "") -> None:
+    line, headers, body = answer
+    assert line.startswith(f"HTTP/1.1 {status} ".encode()), line
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    assert headers["x-request-id"]
+    problem = orjson.loads(body)
+    assert problem == {
+        "type": f"https://petpal.example/problems/{code.replace('_', '-')}",
+        "title": problem["title"],
+        "status": status,
+        "detail": problem["detail"],
+        "instance": instance,
+        "code": code,
+    }
+    assert problem["title"]
+    assert problem["detail"]
 
 
 @pytest.mark.parametrize(
     ("request_bytes", "instance"),
     [
-        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", "/healthz"),
+        (b"GET /healthz?a=1 HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n", "/healthz"),
         (b"G@T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", ""),
         (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", ""),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n", "/healthz"),
@@ -81,21 +116,74 @@ async def exchange(port: int, request: bytes) -> tuple[bytes, dict[str, str], by
 async def test_a_request_that_is_not_http_gets_a_problem(
     port: int, request_bytes: bytes, instance: str
 ) -> None:
-    status, headers, body = await exchange(port, request_bytes)
-    assert status == b"HTTP/1.1 400 Bad Request"
-    assert headers["content-type"] == "application/problem+json"
-    assert headers["connection"] == "close"
-    assert int(headers["content-length"]) == len(body)
-    problem = orjson.loads(body)
-    assert problem == {
-        "type": "https://petpal.example/problems/malformed-request",
-        "title": "Bad Request",
-        "status": 400,
-        "detail": problem["detail"],
-        "instance": instance,
-        "code": "malformed_request",
-    }
-    assert "HTTP/1.1" in problem["detail"]
+    answer = await exchange(port, request_bytes)
+    assert_refused(answer, 400, "malformed_request", instance)
+    assert b"HTTP/1.1" in answer[2]
+
+
+async def test_requests_before_the_bad_bytes_are_answered_first(port: int) -> None:
+    """Found by a trial: a request carried out lost its answer to the 400
+    of the garbage that followed it on the connection."""
+    good = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    answers = await exchanges(port, good + good + b"\x16\x03\x01garbage\r\n\r\n")
+    assert [a[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 2 + [
+        b"HTTP/1.1 400 Bad Request"
+    ]
+    assert orjson.loads(answers[0][2]) == {"status": "ok"}
+    assert_refused(answers[-1], 400, "malformed_request")
+
+
+async def test_a_head_past_the_limit_is_refused_before_it_all_arrives(
+    port: int,
+) -> None:
+    long_target = b"/healthz?q=" + b"a" * MAX_HEAD_BYTES
+    answer = await exchange(port, b"GET " + long_target + b" HTTP/1.1\r\n\r\n")
+    assert_refused(answer, 414, "uri_too_long", "/healthz")
+    many = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 200) for i in range(400))
+    answer = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many)
+    assert_refused(answer, 431, "headers_too_large", "/healthz")
+    # Within the limit, a large head is served.
+    some = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 200) for i in range(200))
+    answer = await exchange(
+        port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + some + b"Connection: close\r\n\r\n",
+    )
+    assert answer[0] == b"HTTP/1.1 200 OK"
+
+
+async def test_a_head_that_does_not_arrive_in_time_is_refused(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_protocol, "HEAD_TIMEOUT_SECONDS", 0.5)
+    # Half a request, then nothing: answered, not held for ever.
+    answer = await exchange(port, b"GET /healthz HTTP/1.1\r\nHo")
+    assert_refused(answer, 408, "request_timeout", "/healthz")
+    # A connection that never sends a byte.
+    assert_refused(await exchange(port, b""), 408, "request_timeout")
+    # A head that trickles in, but in time, is served.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for piece in (
+        b"GET /healthz HTTP/1.1\r\n",
+        b"Host: x\r\n",
+        b"Connection: close\r\n\r\n",
+    ):
+        writer.write(piece)
+        await asyncio.sleep(0.1)
+    answer = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_an_upgrade_request_is_served_as_http(port: int) -> None:
+    """No route speaks WebSocket: a handshake was refused in plain text."""
+    status, _, body = await exchange(
+        port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    assert status == b"HTTP/1.1 200 OK"
+    assert orjson.loads(body) == {"status": "ok"}
 
 
 async def test_well_formed_requests_are_served_as_before(port: int) -> None:

@@ -59,4 +59,6 @@ def test_serve_says_where_it_listens_and_where_jobs_run(
     assert [run["port"] for run in started] == [18123]
     # Whatever uvicorn cannot parse is answered as a problem too
     # (tests/platform/test_http_protocol.py).
-    assert [run["http"] for run in started] == [ProblemHttpToolsProtocol]
+    assert [(run["http"], run["ws"]) for run in started] == [
+        (ProblemHttpToolsProtocol, "none")
+    ]

@@ -1,16 +1,32 @@
-"""What the server answers to bytes that are not an HTTP request.
+"""What the server answers to bytes that are not an HTTP request it will read.
 
-Uvicorn refuses a request it cannot parse (a header line without a colon, a
-method or header with characters HTTP does not allow, a path that is not
-ASCII, a broken chunked body) before any app sees it, with a plain-text
-``Invalid HTTP request received.``. Every other error of the API is an RFC
-9457 problem document, and clients read them one way, so this protocol
-answers the same 400 as a problem (code ``malformed_request``) and closes
-the connection, as uvicorn does. ``petpal serve`` runs it.
+Uvicorn's httptools protocol, with three things of ours:
+
+- A request it cannot parse (a header line without a colon, a method or
+  header with characters HTTP does not allow, a path that is not ASCII, a
+  broken chunked body, TLS sent to the plain port) got a plain-text
+  ``Invalid HTTP request received.``; every other error of the API is an
+  RFC 9457 problem document, and clients read them one way. It is now a
+  400 problem (code ``malformed_request``).
+- A request line and headers have at most ``MAX_HEAD_BYTES`` between them
+  (414 ``uri_too_long`` when the target alone is past it, else 431
+  ``headers_too_large``). Without a limit, one client streaming a header of
+  150 MB held the event loop, and every other client waited seconds.
+- A request's line and headers must all have arrived within
+  ``HEAD_TIMEOUT_SECONDS`` of its first byte, and a new connection must send
+  one that soon (408 ``request_timeout``): a client that sends half a
+  request and waits no longer holds its connection for ever.
+
+Each refusal closes the connection, as uvicorn's did; nothing more is read
+from it. Requests that arrived whole before the bad bytes are answered first,
+in order, and the refusal after them: a client never loses the answer to a
+request the server carried out.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from http import HTTPStatus
 
 import orjson
@@ -18,48 +34,182 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from petpal.platform.errors import PROBLEM_MEDIA_TYPE, problem_type
 
-MALFORMED = "malformed_request"
-_DETAIL = (
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT_SECONDS = 20.0
+
+_MALFORMED = (
+    400,
+    "malformed_request",
     "the request could not be read as HTTP/1.1: its request line, a header "
-    "or its chunked body is malformed"
+    "or its chunked body is malformed",
 )
-# The request target, echoed as the problem's instance when it is plain
-# printable ASCII of at most this length; otherwise the instance is empty.
-_MAX_ECHOED_TARGET = 2048
+_URI_TOO_LONG = (
+    414,
+    "uri_too_long",
+    f"the request target is longer than {MAX_HEAD_BYTES} bytes",
+)
+_HEADERS_TOO_LARGE = (
+    431,
+    "headers_too_large",
+    f"the request line and headers are longer than {MAX_HEAD_BYTES} bytes",
+)
+_TOO_SLOW = (
+    408,
+    "request_timeout",
+    f"the request line and headers did not arrive within "
+    f"{HEAD_TIMEOUT_SECONDS:g} seconds",
+)
+Refusal = tuple[int, str, str]
 
 
 class ProblemHttpToolsProtocol(HttpToolsProtocol):
-    """Uvicorn's httptools protocol, with its 400 as a problem document."""
+    """Uvicorn's httptools protocol, with the refusals above as problems."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        # Bytes received since the current request's head began (None:
+        # between requests), which request that is, and the refusal waiting
+        # for the answers to the requests before it.
+        self._head_bytes: int | None = 0
+        self._message = 0
+        self._idle = True  # every request so far was received whole
+        self._chunk = 0  # the size of the chunk being parsed
+        self._refusal: Refusal | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # refused: nothing more is read from this connection
+        message, idle = self._message, self._idle
+        self._chunk = len(data)
+        super().data_received(data)
+        if self._head_bytes is None or self._refusal is not None:
+            return
+        # The chunk is all this head's if the head began before it, or began
+        # it (the requests before were whole). One that began after the end
+        # of another request's body in the chunk is counted from the next
+        # chunk, since where it began is not known: such a head may pass the
+        # limit by one chunk, never by more.
+        if self._message == message or (idle and self._message == message + 1):
+            self._head_bytes += len(data)
+        refusal = self._too_long(0)
+        if refusal is not None:
+            self._refuse(refusal)
+
+    def _too_long(self, unread: int) -> Refusal | None:
+        """The refusal for a head past the limit, with ``unread`` bytes more.
+
+        The target is looked at even once the head is complete: uvicorn
+        parses it then, and fails past 65,535 bytes."""
+        if len(getattr(self, "url", b"")) > MAX_HEAD_BYTES:
+            return _URI_TOO_LONG
+        if self._head_bytes is not None and self._head_bytes + unread > MAX_HEAD_BYTES:
+            return _HEADERS_TOO_LARGE
+        return None
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._message += 1
+        self._idle = False
+        if self._head_bytes is None:
+            # A later request on a kept-alive connection; the first one's
+            # time runs from the connection's start.
+            self._start_head_timer()
+        self._head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = None
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._idle = True
+        super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
+        # The parser gives up on a head too long for it too (a target past
+        # 64 KiB): that is the limit's refusal, not a malformed request.
+        self._refuse(self._too_long(self._chunk) or _MALFORMED)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None and self._answered_all():
+            self._write_refusal(self._refusal)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer ``refusal`` and close, after the requests read before it."""
+        if self._refusal is not None or self.transport.is_closing():
+            return
+        self._refusal = refusal
+        self._stop_head_timer()
+        self.flow.pause_reading()
+        if self._answered_all():
+            self._write_refusal(refusal)
+        elif self.cycle.more_body:
+            # The request being answered is itself cut short (its body is
+            # what did not parse): it cannot be carried out. The app is
+            # told its client is gone, and the refusal is the answer, unless
+            # the app has begun one of its own.
+            self.cycle.disconnected = True
+            if self.cycle.response_started:
+                self.transport.close()
+            else:
+                self._write_refusal(refusal)
+
+    def _answered_all(self) -> bool:
+        return not self.pipeline and (
+            self.cycle is None or self.cycle.response_complete
+        )
+
+    def _write_refusal(self, refusal: Refusal) -> None:
+        if self.transport.is_closing():
+            return
+        status, code, detail = refusal
         body = orjson.dumps(
             {
-                "type": problem_type(MALFORMED),
-                "title": HTTPStatus.BAD_REQUEST.phrase,
-                "status": 400,
-                "detail": _DETAIL,
-                "instance": _echoed(getattr(self, "url", b"")),
-                "code": MALFORMED,
+                "type": problem_type(code),
+                "title": HTTPStatus(status).phrase,
+                "status": status,
+                "detail": detail,
+                "instance": _path_of(getattr(self, "url", b"")),
+                "code": code,
             }
         )
-        content = [b"HTTP/1.1 400 Bad Request\r\n"]
+        content = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()]
         for name, value in self.server_state.default_headers:
             content += [name, b": ", value, b"\r\n"]
         content += [
             b"content-type: " + PROBLEM_MEDIA_TYPE.encode() + b"\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n",
+            # As every answer of the app has one (observability.py).
+            b"x-request-id: " + os.urandom(8).hex().encode() + b"\r\n",
             b"connection: close\r\n\r\n",
             body,
         ]
         self.transport.write(b"".join(content))
         self.transport.close()
 
+    def _start_head_timer(self) -> None:
+        self._stop_head_timer()
+        self._head_timer = self.loop.call_later(
+            HEAD_TIMEOUT_SECONDS, self._refuse, _TOO_SLOW
+        )
 
-def _echoed(target: bytes) -> str:
-    if (
-        0 < len(target) <= _MAX_ECHOED_TARGET
-        and target.isascii()
-        and all(32 < byte < 127 for byte in target)
-    ):
-        return target.decode()
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+
+def _path_of(target: bytes) -> str:
+    """The path of a request target, as the app's problems give it; empty
+    unless it is plain printable ASCII."""
+    path = target.split(b"?", 1)[0]
+    if 0 < len(path) <= 2048 and all(32 < byte < 127 for byte in path):
+        return path.decode()
     return ""

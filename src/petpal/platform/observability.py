@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -97,6 +98,9 @@ def add_response_headers(scope: Scope, headers: Mapping[str, str]) -> None:
     ]
 
 
+_REQUEST_ID = re.compile(rb"[!-~]{1,64}")
+
+
 class RequestEdgeMiddleware:
     """Request id, latency and query metrics, in plain ASGI to stay cheap.
 
@@ -114,9 +118,14 @@ class RequestEdgeMiddleware:
             await self.app(scope, receive, send)
             return
         given = raw_header(scope, b"x-request-id")
-        request_id = given.decode("latin-1")[:64] if given else ""
-        request_id = request_id or os.urandom(8).hex()
-        encoded_id = request_id.encode()
+        # A caller's id is kept when it is up to 64 visible ASCII characters
+        # (a UUID, a trace id); anything else gets an id of ours, so that
+        # logs and the answer never carry bytes a client made up.
+        if given is not None and _REQUEST_ID.fullmatch(given):
+            encoded_id = given
+        else:
+            encoded_id = os.urandom(8).hex().encode()
+        request_id = encoded_id.decode()
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         counter = [0]
         token = queries_in_scope.set(counter)
