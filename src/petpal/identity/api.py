@@ -13,6 +13,7 @@ from petpal.identity.schemas import (
     TokenPair,
 )
 from petpal.platform.deps import (
+    LOCATION,
     CurrentAccount,
     OptionalAccount,
     ServicesDep,
@@ -28,6 +29,7 @@ router = APIRouter(tags=["identity"])
     "/accounts",
     status_code=201,
     response_model=Me,
+    responses={201: {"headers": LOCATION}},
     dependencies=[Depends(limit_sign_up)],
 )
 async def sign_up(data: SignUp, services: ServicesDep, response: Response) -> Me:

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from petpal.media import service
 from petpal.media.schemas import MediaView
 from petpal.platform.deps import (
+    LOCATION,
     CurrentAccount,
     OptionalAccount,
     ServicesDep,
@@ -33,6 +34,7 @@ _UPLOAD_BODY = {
     "/media",
     status_code=202,
     response_model=MediaView,
+    responses={202: {"headers": LOCATION}},
     openapi_extra=_UPLOAD_BODY,
     summary="Upload one photo; it is processed in the background",
     dependencies=[Depends(limit_per_account("upload"))],

@@ -9,6 +9,7 @@ from petpal.pets import service
 from petpal.pets.schemas import PetCreate, PetOfTheDayView, PetUpdate, PetView, Species
 from petpal.platform.deps import (
     DEFAULT_PAGE_SIZE,
+    LOCATION,
     CurrentAccount,
     CursorParam,
     LimitParam,
@@ -27,7 +28,12 @@ LocationFilter = Annotated[
 ]
 
 
-@router.post("/pets", status_code=201, response_model=PetView)
+@router.post(
+    "/pets",
+    status_code=201,
+    response_model=PetView,
+    responses={201: {"headers": LOCATION}},
+)
 async def create_pet(
     data: PetCreate, me: CurrentAccount, services: ServicesDep, response: Response
 ) -> PetView:

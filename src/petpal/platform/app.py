@@ -76,7 +76,7 @@ def _integer_header(description: str) -> dict[str, Any]:
 
 
 _RETRY_AFTER = {"Retry-After": _integer_header("Seconds to wait before trying again")}
-# What platform/ratelimit.py's Quota sends: on every 429, and on the answers
+# What platform/ratelimit.py's Quota sends: on every 429, and on every answer
 # of the routes that charge a limit of their own (_add_routes).
 QUOTA_HEADERS = {
     "X-RateLimit-Limit": _integer_header("Requests the tightest limit allows"),
@@ -318,14 +318,14 @@ def _add_routes(
         if not isinstance(route, APIRoute):
             raise TypeError(f"only API routes are served flat, not {route!r}")
         dependencies = list(route.dependencies)
-        extra = dict(route.responses)
+        documented = {**(responses or {}), **route.responses}
         if _charges_a_limit(route.dependant):
-            success = route.status_code or 200
-            documented = extra.get(success, {})
-            extra[success] = {
-                **documented,
-                "headers": {**documented.get("headers", {}), **QUOTA_HEADERS},
-            }
+            # Sent with whatever the route answers once the limit let the
+            # request through (a 404, a 422), so declared on every answer.
+            for status in {route.status_code or 200, *documented}:
+                response = documented.get(status, {})
+                headers = {**response.get("headers", {}), **QUOTA_HEADERS}
+                documented[status] = {**response, "headers": headers}
         if route.methods == {"GET"} and not _reads_token(route.dependant):
             # A token offered to a read is checked on every read, so a bad
             # one is a 401 everywhere, not only where the route reads the
@@ -342,7 +342,7 @@ def _add_routes(
             summary=route.summary,
             description=route.description,
             response_description=route.response_description,
-            responses={**(responses or {}), **extra},
+            responses=documented,
             deprecated=route.deprecated,
             methods=route.methods,
             operation_id=route.operation_id,

@@ -75,6 +75,14 @@ def _client_ip(request: Request, services: Services) -> str:
     return client_ip(request, services.settings.trusted_proxies)
 
 
+# For the routes that answer 201 or 202 with where the new object lives.
+LOCATION = {
+    "Location": {
+        "description": "The path of what was created",
+        "schema": {"type": "string"},
+    }
+}
+
 # The dependencies that charge a rate limit, so that the app can document
 # the X-RateLimit-* headers on the routes that carry them (platform/app.py).
 RATE_LIMIT_DEPENDENCIES: set[Callable[..., Awaitable[None]]] = set()

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends, Response
 from petpal.identity.schemas import AccountSummary
 from petpal.platform.deps import (
     DEFAULT_PAGE_SIZE,
+    LOCATION,
     CurrentAccount,
     CursorParam,
     LimitParam,
@@ -94,6 +95,7 @@ async def account_posts(
     "/posts",
     status_code=201,
     response_model=PostView,
+    responses={201: {"headers": LOCATION}},
     dependencies=[Depends(limit_per_account("post"))],
 )
 async def create_post(
