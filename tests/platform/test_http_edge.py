@@ -36,6 +36,16 @@ async def test_unknown_routes_and_methods_are_problems(
     wrong = await client.put("/api/v1/accounts/me")
     assert wrong.status_code == 405
     assert wrong.json()["code"] == "method_not_allowed"
+    # Allow names every method of the path (RFC 9110), not the first route's.
+    for path, allowed in (
+        ("/api/v1/accounts/me", "GET, PATCH"),
+        ("/api/v1/posts/01JZ0000000000000000000000/like", "DELETE, POST"),
+        ("/api/v1/posts/01JZ0000000000000000000000", "DELETE, GET, PATCH"),
+        ("/api/v1/pets/01JZ0000000000000000000000", "DELETE, GET, PATCH"),
+    ):
+        answer = await client.request("OPTIONS", path)
+        assert answer.status_code == 405, path
+        assert answer.headers["allow"] == allowed, path
 
 
 async def test_every_response_carries_a_request_id(client: httpx.AsyncClient) -> None:

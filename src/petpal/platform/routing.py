@@ -7,8 +7,10 @@ with every route added. :class:`RouteIndex` tries only the routes that can
 match: those whose literal start (the path up to the first parameter) is a
 start of the request's path, found by walking a tree of path segments. They
 are tried in declaration order with their own ``matches``, so the route
-chosen, its path parameters and a 405 for a known path with the wrong method
-are exactly the router's.
+chosen and its path parameters are exactly the router's. A known path asked
+with a method none of its routes takes is a 405 whose ``Allow`` names every
+method the path takes (RFC 9110); the router's names only those of the
+first route of the path.
 
 Everything else goes to the router itself, unchanged: a path no route
 matches (its 404, or the redirect to the path with or without a trailing
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Router
 from starlette.types import Receive, Scope, Send
 
@@ -97,16 +100,21 @@ class RouteIndex:
         if len(self._indexed) != len(self.router.routes):
             self._build()  # a route was added after the app was made
         chosen: tuple[BaseRoute, Scope] | None = None
+        allowed: set[str] = set()  # the methods of the routes matched in part
         for route in self.candidates(scope["path"]):
             match, child_scope = route.matches(scope)
             if match is Match.FULL:
-                chosen = (route, child_scope)
+                chosen, allowed = (route, child_scope), set()
                 break
-            if match is Match.PARTIAL and chosen is None:
-                chosen = (route, child_scope)  # unless a later one matches fully
+            if match is Match.PARTIAL:
+                allowed |= getattr(route, "methods", None) or set()
+                if chosen is None:
+                    chosen = (route, child_scope)  # unless one matches fully
         if chosen is None:
             await self.fallback(scope, receive, send)
             return
+        if allowed:
+            raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
         route, child_scope = chosen
         if "router" not in scope:
             scope["router"] = self.router
