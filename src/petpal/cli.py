@@ -133,10 +133,14 @@ def seed(
     if users is None:
         if password is not None or append or seed_:
             raise typer.BadParameter("--seed, --password and --append go with --users")
-        from petpal.seed.demo import seed_demo
+        from petpal.seed.demo import SeedError, seed_demo
 
         upgrade(settings)
-        typer.echo(asyncio.run(seed_demo(settings)))
+        try:
+            typer.echo(asyncio.run(seed_demo(settings)))
+        except SeedError as exc:
+            typer.echo(f"petpal seed: {exc}", err=True)
+            raise typer.Exit(1) from exc
         return
 
     from petpal.seed.scale import DEFAULT_PASSWORD, SeedRefusedError, seed_scale
