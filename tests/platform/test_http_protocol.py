@@ -160,6 +160,12 @@ async def test_a_head_that_does_not_arrive_in_time_is_refused(
     assert_refused(answer, 408, "request_timeout", "/healthz")
     # A connection that never sends a byte.
     assert_refused(await exchange(port, b""), 408, "request_timeout")
+    # A kept-alive connection: a whole request, then half of another.
+    answers = await exchanges(
+        port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HT"
+    )
+    assert answers[0][0] == b"HTTP/1.1 200 OK"
+    assert_refused(answers[1], 408, "request_timeout", "/healthz")
     # A head that trickles in, but in time, is served.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     for piece in (

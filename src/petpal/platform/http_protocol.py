@@ -72,10 +72,10 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         # for the answers to the requests before it.
         self._head_bytes: int | None = 0
         self._message = 0
-        self._idle = True  # every request so far was received whole
         self._chunk = 0  # the size of the chunk being parsed
         self._refusal: Refusal | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_since = 0.0
         self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -85,7 +85,9 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
             return  # refused: nothing more is read from this connection
-        message, idle = self._message, self._idle
+        # Idle: every request so far was received whole.
+        idle = self.cycle is None or not self.cycle.more_body
+        message = self._message
         self._chunk = len(data)
         super().data_received(data)
         if self._head_bytes is None or self._refusal is not None:
@@ -115,7 +117,6 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._message += 1
-        self._idle = False
         if self._head_bytes is None:
             # A later request on a kept-alive connection; the first one's
             # time runs from the connection's start.
@@ -123,13 +124,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
-        self._head_bytes = None
-        self._stop_head_timer()
+        self._head_bytes = None  # the head timer finds no head, and stops
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._idle = True
-        super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
         # The parser gives up on a head too long for it too (a target past
@@ -195,10 +191,24 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _start_head_timer(self) -> None:
-        self._stop_head_timer()
-        self._head_timer = self.loop.call_later(
-            HEAD_TIMEOUT_SECONDS, self._refuse, _TOO_SLOW
-        )
+        """Time the head that begins now. One timer a connection, armed only
+        when none is: on a busy kept-alive connection it fires once in a
+        while, not once a request."""
+        self._head_since = self.loop.time()
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(
+                HEAD_TIMEOUT_SECONDS, self._check_head
+            )
+
+    def _check_head(self) -> None:
+        self._head_timer = None
+        if self._head_bytes is None or self._refusal is not None:
+            return  # no head on its way: the next one arms the timer again
+        left = self._head_since + HEAD_TIMEOUT_SECONDS - self.loop.time()
+        if left > 0:
+            self._head_timer = self.loop.call_later(left, self._check_head)
+        else:
+            self._refuse(_TOO_SLOW)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
