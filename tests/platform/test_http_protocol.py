@@ -180,6 +180,29 @@ async def test_a_head_that_does_not_arrive_in_time_is_refused(
     assert answer.startswith(b"HTTP/1.1 200 OK")
 
 
+async def test_a_body_that_stops_arriving_is_refused(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_protocol, "BODY_IDLE_SECONDS", 0.5)
+    head = (
+        b"POST /api/v1/auth/token HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    )
+    body = b'{"login": "nobody", "password": "not-the-password"}'
+    # Four bytes of the body, then nothing: answered, not held for ever.
+    answer = await exchange(port, head % len(body) + body[:4])
+    assert_refused(answer, 408, "request_timeout", "/api/v1/auth/token")
+    # A body that trickles in, but never stops for long, is served.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head % len(body))
+    for start in range(0, len(body), 10):
+        writer.write(body[start : start + 10])
+        await asyncio.sleep(0.2)
+    answer_bytes = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout=10)
+    writer.close()
+    assert answer_bytes.startswith(b"HTTP/1.1 401"), answer_bytes
+
+
 async def test_an_upgrade_request_is_served_as_http(port: int) -> None:
     """No route speaks WebSocket: a handshake was refused in plain text."""
     status, _, body = await exchange(

@@ -14,8 +14,9 @@ Uvicorn's httptools protocol, with three things of ours:
   150 MB held the event loop, and every other client waited seconds.
 - A request's line and headers must all have arrived within
   ``HEAD_TIMEOUT_SECONDS`` of its first byte, and a new connection must send
-  one that soon (408 ``request_timeout``): a client that sends half a
-  request and waits no longer holds its connection for ever.
+  one that soon; a body the app waits for may not stop arriving for
+  ``BODY_IDLE_SECONDS`` (408 ``request_timeout``, both): a client that sends
+  half a request and waits no longer holds its connection for ever.
 
 Each refusal closes the connection, as uvicorn's did; nothing more is read
 from it. Requests that arrived whole before the bad bytes are answered first,
@@ -36,6 +37,7 @@ from petpal.platform.errors import PROBLEM_MEDIA_TYPE, problem_type
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 20.0
+BODY_IDLE_SECONDS = 20.0
 
 _MALFORMED = (
     400,
@@ -59,6 +61,11 @@ _TOO_SLOW = (
     f"the request line and headers did not arrive within "
     f"{HEAD_TIMEOUT_SECONDS:g} seconds",
 )
+_BODY_TOO_SLOW = (
+    408,
+    "request_timeout",
+    f"the request body stopped arriving for {BODY_IDLE_SECONDS:g} seconds",
+)
 Refusal = tuple[int, str, str]
 
 
@@ -74,12 +81,14 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._message = 0
         self._chunk = 0  # the size of the chunk being parsed
         self._refusal: Refusal | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
+        # One timer watches the connection's head, or its body, at a time.
+        self._timer: asyncio.TimerHandle | None = None
         self._head_since = 0.0
+        self._body_at = 0.0
         self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
+        self._stop_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -124,8 +133,15 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
-        self._head_bytes = None  # the head timer finds no head, and stops
+        self._head_bytes = None
         super().on_headers_complete()
+        # The body, if one is to come, is timed from here.
+        self._body_at = self.loop.time()
+        self._arm()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_at = self.loop.time()
+        super().on_body(body)
 
     def send_400_response(self, msg: str) -> None:
         # The parser gives up on a head too long for it too (a target past
@@ -142,7 +158,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         if self._refusal is not None or self.transport.is_closing():
             return
         self._refusal = refusal
-        self._stop_head_timer()
+        self._stop_timer()
         self.flow.pause_reading()
         if self._answered_all():
             self._write_refusal(refusal)
@@ -191,29 +207,43 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _start_head_timer(self) -> None:
-        """Time the head that begins now. One timer a connection, armed only
-        when none is: on a busy kept-alive connection it fires once in a
-        while, not once a request."""
+        """Time the head that begins now."""
         self._head_since = self.loop.time()
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(
-                HEAD_TIMEOUT_SECONDS, self._check_head
+        self._arm()
+
+    def _arm(self) -> None:
+        """One timer a connection, armed only when none is: on a busy
+        kept-alive connection it fires once in a while, not once a request."""
+        if self._timer is None:
+            self._timer = self.loop.call_later(
+                min(HEAD_TIMEOUT_SECONDS, BODY_IDLE_SECONDS), self._check_progress
             )
 
-    def _check_head(self) -> None:
-        self._head_timer = None
-        if self._head_bytes is None or self._refusal is not None:
-            return  # no head on its way: the next one arms the timer again
-        left = self._head_since + HEAD_TIMEOUT_SECONDS - self.loop.time()
-        if left > 0:
-            self._head_timer = self.loop.call_later(left, self._check_head)
+    def _check_progress(self) -> None:
+        self._timer = None
+        if self._refusal is not None:
+            return
+        now = self.loop.time()
+        cycle = self.cycle
+        if self._head_bytes is not None:  # a head on its way
+            left, refusal = self._head_since + HEAD_TIMEOUT_SECONDS - now, _TOO_SLOW
+        elif cycle is not None and cycle.more_body and not cycle.response_complete:
+            if self.flow.read_paused or cycle.waiting_for_100_continue:
+                # The app has not read what came, or not yet asked for the
+                # body a client holds back until it does: the wait is ours.
+                self._body_at = now
+            left, refusal = self._body_at + BODY_IDLE_SECONDS - now, _BODY_TOO_SLOW
         else:
-            self._refuse(_TOO_SLOW)
+            return  # nothing on its way: the next head arms the timer again
+        if left > 0:
+            self._timer = self.loop.call_later(left, self._check_progress)
+        else:
+            self._refuse(refusal)
 
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _path_of(target: bytes) -> str:
