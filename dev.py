@@ -74,6 +74,8 @@ def run(argv: list[str]) -> None:
     if not (data_dir / ".seeded").exists():
         sh(petpal, "seed", env=env)
         (data_dir / ".seeded").touch()
+    else:
+        print(f"the demo data was seeded before, in {data_dir}", flush=True)
     options = {
         "--host": os.environ.get("PETPAL_HOST", "127.0.0.1"),
         "--port": os.environ.get("PETPAL_PORT", "8000"),

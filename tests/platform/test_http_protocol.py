@@ -133,6 +133,25 @@ async def test_requests_before_the_bad_bytes_are_answered_first(port: int) -> No
     assert_refused(answers[-1], 400, "malformed_request")
 
 
+async def test_a_broken_body_queued_behind_a_request_is_refused_in_its_turn(
+    port: int,
+) -> None:
+    """Found by a trial: the refusal of a pipelined request's broken chunked
+    body went out at once, and the answer to the request before it (carried
+    out) was lost."""
+    good = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    broken = (
+        b"POST /api/v1/auth/token HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5\r\n{"log\r\nZZZ\r\n\r\n'
+    )
+    answers = await exchanges(port, good + good + broken)
+    assert [a[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 2 + [
+        b"HTTP/1.1 400 Bad Request"
+    ]
+    assert_refused(answers[-1], 400, "malformed_request", "/api/v1/auth/token")
+
+
 async def test_a_head_past_the_limit_is_refused_before_it_all_arrives(
     port: int,
 ) -> None:
@@ -142,6 +161,32 @@ async def test_a_head_past_the_limit_is_refused_before_it_all_arrives(
     many = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 200) for i in range(400))
     answer = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many)
     assert_refused(answer, 431, "headers_too_large", "/healthz")
+    # Past the limit by a little, in one read (found by a trial: a head
+    # that arrived whole in one chunk was not counted).
+    for head in (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * MAX_HEAD_BYTES,
+        b"GET /" + b"p" * 60 * 1024 + b" HTTP/1.1\r\nX-Big: " + b"a" * 8 * 1024,
+    ):
+        answer = await exchange(port, head + b"\r\n\r\n")
+        assert answer[0] == b"HTTP/1.1 431 Request Header Fields Too Large"
+    # Behind a request it follows on the connection: that one is answered.
+    answers = await exchanges(
+        port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"GET /healthz HTTP/1.1\r\nX-Big: "
+        + b"a" * 70 * 1024
+        + b"\r\n\r\n",
+    )
+    assert [a[0] for a in answers] == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 431 Request Header Fields Too Large",
+    ]
+    # A client still sending when refused gets the refusal, not a reset
+    # (its bytes are read and dropped before the connection closes).
+    answer = await exchange(
+        port, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 4 * 1024 * 1024
+    )
+    assert answer[0] == b"HTTP/1.1 431 Request Header Fields Too Large"
     # Within the limit, a large head is served.
     some = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 200) for i in range(200))
     answer = await exchange(

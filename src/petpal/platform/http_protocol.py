@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import os
 from http import HTTPStatus
+from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -38,6 +39,7 @@ from petpal.platform.errors import PROBLEM_MEDIA_TYPE, problem_type
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 20.0
 BODY_IDLE_SECONDS = 20.0
+LINGER_SECONDS = 2.0
 
 _MALFORMED = (
     400,
@@ -69,6 +71,10 @@ _BODY_TOO_SLOW = (
 Refusal = tuple[int, str, str]
 
 
+class _HeadRefusedError(Exception):
+    """Raised in a parser callback to stop parsing a refused head."""
+
+
 class ProblemHttpToolsProtocol(HttpToolsProtocol):
     """Uvicorn's httptools protocol, with the refusals above as problems."""
 
@@ -81,6 +87,9 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._message = 0
         self._chunk = 0  # the size of the chunk being parsed
         self._refusal: Refusal | None = None
+        # A request queued behind others whose own body broke: it is never
+        # run, and the refusal is sent in its turn.
+        self._refused_cycle: object | None = None
         # One timer watches the connection's head, or its body, at a time.
         self._timer: asyncio.TimerHandle | None = None
         self._head_since = 0.0
@@ -133,6 +142,18 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
+        if self._head_bytes is not None and self._head_bytes + self._chunk > (
+            MAX_HEAD_BYTES
+        ):
+            # The chunk that ends the head may have taken it past the limit
+            # (a head that came in one read was not counted at all, found by
+            # a trial): it is measured as parsed.
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > MAX_HEAD_BYTES:
+                self._refuse(self._too_long(0) or _HEADERS_TOO_LARGE)
+                # Stops the parser: no request is made of this head, and
+                # nothing after it is read.
+                raise _HeadRefusedError
         self._head_bytes = None
         super().on_headers_complete()
         # The body, if one is to come, is timed from here.
@@ -163,15 +184,26 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         if self._answered_all():
             self._write_refusal(refusal)
         elif self.cycle.more_body:
-            # The request being answered is itself cut short (its body is
-            # what did not parse): it cannot be carried out. The app is
-            # told its client is gone, and the refusal is the answer, unless
-            # the app has begun one of its own.
-            self.cycle.disconnected = True
-            if self.cycle.response_started:
-                self.transport.close()
+            # The request being read is itself cut short (its body is what
+            # did not parse): it cannot be carried out.
+            if any(cycle is self.cycle for cycle, _ in self.pipeline):
+                # Queued behind others (found by a trial: it was answered
+                # at once, and the answers before it were lost).
+                self._refused_cycle = self.cycle
             else:
-                self._write_refusal(refusal)
+                # Being answered: the app is told its client is gone, and
+                # the refusal is the answer, unless the app began its own.
+                self.cycle.disconnected = True
+                if self.cycle.response_started:
+                    self.transport.close()
+                else:
+                    self._write_refusal(refusal)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if cycle is self._refused_cycle and self._refusal is not None:
+            self._write_refusal(self._refusal)  # its turn: the refusal
+            return
+        super()._start_asgi_task(cycle, app)
 
     def _answered_all(self) -> bool:
         return not self.pipeline and (
@@ -204,7 +236,18 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             body,
         ]
         self.transport.write(b"".join(content))
-        self.transport.close()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        # Closing with the client's bytes unread resets the connection, and
+        # a client still sending could lose the answer to the reset (seen
+        # in a trial). So the answer ends our half, what still comes is
+        # read and dropped (data_received), and the connection is closed
+        # when the client closes its half, or after a moment.
+        self.transport.write_eof()
+        self.flow.resume_reading()
+        self._stop_timer()
+        self._timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def _start_head_timer(self) -> None:
         """Time the head that begins now."""
