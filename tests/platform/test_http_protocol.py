@@ -181,6 +181,20 @@ async def test_a_head_past_the_limit_is_refused_before_it_all_arrives(
         b"HTTP/1.1 200 OK",
         b"HTTP/1.1 431 Request Header Fields Too Large",
     ]
+    # A head begun behind another request in one read, ended in the next
+    # (found by a trial: counted from the second read only, and served).
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 70 * 1024
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.write(b"\r\nConnection: close\r\n\r\n")
+    stream = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    assert stream.startswith(b"HTTP/1.1 200 OK")
+    assert b"HTTP/1.1 431 Request Header Fields Too Large" in stream
     # A client still sending when refused gets the refusal, not a reset
     # (its bytes are read and dropped before the connection closes).
     answer = await exchange(
@@ -246,6 +260,49 @@ async def test_a_body_that_stops_arriving_is_refused(
     answer_bytes = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout=10)
     writer.close()
     assert answer_bytes.startswith(b"HTTP/1.1 401"), answer_bytes
+
+
+async def test_an_upgrade_request_never_smuggles_what_follows_it(port: int) -> None:
+    """Found by a trial: the parser stops at an upgrade request's head, so
+    its declared body was read as a request of its own, and ran (a hidden
+    sign-up). One with a body is refused; one without is answered, and
+    nothing after it on the connection is read."""
+    account = orjson.dumps(
+        {
+            "username": "smuggled",
+            "email": "smuggled@example.com",
+            "password": "a long enough password",
+            "display_name": "Smuggled",
+        }
+    )
+    smuggled = (
+        b"POST /api/v1/accounts HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(account), account)
+    )
+    upgrade = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+    )
+    answers = await exchanges(
+        port, upgrade + b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled
+    )
+    assert len(answers) == 1
+    assert_refused(answers[0], 400, "upgrade_not_supported", "/healthz")
+    answers = await exchanges(port, upgrade + b"\r\n" + smuggled)
+    assert [a[0] for a in answers] == [b"HTTP/1.1 200 OK"]
+    lookup = await exchange(
+        port, b"GET /api/v1/accounts/smuggled HTTP/1.1\r\nConnection: close\r\n\r\n"
+    )
+    assert lookup[0] == b"HTTP/1.1 404 Not Found"
+
+
+async def test_bad_bytes_followed_by_many_more_are_malformed_not_too_large(
+    port: int,
+) -> None:
+    """Found by a trial: garbage with over 64 KiB behind it in the same read
+    was called a head too large."""
+    answer = await exchange(port, b"\x00garbage\r\n\r\n" + b"y" * 70 * 1024)
+    assert_refused(answer, 400, "malformed_request")
 
 
 async def test_an_upgrade_request_is_served_as_http(port: int) -> None:

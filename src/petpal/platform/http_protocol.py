@@ -1,6 +1,6 @@
 """What the server answers to bytes that are not an HTTP request it will read.
 
-Uvicorn's httptools protocol, with three things of ours:
+Uvicorn's httptools protocol, with four things of ours:
 
 - A request it cannot parse (a header line without a colon, a method or
   header with characters HTTP does not allow, a path that is not ASCII, a
@@ -17,10 +17,15 @@ Uvicorn's httptools protocol, with three things of ours:
   one that soon; a body the app waits for may not stop arriving for
   ``BODY_IDLE_SECONDS`` (408 ``request_timeout``, both): a client that sends
   half a request and waits no longer holds its connection for ever.
+- The server never switches protocols, and its parser reads nothing after
+  a request that asks to: such a request with a body is refused (400
+  ``upgrade_not_supported``), and one without is answered as HTTP and its
+  connection closed, so nothing behind it is read as a request of its own.
 
-Each refusal closes the connection, as uvicorn's did; nothing more is read
-from it. Requests that arrived whole before the bad bytes are answered first,
-in order, and the refusal after them: a client never loses the answer to a
+Each refusal closes the connection, as uvicorn's did, once the client has
+stopped sending or after ``LINGER_SECONDS``; nothing more is read from it.
+Requests that arrived whole before the bad bytes are answered first, in
+order, and the refusal after them: a client never loses the answer to a
 request the server carried out.
 """
 
@@ -68,6 +73,12 @@ _BODY_TOO_SLOW = (
     "request_timeout",
     f"the request body stopped arriving for {BODY_IDLE_SECONDS:g} seconds",
 )
+_UPGRADE_WITH_BODY = (
+    400,
+    "upgrade_not_supported",
+    "this server does not switch protocols; send the request without "
+    "Connection: upgrade",
+)
 Refusal = tuple[int, str, str]
 
 
@@ -80,16 +91,19 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
-        # Bytes received since the current request's head began (None:
-        # between requests), which request that is, and the refusal waiting
-        # for the answers to the requests before it.
+        # Bytes of the current request's head received so far (None: between
+        # requests): at least (every byte counted is the head's) and at most
+        # (the chunk it began in counted whole, though the request before
+        # may have taken part of it). And which request that is.
         self._head_bytes: int | None = 0
+        self._head_at_most = 0
         self._message = 0
         self._chunk = 0  # the size of the chunk being parsed
         self._refusal: Refusal | None = None
         # A request queued behind others whose own body broke: it is never
         # run, and the refusal is sent in its turn.
         self._refused_cycle: object | None = None
+        self._upgrade_refused = False
         # One timer watches the connection's head, or its body, at a time.
         self._timer: asyncio.TimerHandle | None = None
         self._head_since = 0.0
@@ -101,8 +115,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is not None:
-            return  # refused: nothing more is read from this connection
+        if self._refusal is not None or self._upgrade_refused:
+            return  # nothing more is read from this connection
         # Idle: every request so far was received whole.
         idle = self.cycle is None or not self.cycle.more_body
         message = self._message
@@ -117,18 +131,19 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         # limit by one chunk, never by more.
         if self._message == message or (idle and self._message == message + 1):
             self._head_bytes += len(data)
-        refusal = self._too_long(0)
+        self._head_at_most += len(data)
+        refusal = self._too_long()
         if refusal is not None:
             self._refuse(refusal)
 
-    def _too_long(self, unread: int) -> Refusal | None:
-        """The refusal for a head past the limit, with ``unread`` bytes more.
+    def _too_long(self) -> Refusal | None:
+        """The refusal for a head known to be past the limit.
 
         The target is looked at even once the head is complete: uvicorn
         parses it then, and fails past 65,535 bytes."""
         if len(getattr(self, "url", b"")) > MAX_HEAD_BYTES:
             return _URI_TOO_LONG
-        if self._head_bytes is not None and self._head_bytes + unread > MAX_HEAD_BYTES:
+        if self._head_bytes is not None and self._head_bytes > MAX_HEAD_BYTES:
             return _HEADERS_TOO_LARGE
         return None
 
@@ -140,22 +155,51 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             # time runs from the connection's start.
             self._start_head_timer()
         self._head_bytes = 0
+        self._head_at_most = 0
 
     def on_headers_complete(self) -> None:
-        if self._head_bytes is not None and self._head_bytes + self._chunk > (
-            MAX_HEAD_BYTES
-        ):
-            # The chunk that ends the head may have taken it past the limit
-            # (a head that came in one read was not counted at all, found by
-            # a trial): it is measured as parsed.
-            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if self._head_at_most + self._chunk > MAX_HEAD_BYTES:
+            # The head may be past the limit (it came in one read, or began
+            # in a read behind another request: both found by trials): it
+            # is measured as parsed, with its request line and framing.
+            size = (
+                len(self.url) + 16 + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            )
             if size > MAX_HEAD_BYTES:
-                self._refuse(self._too_long(0) or _HEADERS_TOO_LARGE)
+                self._refuse(
+                    _URI_TOO_LONG
+                    if len(self.url) > MAX_HEAD_BYTES
+                    else _HEADERS_TOO_LARGE
+                )
                 # Stops the parser: no request is made of this head, and
                 # nothing after it is read.
                 raise _HeadRefusedError
+        if self.parser.should_upgrade():
+            self._no_upgrade()
         self._head_bytes = None
         super().on_headers_complete()
+        if self._upgrade_refused:
+            # Answered as HTTP, then closed: the parser reads nothing after
+            # an upgrade request, and what followed it must not be read as
+            # requests of their own.
+            self.cycle.keep_alive = False
+
+    def _no_upgrade(self) -> None:
+        """A request asking to switch protocols, which this server never does.
+
+        llhttp stops parsing at the end of its head: a body it declared
+        would be read as a request of its own (a trial smuggled a sign-up
+        through one). One with a body is refused; one without is answered,
+        and the connection closed after it."""
+        self._upgrade_refused = True
+        declared = {name for name, _ in self.headers}
+        length = dict(self.headers).get(b"content-length", b"0")
+        if b"transfer-encoding" in declared or length.strip() not in (b"", b"0"):
+            self._refuse(_UPGRADE_WITH_BODY)
+            raise _HeadRefusedError
+
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # handled: _no_upgrade
         # The body, if one is to come, is timed from here.
         self._body_at = self.loop.time()
         self._arm()
@@ -167,7 +211,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         # The parser gives up on a head too long for it too (a target past
         # 64 KiB): that is the limit's refusal, not a malformed request.
-        self._refuse(self._too_long(self._chunk) or _MALFORMED)
+        self._refuse(self._too_long() or _MALFORMED)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
