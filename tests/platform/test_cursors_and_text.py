@@ -74,6 +74,10 @@ def test_hashtags_in_any_script(text: str, tags: list[str]) -> None:
 
 def test_mentions_are_canonical_usernames() -> None:
     assert extract_mentions("hi @Maya and @theo, not me@mail.org") == ["maya", "theo"]
+    # Typed in full width, as usernames may be (found by a trial: ignored).
+    assert extract_mentions("@ｌｅｎａ, ＠ＬＥＮＡ and ＠sam!") == ["lena", "sam"]
+    # Words that are not usernames, or look-alikes from other scripts.
+    assert extract_mentions("@café @lenaの猫 @lеna @ab @" + "x" * 31) == []
 
 
 @pytest.mark.parametrize("name", ["Ｍａｙａ", "MAYA", "maya"])

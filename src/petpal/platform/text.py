@@ -43,7 +43,12 @@ RESERVED_USERNAMES = frozenset(
 # follow the start of the text or a character that cannot be part of a word,
 # so "e-mail#x" is no tag but "(#x)" is.
 HASHTAG_PATTERN = regex.compile(r"(?<![\p{L}\p{M}\p{N}_&])#([\p{L}\p{M}\p{N}_]{1,100})")
-MENTION_PATTERN = regex.compile(r"(?<![\p{L}\p{M}\p{N}_@])@([A-Za-z0-9_]{3,30})\b")
+# A mention is written as its username is typed: in any width or case
+# (``@ＬＥＮＡ``, ``＠lena``), found as a word after an at sign and kept if it
+# normalises to a username (``lookup_username``).
+MENTION_PATTERN = regex.compile(
+    r"(?<![\p{L}\p{M}\p{N}_@＠])[@＠]([\p{L}\p{M}\p{N}_]{1,60})"
+)
 
 
 def canonical_username(raw: str) -> str:
