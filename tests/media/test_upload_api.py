@@ -57,6 +57,12 @@ async def test_phone_photo_comes_out_upright_and_without_metadata(
     for variant in media["variants"]:
         served = await client.get(variant["url"])
         assert served.status_code == 200
+        # HEAD: the same size and type, no bytes (it was a 405).
+        head = await client.head(variant["url"])
+        assert head.status_code == 200
+        assert head.content == b""
+        assert int(head.headers["content-length"]) == len(served.content)
+        assert head.headers["content-type"] == served.headers["content-type"]
         assert b"Exif" not in served.content[:4096]
         image = Image.open(io.BytesIO(served.content))
         assert (image.width, image.height) == (variant["width"], variant["height"])
@@ -208,6 +214,7 @@ async def test_only_processed_files_are_served(
 ) -> None:
     response = await client.get(f"/media-files/{path}")
     assert response.status_code == 404
+    assert (await client.head(f"/media-files/{path}")).status_code == 404
 
 
 async def test_inline_processing_answers_with_the_photo_ready(

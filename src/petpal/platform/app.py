@@ -463,24 +463,31 @@ def _add_operational_routes(app: FastAPI) -> None:
         await refresh_outbox_gauges(platform.db)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/media-files/{key:path}", include_in_schema=False)
+    # HEAD too: caches and clients (curl -I) ask a file's size and type
+    # without its bytes (found by a trial: 405).
+    @app.api_route(
+        "/media-files/{key:path}", methods=["GET", "HEAD"], include_in_schema=False
+    )
     async def media_file(key: str, request: Request) -> Response:
         # Only processed variants live under media/; raw uploads never leave.
         if not _SERVED_KEY.fullmatch(key):
             raise NotFoundError("the file")
         platform: Services = request.app.state.services
+        headers = {
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "X-Content-Type-Options": "nosniff",
+        }
         try:
+            if request.method == "HEAD":
+                size = await platform.storage.size(key)
+                headers["Content-Length"] = str(size)
+                return Response(headers=headers, media_type=_content_type_for(key))
             size, chunks = await platform.storage.stream(key)
         except ObjectNotFoundError as exc:
             raise NotFoundError("the file") from exc
+        headers["Content-Length"] = str(size)
         return StreamingResponse(
-            chunks,
-            media_type=_content_type_for(key),
-            headers={
-                "Content-Length": str(size),
-                "Cache-Control": "public, max-age=31536000, immutable",
-                "X-Content-Type-Options": "nosniff",
-            },
+            chunks, media_type=_content_type_for(key), headers=headers
         )
 
 

@@ -59,6 +59,11 @@ class Storage:
             async for chunk in result.stream(min_chunk_size=1024 * 1024):
                 out.write(chunk)
 
+    async def size(self, key: str) -> int:
+        """The size of an object, without reading it; raises ObjectNotFoundError."""
+        meta = await obstore.head_async(self.store, key)
+        return int(meta["size"])
+
     async def stream(self, key: str) -> tuple[int, AsyncIterator[bytes]]:
         """Size and chunks of an object; raises ObjectNotFoundError."""
         result = await obstore.get_async(self.store, key)
