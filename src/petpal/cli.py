@@ -88,8 +88,8 @@ def serve(
         # Uvicorn's own, with a problem document for a request it cannot
         # parse, and limits on a request's head (platform/http_protocol.py).
         http=ProblemHttpToolsProtocol,
-        # No WebSocket routes: an upgrade request is an HTTP request, not
-        # a handshake refused in plain text.
+        # No WebSocket routes: the protocol above answers a request to
+        # switch protocols itself, as HTTP or as a problem.
         ws="none",
         access_log=False,
         log_level="warning",

@@ -10,7 +10,7 @@ import asyncio
 import gc
 import importlib
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Container, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -319,14 +319,16 @@ def _add_routes(
             raise TypeError(f"only API routes are served flat, not {route!r}")
         dependencies = list(route.dependencies)
         documented = {**(responses or {}), **route.responses}
-        if _charges_a_limit(route.dependant):
+        # A route that charges a rate limit answers with the quota headers.
+        if _depends_on(route.dependant, RATE_LIMIT_DEPENDENCIES):
             # Sent with whatever the route answers once the limit let the
             # request through (a 404, a 422), so declared on every answer.
             for status in {route.status_code or 200, *documented}:
                 response = documented.get(status, {})
                 headers = {**response.get("headers", {}), **QUOTA_HEADERS}
                 documented[status] = {**response, "headers": headers}
-        if route.methods == {"GET"} and not _reads_token(route.dependant):
+        reads_token = _depends_on(route.dependant, (optional_account, require_account))
+        if route.methods == {"GET"} and not reads_token:
             # A token offered to a read is checked on every read, so a bad
             # one is a 401 everywhere, not only where the route reads the
             # caller. (Not on sign-up, log-in and refresh, where a client
@@ -364,21 +366,9 @@ def _add_routes(
         )
 
 
-def _reads_token(dependant: Dependant) -> bool:
-    """Whether a route already checks the bearer token (at any depth)."""
-    return any(
-        d.call in (optional_account, require_account) or _reads_token(d)
-        for d in dependant.dependencies
-    )
-
-
-def _charges_a_limit(dependant: Dependant) -> bool:
-    """Whether a route charges a rate limit (at any depth), and so answers
-    with the X-RateLimit-* headers."""
-    return any(
-        d.call in RATE_LIMIT_DEPENDENCIES or _charges_a_limit(d)
-        for d in dependant.dependencies
-    )
+def _depends_on(dependant: Dependant, calls: Container[object]) -> bool:
+    """Whether a route depends on any of ``calls``, at any depth."""
+    return any(d.call in calls or _depends_on(d, calls) for d in dependant.dependencies)
 
 
 def create_server_app() -> ASGIApp:

@@ -80,6 +80,12 @@ _UPGRADE_WITH_BODY = (
     "Connection: upgrade",
 )
 Refusal = tuple[int, str, str]
+# What a parsed head no longer holds, counted back when it is measured: about
+# the method, the two spaces, the version and the line end of the request
+# line (``GET  HTTP/1.1\r\n`` is 15 bytes), and ": " and the line end of
+# each header.
+_REQUEST_LINE_FRAMING = 16
+_HEADER_FRAMING = len(": \r\n")
 
 
 class _HeadRefusedError(Exception):
@@ -103,7 +109,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         # A request queued behind others whose own body broke: it is never
         # run, and the refusal is sent in its turn.
         self._refused_cycle: object | None = None
-        self._upgrade_refused = False
+        # Set by a request to switch protocols: nothing after it is read.
+        self._upgrade_asked = False
         # One timer watches the connection's head, or its body, at a time.
         self._timer: asyncio.TimerHandle | None = None
         self._head_since = 0.0
@@ -115,7 +122,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is not None or self._upgrade_refused:
+        if self._refusal is not None or self._upgrade_asked:
             return  # nothing more is read from this connection
         # Idle: every request so far was received whole.
         idle = self.cycle is None or not self.cycle.more_body
@@ -163,14 +170,12 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             # in a read behind another request: both found by trials): it
             # is measured as parsed, with its request line and framing.
             size = (
-                len(self.url) + 16 + sum(len(n) + len(v) + 4 for n, v in self.headers)
+                len(self.url)
+                + _REQUEST_LINE_FRAMING
+                + sum(len(n) + len(v) + _HEADER_FRAMING for n, v in self.headers)
             )
             if size > MAX_HEAD_BYTES:
-                self._refuse(
-                    _URI_TOO_LONG
-                    if len(self.url) > MAX_HEAD_BYTES
-                    else _HEADERS_TOO_LARGE
-                )
+                self._refuse(self._too_long() or _HEADERS_TOO_LARGE)
                 # Stops the parser: no request is made of this head, and
                 # nothing after it is read.
                 raise _HeadRefusedError
@@ -178,7 +183,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             self._no_upgrade()
         self._head_bytes = None
         super().on_headers_complete()
-        if self._upgrade_refused:
+        if self._upgrade_asked:
             # Answered as HTTP, then closed: the parser reads nothing after
             # an upgrade request, and what followed it must not be read as
             # requests of their own.
@@ -191,7 +196,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         would be read as a request of its own (a trial smuggled a sign-up
         through one). One with a body is refused; one without is answered,
         and the connection closed after it."""
-        self._upgrade_refused = True
+        self._upgrade_asked = True
         declared = {name for name, _ in self.headers}
         length = dict(self.headers).get(b"content-length", b"0")
         if b"transfer-encoding" in declared or length.strip() not in (b"", b"0"):

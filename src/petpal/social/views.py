@@ -145,8 +145,8 @@ async def likes_of(
 
 
 class _PostBody(TypedDict):
-    """A post but its counts, as cached under ``post:{id}``; only an edit of
-    its caption changes it (``service.do_edit_post``), and invalidates it."""
+    """A post without its counts, as cached under ``post:{id}``. Only an edit
+    of its caption changes it (``service.do_edit_post``), which invalidates it."""
 
     id: str
     author_id: str
