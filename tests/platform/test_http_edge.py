@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 
 import httpx
+import orjson
 import pytest
 
 from petpal.platform.cache import CacheBackendError
@@ -38,10 +39,10 @@ async def test_unknown_routes_and_methods_are_problems(
     assert wrong.json()["code"] == "method_not_allowed"
     # Allow names every method of the path (RFC 9110), not the first route's.
     for path, allowed in (
-        ("/api/v1/accounts/me", "GET, PATCH"),
+        ("/api/v1/accounts/me", "GET, HEAD, PATCH"),
         ("/api/v1/posts/01JZ0000000000000000000000/like", "DELETE, POST"),
-        ("/api/v1/posts/01JZ0000000000000000000000", "DELETE, GET, PATCH"),
-        ("/api/v1/pets/01JZ0000000000000000000000", "DELETE, GET, PATCH"),
+        ("/api/v1/posts/01JZ0000000000000000000000", "DELETE, GET, HEAD, PATCH"),
+        ("/api/v1/pets/01JZ0000000000000000000000", "DELETE, GET, HEAD, PATCH"),
     ):
         answer = await client.request("OPTIONS", path)
         assert answer.status_code == 405, path
@@ -201,6 +202,13 @@ async def test_every_json_route_refuses_a_body_of_another_type_as_415(
         pytest.param(b'{"name": "R\xffx"}', "not UTF-8", id="not-utf8"),
         pytest.param(b"[" * 30_000 + b"]" * 30_000, "nested too deeply", id="deep"),
         pytest.param(b"[" + b"9" * 5_000 + b"]", "4,300 digits", id="huge-int"),
+        # Found by a trial: Python's parser takes these, and a NaN caption
+        # was a 422 about the caption.
+        pytest.param(b'{"caption": NaN}', "NaN is not a JSON value", id="nan"),
+        pytest.param(b"[Infinity]", "Infinity is not a JSON value", id="inf"),
+        pytest.param(b"[-Infinity]", "-Infinity is not a JSON value", id="-inf"),
+        pytest.param('{"name": "Rex"}'.encode("utf-16"), "not UTF-8", id="utf-16"),
+        pytest.param('{"name": "Rex"}'.encode("utf-32"), "not UTF-8", id="utf-32"),
     ],
 )
 async def test_every_json_route_says_an_unreadable_json_body_is_malformed(
@@ -215,6 +223,26 @@ async def test_every_json_route_says_an_unreadable_json_body_is_malformed(
         response = await client.request(method, path, content=body, headers=headers)
         problem = assert_problem(response, 400, "malformed_json")
         assert says in problem["detail"], (method, path, problem)
+
+
+async def test_a_utf8_body_may_start_with_a_byte_order_mark(
+    client: httpx.AsyncClient,
+) -> None:
+    """RFC 8259 section 8.1 lets a reader ignore it, and some clients send it."""
+    body = orjson.dumps(
+        {
+            "username": "bom_user",
+            "email": "bom@example.org",
+            "password": "a long enough password",
+            "display_name": "Bom",
+        }
+    )
+    response = await client.post(
+        "/api/v1/accounts",
+        content=b"\xef\xbb\xbf" + body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 201, response.text
 
 
 async def test_a_body_of_the_wrong_shape_is_named_body(

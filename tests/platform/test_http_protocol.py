@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import httpx
 import orjson
 import pytest
 import uvicorn
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 
 from petpal.platform import http_protocol
 from petpal.platform.http_protocol import MAX_HEAD_BYTES, ProblemHttpToolsProtocol
+from tests.factories import a_user
 
 
 @pytest.fixture
@@ -324,3 +326,49 @@ async def test_well_formed_requests_are_served_as_before(port: int) -> None:
     assert status == b"HTTP/1.1 200 OK"
     assert orjson.loads(body) == {"status": "ok"}
     assert headers["x-request-id"]
+
+
+async def test_head_is_a_get_without_the_content(
+    port: int, client: httpx.AsyncClient
+) -> None:
+    """RFC 9110 section 9.3.2. Found by a trial: every API route answered HEAD
+    with 405. The answer after it on the same connection shows the server
+    sent the headers and not one byte of content."""
+    user = await a_user(client)
+    asked = {
+        f"/api/v1/accounts/{user.username}": 200,
+        "/api/v1/accounts/nobody_here": 404,
+        "/api/v1/feed/public?limit=5": 200,
+        "/api/v1/pets/of-the-day": 404,
+    }
+    for path, status in asked.items():
+        get = await client.get(path)
+        assert get.status_code == status, path
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            stream = await asyncio.wait_for(reader.read(), timeout=10)
+        finally:
+            writer.close()
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        line, *lines = head.decode("latin-1").split("\r\n")
+        headers = dict(h.lower().split(": ", 1) for h in lines)
+        assert line.startswith(f"HTTP/1.1 {status} "), (path, line)
+        assert headers["content-type"] == get.headers["content-type"], path
+        assert int(headers["content-length"]) == len(get.content), path
+        assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), (path, rest[:80])
+        assert rest.endswith(b'{"status":"ok"}'), path
+
+
+async def test_head_where_no_get_is_a_405_naming_the_methods(
+    client: httpx.AsyncClient,
+) -> None:
+    answer = await client.head("/api/v1/auth/token")
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "POST"
+    # A path with a GET names HEAD beside it.
+    answer = await client.put("/api/v1/accounts/me")
+    assert answer.headers["allow"] == "GET, HEAD, PATCH"

@@ -110,16 +110,51 @@ async def test_the_index_answers_as_the_router_does(method: str, path: str) -> N
         allows.append(set((headers.get("allow") or "").split(", ")) - {""})
     assert answers[0] == answers[1]
     # A 405 names every method of the path, the router's only the first
-    # route's (found by a schema-driven trial: DELETE like was left out).
+    # route's (found by a schema-driven trial: DELETE like was left out),
+    # and HEAD wherever GET.
     assert allows[1] >= allows[0]
     assert allows[1] == ALLOWED.get((method, path), set())
 
 
 ALLOWED = {
-    ("PUT", "/items/42"): {"GET", "DELETE"},
+    ("PUT", "/items/42"): {"GET", "HEAD", "DELETE"},
     ("DELETE", "/items/special"): set(),  # matched by /items/{item_id} fully
-    ("PUT", "/items/x/late"): {"GET", "POST"},
+    ("PUT", "/items/x/late"): {"GET", "HEAD", "POST"},
 }
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/items/special",
+        "/items/42",
+        "/items/x/late",  # a POST route first, then the GET one
+        "/items/late/shadowed",
+        "/files/a/b/c.txt",
+        "/n/7",
+        "/items/42/",
+        "/nothing/here",
+    ],
+)
+async def test_a_head_is_answered_by_the_route_a_get_would_take(path: str) -> None:
+    """The router answers HEAD on FastAPI's routes with 405; the index with
+    the GET route's answer (the server then sends its headers alone:
+    tests/platform/test_http_protocol.py)."""
+    answers = []
+    for method, indexed in (("GET", False), ("HEAD", True)):
+        transport = httpx.ASGITransport(app=_app(indexed))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://petpal.test"
+        ) as client:
+            response = await client.request(method, path)
+        answers.append((response.status_code, response.headers.get("location")))
+    assert answers[0] == answers[1]
+    transport = httpx.ASGITransport(app=_app(indexed=False))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://petpal.test"
+    ) as client:
+        assert (await client.head("/items/42")).status_code == 405
 
 
 def test_candidates_are_the_routes_a_path_can_match_in_declaration_order() -> None:

@@ -38,6 +38,7 @@ from petpal.platform.errors import (
     problem_response,
 )
 from petpal.platform.jobs import refresh_outbox_gauges
+from petpal.platform.json_body import JSONRoute
 from petpal.platform.observability import (
     RequestEdgeMiddleware,
     configure_logging,
@@ -357,7 +358,7 @@ def _add_routes(
             include_in_schema=route.include_in_schema,
             response_class=route.response_class,
             name=route.name,
-            route_class_override=type(route),
+            route_class_override=JSONRoute,
             callbacks=route.callbacks,
             openapi_extra=route.openapi_extra,
             generate_unique_id_function=route.generate_unique_id_function,

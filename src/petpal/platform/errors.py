@@ -167,10 +167,16 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
             "unsupported_media_type",
             f"send the body as application/json (it came as {sent})",
         )
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return problem_response(
-            request, 400, "malformed_json", "the request body is not valid JSON"
-        )
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            why = (error.get("ctx") or {}).get("error")
+            return problem_response(
+                request,
+                400,
+                "malformed_json",
+                "the request body is not valid JSON"
+                + (f": {why}" if isinstance(why, str) and why else ""),
+            )
     described = [_describe_validation_error(e) for e in errors]
     first = described[0] if described else {"location": [], "message": "invalid"}
     # ["body", "name"] is the field "name"; ["body"] alone, the body itself.
@@ -237,13 +243,15 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
-# SQLSTATE classes and codes after which the same request, retried a moment
-# later, succeeds: 08 the connection broke, 53 the server ran out of
-# connections, memory or disk, 57 an operator or the server intervened
-# (shutdown, restart in progress, statement_timeout); 40001 and 40P01 lost a
-# serialization or deadlock race.
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57")
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+# SQLSTATEs after which the same request, retried a moment later, succeeds.
+# The database is there but busy: 40001 and 40P01 lost a serialization or
+# deadlock race, 55P03 waited too long for a lock (lock_timeout), 57014 ran
+# past statement_timeout, 53300 found every connection slot taken.
+_BUSY_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "53300"})
+# Whole classes in which it is down or going: 08 the connection broke, 53
+# the server ran out of memory or disk, 57 an operator or the server
+# intervened (shutdown, crash, restart in progress).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 # OSError numbers that say a peer cannot be reached, as opposed to the
 # file-system errors that share the OSError type.
 _NETWORK_ERRNOS = frozenset(
@@ -262,10 +270,14 @@ _NETWORK_ERRNOS = frozenset(
 )
 
 
-def _is_transient_sqlstate(sqlstate: object) -> bool:
-    return isinstance(sqlstate, str) and (
-        sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
-    )
+def _sqlstate_problem(sqlstate: object) -> str | None:
+    if not isinstance(sqlstate, str):
+        return None
+    if sqlstate in _BUSY_SQLSTATES:
+        return "database_busy"
+    if sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
+        return "database_unavailable"
+    return None
 
 
 def _is_network_error(exc: OSError) -> bool:
@@ -294,7 +306,7 @@ def backend_unavailable(exc: BaseException) -> str | None:
             exc.orig, "pgcode", None
         )
         if sqlstate is not None:
-            return "database_unavailable" if _is_transient_sqlstate(sqlstate) else None
+            return _sqlstate_problem(sqlstate)
         # No SQLSTATE: SQLite ("database is locked" past busy_timeout, "unable
         # to open database file") or the driver's own broken-connection error.
         interface_or_operational = (
@@ -302,10 +314,12 @@ def backend_unavailable(exc: BaseException) -> str | None:
             sqlalchemy.exc.InterfaceError,
         )
         if isinstance(exc, interface_or_operational):
+            if "is locked" in str(exc.orig):
+                return "database_busy"  # a writer held it past busy_timeout
             return "database_unavailable"
         return None
     if isinstance(exc, asyncpg.PostgresError):
-        return "database_unavailable" if _is_transient_sqlstate(exc.sqlstate) else None
+        return _sqlstate_problem(exc.sqlstate)
     if isinstance(
         exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
     ):

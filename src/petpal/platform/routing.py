@@ -7,10 +7,16 @@ with every route added. :class:`RouteIndex` tries only the routes that can
 match: those whose literal start (the path up to the first parameter) is a
 start of the request's path, found by walking a tree of path segments. They
 are tried in declaration order with their own ``matches``, so the route
-chosen and its path parameters are exactly the router's. A known path asked
-with a method none of its routes takes is a 405 whose ``Allow`` names every
-method the path takes (RFC 9110); the router's names only those of the
-first route of the path.
+chosen and its path parameters are exactly the router's. Two answers differ
+from the router's, both as RFC 9110 asks:
+
+- A HEAD is served by the route that would serve a GET, and the server
+  sends that answer's headers without its content (section 9.3.2: every
+  general-purpose server supports GET and HEAD). FastAPI's routes take only
+  the methods they declare, so the router answers HEAD with 405.
+- A known path asked with a method none of its routes takes is a 405 whose
+  ``Allow`` names every method the path takes, HEAD wherever GET; the
+  router's names only those of the first route of the path.
 
 Everything else goes to the router itself, unchanged: a path no route
 matches (its 404, or the redirect to the path with or without a trailing
@@ -24,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Match, Router
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import Receive, Scope, Send
 
 
@@ -101,24 +107,36 @@ class RouteIndex:
             self._build()  # a route was added after the app was made
         chosen: tuple[BaseRoute, Scope] | None = None
         allowed: set[str] = set()  # the methods of the routes matched in part
+        head = scope["method"] == "HEAD"
+        as_get = False  # a HEAD served by the GET route
         for route in self.candidates(scope["path"]):
             match, child_scope = route.matches(scope)
+            methods = getattr(route, "methods", None) or set()
+            if match is Match.PARTIAL and head and "GET" in methods:
+                match, as_get = Match.FULL, True
             if match is Match.FULL:
                 chosen, allowed = (route, child_scope), set()
                 break
             if match is Match.PARTIAL:
-                allowed |= getattr(route, "methods", None) or set()
+                allowed |= methods
                 if chosen is None:
                     chosen = (route, child_scope)  # unless one matches fully
         if chosen is None:
             await self.fallback(scope, receive, send)
             return
         if allowed:
+            if "GET" in allowed:
+                allowed.add("HEAD")
             raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
         route, child_scope = chosen
         if "router" not in scope:
             scope["router"] = self.router
         scope.update(child_scope)
+        if as_get and isinstance(route, Route):
+            # The route's own app, past ``handle``'s method check; the scope
+            # still says HEAD, so the server sends the headers alone.
+            await route.app(scope, receive, send)
+            return
         await route.handle(scope, receive, send)
 
 
