@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
@@ -264,7 +265,10 @@ def create_app(
         finally:
             await platform.close()
 
-    app = FastAPI(
+    # Its /docs and /redoc load their scripts and styles from this server:
+    # FastAPI's own load them from a CDN, and showed a blank page on a
+    # network without one (found by a trial).
+    app = FastAPIOffline(
         title="PetPal Connect",
         version="0.1.0",
         description="The social platform for pet owners. All routes live under "
