@@ -5,6 +5,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from petpal.platform.inputs import NotNull
 from petpal.platform.text import NAME, STORABLE, VISIBLE
 
 DisplayName = Annotated[
@@ -45,7 +46,7 @@ class RefreshRequest(Input):
 
 
 class ProfileUpdate(Input):
-    display_name: DisplayName | None = None
+    display_name: NotNull[DisplayName] = None
     bio: Bio | None = None
     avatar_media_id: Annotated[str, StringConstraints(max_length=26)] | None = None
 

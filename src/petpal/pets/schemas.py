@@ -18,6 +18,7 @@ from pydantic import (
 from petpal.identity.schemas import AccountSummary
 from petpal.media.schemas import MediaView
 from petpal.platform.db import utcnow
+from petpal.platform.inputs import NotNull
 from petpal.platform.text import STORABLE
 
 EARLIEST_BIRTH_DATE = dt.date(1950, 1, 1)
@@ -104,13 +105,13 @@ class PetCreate(Input):
 class PetUpdate(Input):
     """Only the fields present change; ``null`` clears an optional field."""
 
-    name: Name | None = None
-    species: Species | None = None
+    name: NotNull[Name] = None
+    species: NotNull[Species] = None
     breed: Breed | None = None
     birth_date: BirthDate | None = None
     bio: Bio | None = None
     photo_media_id: MediaId | None = None
-    available_for_adoption: StrictBool | None = None
+    available_for_adoption: NotNull[StrictBool] = None
     location: Location | None = None
 
     @field_validator("name", "species", "available_for_adoption", mode="before")
