@@ -362,7 +362,9 @@ def _add_routes(
             include_in_schema=route.include_in_schema,
             response_class=route.response_class,
             name=route.name,
-            route_class_override=JSONRoute,
+            # A route with a body reads it as JSON is defined; the others
+            # skip the wrapper's cost.
+            route_class_override=JSONRoute if route.body_field else APIRoute,
             callbacks=route.callbacks,
             openapi_extra=route.openapi_extra,
             generate_unique_id_function=route.generate_unique_id_function,
