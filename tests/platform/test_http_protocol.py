@@ -345,3 +345,77 @@ async def test_head_where_no_get_is_a_405_naming_the_methods(
     # A path with a GET names HEAD beside it.
     answer = await client.put("/api/v1/accounts/me")
     assert answer.headers["allow"] == "GET, HEAD, PATCH"
+
+
+async def test_a_bug_is_a_500_problem_and_the_connection_goes_on(
+    port: int,
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by a trial: Starlette's last-resort handler answered and then
+    raised again, so uvicorn dropped the connection (the request pipelined
+    behind went unanswered), and neither the answer nor the log line had
+    the request id."""
+    user = await a_user(client)
+
+    async def broken(*args: object) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("petpal.identity.service.resolve_username", broken)
+    answers = await exchanges(
+        port,
+        f"GET /api/v1/accounts/{user.username} HTTP/1.1\r\nHost: x\r\n"
+        "X-Request-ID: bug-42\r\n\r\n".encode()
+        + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert len(answers) == 2, answers
+    (line, headers, body), healthz = answers
+    assert line.startswith(b"HTTP/1.1 500 "), line
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["x-request-id"] == "bug-42"
+    assert orjson.loads(body)["code"] == "internal_error"
+    assert healthz[0] == b"HTTP/1.1 200 OK"
+    out = capsys.readouterr().out
+    logged = [line for line in out.splitlines() if "unhandled_error" in line]
+    assert len(logged) == 1, out
+    assert "bug-42" in logged[0]
+    assert "RuntimeError: a bug" in out  # with its traceback
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n", 400),
+        (b"HEAD /" + b"a" * (MAX_HEAD_BYTES + 10) + b" HTTP/1.1\r\n\r\n", 414),
+        (
+            b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+            + b"b" * (MAX_HEAD_BYTES + 10)
+            + b"\r\n\r\n",
+            431,
+        ),
+        (
+            b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n"
+            b"Upgrade: h2c\r\nContent-Length: 2\r\n\r\nhi",
+            400,
+        ),
+    ],
+    ids=["malformed", "uri-too-long", "headers-too-large", "upgrade-with-body"],
+)
+async def test_a_refused_head_request_gets_the_headers_alone(
+    port: int, request_bytes: bytes, status: int
+) -> None:
+    """Found by a trial: the server's own refusals sent a HEAD the problem
+    document too."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request_bytes)
+        await writer.drain()
+        stream = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    head, _, rest = stream.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert b"content-type: application/problem+json" in head
+    assert int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) > 0
+    assert rest == b""

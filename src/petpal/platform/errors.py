@@ -108,6 +108,29 @@ def problem_type(code: str) -> str:
     return f"https://petpal.example/problems/{code.replace('_', '-')}"
 
 
+def problem_document(
+    status: int,
+    code: str,
+    detail: str,
+    instance: str,
+    *,
+    title: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    """An RFC 9457 problem document, as every error answer's body."""
+    body: dict[str, Any] = {
+        "type": problem_type(code),
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "code": code,
+    }
+    if extra:
+        body.update(extra)
+    return orjson.dumps(body)
+
+
 def problem_response(
     request: Request,
     status: int,
@@ -118,18 +141,10 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {
-        "type": problem_type(code),
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        "code": code,
-    }
-    if extra:
-        body.update(extra)
     return Response(
-        orjson.dumps(body),
+        problem_document(
+            status, code, detail, request.url.path, title=title, extra=extra
+        ),
         status_code=status,
         media_type=PROBLEM_MEDIA_TYPE,
         headers=dict(headers or {}),
@@ -236,11 +251,14 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     )
 
 
+INTERNAL_ERROR_DETAIL = "an unexpected error occurred; it was logged"
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    log.error("request.unhandled_error", path=request.url.path)
-    return problem_response(
-        request, 500, "internal_error", "an unexpected error occurred; it was logged"
-    )
+    # The request edge (observability) answers a bug's 500 itself; this is
+    # for one raised outside it.
+    log.error("request.unhandled_error", path=request.url.path, exc_info=exc)
+    return problem_response(request, 500, "internal_error", INTERNAL_ERROR_DETAIL)
 
 
 # SQLSTATEs after which the same request, retried a moment later, succeeds.

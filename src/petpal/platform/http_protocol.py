@@ -36,10 +36,9 @@ import os
 from http import HTTPStatus
 from typing import Any
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from petpal.platform.errors import PROBLEM_MEDIA_TYPE, problem_type
+from petpal.platform.errors import PROBLEM_MEDIA_TYPE, problem_document
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 20.0
@@ -111,6 +110,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._refused_cycle: object | None = None
         # Set by a request to switch protocols: nothing after it is read.
         self._upgrade_asked = False
+        # The method of the request being received, once its line is read.
+        self._method: bytes | None = None
         # One timer watches the connection's head, or its body, at a time.
         self._timer: asyncio.TimerHandle | None = None
         self._head_since = 0.0
@@ -153,6 +154,14 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes is not None and self._head_bytes > MAX_HEAD_BYTES:
             return _HEADERS_TOO_LARGE
         return None
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._method = self.parser.get_method()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._method = None
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -263,15 +272,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         status, code, detail = refusal
-        body = orjson.dumps(
-            {
-                "type": problem_type(code),
-                "title": HTTPStatus(status).phrase,
-                "status": status,
-                "detail": detail,
-                "instance": _path_of(getattr(self, "url", b"")),
-                "code": code,
-            }
+        body = problem_document(
+            status, code, detail, _path_of(getattr(self, "url", b""))
         )
         content = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()]
         for name, value in self.server_state.default_headers:
@@ -282,7 +284,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             # As every answer of the app has one (observability.py).
             b"x-request-id: " + os.urandom(8).hex().encode() + b"\r\n",
             b"connection: close\r\n\r\n",
-            body,
+            # A HEAD's answer is the headers alone (found by a trial).
+            b"" if self._method == b"HEAD" else body,
         ]
         self.transport.write(b"".join(content))
         if not self.transport.can_write_eof():

@@ -20,6 +20,13 @@ from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from petpal.platform.db import queries_in_scope
+from petpal.platform.errors import (
+    INTERNAL_ERROR_DETAIL,
+    PROBLEM_MEDIA_TYPE,
+    problem_document,
+)
+
+log = structlog.get_logger(__name__)
 
 REQUEST_SECONDS = Histogram(
     "petpal_http_request_duration_seconds",
@@ -132,10 +139,12 @@ class RequestEdgeMiddleware:
         status = 500
         started = time.perf_counter()
 
+        answered = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", encoded_id))
                 headers += scope.get(_EXTRA_HEADERS, ())
@@ -144,6 +153,25 @@ class RequestEdgeMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if answered:
+                raise  # an answer was begun: the server must cut it off
+            # A bug. Answered here rather than by Starlette's outermost
+            # handler, which answers and then raises again: uvicorn then
+            # dropped the connection with what was pipelined on it, and the
+            # answer and the log line had no request id (found by a trial).
+            log.exception("request.unhandled_error", path=scope["path"])
+            body = problem_document(
+                500, "internal_error", INTERNAL_ERROR_DETAIL, scope["path"]
+            )
+            headers = [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send_with_id(
+                {"type": "http.response.start", "status": 500, "headers": headers}
+            )
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - started
             template = route_template(scope)
