@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Container, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -25,8 +26,10 @@ from sqlalchemy import text
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from petpal.identity.service import AccountGoneError, ensure_account_exists
 from petpal.platform.cache import CacheBackendError
 from petpal.platform.deps import (
+    CALLER_SCOPE_KEY,
     RATE_LIMIT_DEPENDENCIES,
     optional_account,
     require_account,
@@ -36,6 +39,7 @@ from petpal.platform.errors import (
     BodyTooLargeError,
     NotFoundError,
     install_problem_handlers,
+    on_problem,
     problem_response,
 )
 from petpal.platform.jobs import refresh_outbox_gauges
@@ -276,6 +280,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    app.add_exception_handler(sqlalchemy.exc.IntegrityError, _on_integrity_error)
     names = tuple(services)
     for name in names:
         module = importlib.import_module(f"petpal.{name}.api")
@@ -303,6 +308,18 @@ def create_app(
     )
     app.add_middleware(RequestEdgeMiddleware)
     return app
+
+
+async def _on_integrity_error(request: Request, exc: Exception) -> Response:
+    """A foreign key that failed because the caller's own account is gone is
+    a 401 (see ``ensure_account_exists``); any other stays a bug."""
+    caller = request.scope.get(CALLER_SCOPE_KEY)
+    if caller is not None:
+        try:
+            await ensure_account_exists(request.app.state.services, caller)
+        except AccountGoneError as gone:
+            return await on_problem(request, gone)
+    raise exc
 
 
 def _add_routes(

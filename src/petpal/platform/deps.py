@@ -23,6 +23,10 @@ from petpal.platform.services import Services
 # pass of FastAPI's dependency solver on every request.
 
 
+# The account id of the request's valid access token, if it has one.
+CALLER_SCOPE_KEY = "petpal.caller"
+
+
 async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
@@ -46,6 +50,7 @@ def _claims(request: Request) -> AccessClaims | None:
     claims = read_access_token(services.secret, token)
     if claims is None:
         raise UnauthorizedError("the access token is invalid or has expired")
+    request.scope[CALLER_SCOPE_KEY] = claims.account_id
     return claims
 
 

@@ -151,7 +151,7 @@ def problem_response(
     )
 
 
-async def _on_problem(request: Request, exc: Exception) -> Response:
+async def on_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemError)
     return problem_response(
         request,
@@ -369,7 +369,7 @@ async def _on_backend_error(request: Request, exc: Exception) -> Response:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     for backend_error in (

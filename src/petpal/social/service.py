@@ -48,6 +48,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from petpal.identity.schemas import AccountSummary
 from petpal.identity.service import (
+    ensure_account_exists,
     get_summaries,
     ids_for_usernames,
     resolve_username,
@@ -293,6 +294,7 @@ async def do_follow(services: Services, follower_id: str, username: str) -> None
         change = await _change_follow(services, follower_id, followee_id, 1)
     except IntegrityError as exc:
         # One of the two accounts was deleted after its name was resolved.
+        await ensure_account_exists(services, follower_id)
         raise NotFoundError("the account") from exc
     if change is not None:
         SOCIAL_WRITES.labels("follow").inc()
@@ -665,6 +667,7 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
             )
     except IntegrityError as exc:
         # An account or media item referenced above was deleted meanwhile.
+        await ensure_account_exists(services, author_id)
         raise ConflictError(
             "reference_changed", "something this post refers to just changed; retry"
         ) from exc
@@ -723,6 +726,7 @@ async def do_edit_post(
                 enqueue(session, home.FORGET_JOB, home.forget_tags_payload(moved))
     except IntegrityError as exc:
         # A mentioned account was deleted meanwhile.
+        await ensure_account_exists(services, account_id)
         raise ConflictError(
             "reference_changed", "something this post refers to just changed; retry"
         ) from exc
@@ -794,6 +798,7 @@ async def do_like(services: Services, post_id: str, account_id: str) -> LikeStat
             )
     except IntegrityError as exc:
         # A missing post fails the insert's foreign key: no look-up first.
+        await ensure_account_exists(services, account_id)
         raise NotFoundError("the post") from exc
     if inserted:
         SOCIAL_WRITES.labels("like").inc()
@@ -1099,7 +1104,8 @@ async def do_comment(
     except IntegrityError as exc:
         # A foreign key failed: the post's cannot (the comment is inserted
         # only once the post's row is updated), so the commenting account
-        # was deleted meanwhile. 404, as before.
+        # is gone.
+        await ensure_account_exists(services, author_id)
         raise NotFoundError("the post") from exc
     SOCIAL_WRITES.labels("comment").inc()
     # The counts are known (see _store_post_counts); the head is not, and a
