@@ -207,6 +207,7 @@ async def test_every_json_route_refuses_a_body_of_another_type_as_415(
         pytest.param(b'{"caption": NaN}', "NaN is not a JSON value", id="nan"),
         pytest.param(b"[Infinity]", "Infinity is not a JSON value", id="inf"),
         pytest.param(b"[-Infinity]", "-Infinity is not a JSON value", id="-inf"),
+        pytest.param(b"[-1e999]", "-1e999 is too large a number", id="1e999"),
         pytest.param('{"name": "Rex"}'.encode("utf-16"), "not UTF-8", id="utf-16"),
         pytest.param('{"name": "Rex"}'.encode("utf-32"), "not UTF-8", id="utf-32"),
     ],
