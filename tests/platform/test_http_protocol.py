@@ -26,15 +26,20 @@ async def exchange(port: int, request: bytes) -> Answer:
     return (await exchanges(port, request))[-1]
 
 
-async def exchanges(port: int, request: bytes) -> list[Answer]:
-    """Every answer to ``request`` until the server closes the connection."""
+async def received(port: int, request: bytes) -> bytes:
+    """Every byte the server sends for ``request`` until it closes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
         await writer.drain()
-        stream = await asyncio.wait_for(reader.read(), timeout=10)
+        return await asyncio.wait_for(reader.read(), timeout=10)
     finally:
         writer.close()
+
+
+async def exchanges(port: int, request: bytes) -> list[Answer]:
+    """Every answer to ``request`` until the server closes the connection."""
+    stream = await received(port, request)
     answers = []
     while stream:
         head, _, rest = stream.partition(b"\r\n\r\n")
@@ -317,15 +322,11 @@ async def test_head_is_a_get_without_the_content(
     for path, status in asked.items():
         get = await client.get(path)
         assert get.status_code == status, path
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(
-                f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-                + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            stream = await asyncio.wait_for(reader.read(), timeout=10)
-        finally:
-            writer.close()
+        stream = await received(
+            port,
+            f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
         head, _, rest = stream.partition(b"\r\n\r\n")
         line, *lines = head.decode("latin-1").split("\r\n")
         headers = dict(h.lower().split(": ", 1) for h in lines)
@@ -407,13 +408,7 @@ async def test_a_refused_head_request_gets_the_headers_alone(
 ) -> None:
     """Found by a trial: the server's own refusals sent a HEAD the problem
     document too."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request_bytes)
-        await writer.drain()
-        stream = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
+    stream = await received(port, request_bytes)
     head, _, rest = stream.partition(b"\r\n\r\n")
     assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
     assert b"content-type: application/problem+json" in head
