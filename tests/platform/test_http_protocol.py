@@ -9,13 +9,16 @@ socket, since no HTTP client sends them.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import httpx
 import orjson
 import pytest
 
 from petpal.platform import http_protocol
+from petpal.platform import storage as storage_module
 from petpal.platform.http_protocol import MAX_HEAD_BYTES
+from petpal.platform.services import Services
 from tests.factories import a_user
 
 Answer = tuple[bytes, dict[str, str], bytes]
@@ -414,3 +417,40 @@ async def test_a_refused_head_request_gets_the_headers_alone(
     assert b"content-type: application/problem+json" in head
     assert int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) > 0
     assert rest == b""
+
+
+async def test_an_answer_that_fails_midway_is_cut_off_and_logged_once(
+    port: int,
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A photo shortened while it was served left the connection open for
+    ever (found by a trial), and the error was then logged twice, once
+    without the request id."""
+    if services.settings.storage_url:
+        pytest.skip("the file is truncated on the local disk")
+    monkeypatch.setattr(storage_module, "STREAM_CHUNK_SECONDS", 0.5)
+    key = "media/" + "C" * 26 + "/large.jpg"
+    size = 40 * 1024 * 1024
+    await services.storage.put(key, os.urandom(size), "image/jpeg")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET /media-files/{key} HTTP/1.1\r\nHost: x\r\n"
+            "X-Request-ID: cut-7\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert f"content-length: {size}".encode() in head
+        await asyncio.wait_for(reader.readexactly(1024 * 1024), timeout=10)
+        os.truncate(services.settings.media_dir / key, 1024 * 1024)
+        rest = await asyncio.wait_for(reader.read(), timeout=10)  # closed
+    finally:
+        writer.close()
+    assert 1024 * 1024 + len(rest) < size
+    out = capsys.readouterr()
+    logged = [line for line in out.out.splitlines() if "failed_mid_answer" in line]
+    assert len(logged) == 1, out.out
+    assert "cut-7" in logged[0]
+    assert "Exception in ASGI application" not in out.out + out.err

@@ -155,7 +155,13 @@ class RequestEdgeMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception:
             if answered:
-                raise  # an answer was begun: the server must cut it off
+                # Too late for a 500: the answer was begun. Logged here, with
+                # the request id, and the connection is cut, since the app
+                # returns with its answer unfinished (uvicorn closes it,
+                # saying so in one line; raised again, the trace was logged
+                # twice, the second time without the id).
+                log.exception("request.failed_mid_answer", path=scope["path"])
+                return
             # A bug. Answered here rather than by Starlette's outermost
             # handler, which answers and then raises again: uvicorn then
             # dropped the connection with what was pipelined on it, and the

@@ -7,10 +7,12 @@ until their job has replaced them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import obstore
 from obstore.exceptions import NotFoundError as _StoreNotFoundError
@@ -18,11 +20,36 @@ from obstore.store import LocalStore, ObjectStore, from_url
 
 from petpal.platform.settings import Settings
 
+if TYPE_CHECKING:
+    from obstore import GetResult  # in the type stubs only
+
+# How long the store may take to hand over the next chunk of an object being
+# streamed before the stream is given up.
+STREAM_CHUNK_SECONDS = 30.0
+
 __all__ = ["ObjectNotFoundError", "Storage"]
 
 # The local store reports a missing object as FileNotFoundError, remote ones
 # as obstore's NotFoundError: callers catch either through this one name.
 ObjectNotFoundError = (_StoreNotFoundError, FileNotFoundError)
+
+
+async def _chunks(result: GetResult, min_size: int) -> AsyncIterator[bytes]:
+    """An object's bytes as they come; a chunk that does not come within
+    ``STREAM_CHUNK_SECONDS`` raises ``TimeoutError``.
+
+    Found by a trial: a file shortened while it was read left obstore, and
+    the client of the answer streaming it, waiting for ever. A server cuts
+    such an answer off; a job fails and is retried.
+    """
+    parts = result.stream(min_chunk_size=min_size).__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(STREAM_CHUNK_SECONDS):
+                chunk = await parts.__anext__()
+        except StopAsyncIteration:
+            return
+        yield bytes(chunk)
 
 
 class Storage:
@@ -56,7 +83,7 @@ class Storage:
     async def download_to(self, key: str, target: Path) -> None:
         result = await obstore.get_async(self.store, key)
         with target.open("wb") as out:
-            async for chunk in result.stream(min_chunk_size=1024 * 1024):
+            async for chunk in _chunks(result, 1024 * 1024):
                 out.write(chunk)
 
     async def size(self, key: str) -> int:
@@ -69,11 +96,7 @@ class Storage:
         result = await obstore.get_async(self.store, key)
         size = int(result.meta["size"])
 
-        async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in result.stream(min_chunk_size=256 * 1024):
-                yield bytes(chunk)
-
-        return size, chunks()
+        return size, _chunks(result, 256 * 1024)
 
     async def list_objects(
         self, prefix: str, batch_size: int = 1000
