@@ -13,7 +13,13 @@ from petpal.platform.http_protocol import ProblemHttpToolsProtocol
 
 
 @pytest.fixture
-async def port(app: FastAPI) -> AsyncIterator[int]:
+def keep_alive_seconds() -> float:
+    """How long the server keeps an idle connection open (uvicorn's default)."""
+    return 5.0
+
+
+@pytest.fixture
+async def port(app: FastAPI, keep_alive_seconds: float) -> AsyncIterator[int]:
     """The app served by uvicorn on a free loopback port (its lifespan is
     the fixture's own, already started)."""
     config = uvicorn.Config(
@@ -24,6 +30,7 @@ async def port(app: FastAPI) -> AsyncIterator[int]:
         ws="none",
         lifespan="off",
         log_level="critical",
+        timeout_keep_alive=keep_alive_seconds,
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())

@@ -72,6 +72,19 @@ def test_hashtags_in_any_script(text: str, tags: list[str]) -> None:
     assert extract_hashtags(text) == tags
 
 
+def test_a_tag_whose_canonical_form_is_not_one_word_is_none() -> None:
+    # NFKC: "ﷺ" is four Arabic words, "¼" is 1⁄4 (found by a trial: the
+    # post listed tags whose pages were 404s).
+    assert extract_hashtags("hi #ﷺ end #a¼ #ok") == ["ok"]
+
+
+@given(st.text(max_size=40))
+def test_every_tag_found_is_found_again_as_itself(word: str) -> None:
+    """What /tags/{tag} needs: a listed tag, written as a hashtag, is that tag."""
+    for tag in extract_hashtags("#" + word):
+        assert extract_hashtags("#" + tag) == [tag]
+
+
 def test_mentions_are_canonical_usernames() -> None:
     assert extract_mentions("hi @Maya and @theo, not me@mail.org") == ["maya", "theo"]
     # Typed in full width, as usernames may be (found by a trial: ignored).

@@ -222,6 +222,22 @@ async def test_a_head_that_does_not_arrive_in_time_is_refused(
     assert answer.startswith(b"HTTP/1.1 200 OK")
 
 
+@pytest.mark.parametrize("keep_alive_seconds", [0.2])
+async def test_a_head_begun_behind_an_answered_request_gets_its_408(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial: with the second head in the same read as the first
+    request, uvicorn's keep-alive timer closed the connection after its 5 s
+    without a word."""
+    monkeypatch.setattr(http_protocol, "HEAD_TIMEOUT_SECONDS", 1.0)
+    answers = await exchanges(
+        port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HT"
+    )
+    assert answers[0][0] == b"HTTP/1.1 200 OK"
+    assert len(answers) == 2, answers
+    assert_refused(answers[1], 408, "request_timeout", "/healthz")
+
+
 async def test_a_body_that_stops_arriving_is_refused(
     port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -50,7 +50,7 @@ async def test_each_patch_field_takes_null_exactly_when_its_schema_says(
                 assert response.status_code == 200, (path, field, response.text)
             else:
                 assert "default" not in field_schema, (path, field)
-                problem = assert_problem(response, 422)
+                problem = assert_problem(response, 422, "validation_failed")
                 assert field in problem["detail"], (path, field, problem)
             checked.append((path, field, _nullable(field_schema)))
     assert {(p, f) for p, f, nullable in checked if not nullable} >= {

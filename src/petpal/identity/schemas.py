@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from petpal.platform.inputs import NotNull
 from petpal.platform.text import NAME, STORABLE, VISIBLE
@@ -49,6 +49,15 @@ class ProfileUpdate(Input):
     display_name: NotNull[DisplayName] = None
     bio: Bio | None = None
     avatar_media_id: Annotated[str, StringConstraints(max_length=26)] | None = None
+
+    @field_validator("display_name", mode="before")
+    @classmethod
+    def _display_name_is_not_null(cls, value: object) -> object:
+        # Optional in a PATCH body, but an account always has one; refused
+        # as a pet's name is (it was a code of its own).
+        if value is None:
+            raise ValueError("this field cannot be null")
+        return value
 
 
 class TokenPair(BaseModel):

@@ -421,8 +421,6 @@ async def do_update_me(services: Services, account_id: str, data: ProfileUpdate)
     from petpal.media.service import require_ready_media
 
     changes = data.model_dump(exclude_unset=True)
-    if "display_name" in changes and changes["display_name"] is None:
-        raise InvalidInputError("invalid_display_name", "display_name cannot be null")
     if "bio" in changes and changes["bio"] is None:
         changes["bio"] = ""
     async with services.db.write_session() as session:

@@ -116,12 +116,24 @@ def canonical_tag(tag: str) -> str:
     return unicodedata.normalize("NFKC", tag).casefold()
 
 
+_TAG_WORD = regex.compile(r"[\p{L}\p{M}\p{N}_]+")
+
+
 def extract_hashtags(text: str) -> list[str]:
-    """Distinct canonical hashtags in order of first appearance."""
+    """Distinct canonical hashtags in order of first appearance.
+
+    A tag whose canonical form is no longer one word is none: NFKC spells
+    ``ﷺ`` as four words and ``¼`` with a fraction slash, and a post would
+    list a tag whose page cannot be asked for (found by a trial).
+    """
     seen: dict[str, None] = {}
     for match in HASHTAG_PATTERN.finditer(unicodedata.normalize("NFC", text)):
         tag = canonical_tag(match.group(1))
-        if any(ch.isalpha() or ch.isdigit() for ch in tag) and not tag.isdigit():
+        if (
+            _TAG_WORD.fullmatch(tag)
+            and any(ch.isalpha() or ch.isdigit() for ch in tag)
+            and not tag.isdigit()
+        ):
             seen.setdefault(tag, None)
     return list(seen)
 
