@@ -470,3 +470,13 @@ async def test_an_answer_that_fails_midway_is_cut_off_and_logged_once(
     assert len(logged) == 1, out.out
     assert "cut-7" in logged[0]
     assert "Exception in ASGI application" not in out.out + out.err
+
+
+async def test_a_refusal_carries_the_callers_request_id(port: int) -> None:
+    """Found by a trial: refusals always made an id of their own."""
+    head = b"GET /healthz HTTP/1.1\r\nX-Request-ID: %s\r\nHost: x\r\nno colon\r\n\r\n"
+    _, headers, _ = await exchange(port, head % b"mine-1")
+    assert headers["x-request-id"] == "mine-1"
+    # One that is not an id we keep is replaced, as the app replaces it.
+    _, headers, _ = await exchange(port, head % (b"x" * 65))
+    assert len(headers["x-request-id"]) == 16

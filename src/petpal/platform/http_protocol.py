@@ -32,13 +32,13 @@ request the server carried out.
 from __future__ import annotations
 
 import asyncio
-import os
 from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from petpal.platform.errors import PROBLEM_MEDIA_TYPE, problem_document
+from petpal.platform.observability import request_id_for
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 20.0
@@ -281,6 +281,12 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             self.cycle is None or self.cycle.response_complete
         )
 
+    def _refused_request_id(self) -> bytes:
+        given = None
+        if self._method is not None:  # a request was being received
+            given = next((v for n, v in self.headers if n == b"x-request-id"), None)
+        return request_id_for(given)
+
     def _write_refusal(self, refusal: Refusal) -> None:
         if self.transport.is_closing():
             return
@@ -294,8 +300,9 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         content += [
             b"content-type: " + PROBLEM_MEDIA_TYPE.encode() + b"\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n",
-            # As every answer of the app has one (observability.py).
-            b"x-request-id: " + os.urandom(8).hex().encode() + b"\r\n",
+            # As every answer of the app has one (observability.py): the
+            # caller's own, if the refused request's head had sent it.
+            b"x-request-id: " + self._refused_request_id() + b"\r\n",
             b"connection: close\r\n\r\n",
             # A HEAD's answer is the headers alone (found by a trial).
             b"" if self._method == b"HEAD" else body,

@@ -108,6 +108,18 @@ def add_response_headers(scope: Scope, headers: Mapping[str, str]) -> None:
 _REQUEST_ID = re.compile(rb"[!-~]{1,64}")
 
 
+def request_id_for(given: bytes | None) -> bytes:
+    """The id of a request whose ``X-Request-ID`` is ``given``.
+
+    A caller's id is kept when it is up to 64 visible ASCII characters (a
+    UUID, a trace id); anything else gets an id of ours, so that logs and
+    the answer never carry bytes a client made up.
+    """
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return os.urandom(8).hex().encode()
+
+
 class RequestEdgeMiddleware:
     """Request id, latency and query metrics, in plain ASGI to stay cheap.
 
@@ -124,14 +136,7 @@ class RequestEdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = raw_header(scope, b"x-request-id")
-        # A caller's id is kept when it is up to 64 visible ASCII characters
-        # (a UUID, a trace id); anything else gets an id of ours, so that
-        # logs and the answer never carry bytes a client made up.
-        if given is not None and _REQUEST_ID.fullmatch(given):
-            encoded_id = given
-        else:
-            encoded_id = os.urandom(8).hex().encode()
+        encoded_id = request_id_for(raw_header(scope, b"x-request-id"))
         request_id = encoded_id.decode()
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         counter = [0]
