@@ -480,3 +480,35 @@ async def test_a_refusal_carries_the_callers_request_id(port: int) -> None:
     # One that is not an id we keep is replaced, as the app replaces it.
     _, headers, _ = await exchange(port, head % (b"x" * 65))
     assert len(headers["x-request-id"]) == 16
+
+
+async def test_an_answer_before_the_body_is_read_by_a_client_still_sending(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial: an upload answered before its body was all there
+    (a 413 here; a 401 for an expired token alike) reset the connection,
+    and a client that sends its whole body before reading, as Python's
+    http.client and requests do, got the reset instead of the answer. The
+    connection now lingers while the client goes on sending, even past the
+    quiet time it waits for."""
+    monkeypatch.setattr(http_protocol, "LINGER_SECONDS", 0.3)
+    size = 4 * 1024 * 1024
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /api/v1/pets HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {size}\r\n\r\n".encode()
+        )
+        sent = 0
+        while sent < size:  # about 1.6 s, past the linger's quiet time
+            writer.write(b" " * 64 * 1024)
+            await writer.drain()
+            sent += 64 * 1024
+            await asyncio.sleep(0.025)
+        stream = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    head, _, body = stream.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    assert orjson.loads(body)["code"] == "body_too_large"

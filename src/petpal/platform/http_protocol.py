@@ -43,7 +43,11 @@ from petpal.platform.observability import request_id_for
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 20.0
 BODY_IDLE_SECONDS = 20.0
+# A closing connection whose client is still sending is read (and what it
+# sends dropped) until the client has been silent this long, or at most
+# LINGER_MAX_SECONDS.
 LINGER_SECONDS = 2.0
+LINGER_MAX_SECONDS = 30.0
 
 _MALFORMED = (
     400,
@@ -91,11 +95,41 @@ class _HeadRefusedError(Exception):
     """Raised in a parser callback to stop parsing a refused head."""
 
 
+class _LingeringTransport:
+    """A connection's transport whose ``close`` lingers while the client is
+    still sending the request's body.
+
+    Uvicorn closes a connection as soon as an answer that ends it is sent,
+    and an app may answer an upload before its body is all there (a 401
+    for an expired token, a 413). Found by a trial: a client that was
+    still sending, as most libraries do before they read (Python's
+    ``http.client``, ``requests``), got a reset instead of the answer.
+    """
+
+    def __init__(self, protocol: ProblemHttpToolsProtocol, transport: Any) -> None:
+        self._protocol = protocol
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        protocol = self._protocol
+        if not protocol._lingering and protocol._client_still_sending():
+            protocol._linger()
+        else:
+            self._transport.close()
+
+
 class ProblemHttpToolsProtocol(HttpToolsProtocol):
     """Uvicorn's httptools protocol, with the refusals above as problems."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[arg-type]
+        self._raw_transport: Any = transport
+        # Closing, but still reading what the client sends (``_linger``).
+        self._lingering = False
+        self._linger_since = self._lingered_at = 0.0
+        super().connection_made(_LingeringTransport(self, transport))  # type: ignore[arg-type]
         # Bytes of the current request's head received so far (None: between
         # requests): at least (every byte counted is the head's) and at most
         # (the chunk it began in counted whole, though the request before
@@ -125,6 +159,9 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._lingered_at = self.loop.time()
+            return  # read and dropped: the connection is closing
         if self._refusal is not None or self._upgrade_asked:
             return  # nothing more is read from this connection
         # Idle: every request so far was received whole.
@@ -308,18 +345,46 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             b"" if self._method == b"HEAD" else body,
         ]
         self.transport.write(b"".join(content))
-        if not self.transport.can_write_eof():
-            self.transport.close()
+        self._linger()
+
+    def _client_still_sending(self) -> bool:
+        """Whether the request being read has more of its body to come."""
+        return self.cycle is not None and self.cycle.more_body
+
+    def _linger(self) -> None:
+        """Close, letting a client that is still sending read our answer.
+
+        Closing with the client's bytes unread resets the connection, and a
+        client still sending could lose the answer to the reset (seen in a
+        trial). So the answer ends our half, what still comes is read and
+        dropped (data_received), and the connection is closed when the
+        client closes its half, or has been silent for ``LINGER_SECONDS``.
+        """
+        raw = self._raw_transport
+        if self._lingering or raw.is_closing():
             return
-        # Closing with the client's bytes unread resets the connection, and
-        # a client still sending could lose the answer to the reset (seen
-        # in a trial). So the answer ends our half, what still comes is
-        # read and dropped (data_received), and the connection is closed
-        # when the client closes its half, or after a moment.
-        self.transport.write_eof()
+        self._lingering = True
+        if not raw.can_write_eof():
+            raw.close()
+            return
+        raw.write_eof()
         self.flow.resume_reading()
         self._stop_timer()
-        self._timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self._linger_since = self._lingered_at = self.loop.time()
+        self._timer = self.loop.call_later(LINGER_SECONDS, self._check_linger)
+
+    def _check_linger(self) -> None:
+        # Re-armed rather than moved on each read, as the other timers are.
+        now = self.loop.time()
+        left = min(
+            self._lingered_at + LINGER_SECONDS - now,
+            self._linger_since + LINGER_MAX_SECONDS - now,
+        )
+        if left <= 0:
+            self._timer = None
+            self._raw_transport.close()
+        else:
+            self._timer = self.loop.call_later(left, self._check_linger)
 
     def _start_head_timer(self) -> None:
         """Time the head that begins now."""
