@@ -109,6 +109,9 @@ class _LingeringTransport:
     def __init__(self, protocol: ProblemHttpToolsProtocol, transport: Any) -> None:
         self._protocol = protocol
         self._transport = transport
+        # Every answer's writes: bound here, not looked up on each call.
+        self.write = transport.write
+        self.is_closing = transport.is_closing
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
