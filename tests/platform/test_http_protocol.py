@@ -9,15 +9,19 @@ socket, since no HTTP client sends them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
 
 import httpx
 import orjson
 import pytest
+import uvicorn
+from fastapi import FastAPI
 
 from petpal.platform import http_protocol
 from petpal.platform import storage as storage_module
-from petpal.platform.http_protocol import MAX_HEAD_BYTES
+from petpal.platform.http_protocol import MAX_HEAD_BYTES, ProblemHttpToolsProtocol
 from petpal.platform.services import Services
 from tests.factories import a_user
 
@@ -482,6 +486,9 @@ async def test_a_refusal_carries_the_callers_request_id(port: int) -> None:
     assert len(headers["x-request-id"]) == 16
 
 
+# A short keep-alive: the third trial found uvicorn's keep-alive timer
+# closing the lingering connection after its 5 s.
+@pytest.mark.parametrize("keep_alive_seconds", [0.2])
 async def test_an_answer_before_the_body_is_read_by_a_client_still_sending(
     port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -512,3 +519,85 @@ async def test_an_answer_before_the_body_is_read_by_a_client_still_sending(
     head, _, body = stream.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413 "), head
     assert orjson.loads(body)["code"] == "body_too_large"
+
+
+async def test_a_lingering_connection_does_not_hold_up_a_shutdown(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial: a server stopping waited up to 30 s for a client
+    that went on sending a body it had already answered."""
+    monkeypatch.setattr(http_protocol, "LINGER_MAX_SECONDS", 60.0)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        http=ProblemHttpToolsProtocol,
+        ws="none",
+        lifespan="off",
+        log_level="critical",
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # An upload without a token: a 401 on a connection kept alive, its body
+    # still coming.
+    writer.write(
+        b"POST /api/v1/media HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 20000000\r\n\r\n"
+    )
+
+    async def trickle() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                writer.write(b" " * 64 * 1024)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    sending = asyncio.create_task(trickle())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        assert head.startswith(b"HTTP/1.1 401 "), head
+        await asyncio.sleep(0.5)  # the client still sending
+        started = time.monotonic()
+        server.should_exit = True
+        await asyncio.wait_for(serving, timeout=20)
+        assert time.monotonic() - started < 3
+    finally:
+        sending.cancel()
+        writer.close()
+
+
+@pytest.mark.parametrize("keep_alive_seconds", [0.3])
+async def test_a_connection_answered_before_its_body_is_timed_when_idle(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial: once a body that was answered early stopped coming,
+    or came whole, nothing timed the connection, and it stayed open."""
+    monkeypatch.setattr(http_protocol, "BODY_IDLE_SECONDS", 0.5)
+    # Stops coming: closed once the body has been idle its time.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/v1/media HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 20000000\r\n\r\n" + b"z" * 100_000
+    )
+    stream = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    assert stream.startswith(b"HTTP/1.1 401 "), stream[:100]
+    # Came whole after its answer, kept alive: timed as an idle connection.
+    chunk = b"%x\r\n%s\r\n" % (64 * 1024, b" " * 64 * 1024)
+    stream = await asyncio.wait_for(
+        received(
+            port,
+            b"POST /api/v1/accounts HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunk * 3
+            + b"0\r\n\r\n",
+        ),
+        timeout=5,
+    )
+    assert stream.startswith(b"HTTP/1.1 413 "), stream[:100]

@@ -111,14 +111,23 @@ class _LingeringTransport:
         self._transport = transport
         # Every answer's writes: bound here, not looked up on each call.
         self.write = transport.write
-        self.is_closing = transport.is_closing
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
+    def is_closing(self) -> bool:
+        # Lingering is closing: uvicorn then starts no request queued behind
+        # (its answer could not be sent; found by a trial) and arms no
+        # keep-alive timer, which closed the connection after 5 s.
+        return self._protocol._lingering or self._transport.is_closing()
+
     def close(self) -> None:
         protocol = self._protocol
-        if not protocol._lingering and protocol._client_still_sending():
+        if (
+            not protocol._lingering
+            and not protocol._shutting_down
+            and protocol._client_still_sending()
+        ):
             protocol._linger()
         else:
             self._transport.close()
@@ -131,6 +140,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._raw_transport: Any = transport
         # Closing, but still reading what the client sends (``_linger``).
         self._lingering = False
+        self._shutting_down = False
         self._linger_since = self._lingered_at = 0.0
         super().connection_made(_LingeringTransport(self, transport))  # type: ignore[arg-type]
         # Bytes of the current request's head received so far (None: between
@@ -204,6 +214,21 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._method = None
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.response_complete
+            and not self.pipeline
+            and self.timeout_keep_alive_task is None
+            and not self.transport.is_closing()
+        ):
+            # The answer went before the body had all come (an early 413 or
+            # 401), and the body's bytes stopped uvicorn's keep-alive timer:
+            # the connection is idle now, and timed as any idle one (found
+            # by a trial: it stayed open for ever).
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -270,6 +295,15 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         # The parser gives up on a head too long for it too (a target past
         # 64 KiB): that is the limit's refusal, not a malformed request.
         self._refuse(self._too_long() or _MALFORMED)
+
+    def shutdown(self) -> None:
+        # The server is stopping: a lingering connection waits no more (it
+        # held a shutdown up to LINGER_MAX_SECONDS; found by a trial).
+        self._shutting_down = True
+        if self._lingering:
+            self._raw_transport.close()
+            return
+        super().shutdown()
 
     def timeout_keep_alive_handler(self) -> None:
         # Uvicorn arms its keep-alive timer once the last answer is sent,
@@ -410,8 +444,15 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self._head_bytes is not None:  # a head on its way
             left, refusal = self._head_since + HEAD_TIMEOUT_SECONDS - now, _TOO_SLOW
-        elif cycle is not None and cycle.more_body and not cycle.response_complete:
-            if self.flow.read_paused or cycle.waiting_for_100_continue:
+        elif cycle is not None and cycle.more_body:
+            if cycle.response_complete:
+                # Answered before its body came; the rest of it is read and
+                # dropped. One that stops coming is closed without a word
+                # (found by a trial: it held the connection for ever).
+                if now - self._body_at >= BODY_IDLE_SECONDS:
+                    self._raw_transport.close()
+                    return
+            elif self.flow.read_paused or cycle.waiting_for_100_continue:
                 # The app has not read what came, or not yet asked for the
                 # body a client holds back until it does: the wait is ours.
                 self._body_at = now
