@@ -16,14 +16,14 @@ import time
 import httpx
 import orjson
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from petpal.platform import http_protocol
 from petpal.platform import storage as storage_module
-from petpal.platform.http_protocol import MAX_HEAD_BYTES, ProblemHttpToolsProtocol
+from petpal.platform.http_protocol import MAX_HEAD_BYTES
 from petpal.platform.services import Services
 from tests.factories import a_user
+from tests.platform.conftest import server_of, start_serving
 
 Answer = tuple[bytes, dict[str, str], bytes]
 
@@ -527,20 +527,8 @@ async def test_a_lingering_connection_does_not_hold_up_a_shutdown(
     """Found by a trial: a server stopping waited up to 30 s for a client
     that went on sending a body it had already answered."""
     monkeypatch.setattr(http_protocol, "LINGER_MAX_SECONDS", 60.0)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        http=ProblemHttpToolsProtocol,
-        ws="none",
-        lifespan="off",
-        log_level="critical",
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server = server_of(app)
+    serving, port = await start_serving(server)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     # An upload without a token: a 401 on a connection kept alive, its body
     # still coming.
