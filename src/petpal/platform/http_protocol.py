@@ -122,15 +122,7 @@ class _LingeringTransport:
         return self._protocol._lingering or self._transport.is_closing()
 
     def close(self) -> None:
-        protocol = self._protocol
-        if (
-            not protocol._lingering
-            and not protocol._shutting_down
-            and protocol._client_still_sending()
-        ):
-            protocol._linger()
-        else:
-            self._transport.close()
+        self._protocol._close()
 
 
 class ProblemHttpToolsProtocol(HttpToolsProtocol):
@@ -159,8 +151,6 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._upgrade_asked = False
         # The method of the request being received, once its line is read.
         self._method: bytes | None = None
-        # Between the first byte of a request and the end of its head.
-        self._in_head = False
         # One timer watches the connection's head, or its body, at a time.
         self._timer: asyncio.TimerHandle | None = None
         self._head_since = 0.0
@@ -232,7 +222,6 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head = True
         self._message += 1
         if self._head_bytes is None:
             # A later request on a kept-alive connection; the first one's
@@ -259,7 +248,6 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         if self.parser.should_upgrade():
             self._no_upgrade()
         self._head_bytes = None
-        self._in_head = False
         super().on_headers_complete()
         if self._upgrade_asked:
             # Answered as HTTP, then closed: the parser reads nothing after
@@ -311,7 +299,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         # the one before): that head's own timer decides, and a head that
         # does not come whole gets its 408 (found by a trial: the
         # connection was closed after 5 s without a word).
-        if not self._in_head:
+        if self._head_bytes is None:  # no head begun since the answer
             super().timeout_keep_alive_handler()
 
     def on_response_complete(self) -> None:
@@ -384,9 +372,14 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(content))
         self._linger()
 
-    def _client_still_sending(self) -> bool:
-        """Whether the request being read has more of its body to come."""
-        return self.cycle is not None and self.cycle.more_body
+    def _close(self) -> None:
+        """Every close of the connection, uvicorn's included: lingering if
+        the request being read has more of its body to come."""
+        still_sending = self.cycle is not None and self.cycle.more_body
+        if self._lingering or self._shutting_down or not still_sending:
+            self._raw_transport.close()
+        else:
+            self._linger()
 
     def _linger(self) -> None:
         """Close, letting a client that is still sending read our answer.

@@ -39,18 +39,19 @@ RESERVED_USERNAMES = frozenset(
         "undefined",
     }
 )
+# What a hashtag or a mention is made of: letters, marks and numbers of any
+# script, and underscores.
+_WORD = r"\p{L}\p{M}\p{N}_"
 # A hashtag: letters, marks and numbers of any script, and underscores; it must
 # follow the start of the text or a character that cannot be part of a word,
 # so "e-mail#x" is no tag but "(#x)" is. It is the whole word: one too long
 # to store is refused with a 422 (found by a trial: it was cut to its first
 # 100 characters, a tag the author never wrote).
-HASHTAG_PATTERN = regex.compile(r"(?<![\p{L}\p{M}\p{N}_&])#([\p{L}\p{M}\p{N}_]+)")
+HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&])#([{_WORD}]+)")
 # A mention is written as its username is typed: in any width or case
 # (``@ＬＥＮＡ``, ``＠lena``), found as a word after an at sign and kept if it
 # normalises to a username (``lookup_username``).
-MENTION_PATTERN = regex.compile(
-    r"(?<![\p{L}\p{M}\p{N}_@＠])[@＠]([\p{L}\p{M}\p{N}_]{1,60})"
-)
+MENTION_PATTERN = regex.compile(rf"(?<![{_WORD}@＠])[@＠]([{_WORD}]{{1,60}})")
 
 
 def canonical_username(raw: str) -> str:
@@ -116,7 +117,7 @@ def canonical_tag(tag: str) -> str:
     return unicodedata.normalize("NFKC", tag).casefold()
 
 
-_TAG_WORD = regex.compile(r"[\p{L}\p{M}\p{N}_]+")
+_TAG_WORD = regex.compile(rf"[{_WORD}]+")
 
 
 def extract_hashtags(text: str) -> list[str]:

@@ -667,10 +667,7 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
             )
     except IntegrityError as exc:
         # An account or media item referenced above was deleted meanwhile.
-        await ensure_account_exists(services, author_id)
-        raise ConflictError(
-            "reference_changed", "something this post refers to just changed; retry"
-        ) from exc
+        raise await _reference_changed(services, author_id) from exc
     SOCIAL_WRITES.labels("post").inc()
     await services.cache.invalidate(
         _counts_key(author_id),
@@ -683,6 +680,15 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
         services, post_id, author_id, trending.POST_WEIGHT, created_at
     )
     return post_id
+
+
+async def _reference_changed(services: Services, author_id: str) -> ConflictError:
+    """The error for a post write whose foreign key failed: a 409, unless
+    the author's own account is what is gone (a 401)."""
+    await ensure_account_exists(services, author_id)
+    return ConflictError(
+        "reference_changed", "something this post refers to just changed; retry"
+    )
 
 
 async def do_edit_post(
@@ -726,10 +732,7 @@ async def do_edit_post(
                 enqueue(session, home.FORGET_JOB, home.forget_tags_payload(moved))
     except IntegrityError as exc:
         # A mentioned account was deleted meanwhile.
-        await ensure_account_exists(services, account_id)
-        raise ConflictError(
-            "reference_changed", "something this post refers to just changed; retry"
-        ) from exc
+        raise await _reference_changed(services, account_id) from exc
     SOCIAL_WRITES.labels("edit_post").inc()
     await services.cache.invalidate(post_key(post_id))
     if moved:
