@@ -4,8 +4,9 @@ import base64
 import contextlib
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
+from ulid import ULID
 
 from petpal.platform.ids import is_valid_id, new_id
 from petpal.platform.pagination import InvalidCursorError, decode_cursor, encode_cursor
@@ -52,6 +53,39 @@ def test_ids_are_unique_and_increase() -> None:
     assert all(is_valid_id(i) for i in ids[:10])
     assert not is_valid_id("not-an-id")
     assert not is_valid_id("U" * 26)
+
+
+def _ulid_takes(value: str) -> bool:
+    try:
+        ULID.from_str(value)
+    except ValueError:
+        return False
+    return True
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+@st.composite
+def _id_like(draw: st.DrawFn) -> str:
+    """26 base32 digits of either case, one of them perhaps swapped for a
+    character that is no digit (I, L, O, U, a non-ASCII digit, ...)."""
+    digits = _CROCKFORD + _CROCKFORD.lower()
+    chars = draw(st.lists(st.sampled_from(digits), min_size=26, max_size=26))
+    if draw(st.booleans()):
+        position = draw(st.integers(0, 25))
+        chars[position] = draw(st.sampled_from("ILOUilou-_ é٣\n\x00"))
+    return "".join(chars)
+
+
+@given(st.one_of(_id_like(), st.text(max_size=30)))
+@example("7ZZZZZZZZZZZZZZZZZZZZZZZZZ")  # the largest
+@example("80000000000000000000000000")  # past 128 bits
+@example("01arz3ndektsv4rrffq69g5fav")  # lower case
+@example("01ARZ3NDEKTSV4RRFFQ69G5FAU")  # U is no digit
+def test_an_id_is_valid_exactly_when_a_ulid_decodes(value: str) -> None:
+    # is_valid_id matches instead of decoding: the two must agree.
+    assert is_valid_id(value) == (len(value) == 26 and _ulid_takes(value))
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ the same millisecond still sort in the order they were made.
 
 from __future__ import annotations
 
+import re
 import threading
 
 from ulid import ULID
@@ -27,11 +28,11 @@ def new_id() -> str:
         return str(ULID.from_int(candidate))
 
 
+# What ``ULID.from_str`` takes, as one match instead of a decode (the decode
+# was 3% of a home feed's CPU): 26 Crockford base32 digits, either case,
+# the first at most 7 so that the value fits in 128 bits.
+_ID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}")
+
+
 def is_valid_id(value: str) -> bool:
-    if len(value) != 26:
-        return False
-    try:
-        ULID.from_str(value)
-    except ValueError:
-        return False
-    return True
+    return _ID.fullmatch(value) is not None
