@@ -39,6 +39,7 @@ the row lock the write holds until it commits, as ``RETURNING`` is.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import random
 import time
@@ -234,9 +235,9 @@ class Cache:
                 if is_tombstone(cached):
                     seen = cached
                 elif cached is not None:
-                    CACHE_REQUESTS.labels(family, "hit").inc()
+                    _lookups(family, "hit").inc()
                     return None if cached == _MISSING_MARK else cached
-        CACHE_REQUESTS.labels(family, "miss").inc()
+        _lookups(family, "miss").inc()
 
         in_flight = self._loading.get(key)
         if in_flight is not None:
@@ -588,12 +589,23 @@ def _new_tombstone() -> bytes:
 
 def _count_lookups(keys: Iterable[str], outcome: str) -> None:
     """Count look-ups by key family: one counter update a family, not a key."""
-    families: dict[str, int] = {}
-    for key in keys:
-        family = key.split(":", 1)[0]
-        families[family] = families.get(family, 0) + 1
+    families = collections.Counter(key.partition(":")[0] for key in keys)
     for family, n in families.items():
-        CACHE_REQUESTS.labels(family, outcome).inc(n)
+        _lookups(family, outcome).inc(n)
+
+
+# The counter of each (family, outcome), looked up once: ``labels`` takes a
+# lock and builds its key on every call. Families are this code's key
+# prefixes, a few dozen at most.
+_LOOKUP_COUNTERS: dict[tuple[str, str], Counter] = {}
+
+
+def _lookups(family: str, outcome: str) -> Counter:
+    counter = _LOOKUP_COUNTERS.get((family, outcome))
+    if counter is None:
+        counter = CACHE_REQUESTS.labels(family, outcome)
+        _LOOKUP_COUNTERS[(family, outcome)] = counter
+    return counter
 
 
 def _consume(future: asyncio.Future[bytes | None]) -> None:
