@@ -589,3 +589,80 @@ async def test_a_connection_answered_before_its_body_is_timed_when_idle(
         timeout=5,
     )
     assert stream.startswith(b"HTTP/1.1 413 "), stream[:100]
+
+
+async def test_an_answer_to_a_request_still_waiting_for_100_continue_closes(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial: an upload sent with ``Expect: 100-continue`` and
+    answered 401 was kept alive without its body. A client that, having its
+    answer, never sends the body (as RFC 9110 lets it) then had its next
+    request read as that body, and waited for an answer that never came.
+    An answer to a request whose body was never asked for now says
+    ``Connection: close`` (RFC 9110 section 10.1.1), and the connection
+    closes once the client stops sending."""
+    monkeypatch.setattr(http_protocol, "LINGER_SECONDS", 0.3)
+    upload = (
+        b"POST /api/v1/media HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 300\r\n\r\n"
+    )
+    next_request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(upload)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+        assert head.startswith(b"HTTP/1.1 401 "), head
+        assert b"\r\nconnection: close\r\n" in head.lower()
+        assert b"100 continue" not in head.lower()
+        # The client sends its next request instead of the body: it is
+        # never read as the upload's body, nor answered as a request.
+        with contextlib.suppress(OSError):
+            writer.write(next_request)
+            await writer.drain()
+        rest = await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        writer.close()
+    length = int(
+        next(
+            line.split(b":", 1)[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+    )
+    assert len(rest) == length  # the 401's body, and then the close
+    # The same upload, its body sent without waiting (RFC 9110 allows it):
+    # the answer and the close are the same, the body read and dropped.
+    stream = await received(port, upload + b"x" * 300)
+    assert stream.startswith(b"HTTP/1.1 401 "), stream[:100]
+    assert b"\r\nconnection: close\r\n" in stream.lower()
+    # A request whose body the app asks for is unchanged: 100 Continue,
+    # then the answer, and the connection stays open for the next one.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /api/v1/auth/token HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        )
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"{}" + next_request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+        assert head.startswith(b"HTTP/1.1 422 "), head
+        assert b"connection: close" not in head.lower()
+        length = int(
+            next(
+                line.split(b":", 1)[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+        )
+        await reader.readexactly(length)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+    finally:
+        writer.close()

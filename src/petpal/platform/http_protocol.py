@@ -1,6 +1,6 @@
 """What the server answers to bytes that are not an HTTP request it will read.
 
-Uvicorn's httptools protocol, with four things of ours:
+Uvicorn's httptools protocol, with five things of ours:
 
 - A request it cannot parse (a header line without a colon, a method or
   header with characters HTTP does not allow, a path that is not ASCII, a
@@ -21,6 +21,9 @@ Uvicorn's httptools protocol, with four things of ours:
   a request that asks to: such a request with a body is refused (400
   ``upgrade_not_supported``), and one without is answered as HTTP and its
   connection closed, so nothing behind it is read as a request of its own.
+- A request that sent ``Expect: 100-continue`` and is answered before its
+  body was asked for gets ``Connection: close``: its client may never send
+  that body, and the next request would be read as it.
 
 Each refusal closes the connection, as uvicorn's did, once the client has
 stopped sending or after ``LINGER_SECONDS``; nothing more is read from it.
@@ -254,6 +257,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             # an upgrade request, and what followed it must not be read as
             # requests of their own.
             self.cycle.keep_alive = False
+        if self.expect_100_continue:
+            _close_if_answered_before_continue(self.cycle)
 
     def _no_upgrade(self) -> None:
         """A request asking to switch protocols, which this server never does.
@@ -461,6 +466,28 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _close_if_answered_before_continue(cycle: Any) -> None:
+    """An answer to ``cycle`` before its body was asked for closes the connection.
+
+    A client that sent ``Expect: 100-continue`` holds its body back until
+    it gets the 100, which uvicorn sends when the app first reads the body.
+    Answered without it (a 401 to an upload), the client may send the body
+    or not (RFC 9110 section 10.1.1), so the server cannot tell where the
+    next request would begin: found by a trial, the next request was read
+    as the body, and never answered. The answer says ``Connection: close``,
+    as the RFC asks, and the close lingers until the client stops sending
+    (``_close``). Only such requests pay for the wrapper.
+    """
+    send = cycle.send
+
+    async def send_closing(message: Any) -> None:
+        if message["type"] == "http.response.start" and cycle.waiting_for_100_continue:
+            cycle.keep_alive = False  # uvicorn adds the header, and closes
+        await send(message)
+
+    cycle.send = send_closing
 
 
 def _path_of(target: bytes) -> str:
