@@ -183,7 +183,7 @@ def relay(
 
     settings = _settings(None)
     _require_broker(settings)
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, libraries=True)
     if metrics_port:
         start_http_server(metrics_port, metrics_host)
 
@@ -245,7 +245,7 @@ def worker(
             f"choose from {', '.join(QUEUE_NAMES)}",
             param_hint="--queues",
         )
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, libraries=True)
     if metrics_port:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
+import sys
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
@@ -9,6 +16,7 @@ from typer.testing import CliRunner
 from petpal.cli import app as cli
 from petpal.platform.http_protocol import ProblemHttpToolsProtocol
 from petpal.platform.settings import get_settings
+from tests.factories import a_user
 
 
 def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *arguments: str) -> Result:
@@ -62,3 +70,65 @@ def test_serve_says_where_it_listens_and_where_jobs_run(
     assert [(run["http"], run["ws"]) for run in started] == [
         (ProblemHttpToolsProtocol, "none")
     ]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_library_log_records_are_rendered_as_our_events(tmp_path: Path) -> None:
+    """Found by a trial: a malformed upload made python-multipart print a
+    bare ``Expected boundary character ...`` line to stderr, with no time,
+    no level, no request id, and no JSON where the server logs JSON. The
+    standard library's records of a server process are now our events."""
+    port = _free_port()
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith("PETPAL_")
+    }
+    env.update(PETPAL_DATA_DIR=str(tmp_path), PETPAL_LOG_JSON="true")
+    petpal = Path(sys.executable).parent / "petpal"
+    malformed = b'garbage\r\n--b\r\nContent-Disposition: form-data; name="f"\r\n\r\nx'
+    with (
+        (tmp_path / "out.log").open("wb") as out,
+        (tmp_path / "err.log").open("wb") as err,
+    ):
+        server = await asyncio.create_subprocess_exec(
+            str(petpal), "serve", "--port", str(port), env=env, stdout=out, stderr=err
+        )
+        try:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", timeout=10
+            ) as client:
+                for _ in range(300):  # migrations and start-up: a few seconds
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await client.get("/healthz")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)
+                user = await a_user(client)
+                answer = await client.post(
+                    "/api/v1/media",
+                    headers={
+                        **user.headers,
+                        "Content-Type": "multipart/form-data; boundary=b",
+                        "X-Request-ID": "malformed-upload-1",
+                    },
+                    content=malformed,
+                )
+                assert answer.status_code == 400, answer.text
+        finally:
+            server.terminate()
+            await asyncio.wait_for(server.wait(), timeout=30)
+    errors = (tmp_path / "err.log").read_text()
+    assert "boundary" not in errors, errors
+    events = [
+        orjson.loads(line)
+        for line in (tmp_path / "out.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    (event,) = [e for e in events if "boundary" in e["event"]]
+    assert event["logger"] == "python_multipart.multipart"
+    assert event["level"] == "warning"
+    assert event["request_id"] == "malformed-upload-1"
+    assert event["timestamp"].endswith("Z")

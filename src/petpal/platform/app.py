@@ -404,6 +404,8 @@ def create_server_app() -> ASGIApp:
     """
     settings = get_settings()
     app = create_app(settings, freeze_after_start=True)
+    # A process of its own: the libraries' log records are rendered as ours.
+    configure_logging(settings.log_level, settings.log_json, libraries=True)
     if not settings.benchmark_baselines:
         return app
     from petpal.platform.baselines import with_baselines

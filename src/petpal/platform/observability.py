@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -42,25 +43,72 @@ REQUEST_QUERIES = Histogram(
 )
 
 
-def configure_logging(level: str = "INFO", json: bool = False) -> None:
+def configure_logging(
+    level: str = "INFO", json: bool = False, *, libraries: bool = False
+) -> None:
+    """Our events at ``level``, rendered as JSON or for the console.
+
+    With ``libraries`` (the processes ``petpal`` runs, not the tests' apps),
+    the standard library's log records too: those of uvicorn, Celery,
+    python-multipart and the rest went to stderr as bare lines (a trial
+    saw ``Expected boundary character 45, got 103 at index 2`` for a
+    malformed upload), with no time, no level and, in JSON mode, no JSON.
+    They are now rendered as our events are, on the same stream, with the
+    logger's name, from level WARNING up, as before.
+    """
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
         cache_logger_on_first_use=True,
     )
+    if libraries:
+        _route_library_logs(shared, renderer)
+
+
+class _LibraryLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stdout`` is when a record comes, as structlog's
+    own logger does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+def _route_library_logs(shared: list[Any], renderer: Any) -> None:
+    handler = _LibraryLogHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    # Configured again (each server process does), it replaces its own.
+    for old in [h for h in root.handlers if isinstance(h, _LibraryLogHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    # Uvicorn gives its loggers handlers of their own: through ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 def raw_header(scope: Scope, name: bytes) -> bytes | None:
