@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import jwt
 import pytest
 
 from petpal.platform import security
@@ -43,3 +44,35 @@ def test_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert read_access_token(SECRET, token) == CLAIMS
     assert len(security._verified) == 3
     assert read_access_token(SECRET, tokens[0]) == CLAIMS  # checked again
+
+
+@pytest.mark.parametrize(
+    ("subject", "username"),
+    [
+        ("\ud800", "rex"),
+        ("not-an-id", "rex"),
+        (12345, "rex"),
+        ("01HQ99Z96R2XXPF07BXDRCP60Y", "\udfffrex"),
+        ("01HQ99Z96R2XXPF07BXDRCP60Y", None),
+        ("01HQ99Z96R2XXPF07BXDRCP60Y", "r" * 65),
+    ],
+    ids=["surrogate", "not-an-id", "number", "surrogate-name", "no-name", "long"],
+)
+def test_a_token_signed_with_our_key_but_malformed_is_refused(
+    subject: object, username: object
+) -> None:
+    """Found by a trial: a token made with the server's key elsewhere, its
+    account id a lone surrogate, made every request a 500."""
+    now = int(time.time())
+    token = jwt.encode(
+        {
+            "sub": subject,
+            "usr": username,
+            "aud": security.AUDIENCE,
+            "iat": now,
+            "exp": now + 60,
+        },
+        SECRET,
+        algorithm=security.ALGORITHM,
+    )
+    assert read_access_token(SECRET, token) is None

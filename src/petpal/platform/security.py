@@ -13,12 +13,14 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from petpal.platform.db import utcnow
+from petpal.platform.ids import is_valid_id
 
 # Argon2id at OWASP's first recommended setting (19 MiB, 2 passes, one lane):
 # about a tenth of argon2-cffi's default cost (64 MiB, 3 passes, 4 lanes), so
@@ -80,9 +82,9 @@ def read_access_token(secret: str, token: str) -> AccessClaims | None:
     """The claims of a valid, unexpired access token signed with ``secret``."""
     remembered = _verified.get((secret, token))
     if remembered is not None:
-        claims, expires_at = remembered
+        known, expires_at = remembered
         if time.time() < expires_at:  # as PyJWT: expired from ``exp`` on
-            return claims
+            return known
         del _verified[(secret, token)]
         return None
     try:
@@ -95,14 +97,31 @@ def read_access_token(secret: str, token: str) -> AccessClaims | None:
         )
     except jwt.PyJWTError:
         return None
-    subject, username = payload.get("sub"), payload.get("usr")
-    if not isinstance(subject, str) or not isinstance(username, str):
+    claims = _claims_of(payload)
+    if claims is None:
         return None
-    claims = AccessClaims(account_id=subject, username=username)
     if len(_verified) >= _VERIFIED_MAX:
         del _verified[next(iter(_verified))]  # the oldest
     _verified[(secret, token)] = (claims, float(payload["exp"]))
     return claims
+
+
+def _claims_of(payload: dict[str, Any]) -> AccessClaims | None:
+    """The claims if they are as ``issue_access_token`` writes them: an
+    account id, and a username that is text. A token signed with our key
+    but made elsewhere (a key that leaked to a tool, a test) held a lone
+    surrogate for an account id, and every request with it was a 500
+    (found by a trial)."""
+    subject, username = payload.get("sub"), payload.get("usr")
+    if not isinstance(subject, str) or not is_valid_id(subject):
+        return None
+    if not isinstance(username, str) or len(username) > 64:
+        return None
+    try:
+        username.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return None
+    return AccessClaims(account_id=subject, username=username)
 
 
 def new_refresh_secret() -> str:
