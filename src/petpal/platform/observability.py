@@ -54,7 +54,9 @@ def configure_logging(
     saw ``Expected boundary character 45, got 103 at index 2`` for a
     malformed upload), with no time, no level and, in JSON mode, no JSON.
     They are now rendered as our events are, on the same stream, with the
-    logger's name, from level WARNING up, as before.
+    logger's name, from level WARNING up as before (in ``petpal worker``,
+    Celery sets the root logger to the worker's level, and its own records
+    of each task come out too).
     """
     renderer: Any = (
         structlog.processors.JSONRenderer()

@@ -103,7 +103,7 @@ FORGET_JOB = "social.forget_timelines"
 # of them at a time, and the store idles between chunks, so a chunk holds
 # twice what can be in flight: with 1,000 only two batches were, and one
 # post's fan-out kept Redis 70% busy, at 89,000 to 97,000 inserts a second;
-# 4,000 gave 109,000 to 112,000 (benchmarks/fanout_writes.py, same machine,
+# 4,000 gave 102,000 to 120,000 (benchmarks/fanout_writes.py, same machine,
 # back to back).
 FANOUT_CHUNK = 4000
 FOLLOWERS_TASK = "petpal-fanout-followers"  # the task that reads a chunk
