@@ -76,3 +76,24 @@ def test_a_token_signed_with_our_key_but_malformed_is_refused(
         algorithm=security.ALGORITHM,
     )
     assert read_access_token(SECRET, token) is None
+
+
+@pytest.mark.parametrize(
+    "expiry",
+    [10**400, 2**53, "9999999999", -1, 1e300],
+    ids=["400-digits", "2-to-53", "digit-string", "negative", "huge-float"],
+)
+def test_a_token_with_an_expiry_we_never_write_is_refused(expiry: object) -> None:
+    """Found by a trial: a 400-digit ``exp``, which PyJWT takes, overflowed
+    the float the token's memory keeps, and every route answered 500."""
+    token = jwt.encode(
+        {
+            "sub": CLAIMS.account_id,
+            "usr": CLAIMS.username,
+            "aud": security.AUDIENCE,
+            "exp": expiry,
+        },
+        SECRET,
+        algorithm=security.ALGORITHM,
+    )
+    assert read_access_token(SECRET, token) is None

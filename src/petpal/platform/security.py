@@ -82,8 +82,8 @@ def read_access_token(secret: str, token: str) -> AccessClaims | None:
     """The claims of a valid, unexpired access token signed with ``secret``."""
     remembered = _verified.get((secret, token))
     if remembered is not None:
-        known, expires_at = remembered
-        if time.time() < expires_at:  # as PyJWT: expired from ``exp`` on
+        known, known_until = remembered
+        if time.time() < known_until:  # as PyJWT: expired from ``exp`` on
             return known
         del _verified[(secret, token)]
         return None
@@ -98,12 +98,29 @@ def read_access_token(secret: str, token: str) -> AccessClaims | None:
     except jwt.PyJWTError:
         return None
     claims = _claims_of(payload)
-    if claims is None:
+    expires_at = _expiry_of(payload)
+    if claims is None or expires_at is None:
         return None
     if len(_verified) >= _VERIFIED_MAX:
         del _verified[next(iter(_verified))]  # the oldest
-    _verified[(secret, token)] = (claims, float(payload["exp"]))
+    _verified[(secret, token)] = (claims, expires_at)
     return claims
+
+
+# Past any expiry issue_access_token writes (ours are minutes away), and
+# still a float: PyJWT takes an ``exp`` of any size, or a string of digits,
+# and a 400-digit one overflowed float() into a 500 on every route (found by
+# a trial).
+_LATEST_EXPIRY = 2**53
+
+
+def _expiry_of(payload: dict[str, Any]) -> float | None:
+    expiry = payload.get("exp")
+    if isinstance(expiry, bool) or not isinstance(expiry, int | float):
+        return None
+    if not 0 < expiry < _LATEST_EXPIRY:
+        return None
+    return float(expiry)
 
 
 def _claims_of(payload: dict[str, Any]) -> AccessClaims | None:
