@@ -802,3 +802,47 @@ async def test_fan_out_reads_the_next_followers_while_it_writes_and_drops_who_le
         # The write outlived the unfollow; the check after it undid it.
         assert await stored(services, home_key(leaver.id)) is None
         assert await home_ids(client, leaver) == []
+
+
+async def test_a_post_deleted_while_it_is_fanned_out_stays_out_of_every_timeline(
+    settings: Settings, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial: a post deleted at once after it was posted stayed in
+    thousands of followers' timelines, since the retract job ran between
+    two of the fan-out's writes, and each write after it put the id back.
+    The fan-out now checks after each write that the post is still there."""
+    monkeypatch.setattr(home, "FANOUT_CHUNK", 2)
+    async with an_app(settings, run_jobs_in_process=False) as (client, services):
+        author, *readers = await many_users(services, 7)
+        media_id = await a_photo(client, author, services, photos)
+        for user in readers:
+            await follow(client, user, author)
+        for user in readers:
+            assert await home_ids(client, user) == []  # their timelines exist
+        await run_jobs(services)  # the follows' backstops, out of the way
+        post = await a_post(client, author, media_id, caption="Gone soon #brief")
+        real_add = services.timelines.add
+        writes = 0
+
+        async def add(keys: Sequence[str], **kwargs: Any) -> list[str]:
+            nonlocal writes
+            if any(key.startswith("home:") for key in keys) and key_of_reader(keys):
+                writes += 1
+                if writes == 2:
+                    # Between the first chunk's write and the second's: the
+                    # post is deleted and its retract job runs to the end.
+                    await delete(client, author, post["id"])
+                    await run_jobs(services)
+            return await real_add(keys, **kwargs)
+
+        def key_of_reader(keys: Sequence[str]) -> bool:
+            return any(key == home_key(user.id) for user in readers for key in keys)
+
+        monkeypatch.setattr(services.timelines, "add", add)
+        await home.fan_out(services, post["id"], author.id)
+
+        for user in (author, *readers):
+            assert post["id"] not in (await stored(services, home_key(user.id)) or [])
+        for key in home._own_keys(author.id, ["brief"]):
+            assert post["id"] not in (await stored(services, key) or [])
+        assert writes == 2  # the fan-out stopped at the chunk that saw it

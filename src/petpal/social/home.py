@@ -32,7 +32,10 @@ and a mark remembers that it was done.
 Deleting. A page never shows a deleted post (see ``feeds``). A
 ``social.retract`` job, which carries the post's hashtags read before the
 deletion, then takes the id out of the timelines, and a page that still
-meets it takes it out of the timelines it read.
+meets it takes it out of the timelines it read. A fan-out that is still
+writing when the post is deleted sees it after its next write, takes the
+id out of what that write touched, and stops: the retract job may have
+run before that write.
 
 Following. A follow adds the followee's recent posts (or the link) to the
 follower's timeline; an unfollow takes them out again (``unfollowed``), or
@@ -258,10 +261,10 @@ async def deliver_in_request(
 async def fan_out(services: Services, post_id: str, author_id: str) -> None:
     """Deliver a new post to its followers' timelines (the ``social.fanout`` job)."""
     async with services.db.read_session() as session:
-        exists = await session.scalar(select(Post.id).where(Post.id == post_id))
+        exists = await _exists(session, post_id)
         tags = await _tags_of(session, post_id)
         followers = await _follower_count(session, author_id)
-    if exists is None:
+    if not exists:
         return  # deleted before delivery; a page never shows it anyway
     own = _own_keys(author_id, tags)
     delivery = _fan_out(services, post_id, author_id, own, followers)
@@ -295,14 +298,32 @@ async def _fan_out(
                 functools.partial(_deliver, services, author_id, (), (author_id,)),
             )
             await timelines.set_mark(_announced_key(author_id))
-        return
-    # Under the threshold (again): should it cross it later, announce anew.
-    await timelines.forget(_announced_key(author_id))
-    await _each_follower(
-        services,
-        author_id,
-        functools.partial(_deliver, services, author_id, (post_id,), ()),
-    )
+    else:
+        # Under the threshold (again): should it cross it later, announce anew.
+        await timelines.forget(_announced_key(author_id))
+        # Deleted meanwhile: the chunk that found it so took the id out
+        # again; the author's own timelines are seen to below.
+        with contextlib.suppress(_PostDeletedError):
+            await _each_follower(
+                services,
+                author_id,
+                functools.partial(_deliver, services, author_id, (post_id,), ()),
+            )
+    # Deleted while this job wrote: the retract job may have run between two
+    # writes (found by a trial: a post deleted at once stayed in thousands of
+    # timelines). Whatever a write put back after it is taken out here; a
+    # write before it, the retract took out.
+    async with services.db.read_session() as session:
+        if not await _exists(session, post_id):
+            await timelines.remove(own, [post_id])
+
+
+class _PostDeletedError(Exception):
+    """The post being fanned out was deleted: the fan-out stops."""
+
+
+async def _exists(session: AsyncSession, post_id: str) -> bool:
+    return await session.scalar(select(Post.id).where(Post.id == post_id)) is not None
 
 
 async def _deliver(
@@ -337,9 +358,16 @@ async def _deliver(
                 )
             ).all()
         )
+        # The post's deletion committed before this read is seen by it; a
+        # retract job that ran before this chunk's write could not take the
+        # id out of it (see ``_fan_out``).
+        deleted = bool(ids) and not await _exists(session, ids[0])
     left = [key for key in written if keys[key] not in still]
     if left:
         await services.timelines.forget(*left)
+    if deleted:
+        await services.timelines.remove(written, ids)
+        raise _PostDeletedError
 
 
 async def retract(
