@@ -666,3 +666,37 @@ async def test_an_answer_to_a_request_still_waiting_for_100_continue_closes(
         assert head.startswith(b"HTTP/1.1 200 "), head
     finally:
         writer.close()
+
+
+async def test_a_client_gone_mid_upload_is_no_server_error(
+    client: httpx.AsyncClient, port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a trial: a client that closed its connection halfway through
+    an upload was logged as an unhandled error with a traceback and counted
+    as a 500. It is logged as a body not received, counted as 499."""
+    user = await a_user(client)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/v1/media HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: {user.headers['Authorization']}\r\n".encode()
+        + b"X-Request-ID: gone-3\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + b"\xff" * 20_000
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    metrics = ""
+    for _ in range(50):  # the server sees the close in a moment
+        metrics = (await client.get("/metrics")).text
+        if 'route="/api/v1/media",status="499"' in metrics:
+            break
+        await asyncio.sleep(0.1)
+    assert 'route="/api/v1/media",status="499"' in metrics
+    assert 'route="/api/v1/media",status="500"' not in metrics
+    # Logged at level info, below the tests' level; an error would show.
+    out = capsys.readouterr()
+    assert "unhandled_error" not in out.out + out.err
+    assert "Traceback" not in out.out + out.err

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Histogram
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from petpal.platform.db import queries_in_scope
@@ -208,6 +209,15 @@ class RequestEdgeMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # The body never came whole: its client went away (a phone that
+            # lost its network mid-upload), or the server cut it off with a
+            # 408. Nothing to answer, and no fault of ours: logged as such
+            # and counted as 499, nginx's "client closed request", not as a
+            # bug and a 500 (found by a trial).
+            log.info("request.body_not_received", path=scope["path"])
+            if not answered:
+                status = 499
         except Exception:
             if answered:
                 # Too late for a 500: the answer was begun. Logged here, with
