@@ -700,3 +700,34 @@ async def test_a_client_gone_mid_upload_is_no_server_error(
     out = capsys.readouterr()
     assert "unhandled_error" not in out.out + out.err
     assert "Traceback" not in out.out + out.err
+
+
+async def test_an_expectation_without_a_body_or_in_http_1_0_is_ignored(
+    port: int,
+) -> None:
+    """Found by a trial: a GET sent with ``Expect: 100-continue`` and no
+    body was answered with ``Connection: close``, and the request pipelined
+    behind it was lost; an HTTP/1.0 request's expectation got a 100, which
+    RFC 9110 says must be ignored."""
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n"
+    answers = await asyncio.wait_for(
+        exchanges(port, get + get.replace(b"Expect", b"Connection: close\r\nX")),
+        timeout=10,
+    )
+    assert [status for status, _, _ in answers] == [b"HTTP/1.1 200 OK"] * 2
+    assert "connection" not in answers[0][1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /api/v1/auth/token HTTP/1.0\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        )
+        await writer.drain()
+        with pytest.raises(TimeoutError):  # no 100 Continue: the body is awaited
+            await asyncio.wait_for(reader.read(1), timeout=0.5)
+        writer.write(b"{}")
+        stream = await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        writer.close()
+    assert stream.startswith(b"HTTP/1.1 422 "), stream[:100]

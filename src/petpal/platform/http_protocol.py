@@ -23,7 +23,8 @@ Uvicorn's httptools protocol, with five things of ours:
   connection closed, so nothing behind it is read as a request of its own.
 - A request that sent ``Expect: 100-continue`` and is answered before its
   body was asked for gets ``Connection: close``: its client may never send
-  that body, and the next request would be read as it.
+  that body, and the next request would be read as it. The expectation of
+  a request without a body, or of an HTTP/1.0 one, is ignored.
 
 Each refusal closes the connection, as uvicorn's did, once the client has
 stopped sending or after ``LINGER_SECONDS``; nothing more is read from it.
@@ -251,6 +252,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         if self.parser.should_upgrade():
             self._no_upgrade()
         self._head_bytes = None
+        if self.expect_100_continue and not self._continue_applies():
+            self.expect_100_continue = False
         super().on_headers_complete()
         if self._upgrade_asked:
             # Answered as HTTP, then closed: the parser reads nothing after
@@ -259,6 +262,23 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
         if self.expect_100_continue:
             _close_if_answered_before_continue(self.cycle)
+
+    def _continue_applies(self) -> bool:
+        """Whether this request's ``Expect: 100-continue`` means anything.
+
+        An HTTP/1.0 request's expectation is ignored (RFC 9110 section
+        10.1.1: it MUST be), and a request without a body has nothing to
+        hold back: neither gets a 100, nor has its connection closed for it
+        (found by a trial, which lost a request pipelined behind one).
+        """
+        if self.parser.get_http_version() == "1.0":
+            return False
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                return True
+            if name == b"content-length":
+                return value.strip() not in (b"", b"0")
+        return False
 
     def _no_upgrade(self) -> None:
         """A request asking to switch protocols, which this server never does.
