@@ -46,3 +46,22 @@ async def test_a_literal_path_wins_over_a_parameter_declared_after_it(
     me = await client.get("/api/v1/accounts/me", headers=user.headers)
     assert me.status_code == 200
     assert me.json()["username"] == user.username
+
+
+async def test_a_slash_too_many_or_too_few_is_a_404_never_a_redirect(
+    client: httpx.AsyncClient,
+) -> None:
+    """Found by a trial: Starlette redirected to the path without its
+    trailing slash at whatever host the Host header named."""
+    user = await a_user(client)
+    for path in (
+        "/api/v1/feed/home/",
+        "/api/v1/posts/01ARZ3NDEKTSV4RRFFQ69G5FA%2F",
+        "/api/v1/accounts/me/",
+    ):
+        answer = await client.get(
+            path, headers={**user.headers, "Host": "evil.example"}
+        )
+        assert answer.status_code == 404, (path, answer.status_code)
+        assert "location" not in answer.headers
+        assert answer.headers["content-type"] == "application/problem+json"

@@ -278,6 +278,11 @@ def create_app(
         description="The social platform for pet owners. All routes live under "
         "/api/v1; errors are RFC 9457 problem documents.",
         lifespan=lifespan,
+        # A path with a slash too many or too few is a 404 problem, not a
+        # redirect: Starlette's redirect named whatever host the request's
+        # Host header said (found by a trial: Location: http://evil.example/...),
+        # and a %2F at the end of an id became one too.
+        redirect_slashes=False,
     )
     install_problem_handlers(app)
     app.add_exception_handler(sqlalchemy.exc.IntegrityError, _on_integrity_error)
