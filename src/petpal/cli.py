@@ -36,7 +36,8 @@ def migrate(data_dir: DataDir = None) -> None:
     from petpal.platform.migrate import upgrade
 
     upgrade(_settings(data_dir))
-    typer.echo("database schema is at the latest revision")
+    # Said the same whether tables were made or all were there already.
+    typer.echo("database schema is at the latest revision (applied what was missing)")
 
 
 @app.command()
