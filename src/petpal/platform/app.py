@@ -56,6 +56,9 @@ from petpal.platform.settings import Settings, get_settings
 from petpal.platform.storage import ObjectNotFoundError
 
 API_PREFIX = "/api/v1"
+# The collector's thresholds in a serving process, after start-up (see
+# create_app): young, middle and old generation, as gc.set_threshold takes.
+SERVING_GC_THRESHOLDS = (10_000, 10, 10)
 
 
 class Problem(BaseModel):
@@ -264,6 +267,13 @@ def create_app(
             # Not in tests, which start hundreds of apps in one process.
             gc.collect()
             gc.freeze()
+            # A young collection every 10,000 new objects instead of 700:
+            # a request makes hundreds, so the collector ran several times
+            # a request, 5 to 6% of a post read's CPU. Each one now scans
+            # at most 10,000 objects, well under a millisecond. Back to back
+            # on 200k (cached post reads, closed loop): 2,250 to 2,840 a
+            # second against 2,080 to 2,290 at the default.
+            gc.set_threshold(*SERVING_GC_THRESHOLDS)
         try:
             yield
         finally:
