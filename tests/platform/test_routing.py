@@ -54,10 +54,16 @@ async def test_a_slash_too_many_or_too_few_is_a_404_never_a_redirect(
     """Found by a trial: Starlette redirected to the path without its
     trailing slash at whatever host the Host header named."""
     user = await a_user(client)
+    other = await a_user(client)
     for path in (
         "/api/v1/feed/home/",
         "/api/v1/posts/01ARZ3NDEKTSV4RRFFQ69G5FA%2F",
         "/api/v1/accounts/me/",
+        # An encoded slash is no separator (found by a trial: these reached
+        # the routes the decoded paths name).
+        f"/api/v1/accounts/{other.username}%2Fposts",
+        f"/api/v1/accounts/{other.username}%2ffollow",
+        "/media-files/media%2F01ARZ3NDEKTSV4RRFFQ69G5FAV/small.jpg",
     ):
         answer = await client.get(
             path, headers={**user.headers, "Host": "evil.example"}
@@ -65,3 +71,16 @@ async def test_a_slash_too_many_or_too_few_is_a_404_never_a_redirect(
         assert answer.status_code == 404, (path, answer.status_code)
         assert "location" not in answer.headers
         assert answer.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_encoded_slash_never_reaches_a_route(
+    client: httpx.AsyncClient,
+) -> None:
+    user, other = await a_user(client), await a_user(client)
+    follow = await client.post(
+        f"/api/v1/accounts/{other.username}%2Ffollow", headers=user.headers
+    )
+    assert follow.status_code == 404, follow.text
+    assert follow.headers["content-type"] == "application/problem+json"
+    followers = await client.get(f"/api/v1/accounts/{other.username}")
+    assert followers.json()["follower_count"] == 0

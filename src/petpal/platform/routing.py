@@ -18,6 +18,9 @@ from the router's, both as RFC 9110 asks:
   ``Allow`` names every method the path takes, HEAD wherever GET; the
   router's names only those of the first route of the path.
 
+A path with an encoded slash (``%2F``) is a 404: the server decodes it
+into a separator, and the router would match the path it was not.
+
 Everything else goes to the router itself, unchanged: a path no route
 matches (its 404; the app makes no redirects to the path with or without
 a trailing slash), any scope but HTTP, a request behind a ``root_path``, and requests
@@ -97,6 +100,13 @@ class RouteIndex:
         return [route for _, route in found]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and b"%2f" in scope.get("raw_path", b"").lower():
+            # An encoded slash is a character of its segment, which no path
+            # parameter here takes (ids, usernames, tags and file names have
+            # none); the server decodes it into a real one, and
+            # ``/accounts/a%2Ffollow`` reached the follow route (found by a
+            # trial). The path names nothing.
+            raise HTTPException(404)
         if (
             scope["type"] != "http"
             or scope.get("root_path")
