@@ -166,6 +166,15 @@ async def declare_dead(session: AsyncSession, row: OutboxJob, error: str) -> Non
     letters into the outbox.
     """
     row.status, row.finished_at, row.last_error = DEAD, utcnow(), error
+    # An operator's alert, not only a metric and a row (found by a trial:
+    # jobs died without a line in any log).
+    log.error(
+        "job.dead",
+        job_id=row.id,
+        job_kind=row.kind,
+        attempts=row.attempts,
+        error=error[:500],
+    )
     hook = _dead_hooks.get(row.kind)
     if hook is None:
         return
@@ -449,6 +458,8 @@ async def run_job(
     error: str | None = None
     if handler is None:
         error = f"no handler registered for job kind {delivery.kind!r}"
+        # Logged as any failure is (found by a trial: it was in no log).
+        bound.warning("job.failed", error=error)
     else:
         try:
             await handler(
