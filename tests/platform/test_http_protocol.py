@@ -591,6 +591,25 @@ async def test_a_connection_answered_before_its_body_is_timed_when_idle(
     assert stream.startswith(b"HTTP/1.1 413 "), stream[:100]
 
 
+def _log_in_expecting_continue(version: bytes) -> bytes:
+    """The head of a log-in whose two-byte body waits for a 100 Continue."""
+    return (
+        b"POST /api/v1/auth/token HTTP/" + version + b"\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    )
+
+
+def _content_length(head: bytes) -> int:
+    return int(
+        next(
+            line.split(b":", 1)[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+    )
+
+
 async def test_an_answer_to_a_request_still_waiting_for_100_continue_closes(
     port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -624,13 +643,7 @@ async def test_an_answer_to_a_request_still_waiting_for_100_continue_closes(
         rest = await asyncio.wait_for(reader.read(), timeout=5)
     finally:
         writer.close()
-    length = int(
-        next(
-            line.split(b":", 1)[1]
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-    )
+    length = _content_length(head)
     assert len(rest) == length  # the 401's body, and then the close
     # The same upload, its body sent without waiting (RFC 9110 allows it):
     # the answer and the close are the same, the body read and dropped.
@@ -641,11 +654,7 @@ async def test_an_answer_to_a_request_still_waiting_for_100_continue_closes(
     # then the answer, and the connection stays open for the next one.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(
-            b"POST /api/v1/auth/token HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
-        )
+        writer.write(_log_in_expecting_continue(b"1.1"))
         await writer.drain()
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -654,13 +663,7 @@ async def test_an_answer_to_a_request_still_waiting_for_100_continue_closes(
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
         assert head.startswith(b"HTTP/1.1 422 "), head
         assert b"connection: close" not in head.lower()
-        length = int(
-            next(
-                line.split(b":", 1)[1]
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-        )
+        length = _content_length(head)
         await reader.readexactly(length)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
         assert head.startswith(b"HTTP/1.1 200 "), head
@@ -718,11 +721,7 @@ async def test_an_expectation_without_a_body_or_in_http_1_0_is_ignored(
     assert "connection" not in answers[0][1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(
-            b"POST /api/v1/auth/token HTTP/1.0\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
-        )
+        writer.write(_log_in_expecting_continue(b"1.0"))
         await writer.drain()
         with pytest.raises(TimeoutError):  # no 100 Continue: the body is awaited
             await asyncio.wait_for(reader.read(1), timeout=0.5)
