@@ -250,21 +250,27 @@ def create_app(
     settings: Settings | None = None,
     services: Iterable[str] = SERVICE_NAMES,
     *,
-    freeze_after_start: bool = False,
+    own_process: bool = False,
 ) -> FastAPI:
+    """The app serving ``services``.
+
+    ``own_process``: the app is all its process serves (``petpal serve``),
+    so it may set what is the whole process's: where the libraries' log
+    records go, and how the garbage collector runs after start-up. Not in
+    tests, which start hundreds of apps in one process.
+    """
     settings = settings or get_settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, libraries=own_process)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         platform = Services.build(settings)
         app.state.services = platform
         await platform.start()
-        if freeze_after_start:
+        if own_process:
             # What start-up made lives as long as the process: moved out of
             # the collector's sight, it no longer lengthens every full
             # collection, which paused a serving process for up to 160 ms.
-            # Not in tests, which start hundreds of apps in one process.
             gc.collect()
             gc.freeze()
             # A young collection every 10,000 new objects instead of 700:
@@ -418,9 +424,7 @@ def create_server_app() -> ASGIApp:
     the app's middleware (platform/baselines.py).
     """
     settings = get_settings()
-    app = create_app(settings, freeze_after_start=True)
-    # A process of its own: the libraries' log records are rendered as ours.
-    configure_logging(settings.log_level, settings.log_json, libraries=True)
+    app = create_app(settings, own_process=True)
     if not settings.benchmark_baselines:
         return app
     from petpal.platform.baselines import with_baselines

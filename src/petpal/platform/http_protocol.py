@@ -271,13 +271,15 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         hold back: neither gets a 100, nor has its connection closed for it
         (found by a trial, which lost a request pipelined behind one).
         """
-        if self.parser.get_http_version() == "1.0":
-            return False
+        return self.parser.get_http_version() != "1.0" and self._declares_body()
+
+    def _declares_body(self) -> bool:
+        """Whether the head just read says a body follows it."""
         for name, value in self.headers:
             if name == b"transfer-encoding":
                 return True
-            if name == b"content-length":
-                return value.strip() not in (b"", b"0")
+            if name == b"content-length" and value.strip() not in (b"", b"0"):
+                return True
         return False
 
     def _no_upgrade(self) -> None:
@@ -288,9 +290,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         through one). One with a body is refused; one without is answered,
         and the connection closed after it."""
         self._upgrade_asked = True
-        declared = {name for name, _ in self.headers}
-        length = dict(self.headers).get(b"content-length", b"0")
-        if b"transfer-encoding" in declared or length.strip() not in (b"", b"0"):
+        if self._declares_body():
             self._refuse(_UPGRADE_WITH_BODY)
             raise _HeadRefusedError
 

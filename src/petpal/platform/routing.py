@@ -23,9 +23,9 @@ into a separator, and the router would match the path it was not.
 
 Everything else goes to the router itself, unchanged: a path no route
 matches (its 404; the app makes no redirects to the path with or without
-a trailing slash), any scope but HTTP, a request behind a ``root_path``, and requests
-traced by FastAPI's own telemetry, whose span names the route the router
-selected. Those two also get the router's answers above: a HEAD there is a
+a trailing slash), any scope but HTTP, a request behind a ``root_path``,
+and requests traced by FastAPI's own telemetry, whose span names the route
+the router selected. Those two also get the router's answers above: a HEAD there is a
 405, as it is in FastAPI itself.
 """
 

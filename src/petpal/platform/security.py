@@ -107,10 +107,10 @@ def read_access_token(secret: str, token: str) -> AccessClaims | None:
     return claims
 
 
-# Past any expiry issue_access_token writes (ours are minutes away), and
-# still a float: PyJWT takes an ``exp`` of any size, or a string of digits,
-# and a 400-digit one overflowed float() into a 500 on every route (found by
-# a trial).
+# Far past any expiry issue_access_token writes (ours are minutes away),
+# and every whole number below it is exact as a float. PyJWT takes an
+# ``exp`` of any size, or a string of digits; a 400-digit one overflowed
+# float() into a 500 on every route (found by a trial).
 _LATEST_EXPIRY = 2**53
 
 

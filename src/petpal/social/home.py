@@ -358,7 +358,8 @@ async def _deliver(
                 )
             ).all()
         )
-        # The post's deletion committed before this read is seen by it; a
+        # A fan-out delivers one post (``ids``; a link announcement none).
+        # Its deletion, committed before this read, is seen by it; a
         # retract job that ran before this chunk's write could not take the
         # id out of it (see ``_fan_out``).
         deleted = bool(ids) and not await _exists(session, ids[0])
