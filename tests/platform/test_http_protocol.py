@@ -108,6 +108,46 @@ async def test_a_request_that_is_not_http_gets_a_problem(
     assert b"HTTP/1.1" in answer[2]
 
 
+async def test_a_method_the_server_does_not_know_is_not_implemented(
+    port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A well-formed method the parser does not know is a 501 (RFC 9110
+    section 9.1), and each refusal is logged with the id its answer carries
+    (uvicorn's own line had none)."""
+    for request in (
+        b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\r\nBREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n",  # a CRLF may lead
+    ):
+        answer = await exchange(port, request)
+        assert_refused(answer, 501, "method_not_implemented")
+    given = b"trial-refused-1"
+    answer = await exchange(
+        port,
+        b"GET /healthz HTTP/1.1\r\nX-Request-ID: "
+        + given
+        + b"\r\nX-Bad: a\x01b\r\n\r\n",
+    )
+    assert_refused(answer, 400, "malformed_request", "/healthz")
+    assert answer[1]["x-request-id"] == given.decode()
+    lines = capsys.readouterr().out.splitlines()
+    refused = [line for line in lines if "request.refused" in line]
+    assert [line for line in refused if "method_not_implemented" in line]
+    assert [line for line in refused if given.decode() in line], refused
+    assert not [line for line in lines if "Invalid HTTP request" in line]
+    # Behind another request in one read, where the parser cannot say where
+    # the method began: a malformed request, after the answer before it.
+    answers = await exchanges(
+        port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nBREW / HTTP/1.1\r\n\r\n"
+    )
+    assert answers[0][0] == b"HTTP/1.1 200 OK"
+    assert_refused(answers[-1], 400, "malformed_request")
+    # A known method the app has no route for stays the app's 405.
+    answer = await exchange(
+        port, b"PROPFIND /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert answer[0] == b"HTTP/1.1 405 Method Not Allowed"
+
+
 async def test_requests_before_the_bad_bytes_are_answered_first(port: int) -> None:
     """Found by a trial: a request carried out lost its answer to the 400
     of the garbage that followed it on the connection."""

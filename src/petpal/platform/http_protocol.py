@@ -5,9 +5,13 @@ Uvicorn's httptools protocol, with five things of ours:
 - A request it cannot parse (a header line without a colon, a method or
   header with characters HTTP does not allow, a path that is not ASCII, a
   broken chunked body, TLS sent to the plain port) got a plain-text
-  ``Invalid HTTP request received.``; every other error of the API is an
-  RFC 9457 problem document, and clients read them one way. It is now a
-  400 problem (code ``malformed_request``).
+  ``Invalid HTTP request received.``, and a log line without the request's
+  id; every other error of the API is an RFC 9457 problem document, and
+  clients read them one way. It is now a 400 problem (code
+  ``malformed_request``); a well-formed method the parser does not know
+  (``BREW``) is a 501 (``method_not_implemented``), as RFC 9110 section 9.1
+  asks. Every refusal is logged (``request.refused``) with the id its
+  answer carries.
 - A request line and headers have at most ``MAX_HEAD_BYTES`` between them
   (414 ``uri_too_long`` when the target alone is past it, else 431
   ``headers_too_large``). Without a limit, one client streaming a header of
@@ -36,13 +40,18 @@ request the server carried out.
 from __future__ import annotations
 
 import asyncio
+import re
 from http import HTTPStatus
 from typing import Any
 
+import httptools
+import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from petpal.platform.errors import PROBLEM_MEDIA_TYPE, problem_document
 from petpal.platform.observability import request_id_for
+
+log = structlog.get_logger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 20.0
@@ -58,6 +67,11 @@ _MALFORMED = (
     "malformed_request",
     "the request could not be read as HTTP/1.1: its request line, a header "
     "or its chunked body is malformed",
+)
+_METHOD_NOT_IMPLEMENTED = (
+    501,
+    "method_not_implemented",
+    "the request's method is not one this server implements",
 )
 _URI_TOO_LONG = (
     414,
@@ -93,6 +107,8 @@ Refusal = tuple[int, str, str]
 # each header.
 _REQUEST_LINE_FRAMING = 16
 _HEADER_FRAMING = len(": \r\n")
+# A method as RFC 9110 spells one (a token), then the space before the target.
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
 
 
 class _HeadRefusedError(Exception):
@@ -175,7 +191,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         idle = self.cycle is None or not self.cycle.more_body
         message = self._message
         self._chunk = len(data)
-        super().data_received(data)
+        # No head on its way either: the first request in ``data`` begins it.
+        self._feed(data, message if idle and not self._head_bytes else None)
         if self._head_bytes is None or self._refusal is not None:
             return
         # The chunk is all this head's if the head began before it, or began
@@ -189,6 +206,34 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         refusal = self._too_long()
         if refusal is not None:
             self._refuse(refusal)
+
+    def _feed(self, data: bytes, begins_after: int | None) -> None:
+        """Uvicorn's ``data_received``, with its refusal of what does not
+        parse told apart (and logged by ``_write_refusal``, with an id).
+
+        ``begins_after``: the number of the request before the one ``data``
+        begins with, if it begins one.
+        """
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            # The parser says the same of ``G@T`` and of ``BREW``; a method
+            # it read from the start of ``data`` tells them apart (one that
+            # came behind another request, or split over two reads, stays a
+            # malformed request: a 400 either way, only less precise).
+            at_start = begins_after is not None and self._message == begins_after + 1
+            if at_start and _METHOD.match(data.lstrip(b"\r\n")):
+                self._refuse(_METHOD_NOT_IMPLEMENTED)
+            else:
+                self._refuse(_MALFORMED)
+        except httptools.HttpParserError:
+            self.send_400_response("")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
     def _too_long(self) -> Refusal | None:
         """The refusal for a head known to be past the limit.
@@ -378,9 +423,18 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         status, code, detail = refusal
-        body = problem_document(
-            status, code, detail, _path_of(getattr(self, "url", b""))
+        path = _path_of(getattr(self, "url", b""))
+        request_id = self._refused_request_id()
+        # At uvicorn's level for a malformed request, which it logged without
+        # the id its client was given; and for every refusal.
+        log.warning(
+            "request.refused",
+            status=status,
+            code=code,
+            path=path,
+            request_id=request_id.decode(),
         )
+        body = problem_document(status, code, detail, path)
         content = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()]
         for name, value in self.server_state.default_headers:
             content += [name, b": ", value, b"\r\n"]
@@ -389,7 +443,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             b"content-length: " + str(len(body)).encode() + b"\r\n",
             # As every answer of the app has one (observability.py): the
             # caller's own, if the refused request's head had sent it.
-            b"x-request-id: " + self._refused_request_id() + b"\r\n",
+            b"x-request-id: " + request_id + b"\r\n",
             b"connection: close\r\n\r\n",
             # A HEAD's answer is the headers alone (found by a trial).
             b"" if self._method == b"HEAD" else body,
