@@ -745,6 +745,35 @@ async def test_a_client_gone_mid_upload_is_no_server_error(
     assert "Traceback" not in out.out + out.err
 
 
+async def test_a_client_gone_mid_json_body_is_no_bad_request(
+    client: httpx.AsyncClient, port: int
+) -> None:
+    """Found by a trial: a JSON body its client stopped sending halfway was
+    counted as a 400, a bad request, where an upload's was a 499: FastAPI
+    turns the disconnect into its "error parsing the body"."""
+    user = await a_user(client)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/v1/posts HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: {user.headers['Authorization']}\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+        + b'{"caption": "'
+        + b"a" * 1000
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    gone = 'route="/api/v1/posts",status="499"'
+    metrics = ""
+    for _ in range(50):  # the server sees the close in a moment
+        metrics = (await client.get("/metrics")).text
+        if gone in metrics:
+            break
+        await asyncio.sleep(0.1)
+    assert gone in metrics
+    assert 'route="/api/v1/posts",status="400"' not in metrics
+
+
 async def test_an_expectation_without_a_body_or_in_http_1_0_is_ignored(
     port: int,
 ) -> None:

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -234,6 +235,12 @@ def _why_json_body_unreadable(exc: StarletteHTTPException) -> str | None:
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, ClientDisconnect):
+        # FastAPI's "error parsing the body" for a body whose client went
+        # away mid-way (found by a trial: counted as a 400). No one to
+        # answer: the request edge logs and counts it, as it does an
+        # upload's (observability.RequestEdgeMiddleware).
+        raise exc.__cause__
     if (why := _why_json_body_unreadable(exc)) is not None:
         return problem_response(request, 400, "malformed_json", why)
     status = exc.status_code
