@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 import structlog
 from sqlalchemy import Update, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
@@ -115,10 +116,21 @@ async def do_upload(services: Services, owner_id: str, request: Request) -> Medi
         created_at=utcnow(),
     )
     inline = services.settings.media_process_inline
-    async with services.db.write_session() as session:
-        session.add(media)
-        if not inline:
-            enqueue(session, PROCESS_JOB, {"media_id": media_id})
+    try:
+        async with services.db.write_session() as session:
+            session.add(media)
+            if not inline:
+                enqueue(session, PROCESS_JOB, {"media_id": media_id})
+    except IntegrityError:
+        # Refused (an owner who does not exist: 401), so no row names the
+        # stored upload: deleted now, not left for ``do_sweep_uploads``
+        # (found by a trial). Any other failure may have committed, and
+        # the sweep knows, as it does if this deletion fails.
+        try:
+            await services.storage.delete(incoming_key)
+        except Exception as exc:  # the refusal is the answer, not this
+            log.warning("media.upload_not_deleted", key=incoming_key, error=repr(exc))
+        raise
     if not inline:
         return media
     await _process_inline(services, media_id)
