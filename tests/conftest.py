@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -195,6 +197,24 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+# Where the test run's own ``petpal`` command is.
+BIN = Path(sys.executable).parent
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the PETPAL_* variables a child process reads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PETPAL_")}
+    for name, value in settings.model_dump().items():
+        if isinstance(value, list):
+            text = json.dumps(value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[f"PETPAL_{name.upper()}"] = text
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -78,7 +78,8 @@ def serve(
         if settings.broker_url
         else "its jobs run in this process"
     )
-    typer.echo(f"serving PetPal at http://{address}:{port}; {jobs}", err=True)
+    # Said before the port is bound: a port in use is told by uvicorn next.
+    typer.echo(f"starting PetPal at http://{address}:{port}; {jobs}", err=True)
     uvicorn.run(
         "petpal.platform.app:create_server_app",
         factory=True,
@@ -223,13 +224,27 @@ def worker(
     ),
 ) -> None:
     """Run jobs from RabbitMQ (PETPAL_BROKER_URL) in Celery worker processes."""
+    import shutil
     import tempfile
 
     # Job metrics are counted in the worker's child processes: prometheus
     # multiprocess mode must be on before prometheus_client is first imported.
-    os.environ.setdefault(
-        "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="petpal-metrics-")
-    )
+    # A folder made here is removed when the worker stops (found by a trial:
+    # each start left one in /tmp).
+    made = None
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        made = tempfile.mkdtemp(prefix="petpal-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    try:
+        _run_worker(queues, concurrency, metrics_port, metrics_host)
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _run_worker(
+    queues: str, concurrency: int, metrics_port: int, metrics_host: str
+) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -299,7 +314,8 @@ def jobs_dead(data_dir: DataDir = None) -> None:
         rows = await list_dead_jobs(db)
         for row in rows:
             typer.echo(
-                f"{row.id}  {row.kind}  attempts={row.attempts}  {row.last_error}"
+                f"{row.id}  {row.kind}  attempts={row.attempts}  "
+                f"{_one_line(row.last_error or '')}"
             )
         if not rows:
             typer.echo("no dead jobs")
@@ -317,16 +333,33 @@ def jobs_replay(
 ) -> None:
     """Queue dead jobs again."""
     from petpal.platform.db import Database
-    from petpal.platform.jobs import replay_dead_jobs
+    from petpal.platform.jobs import dead_among, replay_dead_jobs
 
-    async def run() -> int:
+    async def run() -> tuple[int, list[str]]:
         db = Database(_settings(data_dir))
         try:
-            return await replay_dead_jobs(db, job_ids)
+            # Named but not dead (a typo, a job replayed already): said, and
+            # the command fails, rather than "0 job(s)" and success (found
+            # by a trial).
+            named = set(job_ids or ())
+            unknown = sorted(named - await dead_among(db, named)) if named else []
+            return await replay_dead_jobs(db, job_ids), unknown
         finally:
             await db.dispose()
 
-    typer.echo(f"{asyncio.run(run())} job(s) queued again")
+    queued, unknown = asyncio.run(run())
+    typer.echo(f"{queued} job(s) queued again")
+    if unknown:
+        typer.echo(f"petpal jobs replay: not dead jobs: {' '.join(unknown)}", err=True)
+        raise typer.Exit(1)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut at ``limit`` characters: a dead job's error
+    may be a many-line dump (an object store's), and the list is one line a
+    job (found by a trial)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 @media_app.command("sweep-uploads")

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,28 +49,20 @@ from petpal.platform.jobs import (
     start_delivery,
 )
 from petpal.platform.settings import Settings
-from tests.conftest import PHOTOS, RUN_TAG, TEST_BROKER_URL, requires_broker
+from tests.conftest import (
+    BIN,
+    PHOTOS,
+    RUN_TAG,
+    TEST_BROKER_URL,
+    requires_broker,
+    settings_env,
+)
 from tests.factories import User, a_user, an_uploaded_photo
 
 pytestmark = [requires_broker, pytest.mark.timeout(240)]
 
-BIN = Path(sys.executable).parent
 SMALL_PHOTO = PHOTOS / "camera-exif" / "apple_iphone5_ori3_gps.jpg"
 _prefixes = itertools.count()
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``settings`` as the PETPAL_* variables a child process reads."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PETPAL_")}
-    for name, value in settings.model_dump().items():
-        if isinstance(value, list):
-            text = json.dumps(value)
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        else:
-            text = str(value)
-        env[f"PETPAL_{name.upper()}"] = text
-    return env
 
 
 class Child:
@@ -81,9 +71,12 @@ class Child:
     def __init__(self, settings: Settings, log: Path, *args: str) -> None:
         self.log = log
         self._out = log.open("ab")
+        # Its temporary files where the test can see them.
+        self.tmp = log.with_suffix(".tmp")
+        self.tmp.mkdir()
         self.process = subprocess.Popen(
             [str(BIN / "petpal"), *args],
-            env=settings_env(settings),
+            env={**settings_env(settings), "TMPDIR": str(self.tmp)},
             stdout=self._out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -331,7 +324,7 @@ async def test_a_failing_job_retries_is_dead_lettered_and_replays(
     original = await storage.get_bytes(incoming)
     await storage.delete(incoming)
     processes.relay()
-    processes.worker("media")
+    worker = processes.worker("media")
 
     async def dead() -> bool:
         return [r.status for r in await photo_jobs(db)] == [DEAD]
@@ -340,6 +333,19 @@ async def test_a_failing_job_retries_is_dead_lettered_and_replays(
     (row,) = await photo_jobs(db)
     assert row.attempts == settings.job_max_attempts
     assert row.last_error
+    # Each attempt and the death are in the worker's log (found by a trial:
+    # Celery's redirected stdout swallowed every line the job logged).
+    log = worker.log.read_text(errors="replace").splitlines()
+    failed = [line for line in log if "job.failed" in line and row.id in line]
+    assert len(failed) == settings.job_max_attempts, processes.report()
+    assert [line for line in log if "job.dead" in line and row.id in line]
+    # Its metrics folder is made at start, and removed when it stops (found
+    # by a trial: every start left one behind in /tmp).
+    made = [p.name for p in worker.tmp.iterdir()]
+    assert [name for name in made if name.startswith("petpal-metrics-")], made
+    assert worker.stop() == 0
+    assert list(worker.tmp.iterdir()) == []
+    worker = processes.worker("media")
     # The owner's app sees the photo failed, not processing forever.
     media = await media_of(db, media_id)
     assert (media.status, media.failure_reason) == (

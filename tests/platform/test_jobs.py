@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from typing import Any
 
 import pytest
@@ -13,9 +15,12 @@ from petpal.platform.jobs import (
     enqueue,
     job,
     list_dead_jobs,
+    record_dead,
     replay_dead_jobs,
 )
 from petpal.platform.services import Services
+from petpal.platform.settings import Settings
+from tests.conftest import BIN, settings_env
 
 calls: dict[str, list[Any]] = {"ok": [], "flaky": [], "broken": []}
 
@@ -132,3 +137,38 @@ async def test_a_job_of_a_kind_no_handler_runs_is_logged_as_it_fails(
     assert len(failed) == services.settings.job_max_attempts, lines
     assert "no handler registered" in failed[0]
     assert [line for line in lines if "job.dead" in line and job_id in line]
+
+
+async def test_the_dead_job_list_is_one_line_a_job_and_replay_names_what_it_cannot(
+    services: Services, settings: Settings
+) -> None:
+    """Found by a trial: a dead job's many-line error (an object store's
+    debug dump) broke ``petpal jobs dead`` over many lines, and ``petpal
+    jobs replay`` of an id that is no dead job said "0 job(s) queued again"
+    and succeeded."""
+    dump = 'NotFound {\n    path: "incoming/x",\n    source: Os { code: 2 },\n}'
+    async with services.db.write_session() as session:
+        job_id = await record_dead(session, "test.broken", {}, dump)
+    env = settings_env(settings)
+
+    async def petpal(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "petpal"), "jobs", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    listed = await petpal("dead")
+    assert listed.returncode == 0, listed
+    (line,) = listed.stdout.splitlines()
+    assert line.startswith(f"{job_id}  test.broken  attempts=1  NotFound {{ path:")
+    unknown = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+    replayed = await petpal("replay", job_id, unknown)
+    assert replayed.returncode == 1, replayed
+    assert replayed.stdout.strip() == "1 job(s) queued again"
+    assert unknown in replayed.stderr
+    assert (await petpal("replay")).returncode == 0  # all of them: none is fine

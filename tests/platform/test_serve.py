@@ -62,7 +62,7 @@ def test_serve_says_where_it_listens_and_where_jobs_run(
     monkeypatch.setenv("PETPAL_BROKER_URL", broker_url)
     result = serve(tmp_path, monkeypatch, "--port", "18123")
     assert result.exit_code == 0, result.output
-    assert "serving PetPal at http://127.0.0.1:18123" in result.output
+    assert "starting PetPal at http://127.0.0.1:18123" in result.output
     assert says in result.output
     assert [run["port"] for run in started] == [18123]
     # Whatever uvicorn cannot parse is answered as a problem too

@@ -173,6 +173,11 @@ def make_broker(settings: Settings) -> JobBroker:
         broker_connection_retry_on_startup=True,
         broker_heartbeat=30,
         worker_hijack_root_logger=False,
+        # Celery points a worker's stdout at a logger of its own, and our
+        # events (printed to stdout) went through it back to our handler on
+        # that same stdout, which Celery then dropped as a loop: no job's
+        # line reached the output (found by a trial). Stdout stays stdout.
+        worker_redirect_stdouts=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
         worker_consumer="petpal.platform.broker:JobConsumer",

@@ -30,7 +30,7 @@ import asyncio
 import random
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -732,6 +732,17 @@ async def list_dead_jobs(db: Database, limit: int = 100) -> list[OutboxJob]:
             .limit(limit)
         )
         return list(rows.all())
+
+
+async def dead_among(db: Database, job_ids: Iterable[str]) -> set[str]:
+    """Which of ``job_ids`` are dead jobs."""
+    async with db.read_session() as session:
+        rows = await session.scalars(
+            select(OutboxJob.id).where(
+                OutboxJob.status == DEAD, OutboxJob.id.in_(list(job_ids))
+            )
+        )
+        return set(rows.all())
 
 
 async def replay_dead_jobs(db: Database, job_ids: list[str] | None = None) -> int:
