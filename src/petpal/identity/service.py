@@ -8,6 +8,7 @@ stay private to this package.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from datetime import timedelta
 
 import orjson
@@ -300,6 +301,15 @@ async def ensure_account_exists(services: Services, account_id: str) -> None:
         found = await session.scalar(select(Account.id).where(Account.id == account_id))
     if found is None:
         raise AccountGoneError
+
+
+async def forget_usernames(services: Services, usernames: Iterable[str]) -> None:
+    """Forget the cached look-ups of ``usernames``, as a sign-up does its own:
+    a cache kept from an earlier database may map them to accounts that are
+    gone."""
+    await services.cache.invalidate(
+        *(_username_key(canonical_username(name)) for name in usernames)
+    )
 
 
 async def resolve_username(services: Services, username: str) -> str:
