@@ -303,6 +303,9 @@ async def test_profile_update_keeps_unicode_byte_for_byte(
         {"display_name": "   "},
         {"display_name": "\u200b\u200d"},
         {"display_name": "\u202egnp.exe"},
+        {"display_name": "\u3164"},  # found by a trial: these look blank
+        {"display_name": "\u2800 \u115f"},
+        {"display_name": "\u034f\ufe0f\U000e0100"},
         {"display_name": ""},
         {"bio": "x" * 501},
         {"avatar_media_id": "not-a-media-id"},

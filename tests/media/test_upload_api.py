@@ -168,6 +168,38 @@ async def test_upload_must_be_multipart_with_a_file_field(
         assert "boundary" in unsplittable.json()["detail"]
 
 
+async def test_two_photos_in_one_upload_are_refused(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Found by a trial: the second ``file`` part was dropped without a word,
+    and its client believed both photos uploaded."""
+    user = await a_user(client)
+    photo = (EDGE / "jpeg_1x1_with_gps.jpg").read_bytes()
+    both = await client.post(
+        "/api/v1/media",
+        headers=user.headers,
+        files=[("file", ("a.jpg", photo)), ("file", ("b.jpg", photo))],
+    )
+    problem = assert_problem(both, 400, "malformed_upload")
+    assert "more than one 'file' part" in problem["detail"]
+    async with services.db.read_session() as session:
+        jobs = (
+            await session.scalars(
+                select(OutboxJob.id).where(OutboxJob.kind == PROCESS_JOB)
+            )
+        ).all()
+    assert jobs == []  # nothing recorded
+    stored = [batch async for batch in services.storage.list_objects("incoming/")]
+    assert stored == []
+    # Other fields beside the one photo are still let be.
+    one = await client.post(
+        "/api/v1/media",
+        headers=user.headers,
+        files=[("file", ("a.jpg", photo)), ("note", ("n.txt", b"hi"))],
+    )
+    assert one.status_code == 202, one.text
+
+
 @pytest.fixture
 async def small_limit_client(settings: Settings) -> httpx.AsyncClient:
     limited = settings.model_copy(update={"max_upload_bytes": 50_000})

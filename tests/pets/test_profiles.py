@@ -117,6 +117,19 @@ def _bad_bodies() -> list[Any]:
         pytest.param({"name": ["Rex"], "species": "dog"}, id="name a list"),
         pytest.param({"name": None, "species": "dog"}, id="name null"),
         pytest.param({"name": "Re\x00x", "species": "dog"}, id="name with NUL"),
+        # Found by a trial: names that show nothing, or show something else.
+        *(
+            pytest.param({"name": name, "species": "dog"}, id=f"name {label}")
+            for name, label in [
+                ("\u200b", "zero-width space"),
+                ("\ufeff", "byte order mark"),
+                ("\x7f\x08", "controls"),
+                ("\u3164", "Hangul filler"),
+                ("\u2800", "braille blank"),
+                ("\u115f\u034f\ufe0f", "filler and marks"),
+                ("\u202egnp.exe", "bidi override"),
+            ]
+        ),
         pytest.param({"name": "Rex", "species": "cow"}, id="species unknown"),
         pytest.param({"name": "Rex", "species": "Dog"}, id="species wrong case"),
         pytest.param({"name": "Rex", "species": 1}, id="species a number"),

@@ -61,3 +61,27 @@ async def test_each_patch_field_takes_null_exactly_when_its_schema_says(
         ("/api/v1/posts/{post_id}", "caption"),
     }
     assert ("/api/v1/pets/{pet_id}", "bio", True) in checked
+
+
+async def test_a_bad_value_of_a_field_that_is_never_null_is_told_plainly(
+    client: httpx.AsyncClient,
+) -> None:
+    """Found by a trial: such a field's error named pydantic's branches
+    ("display_name.function-after[check_name(), ...]") and came with a
+    second, wrong one ("Input should be None")."""
+    owner = await a_user(client)
+    pet = await client.post(
+        "/api/v1/pets", json={"name": "Rex", "species": "dog"}, headers=owner.headers
+    )
+    for url, body, field in [
+        ("/api/v1/accounts/me", {"display_name": ""}, "display_name"),
+        (f"/api/v1/pets/{pet.json()['id']}", {"name": ""}, "name"),
+        (f"/api/v1/pets/{pet.json()['id']}", {"species": "cow"}, "species"),
+        (f"/api/v1/pets/{pet.json()['id']}", {"available_for_adoption": 2}, None),
+    ]:
+        response = await client.patch(url, json=body, headers=owner.headers)
+        problem = assert_problem(response, 422, "validation_failed")
+        field = field or next(iter(body))
+        assert len(problem["errors"]) == 1, problem
+        assert problem["errors"][0]["location"] == ["body", field], problem
+        assert problem["detail"].startswith(f"{field}: "), problem

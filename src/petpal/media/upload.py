@@ -83,7 +83,14 @@ async def receive_file(
     def on_headers_finished() -> None:
         _, disposition = parse_options_header(state.headers.get(b"content-disposition"))
         name = disposition.get(b"name", b"").decode("utf-8", "replace")
-        state.is_file_field = name == FILE_FIELD and not found
+        if name == FILE_FIELD and found:
+            # A second photo would be dropped without a word (found by a
+            # trial): one upload is one photo, and its client is told so.
+            raise _bad_request(
+                "the multipart body has more than one 'file' part; "
+                "upload one photo per request"
+            )
+        state.is_file_field = name == FILE_FIELD
         raw_filename = disposition.get(b"filename")
         state.filename = (
             raw_filename.decode("utf-8", "replace")[:255] if raw_filename else None

@@ -19,7 +19,7 @@ from petpal.identity.schemas import AccountSummary
 from petpal.media.schemas import MediaView
 from petpal.platform.db import utcnow
 from petpal.platform.inputs import NotNull
-from petpal.platform.text import STORABLE
+from petpal.platform.text import NAME, STORABLE, VISIBLE
 
 EARLIEST_BIRTH_DATE = dt.date(1950, 1, 1)
 # The calendar runs furthest ahead at UTC+14 (Kiribati): a pet born "today"
@@ -65,6 +65,10 @@ Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=50),
     STORABLE,
+    # As an account's name is (found by a trial: a pet named "\u200b" or
+    # "\u202egnp.exe" was taken).
+    VISIBLE,
+    NAME,
 ]
 Breed = Annotated[
     str,

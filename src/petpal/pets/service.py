@@ -325,17 +325,24 @@ async def list_adoptions(
         # (newest first, so a page stops early); a trigram index on
         # location_folded retires the scan once the listing grows large.
         query = query.where(Pet.location_folded.contains(folded, autoescape=True))
+    # A cursor belongs to one list: the listing with these filters (found by
+    # a trial: one from the whole listing was taken by a filtered one).
+    scope = _adoptions_scope(species, folded)
     if cursor is not None:
-        query = query.where(
-            Pet.listing_id < _cursor_id(services, ADOPTIONS_SCOPE, cursor)
-        )
+        query = query.where(Pet.listing_id < _cursor_id(services, scope, cursor))
     return await _page(
         services,
         query.order_by(Pet.listing_id.desc()),
         limit,
-        ADOPTIONS_SCOPE,
+        scope,
         lambda p: p.listing_id or "",
     )
+
+
+def _adoptions_scope(species: Species | None, folded_location: str) -> str:
+    return orjson.dumps(
+        [ADOPTIONS_SCOPE, species.value if species else None, folded_location]
+    ).decode()
 
 
 def _cursor_id(services: Services, scope: str, cursor: str) -> str:

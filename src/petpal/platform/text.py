@@ -82,9 +82,30 @@ def check_storable(value: str) -> str:
     return value
 
 
+# Characters that show nothing, though Unicode files them as letters, marks
+# or symbols: the Hangul fillers, the combining grapheme joiner, Khmer's
+# inherent vowels, Mongolian's variation selectors, the braille blank and
+# the variation selectors (found by a trial: a name of U+3164 or U+2800
+# looked blank). With format and control characters (Cf, Cc) and spaces,
+# they cover Unicode's Default_Ignorable_Code_Point.
+_BLANK = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
+)
+_VARIATION_SELECTORS = (range(0xFE00, 0xFE10), range(0xE0100, 0xE01F0))
+
+
+def _shows_nothing(ch: str) -> bool:
+    return (
+        ch.isspace()
+        or unicodedata.category(ch) in ("Cf", "Cc")
+        or ch in _BLANK
+        or any(ord(ch) in selectors for selectors in _VARIATION_SELECTORS)
+    )
+
+
 def check_visible(value: str) -> str:
-    """Refuse text made only of spaces and invisible characters."""
-    if all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc") for ch in value):
+    """Refuse text made only of spaces and characters that show nothing."""
+    if all(_shows_nothing(ch) for ch in value):
         raise ValueError("text must contain at least one visible character")
     return value
 
