@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from petpal.platform.db import Base, UTCDateTime
@@ -10,6 +10,15 @@ from petpal.platform.db import Base, UTCDateTime
 
 class Account(Base):
     __tablename__ = "accounts"
+    __table_args__ = (
+        # Whether a photo is still someone's avatar (media.release).
+        Index(
+            "ix_accounts_avatar_media_id",
+            "avatar_media_id",
+            sqlite_where=text("avatar_media_id IS NOT NULL"),
+            postgresql_where=text("avatar_media_id IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
     # As the person typed it (after NFKC); shown to others.

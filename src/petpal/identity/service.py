@@ -428,7 +428,7 @@ async def get_me(services: Services, account_id: str) -> Me:
 
 
 async def do_update_me(services: Services, account_id: str, data: ProfileUpdate) -> Me:
-    from petpal.media.service import require_ready_media
+    from petpal.media.service import queue_release, require_ready_media
 
     changes = data.model_dump(exclude_unset=True)
     if "bio" in changes and changes["bio"] is None:
@@ -439,6 +439,10 @@ async def do_update_me(services: Services, account_id: str, data: ProfileUpdate)
             raise AccountGoneError
         if changes.get("avatar_media_id") is not None:
             await require_ready_media(session, [changes["avatar_media_id"]], account_id)
+        if changes.get("avatar_media_id", account.avatar_media_id) != (
+            account.avatar_media_id
+        ):
+            queue_release(session, [account.avatar_media_id])  # the one it had
         for field, value in changes.items():
             setattr(account, field, value)
     await services.cache.invalidate(_account_key(account_id))

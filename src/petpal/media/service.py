@@ -26,6 +26,14 @@ forgotten in storage:
   (:func:`do_sweep_uploads`) deletes it, and any upload the rules above
   should have deleted, once it is older than
   ``media_orphan_upload_grace_seconds``.
+
+A ready photo is shown by posts, pets and avatars. A write that stops
+showing one (a post deleted, a pet deleted or given another photo, an
+avatar changed) queues ``media.release`` with it (:func:`queue_release`),
+in its own transaction; the job deletes the photo if nothing shows it any
+more (:func:`do_release_media`), and ``media.delete_files`` then deletes
+its sizes from storage. So a deleted post's photo stops being served, and
+one still shown elsewhere stays. A photo uploaded and never used is kept.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,7 +49,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Update, select, update
+from sqlalchemy import Update, delete, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -71,6 +79,8 @@ log = structlog.get_logger(__name__)
 
 PROCESS_JOB = "media.process"
 DISCARD_UPLOAD_JOB = "media.discard_upload"
+RELEASE_JOB = "media.release"
+DELETE_FILES_JOB = "media.delete_files"
 INCOMING_PREFIX = "incoming/"
 DISPLAY_VARIANT = "medium"
 READY_TTL = 3600.0
@@ -422,6 +432,73 @@ async def _finish(services: Services, media_id: str, **values: Any) -> None:
             .values(processed_at=utcnow(), **values)
         )
     await services.cache.invalidate(media_key(media_id))
+
+
+def queue_release(session: AsyncSession, media_ids: Iterable[str | None]) -> None:
+    """Queue ``media.release`` for ``media_ids`` (None left out) in
+    ``session``, the write that stops showing them."""
+    released = sorted({media_id for media_id in media_ids if media_id})
+    if released:
+        enqueue(session, RELEASE_JOB, {"media_ids": released})
+
+
+def _shown_anywhere() -> Any:
+    """SQL: whether a post, an avatar or a pet shows the media row's photo.
+
+    The media service reads the other services' columns here, where a
+    photo's life is decided, rather than trusting each of them to report
+    every use: a use forgotten would delete a photo still shown.
+    """
+    from petpal.identity.models import Account
+    from petpal.pets.models import Pet
+    from petpal.social.models import PostMedia
+
+    return or_(
+        exists().where(PostMedia.media_id == Media.id),
+        exists().where(Account.avatar_media_id == Media.id),
+        exists().where(Pet.photo_media_id == Media.id),
+    )
+
+
+async def do_release_media(services: Services, media_ids: Sequence[str]) -> None:
+    """Delete each of ``media_ids`` that nothing shows any more (the
+    ``media.release`` job); its files go by ``media.delete_files``, queued
+    with the deletion.
+
+    A post that takes a photo up at the same moment either commits first,
+    and the deletion sees it, or fails its foreign key and is told the
+    photo does not exist. An avatar or a pet's photo has no foreign key:
+    one set to a photo this job is deleting shows no photo (the owner would
+    have to re-use the id of a photo they just stopped showing).
+    """
+    for media_id in media_ids:
+        try:
+            async with services.db.write_session() as session:
+                gone = (
+                    await session.execute(
+                        delete(Media)
+                        .where(Media.id == media_id, ~_shown_anywhere())
+                        .returning(Media.variants, Media.incoming_key)
+                    )
+                ).one_or_none()
+                if gone is None:
+                    continue  # still shown, or deleted already
+                keys = [variant["key"] for variant in gone.variants or []]
+                if gone.incoming_key:
+                    keys.append(gone.incoming_key)
+                if keys:
+                    enqueue(session, DELETE_FILES_JOB, {"keys": keys})
+        except IntegrityError:
+            continue  # a post took it up meanwhile: its foreign key says so
+        log.info("media.released", media_id=media_id, files=len(keys))
+        await services.cache.invalidate(media_key(media_id))
+
+
+async def do_delete_files(services: Services, keys: Sequence[str]) -> None:
+    """Delete stored files of a released photo (the ``media.delete_files``
+    job); a file already gone is no error."""
+    for key in keys:
+        await services.storage.delete(key)
 
 
 def to_view(services: Services, media: Media) -> MediaView:

@@ -23,6 +23,13 @@ class Pet(Base):
             sqlite_where=text("photo_media_id IS NOT NULL"),
             postgresql_where=text("photo_media_id IS NOT NULL"),
         ),
+        # Whether a photo is still some pet's (media.release).
+        Index(
+            "ix_pets_photo_media_id",
+            "photo_media_id",
+            sqlite_where=text("photo_media_id IS NOT NULL"),
+            postgresql_where=text("photo_media_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
@@ -33,7 +40,8 @@ class Pet(Base):
     birth_date: Mapped[date | None] = mapped_column(Date, nullable=True)
     bio: Mapped[str] = mapped_column(Text, default="")
     # A ready media item of the owner's. No foreign key: media is another
-    # service's table, and a media item never stops being ready once it is.
+    # service's table. A media item stays while a pet, an avatar or a post
+    # shows it, and is deleted once none does (media.release).
     photo_media_id: Mapped[str | None] = mapped_column(String(26), nullable=True)
     location: Mapped[str] = mapped_column(String(120), default="")
     # NFKC + casefold of ``location``, what the adoption search matches

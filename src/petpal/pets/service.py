@@ -32,6 +32,7 @@ from petpal.media.service import (
     display_urls,
     media_json,
     media_views,
+    queue_release,
     require_ready_media,
 )
 from petpal.pets.models import Pet, PetOfTheDay
@@ -426,6 +427,8 @@ async def do_update_pet(
             await require_ready_media(session, [changes["photo_media_id"]], account_id)
         elif "photo_media_id" in changes and pet.photo_media_id is not None:
             dropped_pick = await _drop_pick(session, today, pet.id)
+        if changes.get("photo_media_id", pet.photo_media_id) != pet.photo_media_id:
+            queue_release(session, [pet.photo_media_id])  # the one it had
         if "available_for_adoption" in changes:
             listed = changes.pop("available_for_adoption")
             if not listed:
@@ -454,6 +457,7 @@ async def do_delete_pet(services: Services, pet_id: str, account_id: str) -> Non
         dropped_pick = await _drop_pick(session, today, pet.id)
         owner_id = pet.owner_id
         await session.execute(delete(Pet).where(Pet.id == pet.id))
+        queue_release(session, [pet.photo_media_id])
     await services.cache.invalidate(
         pet_key(pet_id), pet_tag_key(pet_id), account_pet_ids_key(owner_id)
     )

@@ -54,7 +54,7 @@ from petpal.identity.service import (
     resolve_username,
     summary_wires,
 )
-from petpal.media.service import require_ready_media
+from petpal.media.service import queue_release, require_ready_media
 from petpal.platform.cache import CacheBackendError, WriteMarks
 from petpal.platform.db import Base, utcnow
 from petpal.platform.errors import (
@@ -754,6 +754,10 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
             select(PostTag.tag).where(PostTag.post_id == post_id)
         )
         payload = {"post_id": post_id, "author_id": author_id, "tags": tags.all()}
+        photos = await session.scalars(
+            select(PostMedia.media_id).where(PostMedia.post_id == post_id)
+        )
+        photo_ids = photos.all()
         result = await session.execute(delete(Post).where(Post.id == post_id))
         removed = _rowcount(result) == 1
         if removed:
@@ -761,6 +765,8 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
             # Pages stop showing it once the invalidation below is done; the
             # job takes it out of the timelines.
             enqueue(session, home.RETRACT_JOB, payload)
+            # Its photos stop being served, unless shown elsewhere too.
+            queue_release(session, photo_ids)
     if removed:
         SOCIAL_WRITES.labels("delete_post").inc()
     await services.cache.invalidate(

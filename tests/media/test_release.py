@@ -1,0 +1,141 @@
+"""A photo nothing shows any more is deleted, its files with it.
+
+Found by a trial: a deleted post's photo stayed served for good (a year's
+``Cache-Control: immutable``), and its details readable by anyone. A post
+deleted, a pet deleted or given another photo, an avatar changed: each
+queues ``media.release``, which deletes the photos no post, pet or avatar
+still shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from petpal.platform.services import Services
+from tests.factories import User, a_ready_photo, a_user, drain_jobs
+from tests.social.builders import a_post
+
+PHOTO = "camera-exif/orientation_1_landscape.jpg"
+
+
+async def _photo(
+    client: httpx.AsyncClient, user: User, services: Services, photos: Path
+) -> str:
+    return await a_ready_photo(client, user, services, photos / PHOTO)
+
+
+async def _served(client: httpx.AsyncClient, media_id: str, services: Services) -> bool:
+    """Whether the photo is there: its details, each size's file, in storage."""
+    details = await client.get(f"/api/v1/media/{media_id}")
+    stored = [b async for b in services.storage.list_objects(f"media/{media_id}/")]
+    if details.status_code == 404:
+        assert stored == [], stored  # gone whole, never in part
+        return False
+    assert details.status_code == 200, details.text
+    for variant in details.json()["variants"]:
+        path = urlsplit(variant["url"]).path
+        served = await client.get(path)
+        assert served.status_code == 200, (path, served.status_code)
+    assert stored
+    return True
+
+
+async def test_a_deleted_posts_photo_stops_being_served(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    author = await a_user(client)
+    media_id = await _photo(client, author, services, photos)
+    post = await a_post(client, author, media_id)
+    urls = [
+        urlsplit(v["url"]).path
+        for v in (await client.get(f"/api/v1/media/{media_id}")).json()["variants"]
+    ]
+    assert await _served(client, media_id, services)
+
+    deleted = await client.delete(f"/api/v1/posts/{post['id']}", headers=author.headers)
+    assert deleted.status_code == 204
+    await drain_jobs(services)
+
+    assert not await _served(client, media_id, services)
+    for path in urls:
+        assert (await client.get(path)).status_code == 404, path
+    # Its owner sees it gone too, and cannot post it again.
+    again = await client.post(
+        "/api/v1/posts", headers=author.headers, json={"media_ids": [media_id]}
+    )
+    assert again.status_code == 422, again.text
+
+
+async def test_a_photo_shown_elsewhere_stays_until_nothing_shows_it(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    owner = await a_user(client)
+    media_id = await _photo(client, owner, services, photos)
+    first = await a_post(client, owner, media_id)
+    second = await a_post(client, owner, media_id)
+    pet = await client.post(
+        "/api/v1/pets",
+        headers=owner.headers,
+        json={"name": "Rex", "species": "dog", "photo_media_id": media_id},
+    )
+    assert pet.status_code == 201, pet.text
+    me = await client.patch(
+        "/api/v1/accounts/me", headers=owner.headers, json={"avatar_media_id": media_id}
+    )
+    assert me.status_code == 200, me.text
+
+    steps = [
+        client.delete(f"/api/v1/posts/{first['id']}", headers=owner.headers),
+        client.delete(f"/api/v1/posts/{second['id']}", headers=owner.headers),
+        client.delete(f"/api/v1/pets/{pet.json()['id']}", headers=owner.headers),
+        # The last to show it: the avatar, changed to none.
+        client.patch(
+            "/api/v1/accounts/me", headers=owner.headers, json={"avatar_media_id": None}
+        ),
+    ]
+    for n, step in enumerate(steps, start=1):
+        answer = await step
+        assert answer.status_code in (200, 204), answer.text
+        await drain_jobs(services)
+        assert await _served(client, media_id, services) == (n < len(steps)), n
+
+
+async def test_a_pets_former_photo_and_an_accounts_former_avatar_go(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    owner = await a_user(client)
+    old_pet_photo, new_pet_photo, old_avatar, new_avatar = [
+        await _photo(client, owner, services, photos) for _ in range(4)
+    ]
+    pet = await client.post(
+        "/api/v1/pets",
+        headers=owner.headers,
+        json={"name": "Rex", "species": "dog", "photo_media_id": old_pet_photo},
+    )
+    for body in ({"avatar_media_id": old_avatar}, {"avatar_media_id": new_avatar}):
+        answer = await client.patch(
+            "/api/v1/accounts/me", headers=owner.headers, json=body
+        )
+        assert answer.status_code == 200, answer.text
+    changed = await client.patch(
+        f"/api/v1/pets/{pet.json()['id']}",
+        headers=owner.headers,
+        json={"photo_media_id": new_pet_photo},
+    )
+    assert changed.status_code == 200, changed.text
+    # Changing other fields keeps the photo.
+    renamed = await client.patch(
+        "/api/v1/accounts/me", headers=owner.headers, json={"bio": "hi"}
+    )
+    assert renamed.status_code == 200, renamed.text
+    await drain_jobs(services)
+
+    assert not await _served(client, old_pet_photo, services)
+    assert not await _served(client, old_avatar, services)
+    assert await _served(client, new_pet_photo, services)
+    assert await _served(client, new_avatar, services)
+    me = (await client.get("/api/v1/accounts/me", headers=owner.headers)).json()
+    assert me["avatar_url"], me
