@@ -711,6 +711,28 @@ async def test_an_answer_to_a_request_still_waiting_for_100_continue_closes(
         writer.close()
 
 
+async def _hang_up_mid_body(
+    client: httpx.AsyncClient, port: int, route: str, head: bytes, part: bytes
+) -> str:
+    """Send ``head`` and ``part`` of the body it declares, close the
+    connection, and wait until the server has counted the request as a 499;
+    the metrics then."""
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + part)
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    gone = f'route="{route}",status="499"'
+    metrics = ""
+    for _ in range(50):  # the server sees the close in a moment
+        metrics = (await client.get("/metrics")).text
+        if gone in metrics:
+            break
+        await asyncio.sleep(0.1)
+    assert gone in metrics
+    return metrics
+
+
 async def test_a_client_gone_mid_upload_is_no_server_error(
     client: httpx.AsyncClient, port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -718,26 +740,18 @@ async def test_a_client_gone_mid_upload_is_no_server_error(
     an upload was logged as an unhandled error with a traceback and counted
     as a 500. It is logged as a body not received, counted as 499."""
     user = await a_user(client)
-    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
+    metrics = await _hang_up_mid_body(
+        client,
+        port,
+        "/api/v1/media",
         b"POST /api/v1/media HTTP/1.1\r\nHost: x\r\n"
         + f"Authorization: {user.headers['Authorization']}\r\n".encode()
         + b"X-Request-ID: gone-3\r\n"
         b"Content-Type: multipart/form-data; boundary=b\r\n"
-        b"Content-Length: 100000\r\n\r\n"
+        b"Content-Length: 100000\r\n\r\n",
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
-        b"Content-Type: image/jpeg\r\n\r\n" + b"\xff" * 20_000
+        b"Content-Type: image/jpeg\r\n\r\n" + b"\xff" * 20_000,
     )
-    await writer.drain()
-    await asyncio.sleep(0.3)
-    writer.close()
-    metrics = ""
-    for _ in range(50):  # the server sees the close in a moment
-        metrics = (await client.get("/metrics")).text
-        if 'route="/api/v1/media",status="499"' in metrics:
-            break
-        await asyncio.sleep(0.1)
-    assert 'route="/api/v1/media",status="499"' in metrics
     assert 'route="/api/v1/media",status="500"' not in metrics
     # Logged at level info, below the tests' level; an error would show.
     out = capsys.readouterr()
@@ -752,25 +766,15 @@ async def test_a_client_gone_mid_json_body_is_no_bad_request(
     counted as a 400, a bad request, where an upload's was a 499: FastAPI
     turns the disconnect into its "error parsing the body"."""
     user = await a_user(client)
-    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
+    metrics = await _hang_up_mid_body(
+        client,
+        port,
+        "/api/v1/posts",
         b"POST /api/v1/posts HTTP/1.1\r\nHost: x\r\n"
         + f"Authorization: {user.headers['Authorization']}\r\n".encode()
-        + b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
-        + b'{"caption": "'
-        + b"a" * 1000
+        + b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n",
+        b'{"caption": "' + b"a" * 1000,
     )
-    await writer.drain()
-    await asyncio.sleep(0.3)
-    writer.close()
-    gone = 'route="/api/v1/posts",status="499"'
-    metrics = ""
-    for _ in range(50):  # the server sees the close in a moment
-        metrics = (await client.get("/metrics")).text
-        if gone in metrics:
-            break
-        await asyncio.sleep(0.1)
-    assert gone in metrics
     assert 'route="/api/v1/posts",status="400"' not in metrics
 
 
