@@ -16,6 +16,8 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and replay background
 app.add_typer(jobs_app, name="jobs")
 media_app = typer.Typer(no_args_is_help=True, help="Operate on stored media.")
 app.add_typer(media_app, name="media")
+cache_app = typer.Typer(no_args_is_help=True, help="Operate on the Redis cache.")
+app.add_typer(cache_app, name="cache")
 
 DataDir = Annotated[
     Path | None,
@@ -360,6 +362,25 @@ def _one_line(text: str, limit: int = 200) -> str:
     job (found by a trial)."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+@cache_app.command("clear")
+def cache_clear(data_dir: DataDir = None) -> None:
+    """Delete every key under PETPAL_CACHE_KEY_PREFIX in Redis (cache,
+    timelines, trending, rate limits): after restoring the database from a
+    backup, whose data the keys no longer describe."""
+    from petpal.platform.migrate import clear_redis
+
+    settings = _settings(data_dir)
+    if not settings.redis_url:
+        typer.echo(
+            "PETPAL_REDIS_URL is not set: the cache lives in each server "
+            "process, and goes when it stops.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    cleared = clear_redis(settings)
+    typer.echo(f"deleted {cleared} key(s) under {settings.cache_key_prefix!r}")
 
 
 @media_app.command("sweep-uploads")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -17,7 +19,18 @@ from sqlalchemy.pool import NullPool
 from petpal.models import metadata
 from petpal.platform.migrate import upgrade
 from petpal.platform.settings import Settings
-from tests.conftest import PostgresServer, make_settings, requires_postgresql, run_async
+from tests.conftest import (
+    BIN,
+    REDIS_PREFIX,
+    TEST_REDIS_URL,
+    PostgresServer,
+    delete_redis_keys,
+    make_settings,
+    requires_postgresql,
+    requires_redis,
+    run_async,
+    settings_env,
+)
 
 
 def _differences(connection: Connection) -> list[Any]:
@@ -93,3 +106,45 @@ def test_migrations_apply_twice_on_postgresql(empty_postgresql: Settings) -> Non
     differences, tables = _inspect_postgresql(empty_postgresql)
     assert differences == []
     assert {"accounts", "media", "outbox_jobs", "alembic_version"} <= tables
+
+
+@requires_redis
+def test_a_new_database_starts_with_nothing_in_redis_of_an_earlier_one(
+    tmp_path: Path,
+) -> None:
+    """Found by a trial: a database dropped and made again under the same
+    Redis and key prefix was served the posts, pets and timelines of the
+    one before. Migrating a database that had no schema clears the prefix;
+    migrating one that has it leaves the keys be."""
+    prefix = f"{REDIS_PREFIX}migrate:"
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    other = f"{REDIS_PREFIX}other:kept"
+    try:
+        client.set(f"{prefix}post:old", b"1")
+        client.set(other, b"1")
+        settings = make_settings(
+            tmp_path, redis_url=TEST_REDIS_URL, cache_key_prefix=prefix
+        )
+        upgrade(settings)  # the schema made: a new database
+        assert client.get(f"{prefix}post:old") is None
+        assert client.get(other) == b"1"  # another prefix's
+        client.set(f"{prefix}post:new", b"1")
+        upgrade(settings)  # at its head already: the same database
+        assert client.get(f"{prefix}post:new") == b"1"
+        # After a restore from a backup, the operator clears it.
+        cleared = subprocess.run(
+            [str(BIN / "petpal"), "cache", "clear"],
+            env=settings_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert cleared.returncode == 0, cleared
+        assert cleared.stdout.startswith("deleted 1 key(s)"), cleared.stdout
+        assert client.get(f"{prefix}post:new") is None
+        assert client.get(other) == b"1"
+    finally:
+        delete_redis_keys(TEST_REDIS_URL, prefix)
+        client.delete(other)
+        client.close()

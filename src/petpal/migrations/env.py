@@ -21,6 +21,11 @@ def _run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
+    # Whether this run makes the schema in an empty database (see
+    # petpal.platform.migrate.upgrade).
+    config.attributes["schema_created"] = (
+        context.get_context().get_current_revision() is None
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import structlog
 from alembic import command
 from alembic.config import Config
 
 from petpal.platform.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+log = structlog.get_logger(__name__)
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -20,9 +24,38 @@ def alembic_config(settings: Settings) -> Config:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
+    """Migrate the database to ``revision``; a database that had no schema
+    yet also gets a Redis with nothing of an earlier one's.
+
+    Found by a trial: a database dropped and made again under the same
+    Redis and key prefix was served the posts, pets and timelines of the
+    one before, and a new account took an old name with its posts. The
+    keys under the prefix describe the database they were read from, so a
+    new one starts without them. (A database restored from a backup keeps
+    its schema: ``petpal cache clear`` is for that.)
+    """
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(settings), revision)
+    config = alembic_config(settings)
+    command.upgrade(config, revision)
+    if config.attributes.get("schema_created") and settings.redis_url:
+        cleared = clear_redis(settings)
+        log.info("cache.cleared_for_new_database", keys=cleared)
+
+
+def clear_redis(settings: Settings) -> int:
+    """Delete every Redis key under ``settings.cache_key_prefix`` (the cache,
+    timelines, trending and rate limits); how many there were."""
+    from petpal.platform.redis_cache import connect, unlink_under
+
+    async def clear() -> int:
+        client = connect(settings)
+        try:
+            return await unlink_under(client, settings.cache_key_prefix)
+        finally:
+            await client.aclose(close_connection_pool=True)
+
+    return asyncio.run(clear())
 
 
 def make_revision(settings: Settings, message: str) -> None:

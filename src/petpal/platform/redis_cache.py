@@ -249,18 +249,19 @@ def milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-async def unlink_under(client: redis.asyncio.Redis, prefix: str) -> None:
-    """Delete every key that starts with ``prefix``, a page at a time."""
+async def unlink_under(client: redis.asyncio.Redis, prefix: str) -> int:
+    """Delete every key that starts with ``prefix``, a page at a time; how
+    many there were."""
     pattern = _glob_escape(prefix) + "*"
-    cursor = 0
+    cursor, deleted = 0, 0
     while True:
         cursor, keys = await redis_call(
             client.scan(cursor, match=pattern, count=_SCAN_COUNT)
         )
         if keys:
-            await redis_call(client.unlink(*keys))
+            deleted += await redis_call(client.unlink(*keys))
         if cursor == 0:
-            return
+            return deleted
 
 
 # KEYS[1]; ARGV: value, ttl in ms, what the caller's miss saw (empty: nothing).
