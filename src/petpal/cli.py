@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -179,8 +179,6 @@ def relay(
     """Hand outbox jobs to RabbitMQ (PETPAL_BROKER_URL) until stopped."""
     import signal
 
-    from prometheus_client import start_http_server
-
     from petpal.platform.broker import BrokerRelay, listen_for_jobs, make_broker
     from petpal.platform.db import Database
     from petpal.platform.observability import configure_logging
@@ -189,7 +187,7 @@ def relay(
     _require_broker(settings)
     configure_logging(settings.log_level, settings.log_json, libraries=True)
     if metrics_port:
-        start_http_server(metrics_port, metrics_host)
+        _serve_metrics(metrics_port, metrics_host)
 
     async def run() -> None:
         db = Database(settings)
@@ -247,7 +245,7 @@ def worker(
 def _run_worker(
     queues: str, concurrency: int, metrics_port: int, metrics_host: str
 ) -> None:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from petpal.platform.broker import QUEUE_NAMES, make_broker
@@ -267,7 +265,7 @@ def _run_worker(
     if metrics_port:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        start_http_server(metrics_port, metrics_host, registry=registry)
+        _serve_metrics(metrics_port, metrics_host, registry)
     broker = make_broker(settings)
     argv = [
         "worker",
@@ -283,6 +281,22 @@ def _run_worker(
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     broker.celery.worker_main(argv)
+
+
+def _serve_metrics(port: int, host: str, registry: Any = None) -> None:
+    """Serve /metrics on ``port``; a port taken is said in one line, not a
+    traceback (found by a trial: ninety lines ending in errno 98)."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    try:
+        start_http_server(port, host, registry=registry or REGISTRY)
+    except OSError as exc:
+        typer.echo(
+            f"cannot serve metrics on {host}:{port} ({exc.strerror}); "
+            "choose another port with --metrics-port, or 0 for none",
+            err=True,
+        )
+        raise typer.Exit(2) from exc
 
 
 def _require_broker(settings: Settings) -> None:

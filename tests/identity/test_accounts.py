@@ -294,6 +294,19 @@ async def test_profile_update_keeps_unicode_byte_for_byte(
     assert public.json()["bio"] == bio
     assert public.json()["bio"].encode() == bio.encode()
     assert public.json()["display_name"] == "Zoë"
+    # Names that need joiners, marks or tags keep them, byte for byte.
+    for name in (
+        "Zoe\u0308",  # a combining diaeresis
+        "\U0001f469\u200d\U0001f467 Mo",  # an emoji sequence
+        "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+        "\u0645\u06cc\u200c\u0646\u0627",  # Persian, with a non-joiner
+        "\u0915\u094d\u0937",  # Devanagari, a conjunct
+    ):
+        named = await client.patch(
+            "/api/v1/accounts/me", headers=user.headers, json={"display_name": name}
+        )
+        assert named.status_code == 200, (name, named.text)
+        assert named.json()["display_name"] == name
 
 
 @pytest.mark.parametrize(
@@ -306,6 +319,15 @@ async def test_profile_update_keeps_unicode_byte_for_byte(
         {"display_name": "\u3164"},  # found by a trial: these look blank
         {"display_name": "\u2800 \u115f"},
         {"display_name": "\u034f\ufe0f\U000e0100"},
+        # Found by a trial: hidden inside visible text, or marks alone.
+        {"display_name": "Rex\u200b"},
+        {"display_name": "\ufeffRex"},
+        {"display_name": "Re\u2060x"},
+        {"display_name": "Re\u200ex"},
+        {"display_name": "\u061cRex"},
+        {"display_name": "Re\nx"},
+        {"display_name": "Re\tx"},
+        {"display_name": "\u0301\u0301"},
         {"display_name": ""},
         {"bio": "x" * 501},
         {"avatar_media_id": "not-a-media-id"},

@@ -13,9 +13,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from petpal.platform.services import Services
-from tests.factories import User, a_ready_photo, a_user, drain_jobs
+from petpal.social import service as social_service
+from tests.factories import User, a_ready_photo, a_user, assert_problem, drain_jobs
 from tests.social.builders import a_post
 
 PHOTO = "camera-exif/orientation_1_landscape.jpg"
@@ -139,3 +142,36 @@ async def test_a_pets_former_photo_and_an_accounts_former_avatar_go(
     assert await _served(client, new_avatar, services)
     me = (await client.get("/api/v1/accounts/me", headers=owner.headers)).json()
     assert me["avatar_url"], me
+
+
+async def test_a_post_of_a_photo_released_meanwhile_is_told_it_is_gone(
+    client: httpx.AsyncClient,
+    services: Services,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a trial: a post that took up a photo while its release
+    deleted it got a 409 "retry", which could only fail again."""
+    author = await a_user(client)
+    media_id = await _photo(client, author, services, photos)
+    post = await a_post(client, author, media_id)
+    await client.delete(f"/api/v1/posts/{post['id']}", headers=author.headers)
+    await drain_jobs(services)
+    # The race's order, made certain: the new post's check that the photo
+    # is ready passes, as it does when it runs before the release commits.
+    check = social_service.require_ready_media
+    calls: list[list[str]] = []
+
+    async def passes_first(
+        session: AsyncSession, media_ids: list[str], owner_id: str
+    ) -> None:
+        calls.append(media_ids)
+        if len(calls) > 1:
+            await check(session, media_ids, owner_id)
+
+    monkeypatch.setattr(social_service, "require_ready_media", passes_first)
+    again = await client.post(
+        "/api/v1/posts", headers=author.headers, json={"media_ids": [media_id]}
+    )
+    assert_problem(again, 422, "invalid_media")
+    assert len(calls) == 2  # the insert's foreign key failed, then the check

@@ -128,6 +128,10 @@ def _bad_bodies() -> list[Any]:
                 ("\u2800", "braille blank"),
                 ("\u115f\u034f\ufe0f", "filler and marks"),
                 ("\u202egnp.exe", "bidi override"),
+                ("Rex\u200b", "zero-width space inside"),
+                ("Re\u200ex", "left-to-right mark"),
+                ("Re\nx", "line break"),
+                ("\u0301\u0301", "marks alone"),
             ]
         ),
         pytest.param({"name": "Rex", "species": "cow"}, id="species unknown"),

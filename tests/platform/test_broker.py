@@ -631,3 +631,25 @@ async def test_each_start_counts_and_the_delivery_limit_ends_a_crash_loop(
     assert "delivery limit" in (row.last_error or "")
     # A late duplicate of the message finds nothing to do.
     assert await start_delivery(db, job_id, max_attempts=3) is None
+
+
+def test_a_metrics_port_taken_is_said_in_one_line(settings: Settings) -> None:
+    """Found by a trial: a relay or worker whose metrics port was taken
+    printed a traceback of some ninety lines."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for command in (["relay"], ["worker", "--queues", "default"]):
+            done = subprocess.run(
+                [str(BIN / "petpal"), *command, "--metrics-port", port],
+                env=settings_env(settings),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 2, done
+            assert done.stderr.strip().startswith("cannot serve metrics"), done
+            assert "Traceback" not in done.stderr + done.stdout
+            assert "--metrics-port" in done.stderr

@@ -95,9 +95,10 @@ _VARIATION_SELECTORS = (range(0xFE00, 0xFE10), range(0xE0100, 0xE01F0))
 
 
 def _shows_nothing(ch: str) -> bool:
+    # Marks (Mn, Me) show only on the character before them: alone, nothing.
     return (
         ch.isspace()
-        or unicodedata.category(ch) in ("Cf", "Cc")
+        or unicodedata.category(ch) in ("Cf", "Cc", "Mn", "Me")
         or ch in _BLANK
         or any(ord(ch) in selectors for selectors in _VARIATION_SELECTORS)
     )
@@ -110,14 +111,32 @@ def check_visible(value: str) -> str:
     return value
 
 
-# Embedding and override controls can make a name display as something else
-# ("\u202egnp.exe" shows as "exe.png"); right-to-left letters stay welcome.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Embedding and override controls, and the marks that steer them, can make
+# a name display as something else ("\u202egnp.exe" shows as "exe.png");
+# right-to-left letters stay welcome.
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+# The format characters a name may need: the joiners of emoji sequences and
+# of Persian and Indic spellings, and the tags of subdivision flags (🏴 and
+# U+E0020 to U+E007F). Any other (a zero-width space, a byte order mark, a
+# word joiner) only hides something in a name that looks like another
+# (found by a trial: "Rex\u200b" passed for a second "Rex").
+_NAME_FORMAT_CHARACTERS = frozenset("\u200c\u200d") | frozenset(
+    map(chr, range(0xE0020, 0xE0080))
+)
 
 
 def check_name(value: str) -> str:
     if any(ch in _BIDI_CONTROLS for ch in value):
         raise ValueError("names may not contain bidirectional control characters")
+    for ch in value:
+        category = unicodedata.category(ch)
+        if category == "Cc" or (category == "Cf" and ch not in _NAME_FORMAT_CHARACTERS):
+            raise ValueError(
+                "names may not contain control or invisible formatting "
+                f"characters (U+{ord(ch):04X})"
+            )
     return value
 
 

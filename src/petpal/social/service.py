@@ -666,7 +666,15 @@ async def do_create_post(services: Services, author_id: str, data: PostCreate) -
                 session, home.FANOUT_JOB, {"post_id": post_id, "author_id": author_id}
             )
     except IntegrityError as exc:
-        # An account or media item referenced above was deleted meanwhile.
+        # An account, photo or pet referenced above was deleted meanwhile
+        # (a photo released by the post that showed it, say): told as it
+        # would have been had it been gone before, not as a 409 to retry,
+        # which could only fail again (found by a trial).
+        await ensure_account_exists(services, author_id)
+        async with services.db.read_session() as session:
+            await require_ready_media(session, data.media_ids, author_id)
+            if data.pet_ids:
+                await _require_own_pets(session, data.pet_ids, author_id)
         raise await _reference_changed(services, author_id) from exc
     SOCIAL_WRITES.labels("post").inc()
     await services.cache.invalidate(
