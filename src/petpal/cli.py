@@ -39,7 +39,7 @@ def migrate(data_dir: DataDir = None) -> None:
 
     upgrade(_settings(data_dir))
     # Said the same whether tables were made or all were there already.
-    typer.echo("database schema is at the latest revision (applied what was missing)")
+    typer.echo("database schema is at the latest revision")
 
 
 @app.command()
@@ -119,7 +119,7 @@ def seed(
     password: Annotated[
         str | None,
         typer.Option(
-            help="Password of every generated account [default: petpal-demo-password]."
+            help="Password of every generated account (default: petpal-demo-password)."
         ),
     ] = None,
     append: Annotated[

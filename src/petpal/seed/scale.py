@@ -163,7 +163,7 @@ async def _check_target(
         raise SeedRefusedError(
             f"the database already has {existing:,} accounts; seed a large"
             " data set into an empty database, or pass --append to add"
-            " user_0 … user_N-1 next to them"
+            " user_0 … user_N-1 next to accounts of other names"
         )
     if existing:
         # A cheap early answer; the unique constraints catch any other clash.
