@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -215,6 +216,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
             text = str(value)
         env[f"PETPAL_{name.upper()}"] = text
     return env
+
+
+def run_petpal(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The ``petpal`` command with ``args``, as a child process on
+    ``settings``; its exit status and output, whatever they are."""
+    return subprocess.run(
+        [str(BIN / "petpal"), *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")

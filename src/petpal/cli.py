@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -291,22 +291,24 @@ def _serve_metrics(port: int, host: str, registry: Any = None) -> None:
     try:
         start_http_server(port, host, registry=registry or REGISTRY)
     except OSError as exc:
-        typer.echo(
+        _fail(
             f"cannot serve metrics on {host}:{port} ({exc.strerror}); "
-            "choose another port with --metrics-port, or 0 for none",
-            err=True,
+            "choose another port with --metrics-port, or 0 for none"
         )
-        raise typer.Exit(2) from exc
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with ``message`` on stderr, no traceback."""
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
 
 
 def _require_broker(settings: Settings) -> None:
     if not settings.broker_url:
-        typer.echo(
+        _fail(
             "PETPAL_BROKER_URL is not set: jobs run inside `petpal serve` "
-            "(embedded mode), so there is nothing for this command to do.",
-            err=True,
+            "(embedded mode), so there is nothing for this command to do."
         )
-        raise typer.Exit(2)
 
 
 @jobs_app.command("dead")
@@ -366,8 +368,7 @@ def jobs_replay(
     queued, unknown = asyncio.run(run())
     typer.echo(f"{queued} job(s) queued again")
     if unknown:
-        typer.echo(f"petpal jobs replay: not dead jobs: {' '.join(unknown)}", err=True)
-        raise typer.Exit(1)
+        _fail(f"petpal jobs replay: not dead jobs: {' '.join(unknown)}", 1)
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -387,12 +388,10 @@ def cache_clear(data_dir: DataDir = None) -> None:
 
     settings = _settings(data_dir)
     if not settings.redis_url:
-        typer.echo(
+        _fail(
             "PETPAL_REDIS_URL is not set: the cache lives in each server "
-            "process, and goes when it stops.",
-            err=True,
+            "process, and goes when it stops."
         )
-        raise typer.Exit(2)
     cleared = clear_redis(settings)
     typer.echo(f"deleted {cleared} key(s) under {settings.cache_key_prefix!r}")
 

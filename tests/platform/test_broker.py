@@ -55,6 +55,7 @@ from tests.conftest import (
     RUN_TAG,
     TEST_BROKER_URL,
     requires_broker,
+    run_petpal,
     settings_env,
 )
 from tests.factories import User, a_user, an_uploaded_photo
@@ -365,14 +366,7 @@ async def test_a_failing_job_retries_is_dead_lettered_and_replays(
 
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(BIN / "petpal"), *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_petpal(settings, *args)
     assert result.returncode == 0, result
     return result
 
@@ -641,14 +635,7 @@ def test_a_metrics_port_taken_is_said_in_one_line(settings: Settings) -> None:
         taken.listen()
         port = str(taken.getsockname()[1])
         for command in (["relay"], ["worker", "--queues", "default"]):
-            done = subprocess.run(
-                [str(BIN / "petpal"), *command, "--metrics-port", port],
-                env=settings_env(settings),
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
+            done = run_petpal(settings, *command, "--metrics-port", port)
             assert done.returncode == 2, done
             assert done.stderr.strip().startswith("cannot serve metrics"), done
             assert "Traceback" not in done.stderr + done.stdout

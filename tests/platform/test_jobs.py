@@ -20,7 +20,7 @@ from petpal.platform.jobs import (
 )
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings
-from tests.conftest import BIN, settings_env
+from tests.conftest import run_petpal
 
 calls: dict[str, list[Any]] = {"ok": [], "flaky": [], "broken": []}
 
@@ -149,18 +149,9 @@ async def test_the_dead_job_list_is_one_line_a_job_and_replay_names_what_it_cann
     dump = 'NotFound {\n    path: "incoming/x",\n    source: Os { code: 2 },\n}'
     async with services.db.write_session() as session:
         job_id = await record_dead(session, "test.broken", {}, dump)
-    env = settings_env(settings)
 
     async def petpal(*args: str) -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(
-            subprocess.run,
-            [str(BIN / "petpal"), "jobs", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return await asyncio.to_thread(run_petpal, settings, "jobs", *args)
 
     listed = await petpal("dead")
     assert listed.returncode == 0, listed

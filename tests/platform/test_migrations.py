@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from petpal.models import metadata
 from petpal.platform.migrate import upgrade
 from petpal.platform.settings import Settings
 from tests.conftest import (
-    BIN,
     REDIS_PREFIX,
     TEST_REDIS_URL,
     PostgresServer,
@@ -29,7 +27,7 @@ from tests.conftest import (
     requires_postgresql,
     requires_redis,
     run_async,
-    settings_env,
+    run_petpal,
 )
 
 
@@ -132,14 +130,7 @@ def test_a_new_database_starts_with_nothing_in_redis_of_an_earlier_one(
         upgrade(settings)  # at its head already: the same database
         assert client.get(f"{prefix}post:new") == b"1"
         # After a restore from a backup, the operator clears it.
-        cleared = subprocess.run(
-            [str(BIN / "petpal"), "cache", "clear"],
-            env=settings_env(settings),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        cleared = run_petpal(settings, "cache", "clear")
         assert cleared.returncode == 0, cleared
         assert cleared.stdout.startswith("deleted 1 key(s)"), cleared.stdout
         assert client.get(f"{prefix}post:new") is None
