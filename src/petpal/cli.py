@@ -384,7 +384,7 @@ def cache_clear(data_dir: DataDir = None) -> None:
     """Delete every key under PETPAL_CACHE_KEY_PREFIX in Redis (cache,
     timelines, trending, rate limits): after restoring the database from a
     backup, whose data the keys no longer describe."""
-    from petpal.platform.migrate import clear_redis
+    from petpal.platform.redis_cache import clear_prefix
 
     settings = _settings(data_dir)
     if not settings.redis_url:
@@ -392,7 +392,7 @@ def cache_clear(data_dir: DataDir = None) -> None:
             "PETPAL_REDIS_URL is not set: the cache lives in each server "
             "process, and goes when it stops."
         )
-    cleared = clear_redis(settings)
+    cleared = clear_prefix(settings)
     typer.echo(f"deleted {cleared} key(s) under {settings.cache_key_prefix!r}")
 
 

@@ -228,7 +228,9 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._refuse(_MALFORMED)
         except httptools.HttpParserError:
-            self.send_400_response("")
+            # The parser gives up on a head too long for it too (a target
+            # past 64 KiB): that is the limit's refusal, not a malformed one.
+            self._refuse(self._too_long() or _MALFORMED)
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
@@ -348,11 +350,6 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         self._body_at = self.loop.time()
         super().on_body(body)
-
-    def send_400_response(self, msg: str) -> None:
-        # The parser gives up on a head too long for it too (a target past
-        # 64 KiB): that is the limit's refusal, not a malformed request.
-        self._refuse(self._too_long() or _MALFORMED)
 
     def shutdown(self) -> None:
         # The server is stopping: a lingering connection waits no more (it

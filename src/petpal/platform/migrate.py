@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import structlog
@@ -39,23 +38,10 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     config = alembic_config(settings)
     command.upgrade(config, revision)
     if config.attributes.get("schema_created") and settings.redis_url:
-        cleared = clear_redis(settings)
+        from petpal.platform.redis_cache import clear_prefix
+
+        cleared = clear_prefix(settings)
         log.info("cache.cleared_for_new_database", keys=cleared)
-
-
-def clear_redis(settings: Settings) -> int:
-    """Delete every Redis key under ``settings.cache_key_prefix`` (the cache,
-    timelines, trending and rate limits); how many there were."""
-    from petpal.platform.redis_cache import connect, unlink_under
-
-    async def clear() -> int:
-        client = connect(settings)
-        try:
-            return await unlink_under(client, settings.cache_key_prefix)
-        finally:
-            await client.aclose(close_connection_pool=True)
-
-    return asyncio.run(clear())
 
 
 def make_revision(settings: Settings, message: str) -> None:

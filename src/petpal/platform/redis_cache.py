@@ -264,6 +264,21 @@ async def unlink_under(client: redis.asyncio.Redis, prefix: str) -> int:
             return deleted
 
 
+def clear_prefix(settings: Settings) -> int:
+    """Delete every key under ``settings.cache_key_prefix`` (the cache,
+    timelines, trending and rate limits), from outside an event loop; how
+    many there were."""
+
+    async def clear() -> int:
+        client = connect(settings)
+        try:
+            return await unlink_under(client, settings.cache_key_prefix)
+        finally:
+            await client.aclose(close_connection_pool=True)
+
+    return asyncio.run(clear())
+
+
 # KEYS[1]; ARGV: value, ttl in ms, what the caller's miss saw (empty: nothing).
 _SET_IF_UNCHANGED = """
 local current = redis.call('GET', KEYS[1])

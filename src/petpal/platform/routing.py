@@ -25,8 +25,8 @@ Everything else goes to the router itself, unchanged: a path no route
 matches (its 404; the app makes no redirects to the path with or without
 a trailing slash), any scope but HTTP, a request behind a ``root_path``,
 and requests traced by FastAPI's own telemetry, whose span names the route
-the router selected. Those two also get the router's answers above: a HEAD there is a
-405, as it is in FastAPI itself.
+the router selected. Those two also get the router's answers above: a
+HEAD there is a 405, as it is in FastAPI itself.
 """
 
 from __future__ import annotations

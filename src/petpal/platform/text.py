@@ -82,25 +82,20 @@ def check_storable(value: str) -> str:
     return value
 
 
-# Characters that show nothing, though Unicode files them as letters, marks
-# or symbols: the Hangul fillers, the combining grapheme joiner, Khmer's
-# inherent vowels, Mongolian's variation selectors, the braille blank and
-# the variation selectors (found by a trial: a name of U+3164 or U+2800
-# looked blank). With format and control characters (Cf, Cc) and spaces,
-# they cover Unicode's Default_Ignorable_Code_Point.
-_BLANK = frozenset(
-    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
-)
-_VARIATION_SELECTORS = (range(0xFE00, 0xFE10), range(0xE0100, 0xE01F0))
+# Characters that show nothing, though Unicode files them as letters or
+# symbols: the Hangul fillers and the braille blank (found by a trial: a
+# name of U+3164 or U+2800 looked blank). With spaces, format and control
+# characters (Cf, Cc) and marks (Mn, Me: the combining grapheme joiner, the
+# variation selectors, a mark with nothing before it to sit on), they cover
+# what Unicode calls Default_Ignorable_Code_Point, and what shows as blank.
+_BLANK = frozenset("\u115f\u1160\u2800\u3164\uffa0")
 
 
 def _shows_nothing(ch: str) -> bool:
-    # Marks (Mn, Me) show only on the character before them: alone, nothing.
     return (
         ch.isspace()
-        or unicodedata.category(ch) in ("Cf", "Cc", "Mn", "Me")
         or ch in _BLANK
-        or any(ord(ch) in selectors for selectors in _VARIATION_SELECTORS)
+        or unicodedata.category(ch) in ("Cf", "Cc", "Mn", "Me")
     )
 
 
@@ -128,9 +123,9 @@ _NAME_FORMAT_CHARACTERS = frozenset("\u200c\u200d") | frozenset(
 
 
 def check_name(value: str) -> str:
-    if any(ch in _BIDI_CONTROLS for ch in value):
-        raise ValueError("names may not contain bidirectional control characters")
     for ch in value:
+        if ch in _BIDI_CONTROLS:
+            raise ValueError("names may not contain bidirectional control characters")
         category = unicodedata.category(ch)
         if category == "Cc" or (category == "Cf" and ch not in _NAME_FORMAT_CHARACTERS):
             raise ValueError(
