@@ -148,6 +148,59 @@ async def test_a_method_the_server_does_not_know_is_not_implemented(
     assert answer[0] == b"HTTP/1.1 405 Method Not Allowed"
 
 
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (
+            b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (
+            b"GET /healthz HTTP/1.0\r\nHost: x\r\nHost: y\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (
+            b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n",
+            505,
+            "http_version_not_supported",
+        ),
+        (
+            b"GET /healthz HTTP/0.9\r\nHost: x\r\n\r\n",
+            505,
+            "http_version_not_supported",
+        ),
+        (
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            501,
+            "method_not_implemented",
+        ),
+    ],
+    ids=["no-host", "two-hosts", "two-hosts-1.0", "http-2.0", "http-0.9", "connect"],
+)
+async def test_a_head_http_1_1_does_not_allow_is_refused(
+    port: int, request_bytes: bytes, status: int, code: str
+) -> None:
+    """Found by a trial: each was served (RFC 9112 sections 2.3 and 3.2),
+    a version other than 1.x as HTTP/1.1, and CONNECT was a 400."""
+    answers = await exchanges(
+        port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + request_bytes
+    )
+    assert answers[0][0] == b"HTTP/1.1 200 OK"  # the request before it
+    assert len(answers) == 2
+    instance = "" if request_bytes.startswith(b"CONNECT") else "/healthz"
+    assert_refused(answers[1], status, code, instance)
+    # HTTP/1.0 needs no Host.
+    answer = await exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert answer[0] == b"HTTP/1.1 200 OK"
+
+
 async def test_requests_before_the_bad_bytes_are_answered_first(port: int) -> None:
     """Found by a trial: a request carried out lost its answer to the 400
     of the garbage that followed it on the connection."""
@@ -334,7 +387,9 @@ async def test_an_upgrade_request_never_smuggles_what_follows_it(port: int) -> N
     answers = await exchanges(port, upgrade + b"\r\n" + smuggled)
     assert [a[0] for a in answers] == [b"HTTP/1.1 200 OK"]
     lookup = await exchange(
-        port, b"GET /api/v1/accounts/smuggled HTTP/1.1\r\nConnection: close\r\n\r\n"
+        port,
+        b"GET /api/v1/accounts/smuggled HTTP/1.1\r\nHost: x\r\n"
+        b"Connection: close\r\n\r\n",
     )
     assert lookup[0] == b"HTTP/1.1 404 Not Found"
 

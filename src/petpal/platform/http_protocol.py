@@ -10,8 +10,10 @@ Uvicorn's httptools protocol, with five things of ours:
   clients read them one way. It is now a 400 problem (code
   ``malformed_request``); a well-formed method the parser does not know
   (``BREW``) is a 501 (``method_not_implemented``), as RFC 9110 section 9.1
-  asks. Every refusal is logged (``request.refused``) with the id its
-  answer carries.
+  asks, and so is ``CONNECT``. A head the parser takes but HTTP/1.1 does
+  not (an HTTP/1.1 request without ``Host``, two ``Host`` headers, a version
+  other than 1.0 and 1.1) is refused too (``_refusal_of_head``). Every
+  refusal is logged (``request.refused``) with the id its answer carries.
 - A request line and headers have at most ``MAX_HEAD_BYTES`` between them
   (414 ``uri_too_long`` when the target alone is past it, else 431
   ``headers_too_large``). Without a limit, one client streaming a header of
@@ -72,6 +74,17 @@ _METHOD_NOT_IMPLEMENTED = (
     501,
     "method_not_implemented",
     "the request's method is not one this server implements",
+)
+_VERSION_NOT_SUPPORTED = (
+    505,
+    "http_version_not_supported",
+    "this server speaks HTTP/1.1 and HTTP/1.0 on this port; the request line "
+    "asks for another version",
+)
+_HOST_REQUIRED = (
+    400,
+    "malformed_request",
+    "an HTTP/1.1 request needs exactly one Host header, and any request at most one",
 )
 _URI_TOO_LONG = (
     414,
@@ -296,6 +309,10 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
                 # Stops the parser: no request is made of this head, and
                 # nothing after it is read.
                 raise _HeadRefusedError
+        refusal = self._refusal_of_head()
+        if refusal is not None:
+            self._refuse(refusal)
+            raise _HeadRefusedError
         if self.parser.should_upgrade():
             self._no_upgrade()
         self._head_bytes = None
@@ -309,6 +326,27 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
         if self.expect_100_continue:
             _close_if_answered_before_continue(self.cycle)
+
+    def _refusal_of_head(self) -> Refusal | None:
+        """What a head the parser took is refused for, as RFC 9112 asks.
+
+        llhttp reads ``HTTP/2.0`` and ``HTTP/0.9`` in a request line, which
+        uvicorn then answered as HTTP/1.1: a 505. ``CONNECT`` asks for a
+        tunnel, which this server never opens: a 501, as for any method it
+        does not implement (it was a 400, after the parser stopped at its
+        head as at an upgrade's). A request with two ``Host`` headers, or an
+        HTTP/1.1 one with none, is a 400 (RFC 9112 section 3.2: it was
+        served, found by a trial).
+        """
+        version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            return _VERSION_NOT_SUPPORTED
+        if self._method == b"CONNECT":
+            return _METHOD_NOT_IMPLEMENTED
+        hosts = [name for name, _ in self.headers if name == b"host"]
+        if len(hosts) > 1 or (not hosts and version == "1.1"):
+            return _HOST_REQUIRED
+        return None
 
     def _continue_applies(self) -> bool:
         """Whether this request's ``Expect: 100-continue`` means anything.
@@ -563,8 +601,9 @@ def _close_if_answered_before_continue(cycle: Any) -> None:
 
 def _path_of(target: bytes) -> str:
     """The path of a request target, as the app's problems give it; empty
-    unless it is plain printable ASCII."""
+    unless it is a path (not ``CONNECT``'s ``host:port``, not ``*``) of plain
+    printable ASCII."""
     path = target.split(b"?", 1)[0]
-    if 0 < len(path) <= 2048 and all(32 < byte < 127 for byte in path):
+    if path[:1] == b"/" and len(path) <= 2048 and all(32 < b < 127 for b in path):
         return path.decode()
     return ""
