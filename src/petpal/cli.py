@@ -366,7 +366,8 @@ def jobs_replay(
             await db.dispose()
 
     queued, unknown = asyncio.run(run())
-    typer.echo(f"{queued} job(s) queued again")
+    if queued or not unknown:  # not "0 job(s)" before the error
+        typer.echo(f"{queued} job(s) queued again")
     if unknown:
         _fail(f"petpal jobs replay: not dead jobs: {' '.join(unknown)}", 1)
 

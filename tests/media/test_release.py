@@ -36,6 +36,8 @@ async def _served(client: httpx.AsyncClient, media_id: str, services: Services) 
     stored = [b async for b in services.storage.list_objects(f"media/{media_id}/")]
     if details.status_code == 404:
         assert stored == [], stored  # gone whole, never in part
+        if not services.settings.storage_url:  # no empty folder left on disk
+            assert not (services.settings.media_dir / "media" / media_id).exists()
         return False
     assert details.status_code == 200, details.text
     for variant in details.json()["variants"]:

@@ -162,4 +162,9 @@ async def test_the_dead_job_list_is_one_line_a_job_and_replay_names_what_it_cann
     assert replayed.returncode == 1, replayed
     assert replayed.stdout.strip() == "1 job(s) queued again"
     assert unknown in replayed.stderr
+    # Nothing replayed: the error alone, no "0 job(s) queued again" first.
+    replayed = await petpal("replay", unknown)
+    assert replayed.returncode == 1, replayed
+    assert replayed.stdout == ""
+    assert unknown in replayed.stderr
     assert (await petpal("replay")).returncode == 0  # all of them: none is fine

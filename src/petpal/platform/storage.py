@@ -62,7 +62,13 @@ class Storage:
             self.store = from_url(settings.storage_url)
         else:
             settings.media_dir.mkdir(parents=True, exist_ok=True)
-            self.store = LocalStore(settings.media_dir.resolve(), mkdir=True)
+            # A folder a deletion leaves empty goes with its last file: a
+            # released photo left its media/<id>/ behind, one per photo
+            # (found by a trial). A write into a folder being removed
+            # makes it again.
+            self.store = LocalStore(
+                settings.media_dir.resolve(), mkdir=True, automatic_cleanup=True
+            )
         self.base_url = settings.media_base_url.rstrip("/")
 
     def url_for(self, key: str) -> str:
