@@ -44,7 +44,7 @@ from petpal.platform.security import (
     verify_password,
 )
 from petpal.platform.services import Services
-from petpal.platform.text import canonical_username, lookup_username
+from petpal.platform.text import canonical_login, canonical_username, lookup_username
 from petpal.platform.wire import Wire, utc_text
 
 ACCOUNT_TTL = 600.0
@@ -121,12 +121,12 @@ def _invalid_credentials() -> ProblemError:
 
 
 async def do_log_in(services: Services, data: LogIn) -> TokenPair:
-    login = data.login.strip()
+    login = canonical_login(data.login)
     async with services.db.read_session() as session:
         if "@" in login:
-            condition = Account.email_canonical == login.casefold()
+            condition = Account.email_canonical == login
         else:
-            condition = Account.username_canonical == (lookup_username(login) or "")
+            condition = Account.username_canonical == login
         account = await session.scalar(select(Account).where(condition))
     stored_hash = account.password_hash if account else None
     valid = await asyncio.to_thread(verify_password, stored_hash, data.password)

@@ -41,6 +41,7 @@ from petpal.platform.observability import raw_header
 from petpal.platform.redis_cache import connection_pool
 from petpal.platform.security import read_access_token
 from petpal.platform.settings import Settings
+from petpal.platform.text import canonical_login
 
 log = structlog.get_logger(__name__)
 
@@ -282,5 +283,5 @@ def login_key(login: str) -> str:
     the answers for known and unknown accounts cannot be told apart. Hashed,
     because the string may be an e-mail address and would sit in Redis.
     """
-    canonical = login.strip().casefold().encode()
+    canonical = canonical_login(login).encode()
     return hashlib.sha256(canonical).hexdigest()[:32]

@@ -72,6 +72,22 @@ def lookup_username(raw: str) -> str | None:
     return normalized if USERNAME_PATTERN.match(normalized) else None
 
 
+def canonical_login(raw: str) -> str:
+    """What a log-in name is matched by: an e-mail address (it has an ``@``)
+    case-folded, as sign-up stores it; otherwise a username's canonical form
+    (NFKC, case-folded), which matches no account unless it is a valid one.
+
+    The log-in's look-up and its per-name rate limit both key on it, so any
+    spelling that reaches an account counts against that account's bucket
+    (found by a trial: ``ｍａｙａ`` logged in as ``maya`` with a bucket of its
+    own, and each mix of full-width and plain letters had another).
+    """
+    login = raw.strip()
+    if "@" in login:
+        return login.casefold()
+    return unicodedata.normalize("NFKC", login).casefold()
+
+
 def check_storable(value: str) -> str:
     if "\x00" in value:
         raise ValueError("text may not contain NUL characters")
