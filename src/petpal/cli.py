@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -26,10 +27,36 @@ DataDir = Annotated[
 
 
 def _settings(data_dir: Path | None) -> Settings:
+    """The settings from the environment; a bad one ends the command with
+    what is wrong with it, one line a setting (pydantic's report ran to a
+    screenful of traceback)."""
+    from pydantic import ValidationError
+
     if data_dir is not None:
         os.environ["PETPAL_DATA_DIR"] = str(data_dir)
         get_settings.cache_clear()
-    return get_settings()
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        lines = [
+            f"PETPAL_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        _fail("petpal: invalid settings\n" + "\n".join(lines))
+
+
+def _existing_settings(data_dir: Path | None) -> Settings:
+    """The settings of a deployment that exists: in embedded mode, one whose
+    data directory holds a database. Found by a trial: ``petpal jobs dead
+    --data-dir /tmp/typo`` made a database, a secret and a storage folder
+    there, then failed on the empty database with a long traceback."""
+    settings = _settings(data_dir)
+    if not settings.database_url and not settings.sqlite_path.exists():
+        _fail(
+            f"petpal: no database at {settings.sqlite_path}: is --data-dir "
+            "(PETPAL_DATA_DIR) right? `petpal migrate` makes one"
+        )
+    return settings
 
 
 @app.command()
@@ -78,7 +105,9 @@ def serve(
     jobs = (
         "its jobs go to RabbitMQ: run `petpal relay` and `petpal worker` too"
         if settings.broker_url
-        else "its jobs run in this process"
+        else "its jobs run in the server process"
+        if workers == 1
+        else "its jobs run in the server processes"
     )
     # Said before the port is bound: a port in use is told by uvicorn next.
     typer.echo(f"starting PetPal at http://{address}:{port}; {jobs}", err=True)
@@ -317,8 +346,9 @@ def jobs_dead(data_dir: DataDir = None) -> None:
     from petpal.platform.db import Database
     from petpal.platform.jobs import list_dead_jobs
 
+    settings = _existing_settings(data_dir)
+
     async def run() -> None:
-        settings = _settings(data_dir)
         db = Database(settings)
         if settings.broker_url:
             # What RabbitMQ dead-lettered joins the list first.
@@ -353,8 +383,10 @@ def jobs_replay(
     from petpal.platform.db import Database
     from petpal.platform.jobs import dead_among, replay_dead_jobs
 
+    settings = _existing_settings(data_dir)
+
     async def run() -> tuple[int, list[str]]:
-        db = Database(_settings(data_dir))
+        db = Database(settings)
         try:
             # Named but not dead (a typo, a job replayed already): said, and
             # the command fails, rather than "0 job(s)" and success (found
@@ -403,9 +435,12 @@ def media_sweep_uploads(data_dir: DataDir = None) -> None:
     from petpal.media.service import do_sweep_uploads
     from petpal.platform.services import Services
 
+    settings = _existing_settings(data_dir)
+
     async def run() -> str:
-        settings = _settings(data_dir).model_copy(update={"run_jobs_in_process": False})
-        services = Services.build(settings)
+        services = Services.build(
+            settings.model_copy(update={"run_jobs_in_process": False})
+        )
         try:
             swept = await do_sweep_uploads(services)
         finally:
@@ -416,4 +451,32 @@ def media_sweep_uploads(data_dir: DataDir = None) -> None:
 
 
 def main() -> None:
-    app()
+    """The command, with a backend that cannot be used said in one line:
+    a database, a Redis or a broker that does not answer, or a database
+    without the schema, printed a traceback of hundreds of lines (found by
+    a trial)."""
+    from kombu.exceptions import OperationalError as BrokerError
+    from redis.exceptions import RedisError
+    from sqlalchemy.exc import DBAPIError
+
+    from petpal.platform.cache import CacheBackendError
+
+    try:
+        app()
+    except DBAPIError as exc:
+        _fail_backend("the database", exc.orig if exc.orig is not None else exc)
+    except (RedisError, CacheBackendError) as exc:
+        _fail_backend("Redis", exc)
+    except BrokerError as exc:
+        _fail_backend("the broker", exc)
+    except OSError as exc:  # a connection refused, a folder not writable
+        _fail_backend("a backend", exc)
+
+
+def _fail_backend(what: str, exc: BaseException) -> NoReturn:
+    detail = _one_line(str(exc) or type(exc).__name__)
+    hint = ""
+    if "no such table" in detail or re.search(r"relation \S+ does not exist", detail):
+        hint = " (no schema: `petpal migrate` makes it)"
+    typer.echo(f"petpal: {what} failed: {detail}{hint}", err=True)
+    raise SystemExit(1)

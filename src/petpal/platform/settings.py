@@ -12,6 +12,7 @@ process).
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,10 @@ from pathlib import Path
 from limits import parse
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A key or queue-name prefix: at least one visible ASCII character before its
+# separator.
+_PREFIX = re.compile(r"[!-~]{2,100}")
 
 
 class Settings(BaseSettings):
@@ -39,13 +44,13 @@ class Settings(BaseSettings):
     # data_dir on first start; a distributed deployment must set it, so that
     # every replica signs alike (see `secret_key_or_generate`).
     secret_key: str = ""
-    access_token_ttl_seconds: int = 15 * 60
-    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    access_token_ttl_seconds: int = Field(default=15 * 60, ge=1)
+    refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=1)
 
     # Largest JSON body any route accepts; uploads have their own limit.
-    max_json_body_bytes: int = 64 * 1024
-    max_upload_bytes: int = 25 * 1024 * 1024
-    max_upload_pixels: int = 50_000_000
+    max_json_body_bytes: int = Field(default=64 * 1024, ge=1)
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    max_upload_pixels: int = Field(default=50_000_000, ge=1)
     # A benchmark baseline, never for production: the upload request decodes
     # the photo and stores its variants itself before answering (still 202,
     # with the media ready or failed) instead of queueing the media job.
@@ -63,8 +68,8 @@ class Settings(BaseSettings):
 
     # Embedded job runner: worker threads and how often the relay polls the
     # outbox when nothing woke it (a commit that writes a job wakes it at once).
-    job_workers: int = 2
-    job_poll_seconds: float = 1.0
+    job_workers: int = Field(default=2, ge=1)
+    job_poll_seconds: float = Field(default=1.0, gt=0)
     # A job that fails is tried again after about 2, 4, 8 … times this many
     # seconds (with jitter), and is dead after job_max_attempts attempts.
     job_max_attempts: int = Field(default=5, ge=1)
@@ -125,7 +130,7 @@ class Settings(BaseSettings):
     # connection and its locks indefinitely.
     db_statement_timeout_seconds: float = Field(default=15.0, gt=0)
 
-    cache_default_ttl_seconds: int = 300
+    cache_default_ttl_seconds: int = Field(default=300, ge=1)
     # Prepended to every Redis key, so several deployments (or test runs) can
     # share one Redis without touching each other's keys.
     cache_key_prefix: str = "petpal:"
@@ -192,7 +197,7 @@ class Settings(BaseSettings):
 
     # Trending: posts older than this leave the trending feed, and their
     # likes and comments no longer count (the decay is in social/trending.py).
-    trending_window_hours: int = 72
+    trending_window_hours: int = Field(default=72, ge=1)
 
     # The benchmark report's baselines (platform/baselines.py): extra routes
     # that answer a constant, one Redis GET, one primary-key select. Off in
@@ -216,6 +221,32 @@ class Settings(BaseSettings):
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         parse(value)  # raises ValueError, so a typo fails at start-up
+        return value
+
+    @field_validator("cache_key_prefix")
+    @classmethod
+    def _check_key_prefix(cls, value: str) -> str:
+        # `petpal cache clear` and a new database's migration delete every
+        # key under it: an empty prefix deleted another application's keys
+        # in a shared Redis, and "petpal" those of "petpal_bench:" (found by
+        # a trial).
+        if not _PREFIX.fullmatch(value) or not value.endswith(":"):
+            raise ValueError(
+                "a Redis key prefix is visible ASCII characters ending in ':' "
+                "(petpal:), so that it names this deployment's keys and no "
+                "one else's"
+            )
+        return value
+
+    @field_validator("broker_prefix")
+    @classmethod
+    def _check_broker_prefix(cls, value: str) -> str:
+        if not _PREFIX.fullmatch(value) or not value.endswith("."):
+            raise ValueError(
+                "a broker prefix is visible ASCII characters ending in '.' "
+                "(petpal.), so that it names this deployment's queues and no "
+                "one else's"
+            )
         return value
 
     @field_validator("trusted_proxies")

@@ -1,0 +1,96 @@
+"""The ``petpal`` command says what is wrong in a line, and touches nothing
+it was not asked to make.
+
+Found by a trial: a mistyped ``--data-dir`` made a database, a secret and a
+storage folder there; a bad setting, a database without the schema, a Redis
+that does not answer each printed a traceback of hundreds of lines; an empty
+``PETPAL_CACHE_KEY_PREFIX`` let ``petpal cache clear`` delete every key of a
+shared Redis.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from petpal.platform.settings import Settings
+from tests.conftest import run_petpal
+
+
+def _embedded(settings: Settings, data_dir: Path, **changes: object) -> Settings:
+    return settings.model_copy(
+        update={"data_dir": data_dir, "database_url": "", "broker_url": "", **changes}
+    )
+
+
+def _one_line_error(
+    result: subprocess.CompletedProcess[str], status: int, *words: str
+) -> None:
+    assert result.returncode == status, result
+    err = result.stderr
+    assert "Traceback" not in err, err
+    assert len(err.strip().splitlines()) <= 2, err
+    for word in words:
+        assert word in err, err
+
+
+@pytest.mark.parametrize(
+    "command", [("jobs", "dead"), ("jobs", "replay"), ("media", "sweep-uploads")]
+)
+def test_a_data_dir_without_a_database_is_refused_and_left_alone(
+    settings: Settings, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    typo = tmp_path / "typo"
+    result = run_petpal(_embedded(settings, typo), *command)
+    _one_line_error(result, 2, "no database at", str(typo))
+    assert not typo.exists()
+
+
+@pytest.mark.parametrize("prefix", ["", "petpal", "pet pal:"])
+def test_a_key_prefix_that_could_name_other_keys_is_refused(
+    settings: Settings, tmp_path: Path, prefix: str
+) -> None:
+    changed = _embedded(
+        settings,
+        tmp_path,
+        redis_url="redis://127.0.0.1:6379/0",
+        cache_key_prefix=prefix,
+    )
+    result = run_petpal(changed, "cache", "clear")
+    _one_line_error(result, 2, "PETPAL_CACHE_KEY_PREFIX", "ending in ':'")
+
+
+def test_settings_out_of_range_are_refused_by_name(
+    settings: Settings, tmp_path: Path
+) -> None:
+    changed = _embedded(
+        settings, tmp_path, access_token_ttl_seconds=-5, broker_prefix=""
+    )
+    result = run_petpal(changed, "migrate")
+    assert result.returncode == 2, result
+    assert "PETPAL_ACCESS_TOKEN_TTL_SECONDS" in result.stderr
+    assert "PETPAL_BROKER_PREFIX" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not tmp_path.joinpath("petpal.sqlite3").exists()
+
+
+def test_a_database_without_the_schema_is_said_in_a_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "petpal.sqlite3").touch()
+    result = run_petpal(_embedded(settings, tmp_path), "jobs", "dead")
+    _one_line_error(result, 1, "no such table", "petpal migrate")
+
+
+def test_a_redis_that_does_not_answer_is_said_in_a_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    changed = _embedded(settings, tmp_path, redis_url=f"redis://127.0.0.1:{port}/0")
+    result = run_petpal(changed, "cache", "clear")
+    _one_line_error(result, 1, "Redis failed", "onnect")
