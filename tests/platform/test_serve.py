@@ -47,7 +47,7 @@ def test_several_server_processes_without_redis_are_refused(
 
 @pytest.mark.parametrize(
     ("broker_url", "says"),
-    [("", "its jobs run in this process"), ("amqp://nowhere//", "petpal worker")],
+    [("", "its jobs run in the server process"), ("amqp://nowhere//", "petpal worker")],
 )
 def test_serve_says_where_it_listens_and_where_jobs_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str, says: str
