@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -84,9 +88,6 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Apply migrations, then serve the API and run the jobs in this process."""
-    import uvicorn
-
-    from petpal.platform.http_protocol import ProblemHttpToolsProtocol
     from petpal.platform.migrate import upgrade
 
     settings = _settings(data_dir)
@@ -111,6 +112,19 @@ def serve(
     )
     # Said before the port is bound: a port in use is told by uvicorn next.
     typer.echo(f"starting PetPal at http://{address}:{port}; {jobs}", err=True)
+    # Several processes count into shared files, so that /metrics, whichever
+    # process answers it, gives the sums (found by a trial: each scrape gave
+    # one process's counts, which Prometheus reads as counter resets).
+    shared = _metrics_shared_by_processes() if workers > 1 else contextlib.nullcontext()
+    with shared:
+        _run_uvicorn(host, port, workers)
+
+
+def _run_uvicorn(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    from petpal.platform.http_protocol import ProblemHttpToolsProtocol
+
     uvicorn.run(
         "petpal.platform.app:create_server_app",
         factory=True,
@@ -253,22 +267,30 @@ def worker(
     ),
 ) -> None:
     """Run jobs from RabbitMQ (PETPAL_BROKER_URL) in Celery worker processes."""
-    import shutil
-    import tempfile
-
-    # Job metrics are counted in the worker's child processes: prometheus
-    # multiprocess mode must be on before prometheus_client is first imported.
-    # A folder made here is removed when the worker stops (found by a trial:
-    # each start left one in /tmp).
-    made = None
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        made = tempfile.mkdtemp(prefix="petpal-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
-    try:
+    # Job metrics are counted in the worker's child processes.
+    with _metrics_shared_by_processes():
         _run_worker(queues, concurrency, metrics_port, metrics_host)
+
+
+@contextlib.contextmanager
+def _metrics_shared_by_processes() -> Iterator[None]:
+    """Prometheus's multiprocess mode for the processes started inside: each
+    counts into files of a shared folder, and /metrics sums them all.
+
+    On before prometheus_client is first imported by those processes. Unless
+    ``PROMETHEUS_MULTIPROC_DIR`` names one already, the folder is made here
+    and removed at the end (found by a trial: each start left one in /tmp).
+    """
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        yield
+        return
+    made = tempfile.mkdtemp(prefix="petpal-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    try:
+        yield
     finally:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def _run_worker(

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from petpal.cli import app as cli
 from petpal.platform.http_protocol import ProblemHttpToolsProtocol
 from petpal.platform.settings import get_settings
+from tests.conftest import REDIS_PREFIX, TEST_REDIS_URL, requires_redis
 from tests.factories import a_user
 
 
@@ -132,3 +133,72 @@ async def test_library_log_records_are_rendered_as_our_events(tmp_path: Path) ->
     assert event["level"] == "warning"
     assert event["request_id"] == "malformed-upload-1"
     assert event["timestamp"].endswith("Z")
+
+
+@requires_redis
+async def test_several_processes_give_their_metrics_summed(tmp_path: Path) -> None:
+    """Found by a trial: with ``--workers 2`` each scrape of /metrics gave the
+    counts of whichever process answered it (926, 233, 234, 927 requests),
+    which Prometheus reads as counters reset. The processes count into
+    shared files, every scrape sums them, and the folder goes at the stop."""
+    port = _free_port()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith("PETPAL_")
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(
+        PETPAL_DATA_DIR=str(tmp_path / "data"),
+        PETPAL_REDIS_URL=TEST_REDIS_URL,
+        PETPAL_CACHE_KEY_PREFIX=f"{REDIS_PREFIX}serve-{os.urandom(4).hex()}:",
+        TMPDIR=str(scratch),
+    )
+    petpal = Path(sys.executable).parent / "petpal"
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "out.log").open("wb") as out:
+        server = await asyncio.create_subprocess_exec(
+            str(petpal),
+            *("serve", "--workers", "2", "--port", str(port)),
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+        try:
+            for _ in range(300):  # migrations and start-up: a few seconds
+                with contextlib.suppress(httpx.TransportError):
+                    async with httpx.AsyncClient(base_url=url) as client:
+                        if (await client.get("/healthz")).status_code == 200:
+                            break
+                await asyncio.sleep(0.1)
+            assert [p.name for p in scratch.iterdir()], "no shared metrics folder"
+
+            async def fresh_connection(path: str) -> httpx.Response:
+                # A new connection each time: either process may take it.
+                async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                    return await client.get(path)
+
+            for _ in range(40):
+                assert (await fresh_connection("/healthz")).status_code == 200
+            counted = set()
+            for _ in range(10):
+                scrape = (await fresh_connection("/metrics")).text
+                counted.add(_requests_counted(scrape, "/healthz"))
+        finally:
+            server.terminate()
+            await asyncio.wait_for(server.wait(), timeout=30)
+    # Every scrape saw every request (the first healthz of the start-up
+    # included), whichever process answered it.
+    assert len(counted) == 1, counted
+    assert counted.pop() >= 41
+    assert list(scratch.iterdir()) == []
+
+
+def _requests_counted(scrape: str, route: str) -> float:
+    total = 0.0
+    for line in scrape.splitlines():
+        if line.startswith("petpal_http_request_duration_seconds_count{") and (
+            f'route="{route}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

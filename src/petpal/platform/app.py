@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import os
 import re
 from collections.abc import AsyncIterator, Container, Iterable
 from contextlib import asynccontextmanager
@@ -21,7 +22,13 @@ from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.responses import Response, StreamingResponse
@@ -456,6 +463,16 @@ _DOCS_STATIC = "/static-offline-docs"
 _REDOC_POLICY = "img-src 'self' data:"
 
 
+def _metrics_text() -> bytes:
+    """The metrics of this process, or of all of ``petpal serve --workers N``'s
+    (they count into ``PROMETHEUS_MULTIPROC_DIR``, and any of them answers)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
 def _add_operational_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
@@ -519,7 +536,7 @@ def _add_operational_routes(app: FastAPI) -> None:
     async def metrics(request: Request) -> Response:
         platform: Services = request.app.state.services
         await refresh_outbox_gauges(platform.db)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(_metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
     # HEAD too: caches and clients (curl -I) ask a file's size and type
     # without its bytes (found by a trial: 405).

@@ -78,10 +78,16 @@ DEAD_LETTERS = Counter(
     "petpal_dead_letters_total", "Messages moved from the dead-letter queue"
 )
 QUEUE_DEPTH = Gauge(
-    "petpal_queue_depth", "Messages ready in a RabbitMQ job queue", ["queue"]
+    "petpal_queue_depth",
+    "Messages ready in a RabbitMQ job queue",
+    ["queue"],
+    multiprocess_mode="mostrecent",
 )
 QUEUE_CONSUMERS = Gauge(
-    "petpal_queue_consumers", "Workers consuming a RabbitMQ job queue", ["queue"]
+    "petpal_queue_consumers",
+    "Workers consuming a RabbitMQ job queue",
+    ["queue"],
+    multiprocess_mode="mostrecent",
 )
 
 

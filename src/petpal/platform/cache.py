@@ -67,6 +67,7 @@ CACHE_BACKEND_ERRORS = Counter(
 CACHE_OWED_INVALIDATIONS = Gauge(
     "petpal_cache_owed_invalidations",
     "Invalidations waiting for the cache backend to answer again",
+    multiprocess_mode="livesum",  # each process owes its own
 )
 
 # Stored for a key whose loader found nothing; never a valid serialized value.

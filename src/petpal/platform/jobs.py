@@ -70,12 +70,22 @@ JOB_RUNS = Counter(
 JOB_SECONDS = Histogram(
     "petpal_job_duration_seconds", "Time a job attempt took", ["kind"]
 )
-OUTBOX_BACKLOG = Gauge("petpal_outbox_backlog", "Jobs waiting in the outbox")
+# Facts of the database, read by whichever process answers /metrics: with
+# several processes, the most recent reading is the one shown.
+OUTBOX_BACKLOG = Gauge(
+    "petpal_outbox_backlog",
+    "Jobs waiting in the outbox",
+    multiprocess_mode="mostrecent",
+)
 OUTBOX_OLDEST_AGE = Gauge(
-    "petpal_outbox_oldest_age_seconds", "Age of the oldest job waiting in the outbox"
+    "petpal_outbox_oldest_age_seconds",
+    "Age of the oldest job waiting in the outbox",
+    multiprocess_mode="mostrecent",
 )
 DEAD_JOBS = Gauge(
-    "petpal_dead_jobs", "Jobs that failed every attempt, waiting for an operator"
+    "petpal_dead_jobs",
+    "Jobs that failed every attempt, waiting for an operator",
+    multiprocess_mode="mostrecent",
 )
 
 PENDING, QUEUED, RUNNING, DONE, DEAD = "pending", "queued", "running", "done", "dead"
