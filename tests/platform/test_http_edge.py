@@ -8,7 +8,7 @@ import pytest
 
 from petpal.platform.cache import CacheBackendError
 from petpal.platform.services import Services
-from tests.factories import a_user, assert_problem
+from tests.factories import PASSWORD, a_user, assert_problem
 
 
 async def test_liveness_readiness_and_metrics(client: httpx.AsyncClient) -> None:
@@ -64,6 +64,28 @@ async def test_every_response_carries_a_request_id(client: httpx.AsyncClient) ->
     assert (await client.get("/healthz", headers={"X-Request-ID": uuid})).headers[
         "x-request-id"
     ] == uuid
+
+
+async def test_no_cache_keeps_an_answer_of_the_api(client: httpx.AsyncClient) -> None:
+    """Found by a trial: tokens, home feeds and posts with ``liked_by_me``
+    carried no Cache-Control, so a shared cache could keep one person's
+    answer and give it to another."""
+    user = await a_user(client)
+    answers = [
+        await client.post(
+            "/api/v1/auth/token", json={"login": user.username, "password": PASSWORD}
+        ),
+        await client.get("/api/v1/accounts/me", headers=user.headers),
+        await client.get("/api/v1/feed/home", headers=user.headers),
+        await client.get("/api/v1/feed/public"),
+        await client.get("/api/v1/no/such/route"),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 404]
+    for answer in answers:
+        assert answer.headers.get_list("cache-control") == ["no-store"], answer.url
+    # Outside the API, answers keep their own rules: a photo's file is
+    # immutable, and health checks say nothing.
+    assert "cache-control" not in (await client.get("/healthz")).headers
 
 
 async def test_openapi_documents_the_api(client: httpx.AsyncClient) -> None:

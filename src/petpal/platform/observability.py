@@ -171,6 +171,14 @@ def request_id_for(given: bytes | None) -> bytes:
     return os.urandom(8).hex().encode()
 
 
+# The API's answers are kept by no cache unless a route says otherwise:
+# tokens (RFC 6749 section 5.1 asks it of them), a home feed, a post with
+# "liked_by_me", all depend on who asks, and no answer said so (found by a
+# trial: a shared cache could have served one person's to another).
+API_PATHS = "/api/"
+_NO_STORE = (b"cache-control", b"no-store")
+
+
 class RequestEdgeMiddleware:
     """Request id, latency and query metrics, in plain ASGI to stay cheap.
 
@@ -197,6 +205,8 @@ class RequestEdgeMiddleware:
 
         answered = False
 
+        api = scope["path"].startswith(API_PATHS)
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, answered
             if message["type"] == "http.response.start":
@@ -204,6 +214,8 @@ class RequestEdgeMiddleware:
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", encoded_id))
                 headers += scope.get(_EXTRA_HEADERS, ())
+                if api and not any(name == b"cache-control" for name, _ in headers):
+                    headers.append(_NO_STORE)
                 message["headers"] = headers
             await send(message)
 
