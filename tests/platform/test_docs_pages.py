@@ -76,6 +76,9 @@ async def test_swagger_ui_renders_the_api_without_a_cdn(
     assert "PetPal Connect" in dom
     assert "/api/v1/feed/home" in dom
     assert "/api/v1/posts/{post_id}" in dom
+    # Where a token is given, from the schema's bearer scheme (found by a
+    # trial: there was no such button).
+    assert "btn authorize" in dom
 
 
 async def test_redoc_renders_the_api_without_a_cdn(port: int, tmp_path: Path) -> None:

@@ -95,6 +95,28 @@ async def test_openapi_documents_the_api(client: httpx.AsyncClient) -> None:
     assert (await client.get("/docs")).status_code == 200
 
 
+async def test_openapi_says_which_routes_need_a_token(
+    client: httpx.AsyncClient,
+) -> None:
+    """Found by a trial: the schema had no security scheme, so /docs had no
+    Authorize button and nothing told which routes need a token."""
+    schema = (await client.get("/openapi.json")).json()
+    scheme = schema["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    paths = schema["paths"]
+    needed, optional = [{"bearerAuth": []}], [{"bearerAuth": []}, {}]
+    assert paths["/api/v1/feed/home"]["get"]["security"] == needed
+    assert paths["/api/v1/posts"]["post"]["security"] == needed
+    assert paths["/api/v1/feed/public"]["get"]["security"] == optional
+    assert paths["/api/v1/posts/{post_id}"]["get"]["security"] == optional
+    assert "security" not in paths["/api/v1/auth/token"]["post"]
+    # Each route that says it needs a token answers 401 without one.
+    user = await a_user(client)
+    post = await client.get("/api/v1/feed/home", headers=user.headers)
+    assert post.status_code == 200
+    assert_problem(await client.get("/api/v1/feed/home"), 401)
+
+
 @pytest.mark.parametrize(
     "path",
     [

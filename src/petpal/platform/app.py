@@ -352,6 +352,10 @@ async def _on_integrity_error(request: Request, exc: Exception) -> Response:
     raise exc
 
 
+# The name the OpenAPI schema gives the access token's scheme.
+BEARER_SCHEME = "bearerAuth"
+
+
 def _add_routes(
     app: FastAPI,
     router: APIRouter,
@@ -379,13 +383,24 @@ def _add_routes(
                 response = documented.get(status, {})
                 headers = {**response.get("headers", {}), **QUOTA_HEADERS}
                 documented[status] = {**response, "headers": headers}
-        reads_token = _depends_on(route.dependant, (optional_account, require_account))
+        needs_token = _depends_on(route.dependant, (require_account,))
+        reads_token = needs_token or _depends_on(route.dependant, (optional_account,))
         if route.methods == {"GET"} and not reads_token:
             # A token offered to a read is checked on every read, so a bad
             # one is a 401 everywhere, not only where the route reads the
             # caller. (Not on sign-up, log-in and refresh, where a client
             # may well still send the access token that just expired.)
             dependencies.append(Depends(optional_account))
+            reads_token = True
+        # Which routes take the bearer token, and which need it, as the
+        # schema says it (found by a trial: /docs had no Authorize button,
+        # and nothing told which routes need a token). An empty requirement
+        # beside the token's makes it optional.
+        openapi_extra = dict(route.openapi_extra or {})
+        if reads_token:
+            openapi_extra["security"] = [{BEARER_SCHEME: []}] + (
+                [] if needs_token else [{}]
+            )
         app.router.add_api_route(
             API_PREFIX + route.path,
             route.endpoint,
@@ -413,7 +428,7 @@ def _add_routes(
             # skip the wrapper's cost.
             route_class_override=JSONRoute if route.body_field else APIRoute,
             callbacks=route.callbacks,
-            openapi_extra=route.openapi_extra,
+            openapi_extra=openapi_extra or None,
             generate_unique_id_function=route.generate_unique_id_function,
             strict_content_type=route.strict_content_type,
             max_body_size=route.max_body_size,
@@ -447,8 +462,18 @@ def _register_problem_schema(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build_schema()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components["Problem"] = Problem.model_json_schema()
+            components = schema.setdefault("components", {})
+            schemas = components.setdefault("schemas", {})
+            schemas["Problem"] = Problem.model_json_schema()
+            components["securitySchemes"] = {
+                BEARER_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "The access token from POST /api/v1/auth/token "
+                    "(15 minutes; POST /api/v1/auth/refresh for the next).",
+                }
+            }
             app.openapi_schema = schema
         return app.openapi_schema
 
