@@ -7,9 +7,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from petpal.platform.db import utcnow
+from petpal.platform.ids import new_id
 from petpal.platform.jobs import (
     DEAD,
     DONE,
+    LEASE,
+    RUNNING,
+    EmbeddedRelay,
     JobContext,
     OutboxJob,
     enqueue,
@@ -70,6 +75,52 @@ async def test_a_job_commits_with_its_change_and_runs(services: Services) -> Non
     await services.relay.drain()
     assert calls["ok"] == [1]
     assert await _status(services, job_id) == DONE
+
+
+async def test_a_job_a_killed_process_left_running_runs_at_the_next_start(
+    services: Services,
+) -> None:
+    """Found by a trial: after a ``kill -9`` in embedded mode, the photo
+    being processed stayed "processing" until its job's 5-minute lease
+    ended. Where no other process runs the jobs (SQLite without Redis), the
+    next start runs such a job at once; elsewhere another process may still
+    be running it, and its lease decides."""
+    now = utcnow()
+    async with services.db.write_session() as session:
+        left = OutboxJob(
+            id=new_id(),
+            kind="test.ok",
+            payload={"n": 7},
+            status=RUNNING,
+            attempts=1,
+            available_at=now + LEASE,
+            created_at=now,
+        )
+        session.add(left)
+    sole = services.db.is_sqlite and not services.settings.redis_url
+    relay = EmbeddedRelay(
+        services.db,
+        services,
+        concurrency=1,
+        poll_seconds=0.05,
+        max_attempts=3,
+        sole_runner=sole,
+    )
+    relay.start()
+    try:
+        # Up to 10 s for the job to run; a second to see it stay as it is.
+        for _ in range(200 if sole else 20):
+            if await _status(services, left.id) == DONE:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await relay.stop()
+    if sole:
+        assert await _status(services, left.id) == DONE
+        assert calls["ok"] == [7]
+    else:
+        assert await _status(services, left.id) == RUNNING
+        assert calls["ok"] == []
 
 
 async def test_a_rolled_back_change_leaves_no_job(services: Services) -> None:

@@ -79,6 +79,7 @@ class Services:
                 poll_seconds=settings.job_poll_seconds,
                 max_attempts=settings.job_max_attempts,
                 retry_base_seconds=settings.job_retry_base_seconds,
+                sole_runner=db.is_sqlite and not settings.redis_url,
             )
             db.on_job_commit(services.relay.wake)
         return services
