@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import orjson
 from sqlalchemy import or_, select, update
@@ -181,13 +181,14 @@ async def do_refresh(services: Services, secret: str) -> TokenPair:
             .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
             .values(used_at=now)
         )
-        if getattr(claimed, "rowcount", 0) != 1:
-            family_id = token.family_id
-        else:
+        if getattr(claimed, "rowcount", 0) == 1 or await _retried(
+            services, session, token.id, now
+        ):
             account = await session.get(Account, token.account_id)
             if account is None:
                 raise _invalid_refresh()
             return _issue_pair(services, session, account, token.family_id)
+        family_id = token.family_id
     # A used token came back: it was stolen or replayed. Revoke the family, in
     # a transaction of its own so the revocation stays when we answer 401.
     await _revoke_family(services, family_id)
@@ -196,6 +197,20 @@ async def do_refresh(services: Services, secret: str) -> TokenPair:
         "refresh_token_reused",
         "this refresh token was already used; every session from it is now revoked",
     )
+
+
+async def _retried(
+    services: Services, session: AsyncSession, token_id: str, now: datetime
+) -> bool:
+    """Whether a refresh token someone else just claimed was first used
+    within the grace period: its own client retrying, which gets a pair of
+    its own (found by a trial: ten refreshes at once left one winner, and
+    the others' "reuse" revoked even the winner's new token)."""
+    used_at = await session.scalar(
+        select(RefreshToken.used_at).where(RefreshToken.id == token_id)
+    )
+    grace = timedelta(seconds=services.settings.refresh_reuse_grace_seconds)
+    return used_at is not None and now - used_at <= grace
 
 
 async def _revoke_family(services: Services, family_id: str) -> None:

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     secret_key: str = ""
     access_token_ttl_seconds: int = Field(default=15 * 60, ge=1)
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=1)
+    # A refresh token used again this soon after its first use is the same
+    # client retrying (its answer lost to a timeout on a phone's network,
+    # two tabs refreshing at once), not a thief: it gets a pair of its own
+    # rather than revoking the family. 0: every second use revokes it.
+    refresh_reuse_grace_seconds: float = Field(default=30.0, ge=0)
 
     # Largest JSON body any route accepts; uploads have their own limit.
     max_json_body_bytes: int = Field(default=64 * 1024, ge=1)
