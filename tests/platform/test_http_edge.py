@@ -39,7 +39,7 @@ async def test_unknown_routes_and_methods_are_problems(
     assert wrong.json()["code"] == "method_not_allowed"
     # Allow names every method of the path (RFC 9110), not the first route's.
     for path, allowed in (
-        ("/api/v1/accounts/me", "GET, HEAD, PATCH"),
+        ("/api/v1/accounts/me", "DELETE, GET, HEAD, PATCH"),
         ("/api/v1/posts/01JZ0000000000000000000000/like", "DELETE, POST"),
         ("/api/v1/posts/01JZ0000000000000000000000", "DELETE, GET, HEAD, PATCH"),
         ("/api/v1/pets/01JZ0000000000000000000000", "DELETE, GET, HEAD, PATCH"),

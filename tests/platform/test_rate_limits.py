@@ -197,6 +197,7 @@ async def test_the_schema_declares_the_headers_limited_answers_carry(
             ("post", "/api/v1/accounts"),
             ("post", "/api/v1/auth/token"),
             ("patch", "/api/v1/posts/{post_id}"),  # an edit counts as posting
+            ("delete", "/api/v1/accounts/me"),  # the password counts as a log-in
         }
         for path, operations in schema["paths"].items():
             for method, operation in operations.items():
@@ -289,6 +290,30 @@ async def test_log_in_is_limited_per_login_alike_for_known_and_unknown(
         assert_rate_limited(await _log_in(client, "known_owner", PASSWORD), 3)
         wide = "ｋｎｏｗｎ_ｏｗｎｅｒ"
         assert_rate_limited(await _log_in(client, wide, PASSWORD), 3)
+
+
+async def test_a_password_asked_again_counts_as_a_log_in(settings: Settings) -> None:
+    """Deleting an account asks its password: a stolen access token must
+    guess it no faster there than at the log-in, whose per-name limit it
+    shares."""
+    async with limited_app(settings, rate_limit_log_in_name="3/minute") as app:
+        async with client_from(app, "192.0.2.60") as client:
+            assert (await _sign_up(client, "careful_owner")).status_code == 201
+            token = (await _log_in(client, "careful_owner", PASSWORD)).json()
+        headers = {"Authorization": f"Bearer {token['access_token']}"}
+        statuses = []
+        for n in range(3):  # each from another address: the name's limit
+            async with client_from(app, f"203.0.113.{n + 1}") as client:
+                answer = await client.request(
+                    "DELETE",
+                    "/api/v1/accounts/me",
+                    headers=headers,
+                    json={"password": "a wrong guess"},
+                )
+                statuses.append(answer.status_code)
+        assert statuses == [401, 401, 429]
+        async with client_from(app, "203.0.113.9") as client:
+            assert_rate_limited(await _log_in(client, "careful_owner", PASSWORD), 3)
 
 
 async def test_the_window_frees_as_it_moves(settings: Settings, photos: Path) -> None:

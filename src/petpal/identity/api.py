@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends, Response
 
 from petpal.identity import service
 from petpal.identity.schemas import (
+    AccountDeletion,
     LogIn,
     Me,
     Profile,
@@ -18,6 +19,7 @@ from petpal.platform.deps import (
     OptionalAccount,
     ServicesDep,
     limit_log_in,
+    limit_password_check,
     limit_sign_up,
 )
 from petpal.platform.wire import json_response
@@ -66,6 +68,18 @@ async def update_me(
     data: ProfileUpdate, me: CurrentAccount, services: ServicesDep
 ) -> Me:
     return await service.do_update_me(services, me.account_id, data)
+
+
+@router.delete(
+    "/accounts/me", status_code=204, dependencies=[Depends(limit_password_check)]
+)
+async def delete_me(
+    data: AccountDeletion, me: CurrentAccount, services: ServicesDep
+) -> Response:
+    """Delete your account, with its posts, comments, likes, follows, pets
+    and photos; your password is asked again. It cannot be undone."""
+    await service.do_delete_account(services, me.account_id, data.password)
+    return Response(status_code=204)
 
 
 @router.get("/accounts/{username}", response_model=Profile)

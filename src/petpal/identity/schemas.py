@@ -41,6 +41,12 @@ class LogIn(Input):
     password: GivenPassword
 
 
+class AccountDeletion(Input):
+    """The account's password, asked again before it is deleted."""
+
+    password: GivenPassword
+
+
 class RefreshRequest(Input):
     refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
 

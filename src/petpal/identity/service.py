@@ -8,11 +8,13 @@ stay private to this package.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import importlib
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 
 import orjson
-from sqlalchemy import or_, select, update
+import structlog
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,9 +45,11 @@ from petpal.platform.security import (
     new_refresh_secret,
     verify_password,
 )
-from petpal.platform.services import Services
+from petpal.platform.services import SERVICE_NAMES, Services
 from petpal.platform.text import canonical_login, canonical_username, lookup_username
 from petpal.platform.wire import Wire, utc_text
+
+log = structlog.get_logger(__name__)
 
 ACCOUNT_TTL = 600.0
 
@@ -233,6 +237,61 @@ async def do_log_out(services: Services, secret: str) -> None:
         )
     if family_id is not None:
         await _revoke_family(services, family_id)
+
+
+# --- deleting an account -------------------------------------------------------
+
+# What another service does when an account goes, inside the transaction that
+# deletes it: reads what the cascade is about to remove, deletes what must go
+# first, queues the jobs that clean up after it, and returns the cache keys to
+# forget once it has committed. Each service registers its own
+# (``on_account_deletion``), so identity needs to know none of their tables.
+AccountDeletionHook = Callable[[AsyncSession, str], Awaitable[list[str]]]
+_deletion_hooks: list[AccountDeletionHook] = []
+
+
+def on_account_deletion(hook: AccountDeletionHook) -> AccountDeletionHook:
+    """Register ``hook`` to run when an account is deleted (see above)."""
+    if hook not in _deletion_hooks:
+        _deletion_hooks.append(hook)
+    return hook
+
+
+async def do_delete_account(services: Services, account_id: str, password: str) -> None:
+    """Delete the caller's account and everything of theirs, after checking
+    their password: a token alone (a phone left unlocked) is not enough.
+
+    Their posts, comments, likes, follows, pets, photos and sessions go in
+    one transaction; the counts they were part of are recounted, and their
+    photos' files deleted, by jobs committed with it. Their tokens stop
+    working at once, and the username is free again.
+    """
+    async with services.db.read_session() as session:
+        account = await session.get(Account, account_id)
+    if account is None:
+        raise AccountGoneError
+    valid = await asyncio.to_thread(verify_password, account.password_hash, password)
+    if not valid:
+        raise _invalid_credentials()
+    forget = [_account_key(account_id), _username_key(account.username_canonical)]
+    # Every service's hook, whichever of them this process serves: they share
+    # the database the cascade runs in.
+    for name in SERVICE_NAMES:
+        importlib.import_module(f"petpal.{name}.service")
+    async with services.db.write_session() as session:
+        # Locked first: a post or a like of the account's committed while the
+        # hooks read would escape them, and then fail the cascade. Its
+        # foreign key now waits for this transaction, and then fails (401).
+        locked = await session.scalar(
+            select(Account.id).where(Account.id == account_id).with_for_update()
+        )
+        if locked is None:
+            raise AccountGoneError  # deleted meanwhile by another request
+        for hook in _deletion_hooks:
+            forget += await hook(session, account_id)
+        await session.execute(delete(Account).where(Account.id == account_id))
+    log.info("account.deleted", account_id=account_id)
+    await services.cache.invalidate(*forget)
 
 
 # --- profiles -----------------------------------------------------------------

@@ -54,6 +54,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
+from petpal.identity.service import on_account_deletion
 from petpal.media.imaging import (
     ImageFailed,
     ImageLimits,
@@ -492,6 +493,30 @@ async def do_release_media(services: Services, media_ids: Sequence[str]) -> None
             continue  # a post took it up meanwhile: its foreign key says so
         log.info("media.released", media_id=media_id, files=len(keys))
         await services.cache.invalidate(media_key(media_id))
+
+
+# Files a deletion job carries.
+DELETE_FILES_CHUNK = 500
+
+
+@on_account_deletion
+async def delete_media_of(session: AsyncSession, account_id: str) -> list[str]:
+    """What an account's deletion does here: its photos' rows go by the
+    cascade, and their files (each size, and any raw upload) by jobs
+    committed with it."""
+    rows = (
+        await session.execute(
+            select(Media.id, Media.variants, Media.incoming_key).where(
+                Media.owner_id == account_id
+            )
+        )
+    ).all()
+    keys = [variant["key"] for row in rows for variant in row.variants or []]
+    keys += [row.incoming_key for row in rows if row.incoming_key]
+    for start in range(0, len(keys), DELETE_FILES_CHUNK):
+        chunk = keys[start : start + DELETE_FILES_CHUNK]
+        enqueue(session, DELETE_FILES_JOB, {"keys": chunk})
+    return [media_key(row.id) for row in rows]
 
 
 async def do_delete_files(services: Services, keys: Sequence[str]) -> None:

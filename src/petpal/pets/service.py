@@ -27,7 +27,12 @@ from sqlalchemy import Select, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from petpal.identity.service import get_summaries, resolve_username, summary_wires
+from petpal.identity.service import (
+    get_summaries,
+    on_account_deletion,
+    resolve_username,
+    summary_wires,
+)
 from petpal.media.service import (
     display_urls,
     media_json,
@@ -463,6 +468,23 @@ async def do_delete_pet(services: Services, pet_id: str, account_id: str) -> Non
     )
     if dropped_pick:
         await services.cache.invalidate(pet_of_the_day_key(today))
+
+
+@on_account_deletion
+async def delete_pets_of(session: AsyncSession, account_id: str) -> list[str]:
+    """What an account's deletion does here: its pets go by the cascade,
+    and with them today's pick if it was one of theirs, as ``do_delete_pet``
+    does for one."""
+    today = today_utc()
+    pet_ids = (
+        await session.scalars(select(Pet.id).where(Pet.owner_id == account_id))
+    ).all()
+    forget = [account_pet_ids_key(account_id)]
+    for pet_id in pet_ids:
+        forget += [pet_key(pet_id), pet_tag_key(pet_id)]
+        if await _drop_pick(session, today, pet_id):
+            forget.append(pet_of_the_day_key(today))
+    return forget
 
 
 async def _fresh_view(services: Services, pet: _StoredPet) -> PetView:

@@ -111,7 +111,22 @@ async def limit_log_in(
     await _enforce(request, services, checks)
 
 
-RATE_LIMIT_DEPENDENCIES.update((limit_sign_up, limit_log_in))
+async def limit_password_check(
+    request: Request,
+    me: Annotated[AccessClaims, Depends(require_account)],
+    services: Annotated[Services, Depends(get_services)],
+) -> None:
+    """A route that checks the caller's password again (deleting the
+    account) counts as a log-in attempt of theirs: a stolen access token
+    guesses no faster there than at the log-in."""
+    checks = [
+        ("log_in_ip", _client_ip(request, services)),
+        ("log_in_name", login_key(me.username)),
+    ]
+    await _enforce(request, services, checks)
+
+
+RATE_LIMIT_DEPENDENCIES.update((limit_sign_up, limit_log_in, limit_password_check))
 
 
 async def _submitted_login(request: Request) -> str | None:

@@ -51,6 +51,7 @@ from petpal.identity.service import (
     ensure_account_exists,
     get_summaries,
     ids_for_usernames,
+    on_account_deletion,
     resolve_username,
     summary_wires,
 )
@@ -1549,6 +1550,49 @@ async def do_recount(
     async with services.db.write_session() as session:
         await recount_in(session, account_ids, post_ids)
     await do_drop_recounted(services, account_ids, post_ids)
+
+
+RECOUNT_JOB = "social.recount"
+# Ids a recount job carries: an account followed by a few percent of everyone
+# leaves tens of thousands of counts to redo, in jobs of this many.
+RECOUNT_CHUNK = 1000
+
+
+@on_account_deletion
+async def delete_social_of(session: AsyncSession, account_id: str) -> list[str]:
+    """What an account's deletion does here: its posts go first, and the
+    counts of what the cascade removes are recounted by jobs.
+
+    Its posts are deleted before the account: the cascade from the account
+    reached a photo's row before the post's link to it, which PostgreSQL
+    refused (found by a trial). Recounted: the accounts it followed or was
+    followed by, and the posts it liked or commented on; its own posts are
+    named too, so that the trending ranking is rebuilt without them. Its
+    posts leave the timelines as pages meet them (``feeds``).
+    """
+
+    async def ids(query: Select[str]) -> set[str]:
+        return set((await session.scalars(query)).all())
+
+    own = await ids(select(Post.id).where(Post.author_id == account_id))
+    posts = own | await ids(select(Like.post_id).where(Like.account_id == account_id))
+    posts |= await ids(select(Comment.post_id).where(Comment.author_id == account_id))
+    accounts = await ids(
+        select(Follow.followee_id).where(Follow.follower_id == account_id)
+    )
+    accounts |= await ids(
+        select(Follow.follower_id).where(Follow.followee_id == account_id)
+    )
+    accounts.discard(account_id)
+    if own:
+        await session.execute(delete(Post).where(Post.author_id == account_id))
+    for kind, named in (("account_ids", accounts), ("post_ids", posts)):
+        ordered = sorted(named)
+        for start in range(0, len(ordered), RECOUNT_CHUNK):
+            payload: dict[str, list[str]] = {"account_ids": [], "post_ids": []}
+            payload[kind] = ordered[start : start + RECOUNT_CHUNK]
+            enqueue(session, RECOUNT_JOB, payload)
+    return [post_key(post_id) for post_id in sorted(own)] + [_counts_key(account_id)]
 
 
 async def do_drop_recounted(

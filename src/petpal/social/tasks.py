@@ -27,9 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from petpal.platform.jobs import DeadJob, JobContext, enqueue, job, on_dead
 from petpal.platform.services import Services
 from petpal.social import home
-from petpal.social.service import do_drop_recounted, do_recount, recount_in
+from petpal.social.service import (
+    RECOUNT_JOB,
+    do_drop_recounted,
+    do_recount,
+    recount_in,
+)
 
-RECOUNT_JOB = "social.recount"
 RECOUNTED_JOB = "social.recounted"
 
 
