@@ -130,3 +130,13 @@ def test_mentions_are_canonical_usernames() -> None:
 @pytest.mark.parametrize("name", ["Ｍａｙａ", "MAYA", "maya"])
 def test_usernames_normalise_to_one_form(name: str) -> None:
     assert canonical_username(name) == "maya"
+
+
+@pytest.mark.parametrize(
+    "name", ["admin", "Moderator", "staff", "abuse", "postmaster", "official_petpal"]
+)
+def test_names_of_the_platforms_own_voice_are_reserved(name: str) -> None:
+    """Found by a trial: moderator, staff, official_petpal ... were open."""
+    with pytest.raises(ValueError, match="reserved"):
+        canonical_username(name)
+    assert canonical_username("modest_pet") == "modest_pet"

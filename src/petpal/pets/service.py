@@ -73,8 +73,9 @@ PET_TTL = 600.0
 # but for a few accounts, whose later pages come from the database.
 ACCOUNT_PET_IDS_MAX = MAX_LIMIT
 ADOPTIONS_SCOPE = "adoptions"
-# With no pet to pick, each request looks again, so the first photo counts at
-# once; the look is one count over a partial index.
+# With no pet to pick, "nobody" is cached this briefly, so the first pet
+# with a photo is picked within a second; each look is one count over a
+# partial index.
 NO_PICK_TTL = 1.0
 _system_random = random.SystemRandom()
 
