@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -313,6 +314,11 @@ def _run_worker(
             param_hint="--queues",
         )
     configure_logging(settings.log_level, settings.log_json, libraries=True)
+    # A job given up on leaves Celery with a Reject, which it logged as a
+    # warning with a whole traceback (found by a trial), after our own
+    # job.dead event had said it in a line. Its task failures that are not
+    # ours to expect still come out, as errors.
+    logging.getLogger("celery.app.trace").setLevel(logging.ERROR)
     if metrics_port:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
