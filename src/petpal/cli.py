@@ -104,13 +104,12 @@ def serve(
         )
     upgrade(settings)
     address = f"[{host}]" if ":" in host else host
-    jobs = (
-        "its jobs go to RabbitMQ: run `petpal relay` and `petpal worker` too"
-        if settings.broker_url
-        else "its jobs run in the server process"
-        if workers == 1
-        else "its jobs run in the server processes"
-    )
+    if settings.broker_url:
+        jobs = "its jobs go to RabbitMQ: run `petpal relay` and `petpal worker` too"
+    elif workers == 1:
+        jobs = "its jobs run in the server process"
+    else:
+        jobs = "its jobs run in the server processes"
     # Said before the port is bound: a port in use is told by uvicorn next.
     typer.echo(f"starting PetPal at http://{address}:{port}; {jobs}", err=True)
     # Several processes count into shared files, so that /metrics, whichever

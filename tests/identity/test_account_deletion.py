@@ -7,11 +7,13 @@ post's link to it) and left the counts it was part of wrong.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from petpal.platform.services import Services
 from tests.factories import (
@@ -138,3 +140,39 @@ async def test_deleting_an_account_takes_everything_of_it(
     assert profile["display_name"] == "Someone else"
     assert profile["post_count"] == 0
     assert await _ids(client, f"/api/v1/accounts/{alice.username}/posts") == []
+
+
+async def test_a_photo_processed_while_its_account_goes_leaves_no_file(
+    client: httpx.AsyncClient,
+    services: Services,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deletion lists the account's files; sizes a job stores after that
+    (it was decoding the photo meanwhile) are deleted by the job itself."""
+    from petpal.media import service as media_service
+
+    owner = await a_user(client)
+    loop = asyncio.get_running_loop()
+    real = media_service.process_image
+
+    def process_while_deleted(path: Path, limits: Any) -> Any:
+        processed = real(path, limits)
+        # The account goes while this job holds the decoded photo.
+        gone = asyncio.run_coroutine_threadsafe(_delete(client, owner), loop)
+        assert gone.result(timeout=30).status_code == 204
+        return processed
+
+    monkeypatch.setattr(media_service, "process_image", process_while_deleted)
+    with (photos / PHOTO).open("rb") as photo:
+        uploaded = await client.post(
+            "/api/v1/media", headers=owner.headers, files={"file": ("a.jpg", photo)}
+        )
+    assert uploaded.status_code == 202, uploaded.text
+    media_id = uploaded.json()["id"]
+    await drain_jobs(services)
+    await drain_jobs(services)  # and the file deletions the deletion queued
+    stored = [b async for b in services.storage.list_objects(f"media/{media_id}/")]
+    assert stored == []
+    incoming = [b async for b in services.storage.list_objects("incoming/")]
+    assert incoming == []

@@ -228,7 +228,7 @@ async def do_process(services: Services, media_id: str) -> None:
                 "content_type": variant.content_type,
             }
         )
-    await _finish(
+    finished = await _finish(
         services,
         media_id,
         status=READY,
@@ -238,6 +238,11 @@ async def do_process(services: Services, media_id: str) -> None:
         blurhash=result.blurhash,
         variants=variants,
     )
+    if not finished and not await _still_there(services, media_id):
+        # Its account was deleted while it was processed, after the deletion
+        # listed its files: what was stored since goes now.
+        for stored in variants:
+            await services.storage.delete(str(stored["key"]))
     await _delete_upload(services, media_id, incoming_key)
 
 
@@ -425,14 +430,23 @@ def _tmp_dir(services: Services) -> Path:
     return path
 
 
-async def _finish(services: Services, media_id: str, **values: Any) -> None:
+async def _finish(services: Services, media_id: str, **values: Any) -> bool:
+    """Record the outcome of processing; False if the media was no longer
+    ``processing`` (another delivery finished it, or it is gone)."""
     async with services.db.write_session() as session:
-        await session.execute(
+        result = await session.execute(
             update(Media)
             .where(Media.id == media_id, Media.status == PROCESSING)
             .values(processed_at=utcnow(), **values)
         )
     await services.cache.invalidate(media_key(media_id))
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def _still_there(services: Services, media_id: str) -> bool:
+    async with services.db.read_session() as session:
+        found = await session.scalar(select(Media.id).where(Media.id == media_id))
+    return found is not None
 
 
 def queue_release(session: AsyncSession, media_ids: Iterable[str | None]) -> None:
