@@ -111,7 +111,7 @@ def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> 
         env = server_environment(parse_args([]), tmp_path / "data", cleanup)
     env["PETPAL_RATE_LIMIT_LIKE"] = "not a limit"  # refused at start-up
 
-    refused = pytest.raises(RunError, match=r"exited at start(.|\n)*rate_limit_like")
+    refused = pytest.raises(RunError, match=r"exited at start(.|\n)*RATE_LIMIT_LIKE")
     with refused, serving(env, tmp_path / "server.log"):
         pass
 

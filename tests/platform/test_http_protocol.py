@@ -463,7 +463,7 @@ async def test_head_where_no_get_is_a_405_naming_the_methods(
     assert answer.headers["allow"] == "POST"
     # A path with a GET names HEAD beside it.
     answer = await client.put("/api/v1/accounts/me")
-    assert answer.headers["allow"] == "GET, HEAD, PATCH"
+    assert answer.headers["allow"] == "DELETE, GET, HEAD, PATCH"
 
 
 async def test_a_bug_is_a_500_problem_and_the_connection_goes_on(
