@@ -94,6 +94,19 @@ async def test_duplicate_email_is_a_conflict(client: httpx.AsyncClient) -> None:
     assert_problem(response, 409, "email_taken")
 
 
+@pytest.mark.parametrize(
+    "email", ["first@example.org.", "first@.example.org", "first@example..org"]
+)
+async def test_an_address_with_an_empty_domain_label_is_refused(
+    client: httpx.AsyncClient, email: str
+) -> None:
+    """Found by a trial: a trailing dot made a second account of one mailbox."""
+    response = await client.post(
+        "/api/v1/accounts", json=sign_up_body("second", email=email)
+    )
+    assert_problem(response, 422, "invalid_email")
+
+
 async def test_concurrent_sign_ups_for_one_name_make_one_account(
     client: httpx.AsyncClient,
 ) -> None:

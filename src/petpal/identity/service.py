@@ -67,7 +67,17 @@ def _username_key(canonical: str) -> str:
 def _canonical_email(raw: str) -> str:
     email = raw.strip()
     local, at, domain = email.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() for c in email):
+    labels = domain.split(".")
+    # Every label of the domain non-empty: "example.org." names the same
+    # mailbox as "example.org", and was a second account's address (found
+    # by a trial).
+    if (
+        not at
+        or not local
+        or len(labels) < 2
+        or not all(labels)
+        or any(c.isspace() for c in email)
+    ):
         raise InvalidInputError("invalid_email", "the e-mail address is not valid")
     return f"{local}@{domain.lower()}".casefold()
 
