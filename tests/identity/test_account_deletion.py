@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from petpal.platform.services import Services
 from tests.factories import (
@@ -176,3 +177,31 @@ async def test_a_photo_processed_while_its_account_goes_leaves_no_file(
     assert stored == []
     incoming = [b async for b in services.storage.list_objects("incoming/")]
     assert incoming == []
+
+
+async def test_a_deletion_that_loses_a_deadlock_runs_again(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial, on PostgreSQL: a follow of the account made at the
+    same moment deadlocked with the deletion, and the deletion answered 503.
+    PostgreSQL's verdict (SQLSTATE 40P01) ends one attempt, not the request."""
+    from petpal.identity import service as identity_service
+
+    real = identity_service._delete_account_rows
+    attempts: list[int] = []
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    async def deadlocked_once(services: Services, account: Any) -> list[str]:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise DBAPIError("DELETE FROM accounts", {}, Deadlock("deadlock detected"))
+        return await real(services, account)
+
+    monkeypatch.setattr(identity_service, "_delete_account_rows", deadlocked_once)
+    user = await a_user(client)
+    deleted = await _delete(client, user)
+    assert deleted.status_code == 204, deleted.text
+    assert len(attempts) == 2
+    assert_problem(await client.get(f"/api/v1/accounts/{user.username}"), 404)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import orjson
 import structlog
-from sqlalchemy import delete, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from petpal.identity.models import Account, RefreshToken
@@ -35,6 +35,7 @@ from petpal.platform.errors import (
     NotFoundError,
     ProblemError,
     UnauthorizedError,
+    backend_unavailable,
 )
 from petpal.platform.ids import new_id
 from petpal.platform.security import (
@@ -181,28 +182,40 @@ def _invalid_refresh() -> ProblemError:
 
 async def do_refresh(services: Services, secret: str) -> TokenPair:
     token_hash = hash_refresh_secret(secret)
-    now = utcnow()
+    grace = timedelta(seconds=services.settings.refresh_reuse_grace_seconds)
     async with services.db.write_session() as session:
+        family_id = await session.scalar(
+            select(RefreshToken.family_id).where(RefreshToken.token_hash == token_hash)
+        )
+        if family_id is None:
+            raise _invalid_refresh()
+        await _lock_family(services, session, family_id)
+        # Read once the family is this request's: as the last change to it
+        # left the token (a concurrent refresh may have used it, a log-out
+        # revoked it).
         token = await session.scalar(
             select(RefreshToken).where(RefreshToken.token_hash == token_hash)
         )
+        now = utcnow()
         if token is None or token.revoked_at is not None or token.expires_at <= now:
             raise _invalid_refresh()
-        # Claim the token with a conditional update, so that of two concurrent
-        # refreshes with the same token exactly one wins.
-        claimed = await session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
-            .values(used_at=now)
+        # Used again within the grace period: its own client retrying (its
+        # answer lost to a timeout on a phone's network, two tabs at once),
+        # which gets a pair of its own (found by a trial: ten refreshes at
+        # once left one winner, and the others' "reuse" revoked even the
+        # winner's new token).
+        retried = (
+            token.used_at is not None
+            and grace.total_seconds() > 0
+            and now - token.used_at <= grace
         )
-        if getattr(claimed, "rowcount", 0) == 1 or await _retried(
-            services, session, token.id, now
-        ):
+        if token.used_at is None or retried:
+            if token.used_at is None:
+                token.used_at = now
             account = await session.get(Account, token.account_id)
             if account is None:
                 raise _invalid_refresh()
-            return _issue_pair(services, session, account, token.family_id)
-        family_id = token.family_id
+            return _issue_pair(services, session, account, family_id)
     # A used token came back: it was stolen or replayed. Revoke the family, in
     # a transaction of its own so the revocation stays when we answer 401.
     await _revoke_family(services, family_id)
@@ -213,22 +226,31 @@ async def do_refresh(services: Services, secret: str) -> TokenPair:
     )
 
 
-async def _retried(
-    services: Services, session: AsyncSession, token_id: str, now: datetime
-) -> bool:
-    """Whether a refresh token someone else just claimed was first used
-    within the grace period: its own client retrying, which gets a pair of
-    its own (found by a trial: ten refreshes at once left one winner, and
-    the others' "reuse" revoked even the winner's new token)."""
-    used_at = await session.scalar(
-        select(RefreshToken.used_at).where(RefreshToken.id == token_id)
-    )
-    grace = timedelta(seconds=services.settings.refresh_reuse_grace_seconds)
-    return used_at is not None and now - used_at <= grace
+# The first key of the advisory locks taken on refresh token families (the
+# second is the family id's hash): an arbitrary number of ours.
+_FAMILY_LOCKS = 0x50E7
+
+
+async def _lock_family(
+    services: Services, session: AsyncSession, family_id: str
+) -> None:
+    """Hold the refresh token family ``family_id`` for the rest of the
+    transaction: its refreshes and its revocation happen one at a time.
+
+    Found by a trial, on PostgreSQL: a log-out at the same moment as a
+    refresh answered 204, and the token the refresh issued lived on (the
+    revocation's update had not seen it, inserted meanwhile). SQLite runs
+    one write transaction at a time anyway.
+    """
+    if not services.db.is_sqlite:
+        await session.execute(
+            select(func.pg_advisory_xact_lock(_FAMILY_LOCKS, func.hashtext(family_id)))
+        )
 
 
 async def _revoke_family(services: Services, family_id: str) -> None:
     async with services.db.write_session() as session:
+        await _lock_family(services, session, family_id)
         await session.execute(
             update(RefreshToken)
             .where(
@@ -283,25 +305,50 @@ async def do_delete_account(services: Services, account_id: str, password: str) 
     valid = await asyncio.to_thread(verify_password, account.password_hash, password)
     if not valid:
         raise _invalid_credentials()
-    forget = [_account_key(account_id), _username_key(account.username_canonical)]
     # Every service's hook, whichever of them this process serves: they share
     # the database the cascade runs in.
     for name in SERVICE_NAMES:
         importlib.import_module(f"petpal.{name}.service")
+    for attempt in range(1, DELETION_ATTEMPTS + 1):
+        try:
+            forget = await _delete_account_rows(services, account)
+            break
+        except DBAPIError as exc:
+            # PostgreSQL ends one of two transactions that wait for each
+            # other (found by a trial: a follow of the account, made at the
+            # same moment, takes the counters' rows and the account's in the
+            # other order). Run again, the deletion goes through.
+            if (
+                attempt == DELETION_ATTEMPTS
+                or backend_unavailable(exc) != "database_busy"
+            ):
+                raise
+            log.info("account.deletion_retried", account_id=account_id, attempt=attempt)
+            await asyncio.sleep(0.05 * attempt)
+    log.info("account.deleted", account_id=account_id)
+    await services.cache.invalidate(*forget)
+
+
+# A deletion that lost a deadlock is run again this many times in all.
+DELETION_ATTEMPTS = 3
+
+
+async def _delete_account_rows(services: Services, account: Account) -> list[str]:
+    """Delete ``account``, with the hooks; the cache keys to forget."""
+    forget = [_account_key(account.id), _username_key(account.username_canonical)]
     async with services.db.write_session() as session:
         # Locked first: a post or a like of the account's committed while the
         # hooks read would escape them, and then fail the cascade. Its
         # foreign key now waits for this transaction, and then fails (401).
         locked = await session.scalar(
-            select(Account.id).where(Account.id == account_id).with_for_update()
+            select(Account.id).where(Account.id == account.id).with_for_update()
         )
         if locked is None:
             raise AccountGoneError  # deleted meanwhile by another request
         for hook in _deletion_hooks:
-            forget += await hook(session, account_id)
-        await session.execute(delete(Account).where(Account.id == account_id))
-    log.info("account.deleted", account_id=account_id)
-    await services.cache.invalidate(*forget)
+            forget += await hook(session, account.id)
+        await session.execute(delete(Account).where(Account.id == account.id))
+    return forget
 
 
 # --- profiles -----------------------------------------------------------------
