@@ -17,6 +17,7 @@ import structlog
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from petpal.identity.models import Account, RefreshToken
 from petpal.identity.schemas import (
@@ -29,6 +30,7 @@ from petpal.identity.schemas import (
     TokenPair,
 )
 from petpal.platform.db import utcnow
+from petpal.platform.deps import resolves_logins
 from petpal.platform.errors import (
     ConflictError,
     InvalidInputError,
@@ -135,14 +137,26 @@ def _invalid_credentials() -> ProblemError:
     )
 
 
-async def do_log_in(services: Services, data: LogIn) -> TokenPair:
-    login = canonical_login(data.login)
+def _named_by(login: str) -> ColumnElement[bool]:
+    """The condition on accounts that ``login`` (a username in any spelling,
+    or an e-mail address) names."""
+    canonical = canonical_login(login)
+    if "@" in canonical:
+        return Account.email_canonical == canonical
+    return Account.username_canonical == canonical
+
+
+@resolves_logins
+async def login_owner(services: Services, login: str) -> str | None:
+    """The id of the account ``login`` names, if one does (the rate limits
+    charge its bucket, whichever way the login names it)."""
     async with services.db.read_session() as session:
-        if "@" in login:
-            condition = Account.email_canonical == login
-        else:
-            condition = Account.username_canonical == login
-        account = await session.scalar(select(Account).where(condition))
+        return await session.scalar(select(Account.id).where(_named_by(login)))
+
+
+async def do_log_in(services: Services, data: LogIn) -> TokenPair:
+    async with services.db.read_session() as session:
+        account = await session.scalar(select(Account).where(_named_by(data.login)))
     stored_hash = account.password_hash if account else None
     valid = await asyncio.to_thread(verify_password, stored_hash, data.password)
     if account is None or not valid:

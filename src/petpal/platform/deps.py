@@ -107,8 +107,23 @@ async def limit_log_in(
     checks = [("log_in_ip", _client_ip(request, services))]
     login = await _submitted_login(request)
     if login is not None:
-        checks.append(("log_in_name", login_key(login)))
+        owner = await _login_owner(services, login) if _login_owner else None
+        checks.append(("log_in_name", login_key(login, owner)))
     await _enforce(request, services, checks)
+
+
+# Which account a log-in names, if any: the identity service's to say
+# (``resolves_logins``), so that the account's bucket is charged however
+# the login spells it.
+LoginOwner = Callable[[Services, str], Awaitable[str | None]]
+_login_owner: LoginOwner | None = None
+
+
+def resolves_logins(owner: LoginOwner) -> LoginOwner:
+    """Register the function that says which account a log-in names."""
+    global _login_owner
+    _login_owner = owner
+    return owner
 
 
 async def limit_password_check(
@@ -121,7 +136,7 @@ async def limit_password_check(
     guesses no faster there than at the log-in."""
     checks = [
         ("log_in_ip", _client_ip(request, services)),
-        ("log_in_name", login_key(me.username)),
+        ("log_in_name", login_key(me.username, me.account_id)),
     ]
     await _enforce(request, services, checks)
 
