@@ -77,6 +77,30 @@ def test_settings_out_of_range_are_refused_by_name(
     assert not tmp_path.joinpath("petpal.sqlite3").exists()
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "command"),
+    [
+        ("database_url", "notaurl", ("migrate",)),
+        ("database_url", "mysql://root@127.0.0.1/petpal", ("migrate",)),
+        ("redis_url", "notaurl", ("cache", "clear")),
+        ("broker_url", "redis://127.0.0.1:6379/0", ("jobs", "dead")),
+    ],
+)
+def test_a_url_of_the_wrong_kind_is_refused_by_name(
+    settings: Settings,
+    tmp_path: Path,
+    setting: str,
+    value: str,
+    command: tuple[str, ...],
+) -> None:
+    """Found by a trial: each failed deep in a driver, 178 lines long."""
+    changed = _embedded(settings, tmp_path, **{setting: value})
+    result = run_petpal(changed, *command)
+    assert result.returncode == 2, result
+    assert f"PETPAL_{setting.upper()}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_database_without_the_schema_is_said_in_a_line(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -18,12 +18,23 @@ from functools import lru_cache
 from pathlib import Path
 
 from limits import parse
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A key or queue-name prefix: at least one visible ASCII character before its
 # separator.
 _PREFIX = re.compile(r"[!-~]{2,100}")
+# The schemes of the backends' URLs each setting accepts.
+_URL_SCHEMES = {
+    "database_url": (
+        "postgresql+asyncpg",
+        "postgresql",
+        "postgres",
+        "sqlite+aiosqlite",
+    ),
+    "redis_url": ("redis", "rediss", "unix"),
+    "broker_url": ("amqp", "amqps", "pyamqp"),
+}
 
 
 class Settings(BaseSettings):
@@ -226,6 +237,20 @@ class Settings(BaseSettings):
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         parse(value)  # raises ValueError, so a typo fails at start-up
+        return value
+
+    @field_validator("database_url", "redis_url", "broker_url")
+    @classmethod
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
+        # Found by a trial: "notaurl" or a MySQL URL failed deep inside the
+        # driver, in a traceback of 178 lines.
+        schemes = _URL_SCHEMES[str(info.field_name)]
+        scheme, separator, rest = value.partition("://")
+        if value and (not separator or not rest or scheme not in schemes):
+            raise ValueError(
+                f"not a URL this setting takes: one of {', '.join(schemes)}://…, "
+                "or empty"
+            )
         return value
 
     @field_validator("cache_key_prefix")
