@@ -76,8 +76,15 @@ def migrate(data_dir: DataDir = None) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on.", envvar="PETPAL_HOST")
+    ] = "127.0.0.1",
+    # A port past 65535 was taken modulo 65536 (found by a trial: 84436
+    # listened on 18900, and said 84436).
+    port: Annotated[
+        int,
+        typer.Option(min=1, max=65535, help="Port to listen on.", envvar="PETPAL_PORT"),
+    ] = 8000,
     workers: Annotated[
         int,
         typer.Option(

@@ -74,6 +74,26 @@ def test_serve_says_where_it_listens_and_where_jobs_run(
     ]
 
 
+def test_a_port_out_of_range_is_refused_and_petpal_port_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial: --port 84436 listened on 18900 (modulo 65536) and
+    said 84436, and ``petpal serve`` ignored PETPAL_PORT."""
+    import uvicorn
+
+    started: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.append(kwargs))
+    for port in ("84436", "0", "-1"):
+        result = serve(tmp_path, monkeypatch, "--port", port)
+        assert result.exit_code == 2, result.output
+        assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("PETPAL_PORT", "18124")
+    monkeypatch.setenv("PETPAL_HOST", "127.0.0.2")
+    result = serve(tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert [(run["host"], run["port"]) for run in started] == [("127.0.0.2", 18124)]
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
