@@ -64,6 +64,7 @@ def assert_refused(answer: Answer, status: int, code: str, instance: str = "") -
     assert headers["content-type"] == "application/problem+json"
     assert headers["connection"] == "close"
     assert headers["x-request-id"]
+    assert headers["cache-control"] == "no-store"
     problem = orjson.loads(body)
     assert problem == {
         "type": f"https://petpal.example/problems/{code.replace('_', '-')}",
@@ -177,12 +178,37 @@ async def test_a_method_the_server_does_not_know_is_not_implemented(
             "http_version_not_supported",
         ),
         (
+            b"GET /healthz HTTP/1.2\r\nHost: x\r\n\r\n",
+            505,
+            "http_version_not_supported",
+        ),
+        (
+            b"GET /healthz HTTP/3.0\r\nHost: x\r\n\r\n",
+            505,
+            "http_version_not_supported",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: a, b\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (
             b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
             501,
             "method_not_implemented",
         ),
     ],
-    ids=["no-host", "two-hosts", "two-hosts-1.0", "http-2.0", "http-0.9", "connect"],
+    ids=[
+        "no-host",
+        "two-hosts",
+        "two-hosts-1.0",
+        "http-2.0",
+        "http-0.9",
+        "http-1.2",
+        "http-3.0",
+        "host-list",
+        "connect",
+    ],
 )
 async def test_a_head_http_1_1_does_not_allow_is_refused(
     port: int, request_bytes: bytes, status: int, code: str
@@ -196,9 +222,17 @@ async def test_a_head_http_1_1_does_not_allow_is_refused(
     assert len(answers) == 2
     instance = "" if request_bytes.startswith(b"CONNECT") else "/healthz"
     assert_refused(answers[1], status, code, instance)
-    # HTTP/1.0 needs no Host.
+    # HTTP/1.0 needs no Host; names, addresses and ports are hosts.
     answer = await exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n")
     assert answer[0] == b"HTTP/1.1 200 OK"
+    for host in (b"petpal.example", b"127.0.0.1:8000", b"[::1]:8000", b""):
+        answer = await exchange(
+            port,
+            b"GET /healthz HTTP/1.1\r\nHost: "
+            + host
+            + b"\r\nConnection: close\r\n\r\n",
+        )
+        assert answer[0] == b"HTTP/1.1 200 OK", host
 
 
 async def test_requests_before_the_bad_bytes_are_answered_first(port: int) -> None:

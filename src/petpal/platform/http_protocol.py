@@ -84,8 +84,12 @@ _VERSION_NOT_SUPPORTED = (
 _HOST_REQUIRED = (
     400,
     "malformed_request",
-    "an HTTP/1.1 request needs exactly one Host header, and any request at most one",
+    "an HTTP/1.1 request needs exactly one Host header, and any request at most "
+    "one, naming one host",
 )
+# A Host header's value: a host as RFC 3986 spells one (a name, an IPv4
+# address or an IP literal in brackets), and a port; or nothing at all.
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]*)(:[0-9]*)?")
 _URI_TOO_LONG = (
     414,
     "uri_too_long",
@@ -240,10 +244,15 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(_METHOD_NOT_IMPLEMENTED)
             else:
                 self._refuse(_MALFORMED)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             # The parser gives up on a head too long for it too (a target
             # past 64 KiB): that is the limit's refusal, not a malformed one.
-            self._refuse(self._too_long() or _MALFORMED)
+            # A version it does not read (HTTP/1.2, HTTP/3.0) is one this
+            # server does not speak, as HTTP/2.0 is (_refusal_of_head).
+            version = "Invalid HTTP version" in str(exc)
+            self._refuse(
+                self._too_long() or (_VERSION_NOT_SUPPORTED if version else _MALFORMED)
+            )
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
@@ -343,9 +352,11 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             return _VERSION_NOT_SUPPORTED
         if self._method == b"CONNECT":
             return _METHOD_NOT_IMPLEMENTED
-        hosts = [name for name, _ in self.headers if name == b"host"]
+        hosts = [value for name, value in self.headers if name == b"host"]
         if len(hosts) > 1 or (not hosts and version == "1.1"):
             return _HOST_REQUIRED
+        if hosts and not _HOST.fullmatch(hosts[0]):
+            return _HOST_REQUIRED  # a list ("a, b"), spaces: not one host
         return None
 
     def _continue_applies(self) -> bool:
@@ -479,6 +490,9 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             # As every answer of the app has one (observability.py): the
             # caller's own, if the refused request's head had sent it.
             b"x-request-id: " + request_id + b"\r\n",
+            # As the app's answers under /api/ say (observability.py): an
+            # error is no answer for a cache to keep (found by a trial).
+            b"cache-control: no-store\r\n",
             b"connection: close\r\n\r\n",
             # A HEAD's answer is the headers alone (found by a trial).
             b"" if self._method == b"HEAD" else body,
