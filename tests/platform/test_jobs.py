@@ -219,3 +219,21 @@ async def test_the_dead_job_list_is_one_line_a_job_and_replay_names_what_it_cann
     assert replayed.stdout == ""
     assert unknown in replayed.stderr
     assert (await petpal("replay")).returncode == 0  # all of them: none is fine
+
+
+async def test_scratch_files_a_killed_process_left_go_at_the_next_start(
+    settings: Settings,
+) -> None:
+    """Found by a trial: a kill -9 while a photo was decoded left its copy
+    (up to 25 MB) in the data folder's tmp/ for good. Where no other process
+    runs the jobs, the next start removes what is there."""
+    left = settings.data_dir / "tmp" / "tmpkilled" / "source"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"a photo being decoded")
+    services = Services.build(settings.model_copy(update={"run_jobs_in_process": True}))
+    try:
+        await services.start()
+        sole = services.relay is not None and services.relay.sole_runner
+        assert left.exists() != sole
+    finally:
+        await services.close()

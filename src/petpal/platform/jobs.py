@@ -575,7 +575,7 @@ class EmbeddedRelay:
         # found running at the start was left by a process that died, and
         # runs again at once rather than when its lease ends (found by a
         # trial: a photo stayed "processing" for 5 minutes after a kill -9).
-        self._sole_runner = sole_runner
+        self.sole_runner = sole_runner
         self._concurrency = max(1, concurrency)
         self._poll_seconds = poll_seconds
         self._max_attempts = max_attempts
@@ -648,7 +648,7 @@ class EmbeddedRelay:
 
     async def _loop(self) -> None:
         next_reclaim = 0.0
-        left_by_the_dead = self._sole_runner
+        left_by_the_dead = self.sole_runner
         # stop() sets the flag and wakes the loop: it ends between turns.
         while not self._stopping:
             try:

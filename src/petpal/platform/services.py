@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 from dataclasses import dataclass
 
 from petpal.platform.cache import Cache, CacheBackend, InProcessBackend
@@ -86,6 +87,11 @@ class Services:
 
     async def start(self) -> None:
         if self.relay is not None:
+            if self.relay.sole_runner:
+                # What jobs of a process that was killed left in their
+                # scratch folders (a photo being decoded: up to 25 MB each,
+                # found by a trial); no other process uses them.
+                shutil.rmtree(self.settings.data_dir / "tmp", ignore_errors=True)
             self.relay.start()
 
     async def close(self) -> None:
