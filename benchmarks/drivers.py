@@ -123,7 +123,10 @@ def _lua_string(text: str) -> str:
 
 def wrk_script(requests: list[Request]) -> str:
     """A wrk script cycling through ``requests``, each thread from its own offset."""
-    lines = ["local requests = {}"]
+    # Made in init(), once wrk has set the Host header from the URL: made as
+    # the script loads, they had none, and HTTP/1.1 requires it (the server
+    # answers 400 since it does; RFC 9112 section 3.2).
+    lines = ["local requests = {}", "local function build()"]
     for r in requests:
         headers = ["Accept = 'application/json'"]
         if r.token:
@@ -133,17 +136,21 @@ def wrk_script(requests: list[Request]) -> str:
             headers.append('["Content-Type"] = "application/json"')
             body = _lua_string(json.dumps(r.body))
         lines.append(
-            f"requests[#requests + 1] = wrk.format({_lua_string(r.method)}, "
+            f"  requests[#requests + 1] = wrk.format({_lua_string(r.method)}, "
             f"{_lua_string(r.path)}, {{{', '.join(headers)}}}, {body})"
         )
     lines += [
+        "end",
         "local counter = 0",
         "local threads = 0",
         "function setup(thread)",
         "  thread:set('start', threads * 7919)",
         "  threads = threads + 1",
         "end",
-        "function init(args) counter = start or 0 end",
+        "function init(args)",
+        "  build()",
+        "  counter = start or 0",
+        "end",
         "function request()",
         "  counter = counter + 1",
         "  return requests[(counter % #requests) + 1]",

@@ -21,12 +21,14 @@ from benchmarks.report import _route_of
 class _Recorder(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     seen: ClassVar[list[tuple[str, str, str, bytes]]] = []
+    hosts: ClassVar[list[str | None]] = []
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         auth = self.headers.get("Authorization", "")
         self.seen.append((self.command, self.path, auth, body))
+        self.hosts.append(self.headers.get("Host"))
         status = 404 if self.path.startswith("/missing") else 200
         payload = b'{"ok":true}'
         self.send_response(status)
@@ -44,6 +46,7 @@ class _Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     _Recorder.seen = []
+    _Recorder.hosts = []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -94,6 +97,10 @@ def test_capacity_replays_the_cycle_through_wrk(server: str) -> None:
     assert sent >= {(r.method, r.path, f"Bearer {r.token}") for r in REQUESTS}
     comments = [body for m, _, _, body in _Recorder.seen if m == "POST"]
     assert json.loads(comments[0]) == {"body": "So fluffy 😍"}
+    # Every request names its host, as HTTP/1.1 requires (found when the
+    # server began to refuse requests without one: wrk's requests, made as
+    # its script loaded, had none).
+    assert set(_Recorder.hosts) == {server.removeprefix("http://")}
 
 
 def test_wrk_errors_are_counted(server: str) -> None:
