@@ -24,6 +24,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # A key or queue-name prefix: at least one visible ASCII character before its
 # separator.
 _PREFIX = re.compile(r"[!-~]{2,100}")
+# Each prefix setting: what it is, the separator it must end in, its
+# default, and what it names.
+_PREFIXES = {
+    "cache_key_prefix": ("a Redis key prefix", ":", "petpal:", "keys"),
+    "broker_prefix": ("a broker prefix", ".", "petpal.", "queues"),
+}
 # The schemes of the backends' URLs each setting accepts.
 _URL_SCHEMES = {
     "database_url": (
@@ -253,29 +259,19 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("cache_key_prefix")
+    @field_validator("cache_key_prefix", "broker_prefix")
     @classmethod
-    def _check_key_prefix(cls, value: str) -> str:
+    def _check_prefix(cls, value: str, info: ValidationInfo) -> str:
         # `petpal cache clear` and a new database's migration delete every
-        # key under it: an empty prefix deleted another application's keys
-        # in a shared Redis, and "petpal" those of "petpal_bench:" (found by
-        # a trial).
-        if not _PREFIX.fullmatch(value) or not value.endswith(":"):
+        # key under the Redis one: an empty prefix deleted another
+        # application's keys in a shared Redis, and "petpal" those of
+        # "petpal_bench:" (found by a trial). Queues share a host as keys do.
+        what, separator, default, names = _PREFIXES[str(info.field_name)]
+        if not _PREFIX.fullmatch(value) or not value.endswith(separator):
             raise ValueError(
-                "a Redis key prefix is visible ASCII characters ending in ':' "
-                "(petpal:), so that it names this deployment's keys and no "
-                "one else's"
-            )
-        return value
-
-    @field_validator("broker_prefix")
-    @classmethod
-    def _check_broker_prefix(cls, value: str) -> str:
-        if not _PREFIX.fullmatch(value) or not value.endswith("."):
-            raise ValueError(
-                "a broker prefix is visible ASCII characters ending in '.' "
-                "(petpal.), so that it names this deployment's queues and no "
-                "one else's"
+                f"{what} is visible ASCII characters ending in '{separator}' "
+                f"({default}), so that it names this deployment's {names} and "
+                "no one else's"
             )
         return value
 
