@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -471,16 +472,32 @@ async def test_many_comments_and_likes_at_once_keep_counts_and_cache_exact(
     people = await many_users(services, 60)
     post_url = f"/api/v1/posts/{post['id']}"
 
+    async def retried(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+        # A 503 (the process at its concurrency limit for longer than its
+        # wait, or the database saturated; seen once in CI on a slow
+        # machine) is retried, as a client does after Retry-After: nothing
+        # of the request was committed, so the counts below stay exact.
+        for _ in range(10):
+            response = await send()
+            if response.status_code != 503:
+                return response
+            assert_problem(response, 503)
+            await asyncio.sleep(0.5)
+        raise AssertionError("still 503 after 10 tries")
+
+    def comment(person: User) -> Awaitable[httpx.Response]:
+        return retried(lambda: _a_comment(client, post["id"], person))
+
     async def engage(person: User, index: int) -> list[int]:
         answers = await asyncio.gather(
-            _a_comment(client, post["id"], person),
-            _a_comment(client, post["id"], person),
-            client.get(post_url),
+            comment(person),
+            comment(person),
+            retried(lambda: client.get(post_url)),
         )
         if index % 2 == 0:
             liked, _ = await _answered(client, "POST", f"{post_url}/like", person)
             answers.append(liked)
-        answers.append(await _a_comment(client, post["id"], person))
+        answers.append(await comment(person))
         return [answer.status_code for answer in answers]
 
     answers = await asyncio.gather(*(engage(p, i) for i, p in enumerate(people)))
