@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client import REGISTRY
@@ -96,6 +97,13 @@ async def a_ready_photo(
     media = await an_uploaded_photo(client, user, path, services)
     assert media["status"] == "ready", media
     return str(media["id"])
+
+
+async def variant_paths(client: httpx.AsyncClient, media_id: str) -> list[str]:
+    """The paths a ready photo's sizes are served at."""
+    details = await client.get(f"/api/v1/media/{media_id}")
+    assert details.status_code == 200, details.text
+    return [urlsplit(v["url"]).path for v in details.json()["variants"]]
 
 
 async def page_ids(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -24,6 +23,7 @@ from tests.factories import (
     a_user,
     assert_problem,
     drain_jobs,
+    variant_paths,
 )
 from tests.pets.helpers import OF_THE_DAY, a_pet
 from tests.social.builders import a_post
@@ -51,10 +51,7 @@ async def test_deleting_an_account_takes_everything_of_it(
 ) -> None:
     alice, bob, carol = [await a_user(client) for _ in range(3)]
     photo = await a_ready_photo(client, alice, services, photos / PHOTO)
-    files = [
-        urlsplit(v["url"]).path
-        for v in (await client.get(f"/api/v1/media/{photo}")).json()["variants"]
-    ]
+    files = await variant_paths(client, photo)
     pet = await a_pet(client, alice, name="Biscuit", photo_media_id=photo)
     theirs = await a_post(client, alice, photo, "Biscuit at the beach #beachdog")
     bobs_photo = await a_ready_photo(client, bob, services, photos / PHOTO)

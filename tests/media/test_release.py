@@ -10,7 +10,6 @@ still shows.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -18,7 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from petpal.platform.services import Services
 from petpal.social import service as social_service
-from tests.factories import User, a_ready_photo, a_user, assert_problem, drain_jobs
+from tests.factories import (
+    User,
+    a_ready_photo,
+    a_user,
+    assert_problem,
+    drain_jobs,
+    variant_paths,
+)
 from tests.social.builders import a_post
 
 PHOTO = "camera-exif/orientation_1_landscape.jpg"
@@ -40,8 +46,7 @@ async def _served(client: httpx.AsyncClient, media_id: str, services: Services) 
             assert not (services.settings.media_dir / "media" / media_id).exists()
         return False
     assert details.status_code == 200, details.text
-    for variant in details.json()["variants"]:
-        path = urlsplit(variant["url"]).path
+    for path in await variant_paths(client, media_id):
         served = await client.get(path)
         assert served.status_code == 200, (path, served.status_code)
     assert stored
@@ -54,10 +59,7 @@ async def test_a_deleted_posts_photo_stops_being_served(
     author = await a_user(client)
     media_id = await _photo(client, author, services, photos)
     post = await a_post(client, author, media_id)
-    urls = [
-        urlsplit(v["url"]).path
-        for v in (await client.get(f"/api/v1/media/{media_id}")).json()["variants"]
-    ]
+    urls = await variant_paths(client, media_id)
     assert await _served(client, media_id, services)
 
     deleted = await client.delete(f"/api/v1/posts/{post['id']}", headers=author.headers)

@@ -73,7 +73,7 @@ from petpal.platform.errors import (
     ProblemError,
 )
 from petpal.platform.ids import is_valid_id, new_id
-from petpal.platform.jobs import enqueue, record_dead
+from petpal.platform.jobs import enqueue, enqueue_chunked, record_dead
 from petpal.platform.services import Services
 
 log = structlog.get_logger(__name__)
@@ -498,11 +498,8 @@ async def do_release_media(services: Services, media_ids: Sequence[str]) -> None
                 ).one_or_none()
                 if gone is None:
                     continue  # still shown, or deleted already
-                keys = [variant["key"] for variant in gone.variants or []]
-                if gone.incoming_key:
-                    keys.append(gone.incoming_key)
-                if keys:
-                    enqueue(session, DELETE_FILES_JOB, {"keys": keys})
+                keys = _stored_keys([gone])
+                _queue_file_deletion(session, keys)
         except IntegrityError:
             continue  # a post took it up meanwhile: its foreign key says so
         log.info("media.released", media_id=media_id, files=len(keys))
@@ -511,6 +508,19 @@ async def do_release_media(services: Services, media_ids: Sequence[str]) -> None
 
 # Files a deletion job carries.
 DELETE_FILES_CHUNK = 500
+
+
+def _stored_keys(rows: Sequence[Any]) -> list[str]:
+    """The storage keys of the media ``rows`` (with their ``variants`` and
+    ``incoming_key``): each size, and any raw upload."""
+    keys = [variant["key"] for row in rows for variant in row.variants or []]
+    return keys + [row.incoming_key for row in rows if row.incoming_key]
+
+
+def _queue_file_deletion(session: AsyncSession, keys: Sequence[str]) -> None:
+    """Queue ``media.delete_files`` for ``keys`` in ``session``, the write
+    that deletes their media rows."""
+    enqueue_chunked(session, DELETE_FILES_JOB, "keys", keys, DELETE_FILES_CHUNK)
 
 
 @on_account_deletion
@@ -525,11 +535,7 @@ async def delete_media_of(session: AsyncSession, account_id: str) -> list[str]:
             )
         )
     ).all()
-    keys = [variant["key"] for row in rows for variant in row.variants or []]
-    keys += [row.incoming_key for row in rows if row.incoming_key]
-    for start in range(0, len(keys), DELETE_FILES_CHUNK):
-        chunk = keys[start : start + DELETE_FILES_CHUNK]
-        enqueue(session, DELETE_FILES_JOB, {"keys": chunk})
+    _queue_file_deletion(session, _stored_keys(rows))
     return [media_key(row.id) for row in rows]
 
 

@@ -81,7 +81,7 @@ _VERSION_NOT_SUPPORTED = (
     "this server speaks HTTP/1.1 and HTTP/1.0 on this port; the request line "
     "asks for another version",
 )
-_HOST_REQUIRED = (
+_BAD_HOST = (
     400,
     "malformed_request",
     "an HTTP/1.1 request needs exactly one Host header, and any request at most "
@@ -354,9 +354,9 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             return _METHOD_NOT_IMPLEMENTED
         hosts = [value for name, value in self.headers if name == b"host"]
         if len(hosts) > 1 or (not hosts and version == "1.1"):
-            return _HOST_REQUIRED
+            return _BAD_HOST
         if hosts and not _HOST.fullmatch(hosts[0]):
-            return _HOST_REQUIRED  # a list ("a, b"), spaces: not one host
+            return _BAD_HOST  # a list ("a, b"), spaces: not one host
         return None
 
     def _continue_applies(self) -> bool:

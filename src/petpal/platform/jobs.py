@@ -30,7 +30,7 @@ import asyncio
 import random
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -256,6 +256,21 @@ def enqueue(
         )
     )
     return job_id
+
+
+def enqueue_chunked(
+    session: AsyncSession,
+    kind: str,
+    field: str,
+    items: Sequence[str],
+    size: int,
+    **fixed: Any,
+) -> None:
+    """Jobs of ``kind`` for ``items``, at most ``size`` of them in ``field``
+    of each job's payload (the rest of which is ``fixed``): a payload stays
+    small however many there are."""
+    for start in range(0, len(items), size):
+        enqueue(session, kind, {**fixed, field: list(items[start : start + size])})
 
 
 def enqueue_when(kind: str, condition: ColumnElement[bool]) -> Insert:
@@ -648,7 +663,7 @@ class EmbeddedRelay:
 
     async def _loop(self) -> None:
         next_reclaim = 0.0
-        left_by_the_dead = self.sole_runner
+        reclaim_all_running = self.sole_runner
         # stop() sets the flag and wakes the loop: it ends between turns.
         while not self._stopping:
             try:
@@ -657,8 +672,8 @@ class EmbeddedRelay:
                 # ends; checked at start and then once a minute.
                 now = asyncio.get_running_loop().time()
                 if now >= next_reclaim:
-                    await self._reclaim_leases(every_one=left_by_the_dead)
-                    left_by_the_dead = False
+                    await self._reclaim_leases(every_one=reclaim_all_running)
+                    reclaim_all_running = False
                     next_reclaim = now + 60.0
                 await self._claim_and_start()
             except asyncio.CancelledError:

@@ -70,9 +70,14 @@ HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&])#([{_WORD}]+)")
 MENTION_PATTERN = regex.compile(rf"(?<![{_WORD}@＠])[@＠]([{_WORD}]{{1,60}})")
 
 
+def _fold(text: str) -> str:
+    """``text`` as names are compared: NFKC-normalised, then case-folded."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
 def canonical_username(raw: str) -> str:
     """The form a username is stored and compared in; raise ValueError if invalid."""
-    normalized = unicodedata.normalize("NFKC", raw).casefold()
+    normalized = _fold(raw)
     if not USERNAME_PATTERN.match(normalized):
         raise ValueError(
             "a username is 3 to 30 characters: letters a-z, digits and underscore"
@@ -84,7 +89,7 @@ def canonical_username(raw: str) -> str:
 
 def lookup_username(raw: str) -> str | None:
     """The canonical form to look ``raw`` up by, or None if it can't exist."""
-    normalized = unicodedata.normalize("NFKC", raw).casefold()
+    normalized = _fold(raw)
     return normalized if USERNAME_PATTERN.match(normalized) else None
 
 
@@ -101,7 +106,7 @@ def canonical_login(raw: str) -> str:
     login = raw.strip()
     if "@" in login:
         return login.casefold()
-    return unicodedata.normalize("NFKC", login).casefold()
+    return _fold(login)
 
 
 def check_storable(value: str) -> str:
@@ -181,7 +186,7 @@ NAME = AfterValidator(check_name)
 
 
 def canonical_tag(tag: str) -> str:
-    return unicodedata.normalize("NFKC", tag).casefold()
+    return _fold(tag)
 
 
 _TAG_WORD = regex.compile(rf"[{_WORD}]+")

@@ -68,6 +68,7 @@ from petpal.platform.ids import is_valid_id, new_id
 from petpal.platform.jobs import (
     BACKSTOP_DELAY,
     enqueue,
+    enqueue_chunked,
     enqueue_when,
     job_parameters,
     release_backstop,
@@ -1586,12 +1587,17 @@ async def delete_social_of(session: AsyncSession, account_id: str) -> list[str]:
     accounts.discard(account_id)
     if own:
         await session.execute(delete(Post).where(Post.author_id == account_id))
-    for kind, named in (("account_ids", accounts), ("post_ids", posts)):
-        ordered = sorted(named)
-        for start in range(0, len(ordered), RECOUNT_CHUNK):
-            payload: dict[str, list[str]] = {"account_ids": [], "post_ids": []}
-            payload[kind] = ordered[start : start + RECOUNT_CHUNK]
-            enqueue(session, RECOUNT_JOB, payload)
+    enqueue_chunked(
+        session,
+        RECOUNT_JOB,
+        "account_ids",
+        sorted(accounts),
+        RECOUNT_CHUNK,
+        post_ids=[],
+    )
+    enqueue_chunked(
+        session, RECOUNT_JOB, "post_ids", sorted(posts), RECOUNT_CHUNK, account_ids=[]
+    )
     return [post_key(post_id) for post_id in sorted(own)] + [_counts_key(account_id)]
 
 
