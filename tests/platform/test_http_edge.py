@@ -117,6 +117,37 @@ async def test_openapi_says_which_routes_need_a_token(
     assert_problem(await client.get("/api/v1/feed/home"), 401)
 
 
+async def test_openapi_401s_say_what_each_route_refuses(
+    client: httpx.AsyncClient,
+) -> None:
+    """Found by a trial: sign-up, log-in, refresh and log-out listed a 401
+    for an access-token problem, though none of them reads one. A route
+    that takes no token lists a 401 only where it answers one, saying why;
+    each 401 keeps the problem document's schema."""
+    paths = (await client.get("/openapi.json")).json()["paths"]
+
+    def said_401(path: str, method: str) -> str | None:
+        answer = paths[f"/api/v1{path}"][method]["responses"].get("401")
+        if answer is None:
+            return None
+        assert "application/problem+json" in answer["content"], (path, method)
+        return str(answer["description"])
+
+    assert said_401("/accounts", "post") is None
+    assert said_401("/auth/logout", "post") is None
+    assert "password is wrong" in (said_401("/auth/token", "post") or "")
+    assert "refresh token" in (said_401("/auth/refresh", "post") or "")
+    assert "access token" in (said_401("/feed/home", "get") or "")
+    assert "password" in (said_401("/accounts/me", "delete") or "")
+    # What the schema says is what the routes answer.
+    await a_user(client, "schema401")
+    wrong = {"login": "schema401", "password": "not the password at all"}
+    assert_problem(await client.post("/api/v1/auth/token", json=wrong), 401)
+    spent = {"refresh_token": "no-such-token"}
+    assert_problem(await client.post("/api/v1/auth/refresh", json=spent), 401)
+    assert (await client.post("/api/v1/auth/logout", json=spent)).status_code == 204
+
+
 @pytest.mark.parametrize(
     "path",
     [

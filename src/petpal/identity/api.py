@@ -41,13 +41,25 @@ async def sign_up(data: SignUp, services: ServicesDep, response: Response) -> Me
 
 
 @router.post(
-    "/auth/token", response_model=TokenPair, dependencies=[Depends(limit_log_in)]
+    "/auth/token",
+    response_model=TokenPair,
+    responses={401: {"description": "The login or the password is wrong"}},
+    dependencies=[Depends(limit_log_in)],
 )
 async def log_in(data: LogIn, services: ServicesDep) -> TokenPair:
     return await service.do_log_in(services, data)
 
 
-@router.post("/auth/refresh", response_model=TokenPair)
+@router.post(
+    "/auth/refresh",
+    response_model=TokenPair,
+    responses={
+        401: {
+            "description": "The refresh token is invalid, expired, revoked or "
+            "was used already (which revokes its sessions)"
+        }
+    },
+)
 async def refresh(data: RefreshRequest, services: ServicesDep) -> TokenPair:
     return await service.do_refresh(services, data.refresh_token)
 
@@ -71,7 +83,15 @@ async def update_me(
 
 
 @router.delete(
-    "/accounts/me", status_code=204, dependencies=[Depends(limit_password_check)]
+    "/accounts/me",
+    status_code=204,
+    responses={
+        401: {
+            "description": "Missing, invalid or expired access token, or a wrong "
+            "password"
+        }
+    },
+    dependencies=[Depends(limit_password_check)],
 )
 async def delete_me(
     data: AccountDeletion, me: CurrentAccount, services: ServicesDep

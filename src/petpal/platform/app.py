@@ -374,7 +374,13 @@ def _add_routes(
         if not isinstance(route, APIRoute):
             raise TypeError(f"only API routes are served flat, not {route!r}")
         dependencies = list(route.dependencies)
-        documented = {**(responses or {}), **route.responses}
+        # A route's own word on a status (its description, say) is added to
+        # the common one, which keeps the problem document's schema.
+        generic = responses or {}
+        documented = {
+            status: {**generic.get(status, {}), **route.responses.get(status, {})}
+            for status in {*generic, *route.responses}
+        }
         # A route that charges a rate limit answers with the quota headers.
         if _depends_on(route.dependant, RATE_LIMIT_DEPENDENCIES):
             # Sent with whatever the route answers once the limit let the
@@ -396,6 +402,12 @@ def _add_routes(
         # schema says it (found by a trial: /docs had no Authorize button,
         # and nothing told which routes need a token). An empty requirement
         # beside the token's makes it optional.
+        if not reads_token and 401 not in route.responses:
+            # The common 401 is about the access token: a route that takes
+            # none answers 401 only where it says why (wrong credentials, a
+            # spent refresh token), or never (found by a trial: sign-up and
+            # log-out listed it).
+            documented.pop(401, None)
         openapi_extra = dict(route.openapi_extra or {})
         if reads_token:
             openapi_extra["security"] = [{BEARER_SCHEME: []}] + (
