@@ -119,6 +119,8 @@ async def test_unknown_species_filter_is_422(
         ("Σπάρτη", "ΣΠΆΡΤΗ"),
         ("Ｔｏｋｙｏ", "tokyo"),  # full-width letters
         ("İzmir", "İZM"),
+        ("İzmir", "izmir"),  # İ is an i (found by a trial: no match)
+        ("Izmir", "İZMİR"),
     ],
 )
 async def test_location_filter_is_a_case_insensitive_substring(

@@ -100,6 +100,10 @@ def test_an_id_is_valid_exactly_when_a_ulid_decodes(value: str) -> None:
         ("digits #dog2024 and #2024", ["dog2024"]),
         ("not a tag: mail#x, &#123; ## #", []),
         ("(#wrapped) #under_score", ["wrapped", "under_score"]),
+        # Turkish and Azeri: İ is an i (found by a trial: #İstanbul was a
+        # tag of its own), and the dotless ı stays a letter of its own.
+        ("#İstanbulKedileri #istanbulkedileri", ["istanbulkedileri"]),
+        ("#İZMİR #Izmir #ızmir", ["izmir", "ızmir"]),
     ],
 )
 def test_hashtags_in_any_script(text: str, tags: list[str]) -> None:
@@ -130,6 +134,11 @@ def test_mentions_are_canonical_usernames() -> None:
 @pytest.mark.parametrize("name", ["Ｍａｙａ", "MAYA", "maya"])
 def test_usernames_normalise_to_one_form(name: str) -> None:
     assert canonical_username(name) == "maya"
+
+
+def test_a_capital_dotted_i_is_an_i_in_names() -> None:
+    assert canonical_username("İlker") == "ilker"
+    assert extract_mentions("@İLKER") == ["ilker"]
 
 
 @pytest.mark.parametrize(

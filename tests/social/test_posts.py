@@ -119,6 +119,25 @@ async def test_hashtags_in_several_scripts_are_found_under_their_tag(
         assert_problem(await client.get(f"/api/v1/tags/{invalid}"), 404, "not_found")
 
 
+async def test_a_tag_with_a_capital_dotted_i_is_found_as_typed_in_any_case(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """Found by a trial: case-folding spells İ as an i with a dot above, so
+    #İstanbul had a page of its own, apart from #istanbul and #ISTANBUL."""
+    alice = await a_member(services)
+    media_id = await a_photo(client, alice, services, photos)
+    turkish = await a_post(client, alice, media_id, "Kediler #İstanbul")
+    english = await a_post(client, alice, media_id, "Cats of #Istanbul")
+    assert turkish["hashtags"] == english["hashtags"] == ["istanbul"]
+    for tag in ("istanbul", "İstanbul", "ISTANBUL", "İSTANBUL"):
+        response = await client.get(f"/api/v1/tags/{tag}")
+        assert response.status_code == 200, (tag, response.text)
+        ids = [p["id"] for p in response.json()["items"]]
+        assert ids == [english["id"], turkish["id"]], tag
+    # The dotless ı is a letter of its own.
+    assert (await client.get("/api/v1/tags/ıstanbul")).json()["items"] == []
+
+
 async def test_mentions_list_only_accounts_that_exist(
     client: httpx.AsyncClient, services: Services, photos: Path
 ) -> None:

@@ -65,6 +65,7 @@ from petpal.platform.pagination import (
     encode_cursor,
 )
 from petpal.platform.services import Services
+from petpal.platform.text import fold
 from petpal.platform.wire import Wire, WirePage
 
 PET_TTL = 600.0
@@ -106,8 +107,9 @@ def _account_pets_scope(owner_id: str) -> str:
 
 
 def fold_location(text: str) -> str:
-    """The form locations are matched in: compatibility-normalised, case-folded."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    """The form locations are matched in: compatibility-normalised,
+    case-folded (``İ`` as ``i``), normalised again: folding can undo NFKC."""
+    return unicodedata.normalize("NFKC", fold(text))
 
 
 def today_utc() -> date:

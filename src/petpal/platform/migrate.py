@@ -31,17 +31,23 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     one before, and a new account took an old name with its posts. The
     keys under the prefix describe the database they were read from, so a
     new one starts without them. (A database restored from a backup keeps
-    its schema: ``petpal cache clear`` is for that.)
+    its schema: ``petpal cache clear`` is for that.) So does a migration
+    that rewrote rows the cache may hold, which says so in the config's
+    ``cache_stale`` attribute.
     """
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     config = alembic_config(settings)
     command.upgrade(config, revision)
-    if config.attributes.get("schema_created") and settings.redis_url:
-        from petpal.platform.redis_cache import clear_prefix
+    if not settings.redis_url:
+        return  # an in-process cache starts empty with its process
+    from petpal.platform.redis_cache import clear_prefix
 
-        cleared = clear_prefix(settings)
-        log.info("cache.cleared_for_new_database", keys=cleared)
+    if config.attributes.get("schema_created"):
+        log.info("cache.cleared_for_new_database", keys=clear_prefix(settings))
+    elif config.attributes.get("cache_stale"):
+        # A migration rewrote rows the cache may hold (0004: hashtags).
+        log.info("cache.cleared_after_migration", keys=clear_prefix(settings))
 
 
 def make_revision(settings: Settings, message: str) -> None:

@@ -15,6 +15,7 @@ is refused: NUL characters and unpaired surrogates.
 from __future__ import annotations
 
 import unicodedata
+from typing import Final
 
 import regex
 from pydantic import AfterValidator
@@ -70,14 +71,22 @@ HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&])#([{_WORD}]+)")
 MENTION_PATTERN = regex.compile(rf"(?<![{_WORD}@＠])[@＠]([{_WORD}]{{1,60}})")
 
 
-def _fold(text: str) -> str:
-    """``text`` as names are compared: NFKC-normalised, then case-folded."""
-    return unicodedata.normalize("NFKC", text).casefold()
+# Case-folding spells the capital dotted I of Turkish and Azeri (``İ``) as an
+# ``i`` with a combining dot above, which shows as the ``i`` it sits on: so
+# ``#İstanbul`` was a tag of its own, not ``#istanbul``, and ``İzmir`` did
+# not match a search for ``izmir``. The fold drops that dot.
+_DOTTED_I: Final = "i\u0307"
+
+
+def fold(text: str) -> str:
+    """``text`` as names, hashtags and places are compared: NFKC-normalised,
+    case-folded, an ``İ`` as an ``i``."""
+    return unicodedata.normalize("NFKC", text).casefold().replace(_DOTTED_I, "i")
 
 
 def canonical_username(raw: str) -> str:
     """The form a username is stored and compared in; raise ValueError if invalid."""
-    normalized = _fold(raw)
+    normalized = fold(raw)
     if not USERNAME_PATTERN.match(normalized):
         raise ValueError(
             "a username is 3 to 30 characters: letters a-z, digits and underscore"
@@ -89,7 +98,7 @@ def canonical_username(raw: str) -> str:
 
 def lookup_username(raw: str) -> str | None:
     """The canonical form to look ``raw`` up by, or None if it can't exist."""
-    normalized = _fold(raw)
+    normalized = fold(raw)
     return normalized if USERNAME_PATTERN.match(normalized) else None
 
 
@@ -106,7 +115,7 @@ def canonical_login(raw: str) -> str:
     login = raw.strip()
     if "@" in login:
         return login.casefold()
-    return _fold(login)
+    return fold(login)
 
 
 def check_storable(value: str) -> str:
@@ -186,7 +195,7 @@ NAME = AfterValidator(check_name)
 
 
 def canonical_tag(tag: str) -> str:
-    return _fold(tag)
+    return fold(tag)
 
 
 _TAG_WORD = regex.compile(rf"[{_WORD}]+")
