@@ -171,6 +171,44 @@ async def test_bad_sign_up_bodies_are_422(
     assert_problem(await client.post("/api/v1/accounts", json=body), 422)
 
 
+@pytest.mark.parametrize(
+    "password",
+    [
+        "12345678",
+        "password",
+        "password123",
+        "qwertyuiop",
+        "        ",  # eight spaces
+        "biscuit_lover2024",  # the username with a year
+        "biscuit@example.org",  # the e-mail address
+        "a" * 300,  # past the length limit: refused as too long first
+        "a" * 200,  # a run of one letter, however long
+    ],
+)
+async def test_passwords_easy_to_guess_are_refused(
+    client: httpx.AsyncClient, password: str
+) -> None:
+    """Found by a trial: ``12345678`` and eight spaces were accepted. A
+    password is judged by zxcvbn against common passwords, words, keyboard
+    runs and the account's own name and address; under
+    ``PETPAL_PASSWORD_MIN_STRENGTH`` (2) it is a 422 that says why, and no
+    account is made."""
+    body = {
+        "username": "biscuit_lover",
+        "email": "biscuit@example.org",
+        "password": password,
+        "display_name": "Biscuit",
+    }
+    refused = await client.post("/api/v1/accounts", json=body)
+    problem = assert_problem(refused, 422)
+    if len(password) <= 256:
+        assert problem["code"] == "weak_password"
+        assert problem["detail"].startswith("this password is too easy to guess")
+    assert (await client.get("/api/v1/accounts/biscuit_lover")).status_code == 404
+    body["password"] = "biscuit chews every slipper"
+    assert (await client.post("/api/v1/accounts", json=body)).status_code == 201
+
+
 async def test_unpaired_surrogate_in_json_is_refused(client: httpx.AsyncClient) -> None:
     raw = (
         b'{"username":"surr","email":"s@example.org","password":"'

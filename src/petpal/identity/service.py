@@ -46,6 +46,7 @@ from petpal.platform.security import (
     hash_refresh_secret,
     issue_access_token,
     new_refresh_secret,
+    password_weakness,
     verify_password,
 )
 from petpal.platform.services import SERVICE_NAMES, Services
@@ -91,7 +92,15 @@ async def do_sign_up(services: Services, data: SignUp) -> Account:
     except ValueError as exc:
         raise InvalidInputError("invalid_username", str(exc)) from exc
     email_canonical = _canonical_email(data.email)
-    # Hashing takes tens of milliseconds of CPU; keep it off the event loop.
+    # Judging and hashing take milliseconds of CPU; keep them off the loop.
+    weakness = await asyncio.to_thread(
+        password_weakness,
+        data.password,
+        (data.username, data.email, data.display_name),
+        services.settings.password_min_strength,
+    )
+    if weakness is not None:
+        raise InvalidInputError("weak_password", weakness)
     password_hash = await asyncio.to_thread(hash_password, data.password)
     account = Account(
         id=new_id(),

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # two tabs refreshing at once), not a thief: it gets a pair of its own
     # rather than revoking the family. 0: every second use revokes it.
     refresh_reuse_grace_seconds: float = Field(default=30.0, ge=0)
+    # The least zxcvbn score (0-4) a new password needs: 2 refuses common
+    # passwords and their variants (``password123``, ``12345678``, the
+    # username with digits), which a few tries at each account would find
+    # across many accounts. 0 accepts any of 8 characters or more.
+    password_min_strength: int = Field(default=2, ge=0, le=4)
 
     # Largest JSON body any route accepts; uploads have their own limit.
     max_json_body_bytes: int = Field(default=64 * 1024, ge=1)
