@@ -95,6 +95,49 @@ async def test_duplicate_email_is_a_conflict(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
+    "again",
+    [
+        "First@xn--xample-9ua.org",  # the domain's IDNA form
+        "first@ÉXAMPLE.org",
+        "first@e\u0301xample.org",  # é decomposed
+        "first@ｅ\u0301ｘａｍｐｌｅ.org",  # in full width
+    ],
+)
+async def test_one_mailbox_is_one_account_however_its_domain_is_spelt(
+    client: httpx.AsyncClient, again: str
+) -> None:
+    """Found by a trial: ``x@éxample.org`` and ``x@xn--xample-9ua.org``, one
+    mailbox, made two accounts; the domain is compared in its IDNA form."""
+    first = sign_up_body("first", email="first@éxample.org")
+    assert (await client.post("/api/v1/accounts", json=first)).status_code == 201
+    second = sign_up_body("second", email=again)
+    assert_problem(
+        await client.post("/api/v1/accounts", json=second), 409, "email_taken"
+    )
+    # Any spelling of the address logs in to the account.
+    login = {"login": again, "password": PASSWORD}
+    assert (await client.post("/api/v1/auth/token", json=login)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "x@☃.net",  # no IDNA form (its own, xn--n3h.net, is taken as typed)
+        "x@ex\u200dample.org",  # a joiner where none may stand
+        "x@\u00ad.org",  # a label that maps to nothing
+        "ß" * 200 + "@example.org",  # 212 typed, 412 once case-folded
+    ],
+)
+async def test_addresses_with_no_canonical_form_are_422(
+    client: httpx.AsyncClient, email: str
+) -> None:
+    response = await client.post(
+        "/api/v1/accounts", json=sign_up_body("x1x", email=email)
+    )
+    assert_problem(response, 422, "invalid_email")
+
+
+@pytest.mark.parametrize(
     "email", ["first@example.org.", "first@.example.org", "first@example..org"]
 )
 async def test_an_address_with_an_empty_domain_label_is_refused(

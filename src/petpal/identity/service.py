@@ -50,7 +50,12 @@ from petpal.platform.security import (
     verify_password,
 )
 from petpal.platform.services import SERVICE_NAMES, Services
-from petpal.platform.text import canonical_login, canonical_username, lookup_username
+from petpal.platform.text import (
+    canonical_email,
+    canonical_login,
+    canonical_username,
+    lookup_username,
+)
 from petpal.platform.wire import Wire, utc_text
 
 log = structlog.get_logger(__name__)
@@ -69,21 +74,10 @@ def _username_key(canonical: str) -> str:
 
 
 def _canonical_email(raw: str) -> str:
-    email = raw.strip()
-    local, at, domain = email.rpartition("@")
-    labels = domain.split(".")
-    # Every label of the domain non-empty: "example.org." names the same
-    # mailbox as "example.org", and was a second account's address (found
-    # by a trial).
-    if (
-        not at
-        or not local
-        or len(labels) < 2
-        or not all(labels)
-        or any(c.isspace() for c in email)
-    ):
+    canonical = canonical_email(raw)
+    if canonical is None:
         raise InvalidInputError("invalid_email", "the e-mail address is not valid")
-    return f"{local}@{domain.lower()}".casefold()
+    return canonical
 
 
 async def do_sign_up(services: Services, data: SignUp) -> Account:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Final
 
+import idna
 import regex
 from pydantic import AfterValidator
 
@@ -102,10 +103,47 @@ def lookup_username(raw: str) -> str | None:
     return normalized if USERNAME_PATTERN.match(normalized) else None
 
 
+# The longest address SMTP carries, and the column that stores its form.
+EMAIL_MAX_LENGTH: Final = 254
+
+
+def canonical_email(raw: str) -> str | None:
+    """The form an e-mail address is stored and compared in, or None if it
+    is no valid address.
+
+    The local part is case-folded; the domain is spelt as DNS knows it:
+    each label that is not ASCII in its IDNA form (UTS #46 mapping, so
+    ``éxample.org``, ``ÉXAMPLE.org``, ``ｅxample.org`` in full width and
+    ``xn--xample-9ua.org`` are one domain, found by a trial: each was an
+    account of its own), ASCII labels in lower case. Every label must be
+    there: ``example.org.`` (a trailing dot) names the mailbox
+    ``example.org`` does, and was a second account's address.
+    """
+    email = raw.strip()
+    local, at, domain = email.rpartition("@")
+    labels = domain.split(".")
+    if not at or not local or len(labels) < 2 or any(c.isspace() for c in email):
+        return None
+    spelt: list[str] = []
+    for label in labels:
+        if label.isascii():
+            spelt.append(label.lower())
+            continue
+        try:
+            spelt.append(idna.encode(label, uts46=True).decode("ascii"))
+        except UnicodeError:  # idna.IDNAError: no valid label in any form
+            return None
+    if not all(spelt):
+        return None
+    canonical = f"{local.casefold()}@{'.'.join(spelt)}"
+    return canonical if len(canonical) <= EMAIL_MAX_LENGTH else None
+
+
 def canonical_login(raw: str) -> str:
     """What a log-in name is matched by: an e-mail address (it has an ``@``)
-    case-folded, as sign-up stores it; otherwise a username's canonical form
-    (NFKC, case-folded), which matches no account unless it is a valid one.
+    in its canonical form, as sign-up stores it; otherwise a username's
+    canonical form (NFKC, case-folded), which matches no account unless it
+    is a valid one.
 
     The log-in's look-up and its per-name rate limit both key on it, so any
     spelling that reaches an account counts against that account's bucket
@@ -114,7 +152,7 @@ def canonical_login(raw: str) -> str:
     """
     login = raw.strip()
     if "@" in login:
-        return login.casefold()
+        return canonical_email(login) or login.casefold()
     return fold(login)
 
 

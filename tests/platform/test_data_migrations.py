@@ -1,4 +1,5 @@
-"""Migration 0004: hashtags and places stored under the old fold of İ."""
+"""Migrations that rewrite stored data: 0004 (İ in hashtags and places) and
+0005 (e-mail domains in their IDNA form)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select, text, update
 
+from petpal.identity.models import Account
 from petpal.pets.models import Pet
 from petpal.platform.migrate import upgrade
 from petpal.platform.services import Services
 from petpal.social.models import PostTag
+from tests.factories import PASSWORD
 from tests.pets.helpers import a_pet
 from tests.social.builders import a_member, a_photo, a_post
 
@@ -74,3 +77,54 @@ async def test_stored_forms_with_a_dotted_capital_i_are_folded_again(
         assert await services.cache.backend.get("before-0004") is None
     adoptions = await client.get("/api/v1/adoptions", params={"location": "izmir"})
     assert [p["id"] for p in adoptions.json()["items"]] == [pet["id"]]
+
+
+async def _sign_up(client: httpx.AsyncClient, username: str, email: str) -> str:
+    body = {
+        "username": username,
+        "email": email,
+        "password": PASSWORD,
+        "display_name": username,
+    }
+    response = await client.post("/api/v1/accounts", json=body)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def test_stored_addresses_are_spelt_again_with_idna_domains(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Before 0005 an address's domain was case-folded only: ``Straße.de``
+    was stored as ``strasse.de`` (and would log in no more by its address),
+    ``éxample.org`` as itself, beside ``xn--xample-9ua.org``, the same
+    mailbox, which another account may have. 0005 spells each address again
+    from the address as typed; one whose new form is another's keeps its own.
+    """
+    street = await _sign_up(client, "street", "maya@Straße.de")
+    accented = await _sign_up(client, "accented", "twin@éxample.org")
+
+    async def store(account_id: str, stored: str) -> None:
+        async with services.db.write_session() as session:
+            await session.execute(
+                update(Account)
+                .where(Account.id == account_id)
+                .values(email_canonical=stored)
+            )
+
+    await store(street, "maya@strasse.de")
+    await store(accented, "twin@éxample.org")
+    twin = await _sign_up(client, "twin", "twin@xn--xample-9ua.org")
+    async with services.db.write_session() as session:
+        await session.execute(text("UPDATE alembic_version SET version_num = '0004'"))
+
+    await asyncio.to_thread(upgrade, services.settings)
+
+    async with services.db.read_session() as session:
+        stored = dict(
+            (await session.execute(select(Account.id, Account.email_canonical))).all()
+        )
+    assert stored[street] == "maya@xn--strae-oqa.de"
+    assert stored[accented] == "twin@éxample.org"  # its new form is twin's
+    assert stored[twin] == "twin@xn--xample-9ua.org"
+    login = {"login": "MAYA@straße.de", "password": PASSWORD}
+    assert (await client.post("/api/v1/auth/token", json=login)).status_code == 200
