@@ -104,6 +104,18 @@ def test_an_id_is_valid_exactly_when_a_ulid_decodes(value: str) -> None:
         # tag of its own), and the dotless ı stays a letter of its own.
         ("#İstanbulKedileri #istanbulkedileri", ["istanbulkedileri"]),
         ("#İZMİR #Izmir #ızmir", ["izmir", "ızmir"]),
+        # Joiners that are spelling (UAX #31): a ZWNJ between Arabic-script
+        # letters, either joiner after a virama (found by a trial: each tag
+        # was cut at the joiner). Elsewhere a joiner ends the word.
+        ("#گربه\u200cها", ["گربه\u200cها"]),
+        ("#می\u200cخوام!", ["می\u200cخوام"]),
+        ("#क्\u200dष", ["क्\u200dष"]),
+        ("#കാര്\u200dട്ട്", ["കാര്\u200dട്ട്"]),
+        ("#അവന്\u200d here", ["അവന്\u200d"]),
+        ("#do\u200cgs #cat\u200d", ["do", "cat"]),
+        ("#گربه\u200c", ["گربه"]),  # a ZWNJ joins nothing at the end
+        # Connectors other than the underscore are part of the word.
+        ("#x‿y #a＿b", ["x‿y", "a_b"]),
     ],
 )
 def test_hashtags_in_any_script(text: str, tags: list[str]) -> None:

@@ -1,5 +1,5 @@
-"""Migrations that rewrite stored data: 0004 (İ in hashtags and places) and
-0005 (e-mail domains in their IDNA form)."""
+"""Migrations that rewrite stored data: 0004 (İ in hashtags and places),
+0005 (e-mail domains in their IDNA form), 0006 (hashtags with joiners)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 
 from petpal.identity.models import Account
 from petpal.pets.models import Pet
@@ -128,3 +128,37 @@ async def test_stored_addresses_are_spelt_again_with_idna_domains(
     assert stored[twin] == "twin@xn--xample-9ua.org"
     login = {"login": "MAYA@straße.de", "password": PASSWORD}
     assert (await client.post("/api/v1/auth/token", json=login)).status_code == 200
+
+
+async def test_tags_cut_at_a_joiner_are_found_again_in_their_captions(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """Before 0006 a tag ended at a zero-width joiner or a connector other
+    than the underscore: ``#گربه‌ها`` was stored as ``گربه``, ``#x‿y`` as
+    ``x``. 0006 finds the tags of such captions again."""
+    alice = await a_member(services)
+    media_id = await a_photo(client, alice, services, photos)
+    cut = await a_post(client, alice, media_id, "#گربه\u200cها #x‿y #dogs")
+    plain = await a_post(client, alice, media_id, "#dogs")
+    async with services.db.write_session() as session:
+        await session.execute(delete(PostTag).where(PostTag.post_id == cut["id"]))
+        for position, tag in enumerate(["گربه", "x", "dogs"]):
+            session.add(PostTag(tag=tag, post_id=cut["id"], position=position))
+        await session.execute(text("UPDATE alembic_version SET version_num = '0005'"))
+
+    await asyncio.to_thread(upgrade, services.settings)
+
+    async with services.db.read_session() as session:
+        rows = (
+            await session.execute(
+                select(PostTag.post_id, PostTag.tag).order_by(
+                    PostTag.post_id, PostTag.position
+                )
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        (cut["id"], "گربه\u200cها"),
+        (cut["id"], "x‿y"),
+        (cut["id"], "dogs"),
+        (plain["id"], "dogs"),
+    ]

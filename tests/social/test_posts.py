@@ -138,6 +138,21 @@ async def test_a_tag_with_a_capital_dotted_i_is_found_as_typed_in_any_case(
     assert (await client.get("/api/v1/tags/ıstanbul")).json()["items"] == []
 
 
+async def test_a_tag_spelt_with_a_joiner_is_found_whole(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """Found by a trial: ``#گربه‌ها`` ("cats", with a ZWNJ) was stored as
+    ``گربه`` ("cat"), and its own page was a 404."""
+    alice = await a_member(services)
+    media_id = await a_photo(client, alice, services, photos)
+    cats = "گربه\u200cها"
+    post = await a_post(client, alice, media_id, f"#{cats} #क्\u200dष")
+    assert post["hashtags"] == [cats, "क्\u200dष"]
+    page = await client.get(f"/api/v1/tags/{cats}")
+    assert [p["id"] for p in page.json()["items"]] == [post["id"]]
+    assert (await client.get("/api/v1/tags/گربه")).json()["items"] == []
+
+
 async def test_mentions_list_only_accounts_that_exist(
     client: httpx.AsyncClient, services: Services, photos: Path
 ) -> None:

@@ -58,14 +58,26 @@ RESERVED_USERNAMES = frozenset(
     }
 )
 # What a hashtag or a mention is made of: letters, marks and numbers of any
-# script, and underscores.
-_WORD = r"\p{L}\p{M}\p{N}_"
-# A hashtag: letters, marks and numbers of any script, and underscores; it must
-# follow the start of the text or a character that cannot be part of a word,
-# so "e-mail#x" is no tag but "(#x)" is. It is the whole word: one too long
-# to store is refused with a 422 (found by a trial: it was cut to its first
-# 100 characters, a tag the author never wrote).
-HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&])#([{_WORD}]+)")
+# script, and connectors (the underscore, the undertie ``‿``).
+_WORD = r"\p{L}\p{M}\p{N}\p{Pc}"
+# The zero-width joiners are spelling in some scripts, and part of a word
+# where Unicode's rules for identifiers (UAX #31, contexts A1, A2 and B) say
+# so: a ZWNJ between two Arabic-script letters that would otherwise join
+# (Persian ``گربه‌ها``, "cats"), either joiner after a virama (Hindi
+# ``क्‍ष``, Malayalam ``കാര്‍``). Anywhere else they are invisible and end the
+# word, as other characters do (found by a trial: ``#گربه‌ها`` was the tag
+# ``گربه``, "cat").
+_JOINER = (
+    r"(?:(?<=[\p{jt=D}\p{jt=L}]\p{jt=T}*)\u200c(?=\p{jt=T}*[\p{jt=D}\p{jt=R}])"
+    r"|(?<=\p{ccc=9}\p{M}*)[\u200c\u200d])"
+)
+_TAG = rf"[{_WORD}]+(?:{_JOINER}[{_WORD}]*)*"
+# A hashtag: a word as above; it must follow the start of the text or a
+# character that cannot be part of a word, so "e-mail#x" is no tag but
+# "(#x)" is. It is the whole word: one too long to store is refused with a
+# 422 (found by a trial: it was cut to its first 100 characters, a tag the
+# author never wrote).
+HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&])#({_TAG})")
 # A mention is written as its username is typed: in any width or case
 # (``@ＬＥＮＡ``, ``＠lena``), found as a word after an at sign and kept if it
 # normalises to a username (``lookup_username``).
@@ -236,7 +248,7 @@ def canonical_tag(tag: str) -> str:
     return fold(tag)
 
 
-_TAG_WORD = regex.compile(rf"[{_WORD}]+")
+_TAG_WORD = regex.compile(_TAG)
 
 
 def extract_hashtags(text: str) -> list[str]:
