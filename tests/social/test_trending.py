@@ -25,7 +25,7 @@ from petpal.platform.db import utcnow
 from petpal.platform.services import Services
 from petpal.social import service, trending
 from petpal.social.models import Like
-from tests.factories import User, queries_on
+from tests.factories import User, assert_problem, queries_on
 from tests.social.builders import a_photo, a_post, many_users, walk
 
 TRENDING = "/api/v1/feed/trending"
@@ -381,6 +381,46 @@ async def test_a_walk_sees_each_post_once_while_scores_change(
     walked = await walk(client, TRENDING, limit=2, between_pages=engage)
     assert ids(walked) == snapshot
     assert await fresh(client, services) != snapshot
+
+
+async def test_a_walk_ends_as_it_began_whatever_the_cache_holds(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """Found by a trial: on one busy embedded process, ordinary reading
+    turned the cache's LRU over in a minute, and a trending walk's next page
+    was a 400. A walk's snapshot is kept apart from the cache
+    (``Services.walks``): its pages come whole with the cache turned over,
+    and with the cache off."""
+    authors = await many_users(services, 5)
+    await warm(client, services)
+    posts = await posts_by(client, services, photos, authors)
+    snapshot = await fresh(client, services)
+    in_process = not services.settings.redis_url
+
+    async def turn_the_cache_over() -> None:
+        if in_process:  # what a busy process's reads do to the LRU
+            for n in range(100_001):
+                await services.cache.backend.set(f"filler:{n}", b"x", 600)
+        services.cache.enabled = not services.cache.enabled
+
+    walked = await walk(client, TRENDING, limit=2, between_pages=turn_the_cache_over)
+    assert ids(walked) == snapshot == ids(posts[::-1])
+
+
+async def test_a_walk_whose_snapshot_is_gone_says_so(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    authors = await many_users(services, 3)
+    await warm(client, services)
+    await posts_by(client, services, photos, authors)
+    await fresh(client, services)
+    first = await client.get(TRENDING, params={"limit": 1})
+    cursor = first.json()["next_cursor"]
+    snapshot = trending.decode_cursor(services.secret, "trending", cursor)["snapshot"]
+    await services.walks.invalidate(trending._snapshot_key(snapshot))
+    ended = await client.get(TRENDING, params={"limit": 1, "cursor": cursor})
+    problem = assert_problem(ended, 400, "walk_expired")
+    assert "start again without a cursor" in problem["detail"]
 
 
 async def test_a_warm_ranking_is_read_without_sql(

@@ -36,6 +36,12 @@ def import_task_modules(names: tuple[str, ...] = SERVICE_NAMES) -> None:
         importlib.import_module(f"petpal.{name}.tasks")
 
 
+# Walk snapshots one process keeps in memory: new walks share one for a few
+# seconds (a trending walk's, 5 s), so even a busy process makes no more
+# than a couple of hundred in the 15 minutes each is kept.
+WALKS_KEPT = 2000
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -46,6 +52,11 @@ class Services:
     limiter: RateLimiter
     timelines: Timelines
     rankings: Rankings
+    # What a page-walk needs to finish (a trending walk's snapshot), apart
+    # from the cache: with the cache off, or once its LRU has turned over,
+    # as ordinary reading does on one busy process in a minute (found by a
+    # trial), a walk still ends as it began.
+    walks: Cache
     relay: EmbeddedRelay | None = None
 
     @classmethod
@@ -71,6 +82,12 @@ class Services:
                 cache=cache,
             ),
             rankings=Rankings(_ranking_backend(settings), cache=cache),
+            walks=Cache(
+                cache.backend
+                if settings.redis_url
+                else InProcessBackend(max_entries=WALKS_KEPT),
+                bypass_after_error=settings.cache_bypass_after_error_seconds,
+            ),
         )
         if settings.run_jobs_in_process and not settings.broker_url:
             services.relay = EmbeddedRelay(
@@ -99,6 +116,8 @@ class Services:
             await self.relay.stop()
         await self.timelines.close()
         await self.rankings.close()
+        if self.walks.backend is not self.cache.backend:
+            await self.walks.close()
         await self.cache.close()
         await self.limiter.close()
         await self.db.dispose()

@@ -85,6 +85,7 @@ from ulid import ULID
 
 from petpal.platform.cache import CacheBackendError
 from petpal.platform.db import utcnow
+from petpal.platform.errors import ProblemError
 from petpal.platform.ids import is_valid_id, new_id
 from petpal.platform.pagination import (
     InvalidCursorError,
@@ -362,8 +363,9 @@ async def _trending_snapshot(
             return kept
 
         # Kept apart and longer than the current one, so that a walk that
-        # began on it can finish after new walks have moved on.
-        await services.cache.get_or_load(
+        # began on it can finish after new walks have moved on; and out of
+        # the cache's reach (``Services.walks``).
+        await services.walks.get_or_load(
             _snapshot_key(current["snapshot"]), keep, ttl=TRENDING_SNAPSHOT_TTL
         )
         return current
@@ -371,7 +373,7 @@ async def _trending_snapshot(
     async def gone() -> None:
         return None
 
-    blob = await services.cache.get_or_load(
+    blob = await services.walks.get_or_load(
         _snapshot_key(snapshot_id), gone, missing_ttl=1.0
     )
     return None if blob is None else typing.cast(_Snapshot, orjson.loads(blob))
@@ -397,8 +399,9 @@ async def trending_feed(
 
     The cursor carries the snapshot's id and a position in it, so a walk over
     the pages sees one fixed order (no repeats, no skips) even though the
-    scores beneath change with every like. A walk whose snapshot has left
-    the cache gets 400 invalid_cursor and starts again.
+    scores beneath change with every like. A walk whose snapshot is gone
+    (15 minutes after it was made, or with its process, embedded) gets 400
+    ``walk_expired`` and starts again.
     """
     scope = "trending"
     snapshot_id: str | None = None
@@ -409,7 +412,12 @@ async def trending_feed(
         )
     snapshot = await _trending_snapshot(services, snapshot_id)
     if snapshot is None:
-        raise InvalidCursorError()
+        raise ProblemError(
+            400,
+            "walk_expired",
+            "this trending walk has ended: a walk keeps its order for "
+            f"{TRENDING_SNAPSHOT_TTL / 60:.0f} minutes; start again without a cursor",
+        )
     all_ids: list[str] = snapshot["ids"]
     # Counts from the cache, which also drops the posts deleted since the
     # snapshot was made; the page reads on past them, so that it is full
