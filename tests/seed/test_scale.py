@@ -9,6 +9,7 @@ of a generated account.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -177,6 +178,10 @@ async def test_a_generated_data_set_is_what_the_app_would_have_written(
     )
     assert 0.25 <= report.active_share <= 0.35
     assert "median" in report.render()
+    # It says how to log in (found by a trial: "with the seed's password").
+    assert report.render().endswith("with the password petpal-demo-password")
+    custom = dataclasses.replace(report, default_password=False)
+    assert custom.render().endswith("with the password given with --password")
 
     # A generated account logs in with the password and reads like anyone.
     reader = (

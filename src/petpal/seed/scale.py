@@ -19,6 +19,7 @@ the load stops (changing nothing) if one of their names is taken.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ class ScaleReport:
     load_seconds: float
     index_seconds: float
     total_seconds: float
+    # Said in the last line when it is the published demo password; a
+    # password given with --password is not printed back.
+    default_password: bool = True
 
     def render(self) -> str:
         lines = [
@@ -90,7 +94,8 @@ class ScaleReport:
             f" {self.generate_seconds:.1f} s, rows {self.load_seconds:.1f} s,"
             f" indexes and commit {self.index_seconds:.1f} s",
             "",
-            f"log in as any of user_0 … user_{self.users - 1} with the seed's password",
+            f"log in as any of user_0 … user_{self.users - 1} with the password "
+            + (DEFAULT_PASSWORD if self.default_password else "given with --password"),
         ]
         return "\n".join(lines)
 
@@ -146,7 +151,7 @@ async def seed_scale(
     await _forget_cached_names(settings, users)
     await _forget_rankings(settings)
     finished = time.perf_counter()
-    return _report(
+    report = _report(
         settings,
         data,
         generated - started,
@@ -154,6 +159,7 @@ async def seed_scale(
         finished - loaded,
         finished - started,
     )
+    return dataclasses.replace(report, default_password=password == DEFAULT_PASSWORD)
 
 
 async def _check_target(
