@@ -154,13 +154,17 @@ async def test_signed_but_nonsensical_cursors_are_400(
         ("trending", {"snapshot": str(ULID()), "at": True}, "/api/v1/feed/trending"),
         ("trending", {"snapshot": str(ULID()), "at": 10**9}, "/api/v1/feed/trending"),
         ("trending", {"snapshot": str(ULID()), "at": "2"}, "/api/v1/feed/trending"),
-        # Well-formed, but no such snapshot (or it expired).
-        ("trending", {"snapshot": str(ULID()), "at": 2}, "/api/v1/feed/trending"),
         ("tag:cat", {"id": str(ULID())}, "/api/v1/tags/dog"),
     ):
         cursor = encode_cursor(services.secret, scope, key)
         response = await client.get(url, params={"cursor": cursor})
         assert_problem(response, 400, "invalid_cursor")
+    # Well-formed, but no such snapshot (or it expired): the walk is over.
+    ended = encode_cursor(
+        services.secret, "trending", {"snapshot": str(ULID()), "at": 2}
+    )
+    response = await client.get("/api/v1/feed/trending", params={"cursor": ended})
+    assert_problem(response, 400, "walk_expired")
     forged = encode_cursor("not-our-secret", "public", {"id": str(ULID())})
     response = await client.get("/api/v1/feed/public", params={"cursor": forged})
     assert_problem(response, 400, "invalid_cursor")
@@ -267,12 +271,12 @@ async def test_trending_caps_each_author_and_pages_one_snapshot(
     expected = ids(by_prolific[:3]) + ids(by_other[::-1][:3])
     assert ids(seen) == expected
 
-    # A walk whose snapshot left the cache must start over.
-    await services.cache.clear()
+    # A walk whose snapshot is gone (after 15 minutes) must start over.
+    await services.walks.clear()
     response = await client.get(
         "/api/v1/feed/trending", params={"cursor": first.json()["next_cursor"]}
     )
-    assert_problem(response, 400, "invalid_cursor")
+    assert_problem(response, 400, "walk_expired")
 
 
 async def test_trending_is_cached_briefly(

@@ -12,7 +12,13 @@ times out makes a read a miss answered by the loader, and is then bypassed for
 a moment so that only one request per interval waits for its timeout. An
 invalidation that cannot reach the backend is kept and retried before this
 process reads from the backend again, so a value that a write replaced is not
-served once the backend is back.
+served once the backend is back. The other processes read that backend
+meanwhile, and may reach it when this one cannot (its own connection lost,
+found by a trial: another process served a deleted post and an edit's old
+caption for as long as the first was cut off): so an invalidation owed after
+a write has committed is also handed to them (``hand_over``, a job through
+the outbox in distributed mode), and whichever reaches the backend first
+delivers it.
 
 Several processes share one Redis, so a load in one can race a write in
 another: process A misses, reads the old row, process B commits and
@@ -193,6 +199,11 @@ class Cache:
         self.backend = backend
         self.default_ttl = default_ttl
         self.enabled = True
+        # Takes the keys of an invalidation owed after a commit to the other
+        # processes of this backend (Services.build sets it when they share
+        # one); best effort: it may fail as the backend did.
+        self.hand_over: Callable[[list[str]], Awaitable[None]] | None = None
+        self._handing_over: set[asyncio.Task[None]] = set()
         self._loading: dict[str, asyncio.Future[bytes | None]] = {}
         # Bumped by every invalidation: a load that started before a write must
         # not store what it read once the write has invalidated the key.
@@ -464,7 +475,7 @@ class Cache:
                 )
             except CacheBackendError as exc:
                 self.backend_failed("set", exc)
-                self._owe(values)
+                self._owe(values, committed=True)
             return
         if stale or fresh:
             await self._tombstone_or_owe([*stale, *fresh])
@@ -475,6 +486,8 @@ class Cache:
         await self.backend.clear()
 
     async def close(self) -> None:
+        if self._handing_over:
+            await asyncio.wait(self._handing_over, timeout=5.0)
         if self._owed or self._owe_everything:
             log.warning("cache.invalidations_undelivered", keys=len(self._owed))
         if self._settle_task is not None:
@@ -505,9 +518,19 @@ class Cache:
                 )
             else:
                 return
-        self._owe(keys)
+        self._owe(keys, committed=True)
 
-    def _owe(self, keys: Iterable[str]) -> None:
+    def _owe(self, keys: Iterable[str], *, committed: bool = False) -> None:
+        """Keep ``keys`` owed an invalidation; ``committed``: their write has
+        committed, and the other processes are told too (``hand_over``). A
+        mark made before a write is not handed over: delivered before the
+        commit, it would let another process cache the old row again; the
+        store after the commit owes (and hands over) the keys anew."""
+        keys = list(keys)
+        if committed and keys and self.hand_over is not None:
+            task = asyncio.get_running_loop().create_task(self._hand_over(keys))
+            self._handing_over.add(task)
+            task.add_done_callback(self._handing_over.discard)
         self._owed.update(keys)
         if len(self._owed) > _MAX_OWED_INVALIDATIONS:
             self._owed.clear()
@@ -517,6 +540,29 @@ class Cache:
             self._settle_task = asyncio.get_running_loop().create_task(
                 self._settle_debts(), name="petpal-cache-settle"
             )
+
+    async def _hand_over(self, keys: list[str]) -> None:
+        assert self.hand_over is not None
+        try:
+            await self.hand_over(keys)
+        except Exception as exc:  # the keys stay owed here all the same
+            log.warning(
+                "cache.hand_over_failed", keys=len(keys), error=type(exc).__name__
+            )
+
+    async def deliver(self, *keys: str) -> None:
+        """Invalidate ``keys`` for another process that could not; raise
+        ``CacheBackendError`` if the backend cannot be reached either (the
+        job that calls this is then tried again)."""
+        for key in keys:
+            self._forget_loads(key)
+        if not await self._backend_usable():
+            raise CacheBackendError("bypassed after an error")
+        try:
+            await self._tombstone(list(keys))
+        except CacheBackendError as exc:
+            self.backend_failed("delete", exc)
+            raise
 
     async def _settle_debts(self) -> None:
         """Deliver owed invalidations even if this process reads nothing."""

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import shutil
 from dataclasses import dataclass
+from typing import Any
 
-from petpal.platform.cache import Cache, CacheBackend, InProcessBackend
+import structlog
+
+from petpal.platform.cache import (
+    Cache,
+    CacheBackend,
+    CacheBackendError,
+    InProcessBackend,
+)
 from petpal.platform.db import Database
-from petpal.platform.jobs import EmbeddedRelay
+from petpal.platform.jobs import EmbeddedRelay, JobContext, enqueue, job
 from petpal.platform.rankings import (
     InProcessRankingBackend,
     RankingBackend,
@@ -28,6 +37,9 @@ from petpal.platform.timelines import (
 
 # The services of the platform; each has api, service, models and tasks modules.
 SERVICE_NAMES = ("identity", "pets", "social", "media")
+
+
+log = structlog.get_logger(__name__)
 
 
 def import_task_modules(names: tuple[str, ...] = SERVICE_NAMES) -> None:
@@ -89,6 +101,10 @@ class Services:
                 bypass_after_error=settings.cache_bypass_after_error_seconds,
             ),
         )
+        if settings.redis_url:
+            # Processes share this cache: one that cannot reach it hands its
+            # owed invalidations to the others (see cache.py).
+            cache.hand_over = functools.partial(_hand_over_invalidations, db)
         if settings.run_jobs_in_process and not settings.broker_url:
             services.relay = EmbeddedRelay(
                 db,
@@ -121,6 +137,34 @@ class Services:
         await self.cache.close()
         await self.limiter.close()
         await self.db.dispose()
+
+
+CACHE_DELIVERY_JOB = "cache.deliver"
+
+
+async def _hand_over_invalidations(db: Database, keys: list[str]) -> None:
+    async with db.write_session() as session:
+        enqueue(session, CACHE_DELIVERY_JOB, {"keys": keys})
+
+
+@job(CACHE_DELIVERY_JOB)
+async def _deliver_invalidations(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """What a process owed the cache after a write, delivered by whichever
+    process runs the job; tried again while the cache cannot be reached.
+
+    The last try gives up quietly rather than dead: a cache down for longer
+    than the retries is an outage the logs and metrics already show, and
+    its keys are still delivered by the process that owes them, or expire
+    with their TTL; the dead list is for work that would otherwise be lost.
+    """
+    services: Services = ctx.services
+    keys = [str(key) for key in payload.get("keys", [])]
+    try:
+        await services.cache.deliver(*keys)
+    except CacheBackendError:
+        if ctx.attempt < services.settings.job_max_attempts:  # not the last
+            raise
+        log.warning("cache.delivery_given_up", keys=len(keys), job_id=ctx.job_id)
 
 
 def _cache_backend(settings: Settings) -> CacheBackend:

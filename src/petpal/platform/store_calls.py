@@ -11,8 +11,9 @@ process lost it for a moment), and what it touched may stay in the store,
 served without the change. So the keys a failed write named are owed a
 deletion, delivered before this process uses the store again, or in the
 background if it does not: they are rebuilt from the database when next
-read. As with the cache's owed invalidations, other processes rely on the
-retry of the job (or on the rebuild) to see the change.
+read. Other processes rely on the retry of the job (or on the rebuild) to
+see the change; the cache's own owed invalidations are also handed to them
+(``Cache.hand_over``), since nothing else would deliver those.
 """
 
 from __future__ import annotations
