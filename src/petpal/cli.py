@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -493,18 +494,35 @@ def main() -> None:
     from redis.exceptions import RedisError
     from sqlalchemy.exc import DBAPIError
 
-    from petpal.platform.cache import CacheBackendError
-
     try:
         app()
     except DBAPIError as exc:
         _fail_backend("the database", exc.orig if exc.orig is not None else exc)
-    except (RedisError, CacheBackendError) as exc:
+    except RedisError as exc:
         _fail_backend("Redis", exc)
     except BrokerError as exc:
         _fail_backend("the broker", exc)
     except OSError as exc:  # a connection refused, a folder not writable
         _fail_backend("a backend", exc)
+    except Exception as exc:
+        if _raised_by_the_cache(exc):
+            _fail_backend("Redis", exc)
+        raise
+
+
+def _raised_by_the_cache(exc: Exception) -> bool:
+    """Whether ``exc`` is the cache's ``CacheBackendError``, without importing
+    ``petpal.platform.cache`` (a command that raised one has imported it).
+
+    That module imports prometheus_client, which chooses between in-process
+    and shared-file metrics as it is first imported, and ``worker`` and
+    ``serve --workers`` must have said which first (found by the benchmark
+    report: imported here, before the command ran, it left every job's
+    metrics in the worker's child processes, and the worker's /metrics was
+    empty).
+    """
+    cache = sys.modules.get("petpal.platform.cache")
+    return cache is not None and isinstance(exc, cache.CacheBackendError)
 
 
 def _fail_backend(what: str, exc: BaseException) -> NoReturn:
