@@ -122,6 +122,11 @@ async def test_one_mailbox_is_one_account_however_its_domain_is_spelt(
 @pytest.mark.parametrize(
     "email",
     [
+        # An empty label (found by a trial: a trailing dot made a second
+        # account of one mailbox).
+        "first@example.org.",
+        "first@.example.org",
+        "first@example..org",
         "x@☃.net",  # no IDNA form (its own, xn--n3h.net, is taken as typed)
         "x@ex\u200dample.org",  # a joiner where none may stand
         "x@\u00ad.org",  # a label that maps to nothing
@@ -133,19 +138,6 @@ async def test_addresses_with_no_canonical_form_are_422(
 ) -> None:
     response = await client.post(
         "/api/v1/accounts", json=sign_up_body("x1x", email=email)
-    )
-    assert_problem(response, 422, "invalid_email")
-
-
-@pytest.mark.parametrize(
-    "email", ["first@example.org.", "first@.example.org", "first@example..org"]
-)
-async def test_an_address_with_an_empty_domain_label_is_refused(
-    client: httpx.AsyncClient, email: str
-) -> None:
-    """Found by a trial: a trailing dot made a second account of one mailbox."""
-    response = await client.post(
-        "/api/v1/accounts", json=sign_up_body("second", email=email)
     )
     assert_problem(response, 422, "invalid_email")
 
