@@ -101,6 +101,7 @@ async def test_duplicate_email_is_a_conflict(client: httpx.AsyncClient) -> None:
         "first@ÉXAMPLE.org",
         "first@e\u0301xample.org",  # é decomposed
         "first@ｅ\u0301ｘａｍｐｌｅ.org",  # in full width
+        "first@ÉXAMPLE．ORG",  # with a full-width full stop
     ],
 )
 async def test_one_mailbox_is_one_account_however_its_domain_is_spelt(
@@ -130,6 +131,11 @@ async def test_one_mailbox_is_one_account_however_its_domain_is_spelt(
         "x@☃.net",  # no IDNA form (its own, xn--n3h.net, is taken as typed)
         "x@ex\u200dample.org",  # a joiner where none may stand
         "x@\u00ad.org",  # a label that maps to nothing
+        # Found by a trial: UTS #46 reads these full stops as dots, which
+        # left a trailing or a doubled one in the stored form.
+        "y@éxample.org\u3002",
+        "y@éxample\uff61.org",
+        "x@xn--zz.org",  # punycode that spells no label
         "ß" * 200 + "@example.org",  # 212 typed, 412 once case-folded
     ],
 )
@@ -140,6 +146,17 @@ async def test_addresses_with_no_canonical_form_are_422(
         "/api/v1/accounts", json=sign_up_body("x1x", email=email)
     )
     assert_problem(response, 422, "invalid_email")
+
+
+async def test_an_address_composed_or_decomposed_is_one_mailbox(
+    client: httpx.AsyncClient,
+) -> None:
+    """Found by a trial: ``été@`` typed composed and decomposed made two."""
+    first = sign_up_body("composed", email="\u00e9t\u00e9@example.org")
+    assert (await client.post("/api/v1/accounts", json=first)).status_code == 201
+    again = sign_up_body("decomposed", email="e\u0301te\u0301@example.org")
+    taken = await client.post("/api/v1/accounts", json=again)
+    assert_problem(taken, 409, "email_taken")
 
 
 async def test_concurrent_sign_ups_for_one_name_make_one_account(
@@ -242,6 +259,16 @@ async def test_passwords_easy_to_guess_are_refused(
     assert (await client.get("/api/v1/accounts/biscuit_lover")).status_code == 404
     body["password"] = "biscuit chews every slipper"
     assert (await client.post("/api/v1/accounts", json=body)).status_code == 201
+
+
+async def test_a_name_typed_in_full_width_is_still_the_name_in_the_password(
+    client: httpx.AsyncClient,
+) -> None:
+    """Found by a trial: ``ＲＥＸＹＢＯＹ`` with ``rexyboy2024`` was an account
+    ``rexyboy``, the name plus a year, which ``Rexyboy`` was refused."""
+    body = sign_up_body("ＲＥＸＹＢＯＹ", password="rexyboy2024")
+    problem = assert_problem(await client.post("/api/v1/accounts", json=body), 422)
+    assert problem["code"] == "weak_password"
 
 
 async def test_unpaired_surrogate_in_json_is_refused(client: httpx.AsyncClient) -> None:

@@ -139,6 +139,9 @@ def test_mentions_are_canonical_usernames() -> None:
     assert extract_mentions("hi @Maya and @theo, not me@mail.org") == ["maya", "theo"]
     # Typed in full width, as usernames may be (found by a trial: ignored).
     assert extract_mentions("@ｌｅｎａ, ＠ＬＥＮＡ and ＠sam!") == ["lena", "sam"]
+    # A connector other than the underscore ends the name (found by a
+    # trial: ``@lena‿`` mentioned nobody); one NFKC makes ``_`` is part of it.
+    assert extract_mentions("hi @lena‿ and @ｕｓｅｒ＿１") == ["lena", "user_1"]
     # Words that are not usernames, or look-alikes from other scripts.
     assert extract_mentions("@café @lenaの猫 @lеna @ab @" + "x" * 31) == []
 

@@ -407,6 +407,28 @@ async def test_a_walk_ends_as_it_began_whatever_the_cache_holds(
     assert ids(walked) == snapshot == ids(posts[::-1])
 
 
+async def test_a_walk_whose_snapshot_cannot_be_read_just_now_is_a_503(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """Found by a trial: a process cut off from Redis told a walk a few
+    seconds old that it had ended, while another process went on with it."""
+    authors = await many_users(services, 3)
+    await warm(client, services)
+    await posts_by(client, services, photos, authors)
+    await fresh(client, services)
+    first = await client.get(TRENDING, params={"limit": 1})
+    cursor = first.json()["next_cursor"]
+    await services.walks.invalidate(  # as if unread: the store is away
+        trending._snapshot_key(
+            trending.decode_cursor(services.secret, "trending", cursor)["snapshot"]
+        )
+    )
+    services.walks.backend_failed("get", CacheBackendError("cut off"))
+    away = await client.get(TRENDING, params={"limit": 1, "cursor": cursor})
+    assert_problem(away, 503, "cache_unavailable")
+    assert away.headers["retry-after"].isdigit()
+
+
 async def test_a_walk_whose_snapshot_is_gone_says_so(
     client: httpx.AsyncClient, services: Services, photos: Path
 ) -> None:

@@ -87,10 +87,13 @@ async def do_sign_up(services: Services, data: SignUp) -> Account:
         raise InvalidInputError("invalid_username", str(exc)) from exc
     email_canonical = _canonical_email(data.email)
     # Judging and hashing take milliseconds of CPU; keep them off the loop.
+    # As typed and as stored: a name typed in full width (``ＲＥＸＹＢＯＹ``)
+    # is still the name in the password (found by a trial).
+    personal = (data.username, canonical, data.email, email_canonical)
     weakness = await asyncio.to_thread(
         password_weakness,
         data.password,
-        (data.username, data.email, data.display_name),
+        (*personal, data.display_name),
         services.settings.password_min_strength,
     )
     if weakness is not None:

@@ -81,7 +81,11 @@ HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&])#({_TAG})")
 # A mention is written as its username is typed: in any width or case
 # (``@ＬＥＮＡ``, ``＠lena``), found as a word after an at sign and kept if it
 # normalises to a username (``lookup_username``).
-MENTION_PATTERN = regex.compile(rf"(?<![{_WORD}@＠])[@＠]([{_WORD}]{{1,60}})")
+# Of the connectors, only the underscore and the forms NFKC makes one of
+# (full width ``＿`` and its kin) can be part of a username: ``@lena‿`` is
+# ``lena``, as before connectors were part of tags (found by a trial).
+_NAME_WORD = r"\p{L}\p{M}\p{N}_\uff3f\ufe33\ufe34\ufe4d-\ufe4f"
+MENTION_PATTERN = regex.compile(rf"(?<![{_WORD}@＠])[@＠]([{_NAME_WORD}]{{1,60}})")
 
 
 # Case-folding spells the capital dotted I of Turkish and Azeri (``İ``) as an
@@ -119,35 +123,45 @@ def lookup_username(raw: str) -> str | None:
 EMAIL_MAX_LENGTH: Final = 254
 
 
+# What UTS #46 reads as a label separator besides ".": the ideographic and
+# full-width full stops.
+_DOTS: Final = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
 def canonical_email(raw: str) -> str | None:
     """The form an e-mail address is stored and compared in, or None if it
     is no valid address.
 
-    The local part is case-folded; the domain is spelt as DNS knows it:
-    each label that is not ASCII in its IDNA form (UTS #46 mapping, so
+    The address is NFC-normalised (``été`` composed or decomposed is one
+    text) and its local part case-folded; the domain is spelt as DNS knows
+    it: each label that is not ASCII in its IDNA form (UTS #46 mapping, so
     ``éxample.org``, ``ÉXAMPLE.org``, ``ｅxample.org`` in full width and
     ``xn--xample-9ua.org`` are one domain, found by a trial: each was an
-    account of its own), ASCII labels in lower case. Every label must be
-    there: ``example.org.`` (a trailing dot) names the mailbox
-    ``example.org`` does, and was a second account's address.
+    account of its own), ASCII labels in lower case, an ``xn--`` label only
+    if it decodes. Every label must be there, as typed and as spelt:
+    ``example.org.`` (a trailing dot, or a full-width one, ``。``) names the
+    mailbox ``example.org`` does, and was a second account's address.
     """
-    email = raw.strip()
+    email = unicodedata.normalize("NFC", raw.strip())
     local, at, domain = email.rpartition("@")
-    labels = domain.split(".")
+    labels = domain.translate(_DOTS).split(".")
     if not at or not local or len(labels) < 2 or any(c.isspace() for c in email):
         return None
     spelt: list[str] = []
     for label in labels:
-        if label.isascii():
-            spelt.append(label.lower())
-            continue
         try:
-            spelt.append(idna.encode(label, uts46=True).decode("ascii"))
+            if not label.isascii():
+                label = idna.encode(label, uts46=True).decode("ascii")
+            elif label.lower().startswith("xn--"):
+                idna.decode(label)  # refuses punycode that spells no label
         except UnicodeError:  # idna.IDNAError: no valid label in any form
             return None
-    if not all(spelt):
+        spelt.append(label.lower())
+    domain = ".".join(spelt)
+    # A label may map to nothing, or to several (``⒈`` is ``1.``).
+    if not all(domain.split(".")):
         return None
-    canonical = f"{local.casefold()}@{'.'.join(spelt)}"
+    canonical = f"{local.casefold()}@{domain}"
     return canonical if len(canonical) <= EMAIL_MAX_LENGTH else None
 
 

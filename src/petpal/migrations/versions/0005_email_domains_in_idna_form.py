@@ -9,20 +9,24 @@ and ``xn--xample-9ua.org`` (one domain) made two accounts of one mailbox.
 The domain is now spelt as DNS knows it (``petpal.platform.text``
 ``canonical_email``); the stored form of each address typed with a
 character past ASCII is made again here from the address as typed (its
-case-folded form may be ASCII: ``straße.de`` was ``strasse.de``). The
-rule is written out rather than imported: a migration must do tomorrow what
-it did today. An address whose new form another account has already (two
-accounts of one mailbox, made before this) keeps its old form, as does one
-whose domain has no IDNA form: both accounts still log in as before.
+case-folded form may be ASCII: ``straße.de`` was ``strasse.de``). This one
+calls the app's own rule rather than a copy of it: what it must leave is
+what the app computes from the address at log-in.
+
+Two accounts of one mailbox, made before this, both stay: the one whose new
+form the other has already keeps its old form, and logs in by its username
+only (its address, in any spelling, now names the other account); so does
+an address the rule now refuses (a domain with no IDNA form).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import idna
 import sqlalchemy as sa
 from alembic import op
+
+from petpal.platform.text import canonical_email
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -34,21 +38,6 @@ _NOT_ASCII = {
     "postgresql": "octet_length(email) <> char_length(email)",
     "sqlite": "length(CAST(email AS BLOB)) <> length(email)",
 }
-
-
-def _respelt(typed: str) -> str | None:
-    local, _, domain = typed.strip().rpartition("@")
-    labels = []
-    for label in domain.split("."):
-        if label.isascii():
-            labels.append(label.lower())
-            continue
-        try:
-            labels.append(idna.encode(label, uts46=True).decode("ascii"))
-        except UnicodeError:
-            return None
-    respelt = f"{local.casefold()}@{'.'.join(labels)}"
-    return respelt if all(labels) and len(respelt) <= 254 else None
 
 
 def _old_form(typed: str) -> str:
@@ -79,7 +68,7 @@ def _spell_again(spelling: Callable[[str], str | None]) -> None:
 
 
 def upgrade() -> None:
-    _spell_again(_respelt)
+    _spell_again(canonical_email)
 
 
 def downgrade() -> None:
