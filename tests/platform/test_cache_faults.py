@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
+import pytest
 from prometheus_client import REGISTRY
 
 from petpal.platform.cache import (
@@ -18,6 +19,7 @@ from petpal.platform.cache import (
     InProcessBackend,
     is_tombstone,
 )
+from petpal.platform.store_calls import StoreCalls
 
 
 class FlakyBackend(InProcessBackend):
@@ -144,6 +146,50 @@ async def test_owed_invalidations_are_delivered_even_without_reads() -> None:
         await asyncio.sleep(0.02)
     assert is_tombstone(await backend.get("pet:2"))
     await cache.close()
+
+
+class FlakyStore:
+    """A store beside the cache (as timelines are) that can be switched off."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.keys = {"timeline:1"}
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        if self.down:
+            raise CacheBackendError("delete: store is down")
+        self.keys.difference_update(keys)
+
+    async def clear(self) -> None:
+        self.keys.clear()
+
+
+async def test_owed_deletions_are_delivered_once_more_at_close() -> None:
+    """Found by a trial: a worker's child process, whose event loop runs only
+    while it runs a job, was stopped after Redis came back and said its
+    owed deletions were undelivered. Closing tries a last delivery."""
+    backend, store = FlakyBackend(), FlakyStore()
+    cache = Cache(backend, bypass_after_error=0.01)
+    calls = StoreCalls(store, cache, store="timeline")
+    backend.down = store.down = True
+
+    async def fail() -> None:
+        raise CacheBackendError("add: store is down")
+
+    with pytest.raises(CacheBackendError):
+        await calls.call("add", fail, owe=["timeline:1"])
+    await cache.invalidate("post:1")
+    for task in asyncio.all_tasks():  # as if the loop never ran them again
+        if task.get_name().startswith("petpal-"):
+            task.cancel()
+    backend.down = store.down = False
+    await asyncio.sleep(0.05)  # past the bypass
+    before = len(backend.calls)
+
+    await calls.close()
+    await cache.close()
+    assert store.keys == set()  # the timeline's deletion
+    assert "set" in backend.calls[before:]  # post:1's tombstone
 
 
 async def test_a_store_that_races_an_invalidation_is_taken_back() -> None:

@@ -488,6 +488,8 @@ class Cache:
     async def close(self) -> None:
         if self._handing_over:
             await asyncio.wait(self._handing_over, timeout=5.0)
+        # A last delivery, as for the stores beside the cache (store_calls).
+        await self._backend_usable()
         if self._owed or self._owe_everything:
             log.warning("cache.invalidations_undelivered", keys=len(self._owed))
         if self._settle_task is not None:
