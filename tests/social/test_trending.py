@@ -407,22 +407,28 @@ async def test_a_walk_ends_as_it_began_whatever_the_cache_holds(
     assert ids(walked) == snapshot == ids(posts[::-1])
 
 
-async def test_a_walk_whose_snapshot_cannot_be_read_just_now_is_a_503(
+async def a_walk_begun(
     client: httpx.AsyncClient, services: Services, photos: Path
-) -> None:
-    """Found by a trial: a process cut off from Redis told a walk a few
-    seconds old that it had ended, while another process went on with it."""
+) -> tuple[str, str]:
+    """A trending walk past its first page: its cursor, and the key its
+    snapshot is kept under."""
     authors = await many_users(services, 3)
     await warm(client, services)
     await posts_by(client, services, photos, authors)
     await fresh(client, services)
     first = await client.get(TRENDING, params={"limit": 1})
     cursor = first.json()["next_cursor"]
-    await services.walks.invalidate(  # as if unread: the store is away
-        trending._snapshot_key(
-            trending.decode_cursor(services.secret, "trending", cursor)["snapshot"]
-        )
-    )
+    snapshot = trending.decode_cursor(services.secret, "trending", cursor)["snapshot"]
+    return cursor, trending._snapshot_key(snapshot)
+
+
+async def test_a_walk_whose_snapshot_cannot_be_read_just_now_is_a_503(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """Found by a trial: a process cut off from Redis told a walk a few
+    seconds old that it had ended, while another process went on with it."""
+    cursor, snapshot_key = await a_walk_begun(client, services, photos)
+    await services.walks.invalidate(snapshot_key)  # as if unread: the store is away
     services.walks.backend_failed("get", CacheBackendError("cut off"))
     away = await client.get(TRENDING, params={"limit": 1, "cursor": cursor})
     assert_problem(away, 503, "cache_unavailable")
@@ -432,14 +438,8 @@ async def test_a_walk_whose_snapshot_cannot_be_read_just_now_is_a_503(
 async def test_a_walk_whose_snapshot_is_gone_says_so(
     client: httpx.AsyncClient, services: Services, photos: Path
 ) -> None:
-    authors = await many_users(services, 3)
-    await warm(client, services)
-    await posts_by(client, services, photos, authors)
-    await fresh(client, services)
-    first = await client.get(TRENDING, params={"limit": 1})
-    cursor = first.json()["next_cursor"]
-    snapshot = trending.decode_cursor(services.secret, "trending", cursor)["snapshot"]
-    await services.walks.invalidate(trending._snapshot_key(snapshot))
+    cursor, snapshot_key = await a_walk_begun(client, services, photos)
+    await services.walks.invalidate(snapshot_key)
     ended = await client.get(TRENDING, params={"limit": 1, "cursor": cursor})
     problem = assert_problem(ended, 400, "walk_expired")
     assert "start again without a cursor" in problem["detail"]

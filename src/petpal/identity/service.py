@@ -86,14 +86,21 @@ async def do_sign_up(services: Services, data: SignUp) -> Account:
     except ValueError as exc:
         raise InvalidInputError("invalid_username", str(exc)) from exc
     email_canonical = _canonical_email(data.email)
+    # What the password must not be made of: the name and address as typed
+    # and as stored (found by a trial: a name typed in full width,
+    # ``ＲＥＸＹＢＯＹ``, was no longer the name in ``rexyboy2024``).
+    personal = (
+        data.username,
+        canonical,
+        data.email,
+        email_canonical,
+        data.display_name,
+    )
     # Judging and hashing take milliseconds of CPU; keep them off the loop.
-    # As typed and as stored: a name typed in full width (``ＲＥＸＹＢＯＹ``)
-    # is still the name in the password (found by a trial).
-    personal = (data.username, canonical, data.email, email_canonical)
     weakness = await asyncio.to_thread(
         password_weakness,
         data.password,
-        (*personal, data.display_name),
+        personal,
         services.settings.password_min_strength,
     )
     if weakness is not None:
@@ -309,6 +316,10 @@ def on_account_deletion(hook: AccountDeletionHook) -> AccountDeletionHook:
     return hook
 
 
+# A deletion that lost a deadlock is run again this many times in all.
+DELETION_ATTEMPTS = 3
+
+
 async def do_delete_account(services: Services, account_id: str, password: str) -> None:
     """Delete the caller's account and everything of theirs, after checking
     their password: a token alone (a phone left unlocked) is not enough.
@@ -347,10 +358,6 @@ async def do_delete_account(services: Services, account_id: str, password: str) 
             await asyncio.sleep(0.05 * attempt)
     log.info("account.deleted", account_id=account_id)
     await services.cache.invalidate(*forget)
-
-
-# A deletion that lost a deadlock is run again this many times in all.
-DELETION_ATTEMPTS = 3
 
 
 async def _delete_account_rows(services: Services, account: Account) -> list[str]:

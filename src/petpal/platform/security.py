@@ -52,7 +52,8 @@ def password_weakness(
 
     zxcvbn scores it 0 to 4 by the guesses an attacker would need, knowing
     common passwords, words, names, keyboard runs, dates and ``personal``
-    (the account's username, e-mail address, display name); under
+    (the account's username and e-mail address, as typed and as stored, and
+    its display name); under
     ``minimum`` it is refused with zxcvbn's own advice. Length and character
     classes alone say little: ``Password1!`` passes such rules, and four
     common words pass none of them yet are strong.

@@ -19,7 +19,6 @@ the load stops (changing nothing) if one of their names is taken.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -151,15 +150,15 @@ async def seed_scale(
     await _forget_cached_names(settings, users)
     await _forget_rankings(settings)
     finished = time.perf_counter()
-    report = _report(
+    return _report(
         settings,
         data,
         generated - started,
         loaded - generated,
         finished - loaded,
         finished - started,
+        default_password=password == DEFAULT_PASSWORD,
     )
-    return dataclasses.replace(report, default_password=password == DEFAULT_PASSWORD)
 
 
 async def _check_target(
@@ -261,6 +260,8 @@ def _report(
     load: float,
     index: float,
     total: float,
+    *,
+    default_password: bool,
 ) -> ScaleReport:
     followers, following = data.follower_count, data.following_count
     top = max(data.n // 100, 1)
@@ -287,4 +288,5 @@ def _report(
         load_seconds=load,
         index_seconds=index,
         total_seconds=total,
+        default_password=default_password,
     )
