@@ -6,11 +6,12 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from petpal.identity.models import RefreshToken
+from petpal.identity.models import Account, RefreshToken
 from petpal.platform.db import utcnow
 from petpal.platform.security import hash_refresh_secret
 from petpal.platform.services import Services
@@ -267,6 +268,84 @@ async def test_a_name_typed_in_full_width_is_still_the_name_in_the_password(
     """Found by a trial: ``ＲＥＸＹＢＯＹ`` with ``rexyboy2024`` was an account
     ``rexyboy``, the name plus a year, which ``Rexyboy`` was refused."""
     body = sign_up_body("ＲＥＸＹＢＯＹ", password="rexyboy2024")
+    problem = assert_problem(await client.post("/api/v1/accounts", json=body), 422)
+    assert problem["code"] == "weak_password"
+
+
+# One password, spelt two ways: composed and decomposed accents, full-width
+# letters from an East Asian input method, a ligature.
+SPELLINGS = [
+    ("caf\u00e9 au lait sur la table", "cafe\u0301 au lait sur la table"),
+    ("\uff2d\uff49\uff4c\uff4f chases red yarn", "Milo chases red yarn"),
+    ("the \ufb03cult dachshund walk", "the fficult dachshund walk"),
+]
+
+
+@pytest.mark.parametrize(("chosen", "typed"), SPELLINGS)
+async def test_a_password_is_one_password_however_it_is_spelt(
+    client: httpx.AsyncClient, chosen: str, typed: str
+) -> None:
+    """Left alone twice, done: passwords were compared as typed, so one typed
+    on another keyboard (composed or decomposed ``é``, full-width letters)
+    was wrong. They are hashed and compared in NFKC form, as NIST SP
+    800-63B asks, and so is deleting the account."""
+    body = sign_up_body("spelt", password=chosen)
+    assert (await client.post("/api/v1/accounts", json=body)).status_code == 201
+    for password in (chosen, typed):
+        tokens = await client.post(
+            "/api/v1/auth/token", json={"login": "spelt", "password": password}
+        )
+        assert tokens.status_code == 200, tokens.text
+    wrong = await client.post(
+        "/api/v1/auth/token", json={"login": "spelt", "password": typed + "!"}
+    )
+    assert_problem(wrong, 401, "invalid_credentials")
+    token = tokens.json()["access_token"]
+    deleted = await client.request(
+        "DELETE",
+        "/api/v1/accounts/me",
+        json={"password": typed},
+        headers={"authorization": f"Bearer {token}"},
+    )
+    assert deleted.status_code == 204, deleted.text
+
+
+async def test_a_hash_made_from_the_password_as_typed_still_verifies_and_is_renewed(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Hashes made before passwords were normalised were made from the
+    string as typed: that string still logs in, and the log-in hashes the
+    normalised form, after which every spelling does."""
+    chosen, typed = SPELLINGS[1]
+    await a_user(client, "olduser")
+    legacy = PasswordHasher().hash(chosen)  # the string itself, not its NFKC form
+    async with services.db.write_session() as session:
+        await session.execute(
+            update(Account)
+            .where(Account.username == "olduser")
+            .values(password_hash=legacy)
+        )
+    log_in = {"login": "olduser", "password": typed}
+    assert_problem(await client.post("/api/v1/auth/token", json=log_in), 401)
+    log_in["password"] = chosen
+    assert (await client.post("/api/v1/auth/token", json=log_in)).status_code == 200
+    async with services.db.read_session() as session:
+        renewed = await session.scalar(
+            select(Account.password_hash).where(Account.username == "olduser")
+        )
+    assert renewed != legacy
+    log_in["password"] = typed
+    assert (await client.post("/api/v1/auth/token", json=log_in)).status_code == 200
+
+
+async def test_a_weak_password_in_full_width_is_still_weak(
+    client: httpx.AsyncClient,
+) -> None:
+    """It is judged as it is hashed: ``ｐａｓｓｗｏｒｄ１２３`` is password123."""
+    body = sign_up_body(
+        "widepass",
+        password="ｐａｓｓｗｏｒｄ１２３",
+    )
     problem = assert_problem(await client.post("/api/v1/accounts", json=body), 422)
     assert problem["code"] == "weak_password"
 

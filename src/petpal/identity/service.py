@@ -42,6 +42,7 @@ from petpal.platform.errors import (
 from petpal.platform.ids import new_id
 from petpal.platform.security import (
     AccessClaims,
+    Verdict,
     hash_password,
     hash_refresh_secret,
     issue_access_token,
@@ -171,10 +172,22 @@ async def do_log_in(services: Services, data: LogIn) -> TokenPair:
     async with services.db.read_session() as session:
         account = await session.scalar(select(Account).where(_named_by(data.login)))
     stored_hash = account.password_hash if account else None
-    valid = await asyncio.to_thread(verify_password, stored_hash, data.password)
-    if account is None or not valid:
+    verdict = await asyncio.to_thread(verify_password, stored_hash, data.password)
+    if account is None or not verdict:
         raise _invalid_credentials()
+    new_hash = None
+    if verdict is Verdict.RIGHT_REHASH:
+        new_hash = await asyncio.to_thread(hash_password, data.password)
     async with services.db.write_session() as session:
+        if new_hash is not None:
+            # Only over the hash just verified: a password changed meanwhile
+            # stays changed.
+            await session.execute(
+                update(Account)
+                .where(Account.id == account.id)
+                .where(Account.password_hash == stored_hash)
+                .values(password_hash=new_hash)
+            )
         return _issue_pair(services, session, account, family_id=new_id())
 
 

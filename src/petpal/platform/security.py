@@ -11,9 +11,11 @@ import hashlib
 import hmac
 import secrets
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import Enum
 from typing import Any
 
 import jwt
@@ -36,8 +38,20 @@ ALGORITHM = "HS256"
 AUDIENCE = "petpal"
 
 
+def stable_password(password: str) -> str:
+    """``password`` in NFKC form: what is hashed, judged and compared.
+
+    One password can reach the server as several strings: ``é`` composed or
+    as ``e`` and a combining accent (one keyboard or the other, a password
+    manager), full-width letters from an East Asian input method, a
+    ligature. NIST SP 800-63B (5.1.1.2) asks a verifier to normalise with
+    NFKC or NFKD before hashing, so that each spelling is the same password.
+    """
+    return unicodedata.normalize("NFKC", password)
+
+
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher.hash(stable_password(password))
 
 
 # zxcvbn refuses to judge more than this many characters: a password's first
@@ -64,7 +78,11 @@ def password_weakness(
     # processes that set passwords need.
     from zxcvbn import zxcvbn
 
-    judged = zxcvbn(password[:_JUDGED_LENGTH], user_inputs=[p for p in personal if p])
+    # Judged as it is hashed: full-width ＰＡＳＳＷＯＲＤ is "PASSWORD".
+    judged = zxcvbn(
+        stable_password(password)[:_JUDGED_LENGTH],
+        user_inputs=[p for p in personal if p],
+    )
     if judged["score"] >= minimum:
         return None
     feedback = judged["feedback"]
@@ -74,17 +92,42 @@ def password_weakness(
     return f"this password is too easy to guess. {advice}".strip()
 
 
-def verify_password(password_hash: str | None, password: str) -> bool:
+class Verdict(Enum):
+    WRONG = "wrong"
+    RIGHT = "right"
+    # Right, as hashed before passwords were normalised (or with settings
+    # since changed): hash it again, now that the password is known.
+    RIGHT_REHASH = "right_rehash"
+
+    def __bool__(self) -> bool:
+        return self is not Verdict.WRONG
+
+
+def _matches(password_hash: str, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(
-            password_hash
-        )
+        return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
 
-def password_needs_rehash(password_hash: str) -> bool:
-    return _hasher.check_needs_rehash(password_hash)
+def verify_password(password_hash: str | None, password: str) -> Verdict:
+    """Whether ``password`` is the one ``password_hash`` was made from.
+
+    The stable (NFKC) form is compared; a hash made before passwords were
+    normalised was made from the string as typed, so that string is tried
+    too when it differs, and a match asks for the hash to be made again.
+    """
+    if password_hash is None:
+        _matches(_DUMMY_HASH, password)  # the same cost as a wrong password
+        return Verdict.WRONG
+    stable = stable_password(password)
+    if _matches(password_hash, stable):
+        if _hasher.check_needs_rehash(password_hash):
+            return Verdict.RIGHT_REHASH
+        return Verdict.RIGHT
+    if stable != password and _matches(password_hash, password):
+        return Verdict.RIGHT_REHASH
+    return Verdict.WRONG
 
 
 @dataclass(frozen=True)
