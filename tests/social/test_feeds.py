@@ -142,6 +142,39 @@ async def test_a_deleted_post_drops_out_of_a_walk_in_progress(
     assert rest.json()["next_cursor"] is None
 
 
+@pytest.mark.parametrize("limit", ["1.0", " 5", "+5", "5_0", "1e1", "\uff15", "", "-1"])
+async def test_a_limit_is_a_count_in_digits(
+    client: httpx.AsyncClient, limit: str
+) -> None:
+    """Left alone, done: ``limit=1.0`` was read as 1, `` 5`` as 5 and ``5_0``
+    as 50; a count not written in digits is a 422 naming the parameter."""
+    for url in ("/api/v1/feed/public", "/api/v1/feed/trending", "/api/v1/adoptions"):
+        response = await client.get(url, params={"limit": limit})
+        problem = assert_problem(response, 422)
+        assert problem["errors"][0]["location"] == ["query", "limit"], problem
+    assert (await client.get("/api/v1/feed/public?limit=05")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=5&limit=50", "limit=5&l%69mit=5", "cursor=&limit=2&cursor="]
+)
+async def test_a_parameter_given_twice_is_422(
+    client: httpx.AsyncClient, query: str
+) -> None:
+    """Left alone, done: the last of two values was taken and the other
+    dropped unsaid; the client is told which parameter it repeated."""
+    for url in ("/api/v1/feed/public", "/api/v1/adoptions"):
+        problem = assert_problem(await client.get(f"{url}?{query}"), 422)
+        assert problem["errors"][0]["location"][0] == "query", problem
+    # What the path names comes first.
+    assert_problem(await client.get(f"/api/v1/nowhere?{query}"), 404)
+    assert_problem(await client.delete(f"/api/v1/feed/public?{query}"), 405)
+    assert (await client.get("/api/v1/feed/public?limit=5&cursor=")).status_code in (
+        200,
+        400,
+    )
+
+
 async def test_signed_but_nonsensical_cursors_are_400(
     client: httpx.AsyncClient, services: Services
 ) -> None:

@@ -322,6 +322,61 @@ async def test_malformed_and_oversized_bodies(
     assert_problem(response, 413, "body_too_large")
 
 
+async def test_ids_are_case_insensitive_wherever_a_client_sends_one(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """Found by a trial and left alone, done: a ULID's letters are
+    case-insensitive (its specification), but a lower-case post id was a
+    404. Every id a client sends, in a path or a body, is compared in the
+    upper case ids are stored in."""
+    alice = await a_member(services)
+    media_id = await a_photo(client, alice, services, photos)
+    pet = await client.post(
+        "/api/v1/pets",
+        headers=alice.headers,
+        json={"name": "Rex", "species": "dog", "photo_media_id": media_id.lower()},
+    )
+    assert pet.status_code == 201, pet.text
+    pet_id = pet.json()["id"]
+    created = await client.post(
+        "/api/v1/posts",
+        headers=alice.headers,
+        json={
+            "caption": "lower",
+            "media_ids": [media_id.lower()],
+            "pet_ids": [pet_id.lower()],
+        },
+    )
+    assert created.status_code == 201, created.text
+    post = created.json()
+    assert [pet["id"] for pet in post["pets"]] == [pet_id]
+    url = f"/api/v1/posts/{post['id'].lower()}"
+    assert (await client.get(url)).json()["id"] == post["id"]
+    liked = await client.post(f"{url}/like", headers=alice.headers)
+    assert liked.json()["liked"] is True
+    comment = await client.post(
+        f"{url}/comments", headers=alice.headers, json={"body": "hi"}
+    )
+    assert comment.status_code == 201, comment.text
+    comments = await client.get(f"{url}/comments")
+    assert [c["id"] for c in comments.json()["items"]] == [comment.json()["id"]]
+    gone = await client.delete(
+        f"/api/v1/comments/{comment.json()['id'].lower()}", headers=alice.headers
+    )
+    assert gone.status_code == 204
+    assert (await client.get(f"/api/v1/pets/{pet_id.lower()}")).json()["id"] == pet_id
+    media = await client.get(f"/api/v1/media/{media_id.lower()}", headers=alice.headers)
+    assert media.json()["id"] == media_id
+    profile = await client.patch(
+        "/api/v1/accounts/me",
+        headers=alice.headers,
+        json={"avatar_media_id": media_id.lower()},
+    )
+    assert profile.status_code == 200, profile.text
+    assert (await client.delete(url, headers=alice.headers)).status_code == 204
+    assert_problem(await client.get(f"/api/v1/posts/{post['id']}"), 404)
+
+
 @pytest.mark.parametrize(
     "post_id",
     ["01ARZ3NDEKTSV4RRFFQ69G5FAV", "nope", "x" * 300, "%F0%9F%90%95", "0" * 26],

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from petpal.platform.ids import GivenId
 from petpal.platform.inputs import NotNull
 from petpal.platform.text import NAME, STORABLE, VISIBLE
 
@@ -54,7 +55,7 @@ class RefreshRequest(Input):
 class ProfileUpdate(Input):
     display_name: NotNull[DisplayName] = None
     bio: Bio | None = None
-    avatar_media_id: Annotated[str, StringConstraints(max_length=26)] | None = None
+    avatar_media_id: Annotated[GivenId, StringConstraints(max_length=26)] | None = None
 
     @field_validator("display_name", mode="before")
     @classmethod

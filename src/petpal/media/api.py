@@ -11,6 +11,7 @@ from petpal.platform.deps import (
     ServicesDep,
     limit_per_account,
 )
+from petpal.platform.ids import GivenId
 
 router = APIRouter(tags=["media"])
 
@@ -49,7 +50,7 @@ async def upload(
 
 @router.get("/media/{media_id}", response_model=MediaView)
 async def get_media(
-    media_id: str, viewer: OptionalAccount, services: ServicesDep
+    media_id: GivenId, viewer: OptionalAccount, services: ServicesDep
 ) -> MediaView:
     return await service.get_media(
         services, media_id, viewer.account_id if viewer else None

@@ -15,6 +15,7 @@ from petpal.platform.deps import (
     LimitParam,
     ServicesDep,
 )
+from petpal.platform.ids import GivenId
 from petpal.platform.pagination import Page
 from petpal.platform.text import STORABLE
 from petpal.platform.wire import page_response
@@ -53,20 +54,20 @@ async def get_pet_of_the_day(services: ServicesDep) -> PetOfTheDayView:
 
 
 @router.get("/pets/{pet_id}", response_model=PetView)
-async def get_pet(pet_id: str, services: ServicesDep) -> PetView:
+async def get_pet(pet_id: GivenId, services: ServicesDep) -> PetView:
     return await service.get_pet(services, pet_id)
 
 
 @router.patch("/pets/{pet_id}", response_model=PetView)
 async def update_pet(
-    pet_id: str, data: PetUpdate, me: CurrentAccount, services: ServicesDep
+    pet_id: GivenId, data: PetUpdate, me: CurrentAccount, services: ServicesDep
 ) -> PetView:
     return await service.do_update_pet(services, pet_id, me.account_id, data)
 
 
 @router.delete("/pets/{pet_id}", status_code=204)
 async def delete_pet(
-    pet_id: str, me: CurrentAccount, services: ServicesDep
+    pet_id: GivenId, me: CurrentAccount, services: ServicesDep
 ) -> Response:
     await service.do_delete_pet(services, pet_id, me.account_id)
     return Response(status_code=204)

@@ -18,6 +18,7 @@ from pydantic import (
 from petpal.identity.schemas import AccountSummary
 from petpal.media.schemas import MediaView
 from petpal.platform.db import utcnow
+from petpal.platform.ids import GivenId
 from petpal.platform.inputs import NotNull
 from petpal.platform.text import NAME, STORABLE, VISIBLE
 
@@ -88,7 +89,7 @@ Location = Annotated[
 BirthDate = Annotated[
     dt.date, BeforeValidator(_iso_date_only), AfterValidator(_plausible_birth_date)
 ]
-MediaId = Annotated[str, StringConstraints(max_length=26)]
+MediaId = Annotated[GivenId, StringConstraints(max_length=26)]
 
 
 class Input(BaseModel):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Query, Request
+from pydantic import BeforeValidator
 
 from petpal.platform.errors import UnauthorizedError
 from petpal.platform.observability import add_response_headers, raw_header
@@ -173,5 +175,17 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 CurrentAccount = Annotated[AccessClaims, Depends(require_account)]
 OptionalAccount = Annotated[AccessClaims | None, Depends(optional_account)]
 CursorParam = Annotated[str | None, Query(max_length=1024)]
-LimitParam = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _in_digits(value: object) -> object:
+    # pydantic reads "1.0", " 5", "+5" and even "5_0" (as 50) as integers;
+    # a count in a query is written in digits, or it is a mistake worth
+    # telling (a client computing 1.5 sent "1.5": refused, not cut to 1).
+    if isinstance(value, str) and _DIGITS.fullmatch(value) is None:
+        raise ValueError("a whole number, written in the digits 0 to 9")
+    return value
+
+
+LimitParam = Annotated[int, Query(ge=1, le=MAX_LIMIT), BeforeValidator(_in_digits)]
 DEFAULT_PAGE_SIZE = DEFAULT_LIMIT

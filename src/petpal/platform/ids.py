@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import Annotated
 
+from pydantic import AfterValidator
 from ulid import ULID
 
 _lock = threading.Lock()
@@ -36,3 +38,18 @@ _ID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}")
 
 def is_valid_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
+
+
+def canonical_id(value: str) -> str:
+    """``value`` as ids are stored, if it is one: upper case.
+
+    A ULID's letters are case-insensitive (its specification: Crockford's
+    base32), so ``01j…`` names the post ``01J…`` names; a lower-case id was
+    a 404 (found by a trial). Anything else is left as it is, for the
+    caller's own answer to a malformed id (a 404 or a 422).
+    """
+    return value.upper() if is_valid_id(value) else value
+
+
+# An id a client sends, in a path or a body: compared as stored.
+GivenId = Annotated[str, AfterValidator(canonical_id)]

@@ -19,7 +19,10 @@ from the router's, both as RFC 9110 asks:
   router's names only those of the first route of the path.
 
 A path with an encoded slash (``%2F``) is a 404: the server decodes it
-into a separator, and the router would match the path it was not.
+into a separator, and the router would match the path it was not. A query
+naming one parameter twice (``?limit=5&limit=50``) to a route is a 422:
+FastAPI would take the last and drop the other unsaid, and no route here
+takes a list in its query.
 
 Everything else goes to the router itself, unchanged: a path no route
 matches (its 404; the app makes no redirects to the path with or without
@@ -32,7 +35,9 @@ HEAD there is a 405, as it is in FastAPI itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import Receive, Scope, Send
@@ -140,6 +145,8 @@ class RouteIndex:
                 allowed.add("HEAD")
             raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
         route, child_scope = chosen
+        if b"&" in scope.get("query_string", b""):
+            _refuse_repeated_parameters(scope["query_string"])
         if "router" not in scope:
             scope["router"] = self.router
         scope.update(child_scope)
@@ -149,6 +156,23 @@ class RouteIndex:
             await route.app(scope, receive, send)
             return
         await route.handle(scope, receive, send)
+
+
+def _refuse_repeated_parameters(query: bytes) -> None:
+    # Decoded as Starlette decodes it, so ``l%69mit`` is ``limit``.
+    seen: set[str] = set()
+    for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name in seen:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "repeated_parameter",
+                        "loc": ("query", name),
+                        "msg": "given more than once: give it once",
+                    }
+                ]
+            )
+        seen.add(name)
 
 
 def index_routes(router: Router) -> None:

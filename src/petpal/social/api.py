@@ -13,6 +13,7 @@ from petpal.platform.deps import (
     ServicesDep,
     limit_per_account,
 )
+from petpal.platform.ids import GivenId
 from petpal.platform.pagination import Page
 from petpal.platform.wire import json_response, page_response
 from petpal.social import service, trending
@@ -111,7 +112,7 @@ async def create_post(
 
 @router.get("/posts/{post_id}", response_model=PostView)
 async def get_post(
-    post_id: str, viewer: OptionalAccount, services: ServicesDep
+    post_id: GivenId, viewer: OptionalAccount, services: ServicesDep
 ) -> Response:
     return json_response(await service.get_post(services, post_id, _viewer_id(viewer)))
 
@@ -123,7 +124,7 @@ async def get_post(
     dependencies=[Depends(limit_per_account("post"))],
 )
 async def edit_post(
-    post_id: str, data: PostEdit, me: CurrentAccount, services: ServicesDep
+    post_id: GivenId, data: PostEdit, me: CurrentAccount, services: ServicesDep
 ) -> Response:
     """Replace the caption; hashtags and mentions follow it. Author only."""
     await service.do_edit_post(services, post_id, me.account_id, data)
@@ -132,7 +133,7 @@ async def edit_post(
 
 @router.delete("/posts/{post_id}", status_code=204)
 async def delete_post(
-    post_id: str, me: CurrentAccount, services: ServicesDep
+    post_id: GivenId, me: CurrentAccount, services: ServicesDep
 ) -> Response:
     await service.do_delete_post(services, post_id, me.account_id)
     return Response(status_code=204)
@@ -143,18 +144,22 @@ async def delete_post(
     response_model=LikeState,
     dependencies=[Depends(limit_per_account("like"))],
 )
-async def like(post_id: str, me: CurrentAccount, services: ServicesDep) -> LikeState:
+async def like(
+    post_id: GivenId, me: CurrentAccount, services: ServicesDep
+) -> LikeState:
     return await service.do_like(services, post_id, me.account_id)
 
 
 @router.delete("/posts/{post_id}/like", response_model=LikeState)
-async def unlike(post_id: str, me: CurrentAccount, services: ServicesDep) -> LikeState:
+async def unlike(
+    post_id: GivenId, me: CurrentAccount, services: ServicesDep
+) -> LikeState:
     return await service.do_unlike(services, post_id, me.account_id)
 
 
 @router.get("/posts/{post_id}/comments", response_model=Page[CommentView])
 async def comments(
-    post_id: str,
+    post_id: GivenId,
     services: ServicesDep,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
@@ -169,14 +174,14 @@ async def comments(
     dependencies=[Depends(limit_per_account("comment"))],
 )
 async def comment(
-    post_id: str, data: CommentCreate, me: CurrentAccount, services: ServicesDep
+    post_id: GivenId, data: CommentCreate, me: CurrentAccount, services: ServicesDep
 ) -> CommentView:
     return await service.do_comment(services, post_id, me.account_id, data.body)
 
 
 @router.delete("/comments/{comment_id}", status_code=204)
 async def delete_comment(
-    comment_id: str, me: CurrentAccount, services: ServicesDep
+    comment_id: GivenId, me: CurrentAccount, services: ServicesDep
 ) -> Response:
     await service.do_delete_comment(services, comment_id, me.account_id)
     return Response(status_code=204)
