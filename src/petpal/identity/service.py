@@ -52,10 +52,10 @@ from petpal.platform.security import (
 )
 from petpal.platform.services import SERVICE_NAMES, Services
 from petpal.platform.text import (
-    canonical_email,
     canonical_login,
     canonical_username,
     lookup_username,
+    spell_email,
 )
 from petpal.platform.wire import Wire, utc_text
 
@@ -75,10 +75,12 @@ def _username_key(canonical: str) -> str:
 
 
 def _canonical_email(raw: str) -> str:
-    canonical = canonical_email(raw)
-    if canonical is None:
-        raise InvalidInputError("invalid_email", "the e-mail address is not valid")
-    return canonical
+    try:
+        return spell_email(raw)
+    except ValueError as exc:
+        raise InvalidInputError(
+            "invalid_email", f"the e-mail address is not valid: {exc}"
+        ) from exc
 
 
 async def do_sign_up(services: Services, data: SignUp) -> Account:

@@ -130,7 +130,16 @@ _DOTS: Final = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
 def canonical_email(raw: str) -> str | None:
     """The form an e-mail address is stored and compared in, or None if it
-    is no valid address.
+    is no valid address (:func:`spell_email` says why)."""
+    try:
+        return spell_email(raw)
+    except ValueError:
+        return None
+
+
+def spell_email(raw: str) -> str:
+    """The form an e-mail address is stored and compared in; a ValueError
+    saying why if it is no valid address.
 
     The address is NFC-normalised (``été`` composed or decomposed is one
     text) and its local part case-folded; the domain is spelt as DNS knows
@@ -146,7 +155,9 @@ def canonical_email(raw: str) -> str | None:
     local, at, domain = email.rpartition("@")
     labels = domain.translate(_DOTS).split(".")
     if not at or not local or len(labels) < 2 or any(c.isspace() for c in email):
-        return None
+        raise ValueError(
+            "an address is a name, an @ and a domain with a dot in it, without spaces"
+        )
     spelt: list[str] = []
     for label in labels:
         try:
@@ -154,15 +165,25 @@ def canonical_email(raw: str) -> str | None:
                 label = idna.encode(label, uts46=True).decode("ascii")
             elif label.lower().startswith("xn--"):
                 idna.decode(label)  # refuses punycode that spells no label
-        except UnicodeError:  # idna.IDNAError: no valid label in any form
-            return None
+        except UnicodeError as exc:  # idna.IDNAError: no valid label in any form
+            raise ValueError(
+                f"its domain's part {label[:64]!r} has no form a domain name can take"
+            ) from exc
         spelt.append(label.lower())
     domain = ".".join(spelt)
     # A label may map to nothing, or to several (``⒈`` is ``1.``).
     if not all(domain.split(".")):
-        return None
+        raise ValueError(
+            "its domain has an empty part (two dots together, or one last)"
+        )
     canonical = f"{local.casefold()}@{domain}"
-    return canonical if len(canonical) <= EMAIL_MAX_LENGTH else None
+    if len(canonical) > EMAIL_MAX_LENGTH:
+        raise ValueError(
+            f"it is {len(canonical)} characters long as compared (letters "
+            f"such as ß are spelt as two), past the {EMAIL_MAX_LENGTH} an "
+            "address can have"
+        )
+    return canonical
 
 
 def canonical_login(raw: str) -> str:
