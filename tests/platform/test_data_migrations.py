@@ -1,5 +1,6 @@
 """Migrations that rewrite stored data: 0004 (İ in hashtags and places),
-0005 (e-mail domains in their IDNA form), 0006 (hashtags with joiners)."""
+0005 (e-mail domains in their IDNA form), 0006 (hashtags with joiners),
+0007 (mentions with connectors)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from petpal.identity.models import Account
 from petpal.pets.models import Pet
 from petpal.platform.migrate import upgrade
 from petpal.platform.services import Services
-from petpal.social.models import PostTag
+from petpal.social.models import PostMention, PostTag
+from petpal.social.service import post_key
 from tests.factories import PASSWORD
 from tests.pets.helpers import a_pet
-from tests.social.builders import a_member, a_photo, a_post
+from tests.social.builders import a_member, a_photo, a_post, many_users
 
 OLD = "i\u0307"  # what case-folding made of İ, and 0003's code stored
 
@@ -162,3 +164,53 @@ async def test_tags_cut_at_a_joiner_are_found_again_in_their_captions(
         (cut["id"], "dogs"),
         (plain["id"], "dogs"),
     ]
+
+
+async def test_mentions_cut_at_a_connector_are_found_again_in_their_captions(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """Before 0007's rules a mention ended at a full-width low line, so
+    ``@ｕｓｅｒ＿１`` mentioned ``user`` rather than ``user_1``, and
+    ``x‿@lena`` mentioned lena. 0007 finds the mentions of such captions
+    again, among the accounts that exist."""
+    alice, user, user_1, lena = await many_users(services, 4)
+    names = {"user": user, "user_1": user_1, "lena": lena}
+    async with services.db.write_session() as session:
+        for name, who in names.items():
+            await session.execute(
+                update(Account)
+                .where(Account.id == who.id)
+                .values(username=name, username_canonical=name)
+            )
+    media_id = await a_photo(client, alice, services, photos)
+    cut = await a_post(client, alice, media_id, "@ｕｓｅｒ＿１ and x‿@lena")
+    plain = await a_post(client, alice, media_id, "@user and @lena")
+    async with services.db.write_session() as session:
+        await session.execute(
+            delete(PostMention).where(PostMention.post_id == cut["id"])
+        )
+        for position, who in enumerate((user, lena)):
+            session.add(
+                PostMention(post_id=cut["id"], account_id=who.id, position=position)
+            )
+        await session.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+
+    await asyncio.to_thread(upgrade, services.settings)
+
+    async with services.db.read_session() as session:
+        rows = (
+            await session.execute(
+                select(PostMention.post_id, PostMention.account_id).order_by(
+                    PostMention.post_id, PostMention.position
+                )
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        (cut["id"], user_1.id),
+        (plain["id"], user.id),
+        (plain["id"], lena.id),
+    ]
+    # What a restarted embedded server reads (a Redis cache, 0007 cleared).
+    await services.cache.invalidate(post_key(cut["id"]))
+    shown = await client.get(f"/api/v1/posts/{cut['id']}")
+    assert shown.json()["mentions"] == ["user_1"]

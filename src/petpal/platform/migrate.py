@@ -46,7 +46,8 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     if config.attributes.get("schema_created"):
         log.info("cache.cleared_for_new_database", keys=clear_prefix(settings))
     elif config.attributes.get("cache_stale"):
-        # A migration rewrote rows the cache may hold (0004, 0006: tags).
+        # A migration rewrote rows the cache may hold (0004, 0006: tags;
+        # 0007: mentions).
         log.info("cache.cleared_after_migration", keys=clear_prefix(settings))
 
 
