@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import select, update
 
 from petpal.identity.models import Account, RefreshToken
+from petpal.platform import security
 from petpal.platform.db import utcnow
 from petpal.platform.security import hash_refresh_secret
 from petpal.platform.services import Services
@@ -317,6 +318,30 @@ async def test_a_password_is_one_password_however_it_is_spelt(
         headers={"authorization": f"Bearer {token}"},
     )
     assert deleted.status_code == 204, deleted.text
+
+
+@pytest.mark.parametrize("wrong", ["not it at all", "ｎｏｔ ｉｔ ａｔ ａｌｌ"])
+def test_an_unknown_account_costs_as_many_hash_checks_as_a_wrong_password(
+    monkeypatch: pytest.MonkeyPatch, wrong: str
+) -> None:
+    """A password that NFKC changes is checked twice against a known hash
+    (its stable form, then as typed, for hashes made before): the dummy hash
+    of an unknown account is checked as often, or the time would tell
+    whether the account exists."""
+    checked: list[str] = []
+    matches = security._matches
+
+    def counting(password_hash: str, password: str) -> bool:
+        checked.append(password)
+        return matches(password_hash, password)
+
+    monkeypatch.setattr(security, "_matches", counting)
+    known = security.hash_password(PASSWORD)
+    assert not security.verify_password(known, wrong)
+    for_known = len(checked)
+    checked.clear()
+    assert not security.verify_password(None, wrong)
+    assert len(checked) == for_known == (1 if wrong.isascii() else 2)
 
 
 async def test_a_hash_made_from_the_password_as_typed_still_verifies_and_is_renewed(

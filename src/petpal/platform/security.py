@@ -117,15 +117,16 @@ def verify_password(password_hash: str | None, password: str) -> Verdict:
     normalised was made from the string as typed, so that string is tried
     too when it differs, and a match asks for the hash to be made again.
     """
-    if password_hash is None:
-        _matches(_DUMMY_HASH, password)  # the same cost as a wrong password
-        return Verdict.WRONG
+    # An unknown account is checked against a dummy hash, the same number
+    # of times as a known one with a wrong password: one, or two when the
+    # password changes under NFKC (else the count would tell them apart).
+    target = password_hash or _DUMMY_HASH
     stable = stable_password(password)
-    if _matches(password_hash, stable):
+    if _matches(target, stable) and password_hash:
         if _hasher.check_needs_rehash(password_hash):
             return Verdict.RIGHT_REHASH
         return Verdict.RIGHT
-    if stable != password and _matches(password_hash, password):
+    if stable != password and _matches(target, password) and password_hash:
         return Verdict.RIGHT_REHASH
     return Verdict.WRONG
 
