@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import delete, select, text, update
+from sqlalchemy.orm import InstrumentedAttribute
 
 from petpal.identity.models import Account
 from petpal.pets.models import Pet
@@ -132,6 +133,19 @@ async def test_stored_addresses_are_spelt_again_with_idna_domains(
     assert (await client.post("/api/v1/auth/token", json=login)).status_code == 200
 
 
+async def _linked(
+    services: Services,
+    link: type[PostTag] | type[PostMention],
+    column: InstrumentedAttribute[str],
+) -> list[tuple[str, str]]:
+    """(post id, ``column``) of every row of ``link``, in each post's order."""
+    async with services.db.read_session() as session:
+        rows = await session.execute(
+            select(link.post_id, column).order_by(link.post_id, link.position)
+        )
+        return [(row[0], row[1]) for row in rows]
+
+
 async def test_tags_cut_at_a_joiner_are_found_again_in_their_captions(
     client: httpx.AsyncClient, services: Services, photos: Path
 ) -> None:
@@ -150,15 +164,7 @@ async def test_tags_cut_at_a_joiner_are_found_again_in_their_captions(
 
     await asyncio.to_thread(upgrade, services.settings)
 
-    async with services.db.read_session() as session:
-        rows = (
-            await session.execute(
-                select(PostTag.post_id, PostTag.tag).order_by(
-                    PostTag.post_id, PostTag.position
-                )
-            )
-        ).all()
-    assert [tuple(row) for row in rows] == [
+    assert await _linked(services, PostTag, PostTag.tag) == [
         (cut["id"], "گربه\u200cها"),
         (cut["id"], "x‿y"),
         (cut["id"], "dogs"),
@@ -197,15 +203,7 @@ async def test_mentions_cut_at_a_connector_are_found_again_in_their_captions(
 
     await asyncio.to_thread(upgrade, services.settings)
 
-    async with services.db.read_session() as session:
-        rows = (
-            await session.execute(
-                select(PostMention.post_id, PostMention.account_id).order_by(
-                    PostMention.post_id, PostMention.position
-                )
-            )
-        ).all()
-    assert [tuple(row) for row in rows] == [
+    assert await _linked(services, PostMention, PostMention.account_id) == [
         (cut["id"], user_1.id),
         (plain["id"], user.id),
         (plain["id"], lena.id),
