@@ -167,7 +167,7 @@ def _refuse_repeated_parameters(query: bytes) -> None:
                 [
                     {
                         "type": "repeated_parameter",
-                        "loc": ("query", name),
+                        "loc": ("query", name[:100]),
                         "msg": "given more than once: give it once",
                     }
                 ]

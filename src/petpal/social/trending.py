@@ -18,7 +18,7 @@ rebuilt differed in the last bit (found by a trial: 133.2815555244552 and
 133.28155552445523), which could order two tied posts differently after a
 rebuild. The quantum is 2**-20 of a like at the week's start: a like of
 the window's oldest post (72 hours, six half-lives, before it) is weighed
-to within 0.003%, and one twenty half-lives older weighs nothing.
+to within 0.003%, and one more than twenty half-lives older weighs nothing.
 
 Epochs. An event's weight grows by 2**14 in a week (half-life 12 hours).
 To stay far from overflow, and from adding numbers of very different size,
