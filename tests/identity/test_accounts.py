@@ -384,6 +384,31 @@ async def test_a_weak_password_in_full_width_is_still_weak(
     assert problem["code"] == "weak_password"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"login": "ida\\u0000", "password": "xxxxxxxx"}',
+        b'{"login": "x\\u0000@example.org", "password": "xxxxxxxx"}',
+        b'{"login": "ida\\ud800", "password": "xxxxxxxx"}',
+        b'{"login": "ida", "password": "xx\\u0000xxxxxx"}',
+        b'{"login": "' + b"a" * 300 + b'", "password": "xxxxxxxx"}',
+        b'{"login": 5, "password": "xxxxxxxx"}',
+    ],
+)
+async def test_bad_log_in_bodies_are_422(client: httpx.AsyncClient, raw: bytes) -> None:
+    """Found by a trial: a login holding a NUL was a 500 on PostgreSQL. The
+    rate limit looks the login's account up before the body is validated,
+    and the NUL reached the database; what the model refuses is not looked
+    up now."""
+    await a_user(client, "ida")
+    response = await client.post(
+        "/api/v1/auth/token",
+        content=raw,
+        headers={"content-type": "application/json"},
+    )
+    assert_problem(response, 422)
+
+
 async def test_unpaired_surrogate_in_json_is_refused(client: httpx.AsyncClient) -> None:
     raw = (
         b'{"username":"surr","email":"s@example.org","password":"'
