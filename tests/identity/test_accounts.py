@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 from datetime import timedelta
 
 import httpx
 import pytest
+import zxcvbn
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -342,6 +344,66 @@ def test_an_unknown_account_costs_as_many_hash_checks_as_a_wrong_password(
     checked.clear()
     assert not security.verify_password(None, wrong)
     assert len(checked) == for_known == (1 if wrong.isascii() else 2)
+
+
+async def test_a_password_is_as_long_as_its_stable_form(
+    client: httpx.AsyncClient,
+) -> None:
+    """Found by a trial: the length limits counted the characters as typed,
+    so 8 typed ones that are 7 in NFKC form were taken, and a password of
+    250 accented letters typed decomposed (more than 256) could not log in.
+    They count the stable form now."""
+    short = sign_up_body("shorty", password="e\u0301Q7#kz!")  # 8 typed, 7 stable
+    problem = assert_problem(await client.post("/api/v1/accounts", json=short), 422)
+    assert "counted in Unicode NFKC form (this one has 7)" in str(problem)
+    letters = "".join(chr(0xE0 + i % 6) + chr(0xE8 + i % 4) for i in range(125))
+    composed = unicodedata.normalize("NFC", letters)
+    decomposed = unicodedata.normalize("NFD", letters)
+    assert len(composed) == 250 < 256 < len(decomposed)
+    long_one = sign_up_body("longpass", password=composed)
+    assert (await client.post("/api/v1/accounts", json=long_one)).status_code == 201
+    log_in = {"login": "longpass", "password": decomposed}
+    assert (await client.post("/api/v1/auth/token", json=log_in)).status_code == 200
+    typed_long = sign_up_body("longpass2", password=decomposed)
+    assert (await client.post("/api/v1/accounts", json=typed_long)).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("password", "overrides"),
+    [
+        # Found by a trial: the display name was not judged in NFKC form.
+        (
+            "Quixotic-Blanderwick7",
+            {"display_name": "Ｑｕｉｘｏｔｉｃ－Ｂｌａｎｄｅｒｗｉｃｋ７"},
+        ),
+        # Found by a trial: only the whole address was judged, not its name.
+        ("quixoticblanderwick", {"email": "quixoticblanderwick@example.org"}),
+    ],
+)
+async def test_a_password_made_of_the_account_s_own_details_is_weak(
+    client: httpx.AsyncClient, password: str, overrides: dict[str, str]
+) -> None:
+    body = sign_up_body("qb1", password=password, **overrides)
+    problem = assert_problem(await client.post("/api/v1/accounts", json=body), 422)
+    assert problem["code"] == "weak_password"
+
+
+def test_only_a_password_s_first_32_characters_are_judged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a trial: zxcvbn's l33t matcher took seconds of CPU on 72
+    symbols that read as letters, per sign-up; it gets 32 characters."""
+    judged: list[str] = []
+    real = zxcvbn.zxcvbn
+
+    def spy(password: str, user_inputs: list[str]) -> dict[str, object]:
+        judged.append(password)
+        return real(password, user_inputs=user_inputs)
+
+    monkeypatch.setattr(zxcvbn, "zxcvbn", spy)
+    slow = "4@8({[<3=6&#!1|0$5+7%2" * 4
+    assert security.password_weakness(slow, ["someone"], 2) is None
+    assert judged == [slow[:32]]
 
 
 async def test_a_hash_made_from_the_password_as_typed_still_verifies_and_is_renewed(
