@@ -171,6 +171,12 @@ async def test_a_parameter_given_twice_is_422(
     # What the path names comes first.
     assert_problem(await client.get(f"/api/v1/nowhere?{query}"), 404)
     assert_problem(await client.delete(f"/api/v1/feed/public?{query}"), 405)
+    # Found by a trial: parameters a route does not read were refused too
+    # (on /healthz, /metrics, the docs), and before a 401; they are
+    # ignored, repeated or not, as they are once.
+    for url in ("/healthz", "/openapi.json", "/api/v1/feed/public"):
+        assert (await client.get(f"{url}?x=1&x=2&=&=")).status_code == 200
+    assert_problem(await client.get(f"/api/v1/accounts/me?{query}"), 401)
     assert (await client.get("/api/v1/feed/public?limit=5&cursor=")).status_code in (
         200,
         400,

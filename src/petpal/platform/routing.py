@@ -20,9 +20,10 @@ from the router's, both as RFC 9110 asks:
 
 A path with an encoded slash (``%2F``) is a 404: the server decodes it
 into a separator, and the router would match the path it was not. A query
-naming one parameter twice (``?limit=5&limit=50``) to a route is a 422:
-FastAPI would take the last and drop the other unsaid, and no route here
-takes a list in its query.
+naming one of the route's own parameters twice (``?limit=5&limit=50``)
+is a 422: FastAPI would take the last and drop the other unsaid, and no
+route here takes a list in its query. Parameters a route does not take
+are ignored, repeated or not, as they are once.
 
 Everything else goes to the router itself, unchanged: a path no route
 matches (its 404; the app makes no redirects to the path with or without
@@ -37,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Route, Router
@@ -72,9 +74,12 @@ class RouteIndex:
         self.fallback = router.app
         self._indexed: list[BaseRoute] = []
         self._root = _Node()
+        # By the route's id (routes are not hashable); made anew with the tree.
+        self._query_names: dict[int, frozenset[str]] = {}
         self._build()
 
     def _build(self) -> None:
+        self._query_names = {}
         root = _Node()
         for order, route in enumerate(self.router.routes):
             path_format = getattr(route, "path_format", None)
@@ -146,7 +151,11 @@ class RouteIndex:
             raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
         route, child_scope = chosen
         if b"&" in scope.get("query_string", b""):
-            _refuse_repeated_parameters(scope["query_string"])
+            names = self._query_names.get(id(route))
+            if names is None:
+                names = self._query_names[id(route)] = _query_names(route)
+            if names:
+                _refuse_repeated_parameters(scope["query_string"], names)
         if "router" not in scope:
             scope["router"] = self.router
         scope.update(child_scope)
@@ -158,16 +167,28 @@ class RouteIndex:
         await route.handle(scope, receive, send)
 
 
-def _refuse_repeated_parameters(query: bytes) -> None:
+def _query_names(route: BaseRoute) -> frozenset[str]:
+    """The query parameters ``route`` reads, its dependencies' included."""
+    names: set[str] = set()
+    dependant = getattr(route, "dependant", None)
+    pending = [dependant] if isinstance(dependant, Dependant) else []
+    while pending:
+        current = pending.pop()
+        names.update(param.alias for param in current.query_params)
+        pending.extend(current.dependencies)
+    return frozenset(names)
+
+
+def _refuse_repeated_parameters(query: bytes, names: frozenset[str]) -> None:
     # Decoded as Starlette decodes it, so ``l%69mit`` is ``limit``.
     seen: set[str] = set()
     for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-        if name in seen:
+        if name in seen and name in names:
             raise RequestValidationError(
                 [
                     {
                         "type": "repeated_parameter",
-                        "loc": ("query", name[:100]),
+                        "loc": ("query", name),
                         "msg": "given more than once: give it once",
                     }
                 ]
