@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from petpal.platform import datadir
 from petpal.platform.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -110,6 +111,11 @@ def serve(
             "and the processes would answer differently",
             param_hint="--workers",
         )
+    if settings.jobs_run_alone:
+        # Refused before the migrations and the port: its start-up would
+        # take over the jobs of the server already serving this directory.
+        # Held by this process as it serves (released as it exits).
+        datadir.claim(settings.data_dir)
     upgrade(settings)
     address = f"[{host}]" if ":" in host else host
     if settings.broker_url:
@@ -496,6 +502,9 @@ def main() -> None:
 
     try:
         app()
+    except datadir.DataDirInUseError as exc:
+        typer.echo(f"petpal: {exc}", err=True)
+        raise SystemExit(1) from None
     except DBAPIError as exc:
         _fail_backend("the database", exc.orig if exc.orig is not None else exc)
     except RedisError as exc:

@@ -169,6 +169,72 @@ async def test_library_log_records_are_rendered_as_our_events(tmp_path: Path) ->
     assert event["timestamp"].endswith("Z")
 
 
+async def test_a_second_server_on_one_data_directory_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Found by a trial: a second ``petpal serve`` on the directory a server
+    was serving ran its start-up before it found the port taken: it emptied
+    the live server's scratch folder and took its running jobs as a dead
+    process's (two photo jobs ran twice, two photos stayed "processing" for
+    five minutes). It is refused before it touches anything, and so is an
+    embedded seed, whose app would do the same."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith("PETPAL_")
+    }
+    env.update(PETPAL_DATA_DIR=str(tmp_path))
+    petpal = str(Path(sys.executable).parent / "petpal")
+    port, other_port = _free_port(), _free_port()
+    with (tmp_path / "first.log").open("wb") as log:
+        first = await asyncio.create_subprocess_exec(
+            petpal, "serve", "--port", str(port), env=env, stdout=log, stderr=log
+        )
+        try:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", timeout=10
+            ) as client:
+                for _ in range(300):
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await client.get("/healthz")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)
+                scratch = tmp_path / "tmp" / "a-job-at-work"
+                scratch.parent.mkdir(exist_ok=True)
+                scratch.write_bytes(b"half a photo")
+                for command in (
+                    ["serve", "--port", str(other_port)],
+                    ["serve", "--port", str(port)],
+                    ["seed"],
+                ):
+                    second = await asyncio.create_subprocess_exec(
+                        petpal,
+                        *command,
+                        env=env,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.PIPE,
+                    )
+                    out, err = await asyncio.wait_for(second.communicate(), 60)
+                    assert second.returncode == 1, (command, out, err)
+                    said = err.decode()
+                    assert f"in use by process {first.pid}" in said, said
+                    assert "Traceback" not in said, said
+                    assert scratch.read_bytes() == b"half a photo"
+                    assert (await client.get("/healthz")).status_code == 200
+        finally:
+            first.terminate()
+            await asyncio.wait_for(first.wait(), timeout=30)
+    # Its holder gone, the directory serves again (a killed one's too: the
+    # lock goes with the process).
+    result = await asyncio.create_subprocess_exec(
+        petpal,
+        "seed",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(result.communicate(), 120)
+    assert result.returncode == 0, (out, err)
+
+
 @requires_redis
 async def test_several_processes_give_their_metrics_summed(tmp_path: Path) -> None:
     """Found by a trial: with ``--workers 2`` each scrape of /metrics gave the

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from petpal.platform import datadir
 from petpal.platform.cache import (
     Cache,
     CacheBackend,
@@ -70,6 +71,8 @@ class Services:
     # trial), a walk still ends as it began.
     walks: Cache
     relay: EmbeddedRelay | None = None
+    # Whether this holds its data directory (an embedded server: datadir.py).
+    _claimed: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -113,7 +116,7 @@ class Services:
                 poll_seconds=settings.job_poll_seconds,
                 max_attempts=settings.job_max_attempts,
                 retry_base_seconds=settings.job_retry_base_seconds,
-                sole_runner=db.is_sqlite and not settings.redis_url,
+                sole_runner=settings.jobs_run_alone,
             )
             db.on_job_commit(services.relay.wake)
         return services
@@ -121,6 +124,9 @@ class Services:
     async def start(self) -> None:
         if self.relay is not None:
             if self.relay.sole_runner:
+                # Before anything of the jobs is touched (see datadir.py).
+                datadir.claim(self.settings.data_dir)
+                self._claimed = True
                 # What jobs of a process that was killed left in their
                 # scratch folders (a photo being decoded: up to 25 MB each,
                 # found by a trial); no other process uses them.
@@ -130,6 +136,9 @@ class Services:
     async def close(self) -> None:
         if self.relay is not None:
             await self.relay.stop()
+        if self._claimed:
+            datadir.release(self.settings.data_dir)
+            self._claimed = False
         await self.timelines.close()
         await self.rankings.close()
         if self.walks.backend is not self.cache.backend:

@@ -305,6 +305,18 @@ class Settings(BaseSettings):
         return self.effective_database_url.startswith("sqlite")
 
     @property
+    def jobs_run_alone(self) -> bool:
+        """Whether a process of these settings is its database's only job
+        runner: embedded, on SQLite without Redis (a second server process
+        is refused), its jobs in process (see platform/datadir.py)."""
+        return (
+            self.run_jobs_in_process
+            and not self.broker_url
+            and not self.redis_url
+            and self.is_sqlite
+        )
+
+    @property
     def media_dir(self) -> Path:
         """Root of the local object store (keys start with media/ or incoming/)."""
         return self.data_dir / "storage"
