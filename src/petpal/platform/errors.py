@@ -167,7 +167,13 @@ async def on_problem(request: Request, exc: Exception) -> Response:
 
 def _describe_validation_error(error: Mapping[str, Any]) -> dict[str, Any]:
     location = [str(part) for part in error.get("loc", ())]
-    return {"location": location, "message": str(error.get("msg", "invalid"))}
+    message = str(error.get("msg", "invalid"))
+    raised = (error.get("ctx") or {}).get("error")
+    if error.get("type") == "value_error" and raised is not None:
+        # Our validators' own words, without pydantic's "Value error, " in
+        # front (found by a trial).
+        message = str(raised)
+    return {"location": location, "message": message}
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
