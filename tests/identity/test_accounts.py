@@ -391,6 +391,11 @@ async def test_a_password_made_of_the_account_s_own_details_is_weak(
     body = sign_up_body("qb1", password=password, **overrides)
     problem = assert_problem(await client.post("/api/v1/accounts", json=body), 422)
     assert problem["code"] == "weak_password"
+    # And says so (a trial: it said only "add another word or two").
+    assert (
+        "made of the account's username, e-mail address or display name"
+        in (problem["detail"])
+    )
 
 
 def test_only_a_password_s_first_32_characters_are_judged(

@@ -350,7 +350,7 @@ async def do_delete_account(services: Services, account_id: str, password: str) 
         raise AccountGoneError
     valid = await asyncio.to_thread(verify_password, account.password_hash, password)
     if not valid:
-        raise _invalid_credentials()
+        raise ProblemError(401, "invalid_credentials", "the password is wrong")
     # Every service's hook, whichever of them this process serves: they share
     # the database the cascade runs in.
     for name in SERVICE_NAMES:

@@ -77,6 +77,11 @@ def _personal_inputs(personal: Sequence[str]) -> list[str]:
     return [text for text in inputs if text]
 
 
+_MADE_OF_DETAILS = (
+    "It is made of the account's username, e-mail address or display name."
+)
+
+
 def password_weakness(
     password: str, personal: Sequence[str], minimum: int
 ) -> str | None:
@@ -104,8 +109,19 @@ def password_weakness(
     if judged["score"] >= minimum:
         return None
     feedback = judged["feedback"]
+    # zxcvbn says nothing of its own when the account's details are what
+    # make it weak; the detail said only "add another word" (a trial).
+    own = any(
+        match.get("dictionary_name") == "user_inputs" for match in judged["sequence"]
+    )
     advice = " ".join(
-        text for text in (feedback["warning"], *feedback["suggestions"]) if text
+        text
+        for text in (
+            _MADE_OF_DETAILS if own else "",
+            feedback["warning"],
+            *feedback["suggestions"],
+        )
+        if text
     )
     return f"this password is too easy to guess. {advice}".strip()
 
