@@ -15,7 +15,13 @@ from pydantic import (
 from petpal.platform.ids import GivenId
 from petpal.platform.inputs import NotNull
 from petpal.platform.security import stable_password
-from petpal.platform.text import NAME, STORABLE, VISIBLE
+from petpal.platform.text import (
+    EMAIL_MAX_LENGTH,
+    LOGIN_MAX_LENGTH,
+    NAME,
+    STORABLE,
+    VISIBLE,
+)
 
 DisplayName = Annotated[
     str,
@@ -50,8 +56,12 @@ Password = Annotated[
     STORABLE,
     AfterValidator(_stable_length),
 ]
-Email = Annotated[str, StringConstraints(min_length=3, max_length=254), STORABLE]
-Login = Annotated[str, StringConstraints(min_length=1, max_length=254), STORABLE]
+Email = Annotated[
+    str, StringConstraints(min_length=3, max_length=EMAIL_MAX_LENGTH), STORABLE
+]
+Login = Annotated[
+    str, StringConstraints(min_length=1, max_length=LOGIN_MAX_LENGTH), STORABLE
+]
 GivenPassword = Annotated[
     str, StringConstraints(min_length=1, max_length=PASSWORD_TYPED_MAX), STORABLE
 ]

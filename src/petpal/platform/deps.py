@@ -16,8 +16,7 @@ from petpal.platform.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from petpal.platform.ratelimit import client_ip, login_key
 from petpal.platform.security import AccessClaims, read_access_token
 from petpal.platform.services import Services
-from petpal.platform.text import EMAIL_MAX_LENGTH as LOGIN_MAX
-from petpal.platform.text import check_storable
+from petpal.platform.text import LOGIN_MAX_LENGTH, check_storable
 
 # Every dependency here is ``async def``, though none of them awaits: FastAPI
 # runs a plain ``def`` dependency in a worker thread, which cost more CPU per
@@ -156,7 +155,7 @@ async def _submitted_login(request: Request) -> str | None:
     except orjson.JSONDecodeError:
         return None  # the handler answers 422; the per-IP limit still counted
     login = body.get("login") if isinstance(body, dict) else None
-    if not isinstance(login, str) or not login.strip() or len(login) > LOGIN_MAX:
+    if not isinstance(login, str) or not login.strip() or len(login) > LOGIN_MAX_LENGTH:
         return None
     try:
         # Looked up before the body is validated: what the model refuses

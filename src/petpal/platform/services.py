@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -72,7 +72,7 @@ class Services:
     walks: Cache
     relay: EmbeddedRelay | None = None
     # Whether this holds its data directory (an embedded server: datadir.py).
-    _claimed: bool = False
+    _claimed: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

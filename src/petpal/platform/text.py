@@ -121,6 +121,9 @@ def lookup_username(raw: str) -> str | None:
 
 # The longest address SMTP carries, and the column that stores its form.
 EMAIL_MAX_LENGTH: Final = 254
+# A log-in names an account by its username or its e-mail address, and a
+# username is much shorter: the longest login is the longest address.
+LOGIN_MAX_LENGTH: Final = EMAIL_MAX_LENGTH
 
 
 # What UTS #46 reads as a label separator besides ".": the ideographic and
