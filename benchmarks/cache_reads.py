@@ -95,7 +95,7 @@ async def seed(
             "/api/v1/accounts",
             json={
                 "username": name,
-                "email": f"{name}@bench.invalid",
+                "email": f"{name}@example.org",
                 "password": PASSWORD,
                 "display_name": f"Bench {n}",
             },

@@ -128,7 +128,7 @@ class _Account:
         self.client, self.name = client, name
         account = {
             "username": name,
-            "email": f"{name}@example.test",
+            "email": f"{name}@example.org",
             "password": password,
             "display_name": name.replace("_", " ").title(),
         }

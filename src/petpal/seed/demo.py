@@ -233,7 +233,7 @@ async def _seed(client: httpx.AsyncClient, services: Services) -> str:
                 "/api/v1/accounts",
                 json={
                     "username": username,
-                    "email": f"{username}@demo.petpal.invalid",
+                    "email": f"{username}@example.org",
                     "password": DEMO_PASSWORD,
                     "display_name": display_name,
                 },

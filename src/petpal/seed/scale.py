@@ -8,7 +8,7 @@ photos (see :mod:`petpal.seed.library`). What the rows look like is told in
 :mod:`petpal.seed.shape`; how they are loaded in :mod:`petpal.seed.bulk`.
 
 Accounts are ``user_0`` … ``user_<N-1>`` (``user_0`` is the most followed),
-e-mail ``user_<i>@example.test``, all with one password, hashed once with
+e-mail ``user_<i>@example.org``, all with one password, hashed once with
 argon2 and shared: hashing millions of passwords would take days.
 
 A database that already has accounts is refused unless ``append`` is set;

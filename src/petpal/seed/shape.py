@@ -373,7 +373,7 @@ class DataSet:
             part = slice(start, min(start + ROWS_PER_BATCH, n))
             numbers = np.arange(part.start, part.stop, dtype=np.int64)
             username = ascii_numbers("user_", numbers)
-            email = ascii_numbers("user_", numbers, "@example.test")
+            email = ascii_numbers("user_", numbers, "@example.org")
             yield Batch(
                 "accounts",
                 {
