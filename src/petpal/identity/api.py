@@ -5,8 +5,10 @@ from fastapi import APIRouter, Depends, Response
 from petpal.identity import service
 from petpal.identity.schemas import (
     AccountDeletion,
+    EmailChange,
     LogIn,
     Me,
+    PasswordChange,
     Profile,
     ProfileUpdate,
     RefreshRequest,
@@ -100,6 +102,45 @@ async def delete_me(
     and photos; your password is asked again. It cannot be undone."""
     await service.do_delete_account(services, me.account_id, data.password)
     return Response(status_code=204)
+
+
+@router.put(
+    "/accounts/me/password",
+    response_model=TokenPair,
+    responses={
+        401: {
+            "description": "Missing, invalid or expired access token, or a wrong "
+            "current password"
+        }
+    },
+    dependencies=[Depends(limit_password_check)],
+)
+async def change_password(
+    data: PasswordChange, me: CurrentAccount, services: ServicesDep
+) -> TokenPair:
+    """Change your password; your current one is asked again. Every session
+    of the account ends, on every device: go on with the tokens in the
+    answer. Access tokens already handed out work until they expire."""
+    return await service.do_change_password(services, me.account_id, data)
+
+
+@router.put(
+    "/accounts/me/email",
+    response_model=Me,
+    responses={
+        401: {
+            "description": "Missing, invalid or expired access token, or a wrong "
+            "password"
+        }
+    },
+    dependencies=[Depends(limit_password_check)],
+)
+async def change_email(
+    data: EmailChange, me: CurrentAccount, services: ServicesDep
+) -> Me:
+    """Change your e-mail address; your password is asked again. The address
+    is judged and compared as at sign-up, and logs in from now on."""
+    return await service.do_change_email(services, me.account_id, data)
 
 
 @router.get("/accounts/{username}", response_model=Profile)

@@ -90,6 +90,20 @@ class AccountDeletion(Input):
     password: GivenPassword
 
 
+class PasswordChange(Input):
+    """The password in use, asked again, and the one to use from now on."""
+
+    current_password: GivenPassword
+    new_password: Password
+
+
+class EmailChange(Input):
+    """The address to use from now on, with the account's password."""
+
+    email: Email
+    password: GivenPassword
+
+
 class RefreshRequest(Input):
     refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 
 import orjson
@@ -22,8 +22,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from petpal.identity.models import Account, RefreshToken
 from petpal.identity.schemas import (
     AccountSummary,
+    EmailChange,
     LogIn,
     Me,
+    PasswordChange,
     Profile,
     ProfileUpdate,
     SignUp,
@@ -99,16 +101,7 @@ async def do_sign_up(services: Services, data: SignUp) -> Account:
         email_canonical,
         data.display_name,
     )
-    # Judging and hashing take milliseconds of CPU; keep them off the loop.
-    weakness = await asyncio.to_thread(
-        password_weakness,
-        data.password,
-        personal,
-        services.settings.password_min_strength,
-    )
-    if weakness is not None:
-        raise InvalidInputError("weak_password", weakness)
-    password_hash = await asyncio.to_thread(hash_password, data.password)
+    password_hash = await _strong_password_hash(services, data.password, personal)
     account = Account(
         id=new_id(),
         username=canonical,
@@ -138,6 +131,23 @@ async def do_sign_up(services: Services, data: SignUp) -> Account:
         raise _taken("username" in str(exc.orig)) from exc
     await services.cache.invalidate(_username_key(canonical))
     return account
+
+
+async def _strong_password_hash(
+    services: Services, password: str, personal: Sequence[str]
+) -> str:
+    """The hash of ``password``, unless it is too easy to guess or made of
+    ``personal``, the account's own details (422 ``weak_password``)."""
+    # Judging and hashing take milliseconds of CPU; keep them off the loop.
+    weakness = await asyncio.to_thread(
+        password_weakness,
+        password,
+        personal,
+        services.settings.password_min_strength,
+    )
+    if weakness is not None:
+        raise InvalidInputError("weak_password", weakness)
+    return await asyncio.to_thread(hash_password, password)
 
 
 def _taken(username: bool) -> ConflictError:
@@ -181,6 +191,10 @@ async def do_log_in(services: Services, data: LogIn) -> TokenPair:
     if verdict is Verdict.RIGHT_REHASH:
         new_hash = await asyncio.to_thread(hash_password, data.password)
     async with services.db.write_session() as session:
+        # The password verified must still be the account's: one changed
+        # since (which ends every session) must not let this one in.
+        if await _password_hash_held(services, session, account.id) != stored_hash:
+            raise _invalid_credentials()
         if new_hash is not None:
             # Only over the hash just verified: a password changed meanwhile
             # stays changed.
@@ -191,6 +205,22 @@ async def do_log_in(services: Services, data: LogIn) -> TokenPair:
                 .values(password_hash=new_hash)
             )
         return _issue_pair(services, session, account, family_id=new_id())
+
+
+async def _password_hash_held(
+    services: Services, session: AsyncSession, account_id: str
+) -> str | None:
+    """The account's password hash, its row held against a password change
+    until the transaction ends (on PostgreSQL; SQLite writes one at a time).
+
+    A session is made only under it: a log-in or a refresh that began before
+    a change either ends before it (and the change revokes its session) or
+    sees the change (and makes none).
+    """
+    query = select(Account.password_hash).where(Account.id == account_id)
+    if not services.db.is_sqlite:
+        query = query.with_for_update(read=True)
+    return await session.scalar(query)
 
 
 def _issue_pair(
@@ -226,11 +256,21 @@ async def do_refresh(services: Services, secret: str) -> TokenPair:
     token_hash = hash_refresh_secret(secret)
     grace = timedelta(seconds=services.settings.refresh_reuse_grace_seconds)
     async with services.db.write_session() as session:
-        family_id = await session.scalar(
-            select(RefreshToken.family_id).where(RefreshToken.token_hash == token_hash)
-        )
-        if family_id is None:
+        found = (
+            await session.execute(
+                select(RefreshToken.family_id, RefreshToken.account_id).where(
+                    RefreshToken.token_hash == token_hash
+                )
+            )
+        ).first()
+        if found is None:
             raise _invalid_refresh()
+        family_id, owner_id = found
+        # The account first, then the family: a password change revoking
+        # every session waits for this refresh, or this refresh finds its
+        # token revoked.
+        if await _password_hash_held(services, session, owner_id) is None:
+            raise _invalid_refresh()  # the account is gone
         await _lock_family(services, session, family_id)
         # Read once the family is this request's: as the last change to it
         # left the token (a concurrent refresh may have used it, a log-out
@@ -313,6 +353,100 @@ async def do_log_out(services: Services, secret: str) -> None:
         await _revoke_family(services, family_id)
 
 
+# --- the account's password and address ------------------------------------------
+
+
+async def _account_whose_password_is(
+    services: Services, account_id: str, password: str
+) -> Account:
+    """The caller's account, if ``password`` is its password (401 if not): a
+    token alone (a phone left unlocked) does not change or delete it."""
+    async with services.db.read_session() as session:
+        account = await session.get(Account, account_id)
+    if account is None:
+        raise AccountGoneError
+    valid = await asyncio.to_thread(verify_password, account.password_hash, password)
+    if not valid:
+        raise ProblemError(401, "invalid_credentials", "the password is wrong")
+    return account
+
+
+async def do_change_password(
+    services: Services, account_id: str, data: PasswordChange
+) -> TokenPair:
+    """Give the account a new password and end every session of it.
+
+    The new password is judged as at sign-up. Every refresh token of the
+    account is revoked in the same transaction, and a new pair is the
+    answer, so the device that changed it stays signed in. Access tokens
+    already handed out are not looked up on each request; they work until
+    they expire (``access_token_ttl_seconds``).
+    """
+    account = await _account_whose_password_is(
+        services, account_id, data.current_password
+    )
+    personal = (
+        account.username,
+        account.email,
+        account.email_canonical,
+        account.display_name,
+    )
+    new_hash = await _strong_password_hash(services, data.new_password, personal)
+    async with services.db.write_session() as session:
+        # Only over the hash just verified: of two changes at once, the
+        # second finds the password it was given no longer the account's.
+        changed = await session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .where(Account.password_hash == account.password_hash)
+            .values(password_hash=new_hash)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            if await session.get(Account, account_id) is None:
+                raise AccountGoneError
+            raise ProblemError(401, "invalid_credentials", "the password is wrong")
+        await session.execute(
+            update(RefreshToken)
+            .where(
+                RefreshToken.account_id == account_id,
+                RefreshToken.revoked_at.is_(None),
+            )
+            .values(revoked_at=utcnow())
+        )
+        pair = _issue_pair(services, session, account, family_id=new_id())
+    log.info("account.password_changed", account_id=account_id)
+    return pair
+
+
+async def do_change_email(services: Services, account_id: str, data: EmailChange) -> Me:
+    """Give the account a new e-mail address, judged and compared as at
+    sign-up (another account's address is a 409 ``email_taken``)."""
+    await _account_whose_password_is(services, account_id, data.password)
+    email_canonical = _canonical_email(data.email)
+    try:
+        async with services.db.write_session() as session:
+            taken = await session.scalar(
+                select(Account.id).where(
+                    Account.email_canonical == email_canonical,
+                    Account.id != account_id,
+                )
+            )
+            if taken is not None:
+                raise _taken(username=False)
+            changed = await session.execute(
+                update(Account)
+                .where(Account.id == account_id)
+                .values(email=data.email.strip(), email_canonical=email_canonical)
+            )
+            if changed.rowcount != 1:  # type: ignore[attr-defined]
+                raise AccountGoneError
+    except IntegrityError as exc:
+        # Lost a race with a sign-up or a change to the same address.
+        raise _taken(username=False) from exc
+    log.info("account.email_changed", account_id=account_id)
+    return await get_me(services, account_id)
+
+
 # --- deleting an account -------------------------------------------------------
 
 # What another service does when an account goes, inside the transaction that
@@ -344,13 +478,7 @@ async def do_delete_account(services: Services, account_id: str, password: str) 
     photos' files deleted, by jobs committed with it. Their tokens stop
     working at once, and the username is free again.
     """
-    async with services.db.read_session() as session:
-        account = await session.get(Account, account_id)
-    if account is None:
-        raise AccountGoneError
-    valid = await asyncio.to_thread(verify_password, account.password_hash, password)
-    if not valid:
-        raise ProblemError(401, "invalid_credentials", "the password is wrong")
+    account = await _account_whose_password_is(services, account_id, password)
     # Every service's hook, whichever of them this process serves: they share
     # the database the cascade runs in.
     for name in SERVICE_NAMES:
