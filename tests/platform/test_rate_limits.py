@@ -35,6 +35,7 @@ from tests.social.builders import LANDSCAPE, a_member, a_photo
 ROOMY = {
     "rate_limit_anonymous": "1000/minute",
     "rate_limit_sign_up": "1000/minute",
+    "rate_limit_sign_up_attempt": "1000/minute",
     "rate_limit_log_in_ip": "1000/minute",
     "rate_limit_log_in_name": "1000/minute",
     "rate_limit_upload": "1000/minute",
@@ -229,13 +230,53 @@ async def test_sign_up_is_limited_per_ip(settings: Settings) -> None:
             assert (await _sign_up(elsewhere, "crowd_2")).status_code == 201
 
 
-async def _sign_up(client: httpx.AsyncClient, name: str) -> httpx.Response:
+async def test_a_refused_sign_up_leaves_the_sign_up_limit_alone(
+    settings: Settings,
+) -> None:
+    """Found by a trial: a person retyping a password refused as weak was
+    locked out of signing up for an hour after five tries."""
+    async with (
+        limited_app(settings, rate_limit_sign_up="2/hour") as app,
+        client_from(app, "192.0.2.22") as client,
+    ):
+        for _ in range(4):
+            weak = await _sign_up(client, "retyper", password="password123")
+            assert_problem(weak, 422, "weak_password")
+            assert weak.headers["X-RateLimit-Remaining"] == "1"
+        made = await _sign_up(client, "retyper")
+        assert made.status_code == 201, made.text
+        assert made.headers["X-RateLimit-Remaining"] == "1"
+        # A name or address found taken counts: it probes who is here.
+        assert_problem(await _sign_up(client, "retyper"), 409, "username_taken")
+        assert_rate_limited(await _sign_up(client, "another"), 2)
+
+
+async def test_every_sign_up_attempt_counts_against_the_attempt_limit(
+    settings: Settings,
+) -> None:
+    async with limited_app(settings, rate_limit_sign_up_attempt="3/hour") as app:
+        async with client_from(app, "192.0.2.23") as client:
+            for _ in range(3):
+                weak = await _sign_up(client, "scripted", password="password123")
+                assert_problem(weak, 422, "weak_password")
+            assert_rate_limited(await _sign_up(client, "scripted"), 3)
+        # Malformed bodies are attempts too.
+        async with client_from(app, "192.0.2.24") as other:
+            for _ in range(3):
+                malformed = await other.post("/api/v1/accounts", json={"x": 1})
+                assert_problem(malformed, 422)
+            assert_rate_limited(await _sign_up(other, "scripted"), 3)
+
+
+async def _sign_up(
+    client: httpx.AsyncClient, name: str, password: str = PASSWORD
+) -> httpx.Response:
     return await client.post(
         "/api/v1/accounts",
         json={
             "username": name,
             "email": f"{name}@example.org",
-            "password": PASSWORD,
+            "password": password,
             "display_name": name,
         },
     )

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from petpal.identity import service
 from petpal.identity.schemas import (
@@ -20,10 +20,12 @@ from petpal.platform.deps import (
     CurrentAccount,
     OptionalAccount,
     ServicesDep,
+    charge_sign_up,
     limit_log_in,
     limit_password_check,
     limit_sign_up,
 )
+from petpal.platform.errors import ConflictError
 from petpal.platform.wire import json_response
 
 router = APIRouter(tags=["identity"])
@@ -36,8 +38,15 @@ router = APIRouter(tags=["identity"])
     responses={201: {"headers": LOCATION}},
     dependencies=[Depends(limit_sign_up)],
 )
-async def sign_up(data: SignUp, services: ServicesDep, response: Response) -> Me:
-    account = await service.do_sign_up(services, data)
+async def sign_up(
+    data: SignUp, services: ServicesDep, request: Request, response: Response
+) -> Me:
+    try:
+        account = await service.do_sign_up(services, data)
+    except ConflictError:
+        await charge_sign_up(request, services)  # a name or address probed
+        raise
+    await charge_sign_up(request, services)
     response.headers["Location"] = f"/api/v1/accounts/{account.username}"
     return await service.get_me(services, account.id)
 

@@ -100,7 +100,22 @@ async def limit_sign_up(
     request: Request,
     services: Annotated[Services, Depends(get_services)],
 ) -> None:
-    await _enforce(request, services, [("sign_up", _client_ip(request, services))])
+    """Every attempt counts against the client's ``sign_up_attempt`` limit;
+    ``sign_up`` is only checked here, and charged by the route once the
+    attempt made an account or found it taken (:func:`charge_sign_up`): a
+    person retyping a refused password is not locked out for an hour."""
+    ip = _client_ip(request, services)
+    quota = await services.limiter.enforce(
+        [("sign_up_attempt", ip)], later=[("sign_up", ip)]
+    )
+    if quota is not None:
+        add_response_headers(request.scope, quota.headers())
+
+
+async def charge_sign_up(request: Request, services: Services) -> None:
+    """Count a sign-up that made an account or found its name or address
+    taken against the client's ``sign_up`` limit."""
+    await services.limiter.charge("sign_up", _client_ip(request, services))
 
 
 async def limit_log_in(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -113,6 +114,7 @@ class RateLimiter:
         limits = {
             "anonymous": settings.rate_limit_anonymous,
             "sign_up": settings.rate_limit_sign_up,
+            "sign_up_attempt": settings.rate_limit_sign_up_attempt,
             "log_in_ip": settings.rate_limit_log_in_ip,
             "log_in_name": settings.rate_limit_log_in_name,
             "upload": settings.rate_limit_upload,
@@ -137,7 +139,11 @@ class RateLimiter:
             await self._pool.aclose()
 
     async def enforce(
-        self, checks: Sequence[tuple[str, str]], *, with_quota: bool = True
+        self,
+        checks: Sequence[tuple[str, str]],
+        *,
+        with_quota: bool = True,
+        later: Sequence[tuple[str, str]] = (),
     ) -> Quota | None:
         """Count one hit against each ``(limit name, identifier)`` in order.
 
@@ -145,18 +151,29 @@ class RateLimiter:
         ones are not charged). Returns the tightest quota for the headers
         (one more storage round trip per limit; ``with_quota=False`` skips
         it), or ``None`` when limits are off or the storage failed.
+
+        The limits in ``later`` are only checked, after ``checks``: a spent
+        one refuses the request, and the caller :meth:`charge` s them once
+        it knows the request counts (their quota says what is left if it
+        does).
         """
         if not self.enabled or time.monotonic() < self._bypass_until:
             return None
         tightest: Quota | None = None
         try:
-            for name, identifier in checks:
+            for (name, identifier), charged in itertools.chain(
+                ((check, True) for check in checks), ((check, False) for check in later)
+            ):
                 item = self.limits[name]
-                allowed = await self._strategy.hit(item, name, identifier)
+                if charged:
+                    allowed = await self._strategy.hit(item, name, identifier)
+                else:
+                    allowed = await self._strategy.test(item, name, identifier)
                 if allowed and not with_quota:
                     continue
                 stats = await self._strategy.get_window_stats(item, name, identifier)
-                quota = Quota(item.amount, stats.remaining, stats.reset_time)
+                remaining = stats.remaining - (0 if charged or not allowed else 1)
+                quota = Quota(item.amount, remaining, stats.reset_time)
                 if not allowed:
                     RATE_LIMITED.labels(name).inc()
                     raise RateLimitedError(quota)
@@ -168,6 +185,22 @@ class RateLimiter:
             log.warning("ratelimit.storage_failed", error=type(exc).__name__)
             return None
         return tightest
+
+    async def charge(self, name: str, identifier: str) -> None:
+        """Count one hit against a limit :meth:`enforce` checked as ``later``.
+
+        Never refuses: the request has been served. (Requests served at the
+        same moment may all have found the last slot free, so the limit can
+        be passed by as many as arrive together.)
+        """
+        if not self.enabled or time.monotonic() < self._bypass_until:
+            return
+        try:
+            await self._strategy.hit(self.limits[name], name, identifier)
+        except (StorageError, OSError) as exc:
+            STORAGE_FAILURES.inc()
+            self._bypass_until = time.monotonic() + self._bypass_after_error
+            log.warning("ratelimit.storage_failed", error=type(exc).__name__)
 
 
 def _storage(

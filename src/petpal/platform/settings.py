@@ -187,8 +187,13 @@ class Settings(BaseSettings):
     rate_limits_enabled: bool = True
     # Every API request without a valid access token, per client IP.
     rate_limit_anonymous: str = "300/5minutes"
-    # Per client IP; a household or an office shares one address.
+    # Per client IP; a household or an office shares one address. Sign-ups
+    # that made an account or found its name or address taken; one refused
+    # for what was typed (a weak password, a name not allowed) does not
+    # count there, but every attempt counts against the second, so that a
+    # script gains nothing by sending refused ones.
     rate_limit_sign_up: str = "5/hour"
+    rate_limit_sign_up_attempt: str = "30/hour"
     # Log-in attempts, per client IP and per submitted login (whether or not
     # an account has it): the second slows guessing spread over many IPs.
     rate_limit_log_in_ip: str = "10/minute"
@@ -237,6 +242,7 @@ class Settings(BaseSettings):
     @field_validator(
         "rate_limit_anonymous",
         "rate_limit_sign_up",
+        "rate_limit_sign_up_attempt",
         "rate_limit_log_in_ip",
         "rate_limit_log_in_name",
         "rate_limit_upload",
