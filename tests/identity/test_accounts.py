@@ -734,6 +734,19 @@ async def test_bad_profile_updates_are_422(
     assert_problem(response, 422)
 
 
+@pytest.mark.parametrize("media_id", ["0" * 27, "not-a-media-id", "0" * 26])
+async def test_an_avatar_that_is_no_photo_of_yours_is_invalid_media(
+    client: httpx.AsyncClient, media_id: str
+) -> None:
+    """As in a post or a pet (found by a trial: 27 characters were
+    ``validation_failed`` as an avatar, ``invalid_media`` in a post)."""
+    user = await a_user(client)
+    response = await client.patch(
+        "/api/v1/accounts/me", headers=user.headers, json={"avatar_media_id": media_id}
+    )
+    assert_problem(response, 422, "invalid_media")
+
+
 async def test_profile_update_needs_a_token(client: httpx.AsyncClient) -> None:
     assert_problem(await client.patch("/api/v1/accounts/me", json={"bio": "x"}), 401)
 

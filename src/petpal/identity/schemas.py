@@ -12,7 +12,7 @@ from pydantic import (
     field_validator,
 )
 
-from petpal.platform.ids import GivenId
+from petpal.platform.ids import ForeignId
 from petpal.platform.inputs import NotNull
 from petpal.platform.security import stable_password
 from petpal.platform.text import (
@@ -111,7 +111,7 @@ class RefreshRequest(Input):
 class ProfileUpdate(Input):
     display_name: NotNull[DisplayName] = None
     bio: Bio | None = None
-    avatar_media_id: Annotated[GivenId, StringConstraints(max_length=26)] | None = None
+    avatar_media_id: ForeignId | None = None
 
     @field_validator("display_name", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from pydantic import (
 from petpal.identity.schemas import AccountSummary
 from petpal.media.schemas import MediaView
 from petpal.platform.db import utcnow
-from petpal.platform.ids import GivenId
+from petpal.platform.ids import ForeignId
 from petpal.platform.inputs import NotNull
 from petpal.platform.text import NAME, STORABLE, VISIBLE
 
@@ -89,7 +89,6 @@ Location = Annotated[
 BirthDate = Annotated[
     dt.date, BeforeValidator(_iso_date_only), AfterValidator(_plausible_birth_date)
 ]
-MediaId = Annotated[GivenId, StringConstraints(max_length=26)]
 
 
 class Input(BaseModel):
@@ -102,7 +101,7 @@ class PetCreate(Input):
     breed: Breed = ""
     birth_date: BirthDate | None = None
     bio: Bio = ""
-    photo_media_id: MediaId | None = None
+    photo_media_id: ForeignId | None = None
     available_for_adoption: StrictBool = False
     location: Location = ""
 
@@ -115,7 +114,7 @@ class PetUpdate(Input):
     breed: Breed | None = None
     birth_date: BirthDate | None = None
     bio: Bio | None = None
-    photo_media_id: MediaId | None = None
+    photo_media_id: ForeignId | None = None
     available_for_adoption: NotNull[StrictBool] = None
     location: Location | None = None
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from petpal.identity.schemas import AccountSummary
 from petpal.media.schemas import MediaView
-from petpal.platform.ids import GivenId
+from petpal.platform.ids import ForeignId
 from petpal.platform.text import STORABLE, VISIBLE
 
 Caption = Annotated[str, StringConstraints(max_length=2200), STORABLE]
@@ -17,8 +17,6 @@ CommentBody = Annotated[
     STORABLE,
     VISIBLE,
 ]
-# Generous for a 26-character ULID: the owning service says why an id is bad.
-ForeignId = Annotated[GivenId, StringConstraints(min_length=1, max_length=64)]
 
 MAX_MEDIA_PER_POST = 10
 MAX_PETS_PER_POST = 10
