@@ -242,13 +242,54 @@ async def test_a_refused_sign_up_leaves_the_sign_up_limit_alone(
         for _ in range(4):
             weak = await _sign_up(client, "retyper", password="password123")
             assert_problem(weak, 422, "weak_password")
-            assert weak.headers["X-RateLimit-Remaining"] == "1"
+            # What is left, as the refusal left it (found by a trial: it
+            # said one fewer, as if the refusal had counted).
+            assert weak.headers["X-RateLimit-Remaining"] == "2"
         made = await _sign_up(client, "retyper")
         assert made.status_code == 201, made.text
         assert made.headers["X-RateLimit-Remaining"] == "1"
         # A name or address found taken counts: it probes who is here.
         assert_problem(await _sign_up(client, "retyper"), 409, "username_taken")
         assert_rate_limited(await _sign_up(client, "another"), 2)
+
+
+async def test_sign_ups_sent_together_make_no_more_accounts_than_the_limit(
+    settings: Settings,
+) -> None:
+    """Found by a trial: 25 sign-ups sent at once all found the last slot
+    of 5 free, and made 25 accounts."""
+    async with (
+        limited_app(settings, rate_limit_sign_up="2/hour") as app,
+        client_from(app, "192.0.2.25") as client,
+    ):
+        answers = await asyncio.gather(
+            *(_sign_up(client, f"crowd_{n}") for n in range(6))
+        )
+        assert sorted(a.status_code for a in answers) == [201, 201] + [429] * 4
+
+
+async def test_an_address_change_counts_as_a_sign_up(settings: Settings) -> None:
+    """Found by a trial: changing one's address told whether another
+    account had an address (409 or 200) well past the sign-up limit."""
+    async with (
+        limited_app(settings, rate_limit_sign_up="2/hour") as app,
+        client_from(app, "192.0.2.26") as client,
+    ):
+        assert (await _sign_up(client, "prober")).status_code == 201
+        tokens = await _log_in(client, "prober", PASSWORD)
+        headers = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+
+        async def change(email: str) -> httpx.Response:
+            return await client.put(
+                "/api/v1/accounts/me/email",
+                headers=headers,
+                json={"email": email, "password": PASSWORD},
+            )
+
+        assert (await change("probe_1@example.org")).status_code == 200
+        assert_rate_limited(await change("probe_2@example.org"), 2)
+        # A refused address is no probe, and does not count.
+        assert_problem(await change("x@@example.org"), 422, "invalid_email")
 
 
 async def test_every_sign_up_attempt_counts_against_the_attempt_limit(

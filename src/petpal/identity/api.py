@@ -20,12 +20,11 @@ from petpal.platform.deps import (
     CurrentAccount,
     OptionalAccount,
     ServicesDep,
-    charge_sign_up,
     limit_log_in,
     limit_password_check,
     limit_sign_up,
+    sign_up_admission,
 )
-from petpal.platform.errors import ConflictError
 from petpal.platform.wire import json_response
 
 router = APIRouter(tags=["identity"])
@@ -41,12 +40,8 @@ router = APIRouter(tags=["identity"])
 async def sign_up(
     data: SignUp, services: ServicesDep, request: Request, response: Response
 ) -> Me:
-    try:
-        account = await service.do_sign_up(services, data)
-    except ConflictError:
-        await charge_sign_up(request, services)  # a name or address probed
-        raise
-    await charge_sign_up(request, services)
+    admit = sign_up_admission(request, services)
+    account = await service.do_sign_up(services, data, admit)
     response.headers["Location"] = f"/api/v1/accounts/{account.username}"
     return await service.get_me(services, account.id)
 
@@ -145,11 +140,14 @@ async def change_password(
     dependencies=[Depends(limit_password_check)],
 )
 async def change_email(
-    data: EmailChange, me: CurrentAccount, services: ServicesDep
+    data: EmailChange, me: CurrentAccount, services: ServicesDep, request: Request
 ) -> Me:
     """Change your e-mail address; your password is asked again. The address
-    is judged and compared as at sign-up, and logs in from now on."""
-    return await service.do_change_email(services, me.account_id, data)
+    is judged and compared as at sign-up, and logs in from now on. An
+    address that passes counts against the sign-up limit too: the answer
+    says whether another account has it."""
+    admit = sign_up_admission(request, services)
+    return await service.do_change_email(services, me.account_id, data, admit)
 
 
 @router.get("/accounts/{username}", response_model=Profile)

@@ -32,7 +32,7 @@ from petpal.identity.schemas import (
     TokenPair,
 )
 from petpal.platform.db import utcnow
-from petpal.platform.deps import resolves_logins
+from petpal.platform.deps import Admission, resolves_logins
 from petpal.platform.errors import (
     ConflictError,
     InvalidInputError,
@@ -58,6 +58,7 @@ from petpal.platform.text import (
     canonical_username,
     lookup_username,
     spell_email,
+    typed_email,
 )
 from petpal.platform.wire import Wire, utc_text
 
@@ -85,7 +86,9 @@ def _canonical_email(raw: str) -> str:
         ) from exc
 
 
-async def do_sign_up(services: Services, data: SignUp) -> Account:
+async def do_sign_up(services: Services, data: SignUp, admit: Admission) -> Account:
+    """Make an account; ``admit`` is called once what was typed has passed
+    (the sign-up rate limit), before the name and address are looked up."""
     try:
         canonical = canonical_username(data.username)
     except ValueError as exc:
@@ -101,12 +104,14 @@ async def do_sign_up(services: Services, data: SignUp) -> Account:
         email_canonical,
         data.display_name,
     )
-    password_hash = await _strong_password_hash(services, data.password, personal)
+    await _refuse_weak_password(services, data.password, personal)
+    await admit()
+    password_hash = await asyncio.to_thread(hash_password, data.password)
     account = Account(
         id=new_id(),
         username=canonical,
         username_canonical=canonical,
-        email=data.email.strip(),
+        email=typed_email(data.email),
         email_canonical=email_canonical,
         password_hash=password_hash,
         display_name=data.display_name,
@@ -133,11 +138,11 @@ async def do_sign_up(services: Services, data: SignUp) -> Account:
     return account
 
 
-async def _strong_password_hash(
+async def _refuse_weak_password(
     services: Services, password: str, personal: Sequence[str]
-) -> str:
-    """The hash of ``password``, unless it is too easy to guess or made of
-    ``personal``, the account's own details (422 ``weak_password``)."""
+) -> None:
+    """A 422 ``weak_password`` if ``password`` is too easy to guess or made
+    of ``personal``, the account's own details."""
     # Judging and hashing take milliseconds of CPU; keep them off the loop.
     weakness = await asyncio.to_thread(
         password_weakness,
@@ -147,7 +152,6 @@ async def _strong_password_hash(
     )
     if weakness is not None:
         raise InvalidInputError("weak_password", weakness)
-    return await asyncio.to_thread(hash_password, password)
 
 
 def _taken(username: bool) -> ConflictError:
@@ -367,8 +371,32 @@ async def _account_whose_password_is(
         raise AccountGoneError
     valid = await asyncio.to_thread(verify_password, account.password_hash, password)
     if not valid:
-        raise ProblemError(401, "invalid_credentials", "the password is wrong")
+        raise _wrong_password()
     return account
+
+
+def _wrong_password() -> ProblemError:
+    return ProblemError(401, "invalid_credentials", "the password is wrong")
+
+
+async def _update_if_password_still(
+    session: AsyncSession, account: Account, **values: object
+) -> None:
+    """Update the account's row with ``values`` only if its password is
+    still the one just verified (``account.password_hash``): a change made
+    meanwhile, which ends every session, must not let through a request
+    that checked the old one (found by a trial: address changes sent with
+    the old password during a password change all went through)."""
+    changed = await session.execute(
+        update(Account)
+        .where(Account.id == account.id)
+        .where(Account.password_hash == account.password_hash)
+        .values(**values)
+    )
+    if getattr(changed, "rowcount", 0) != 1:
+        if await session.get(Account, account.id) is None:
+            raise AccountGoneError
+        raise _wrong_password()
 
 
 async def do_change_password(
@@ -391,20 +419,12 @@ async def do_change_password(
         account.email_canonical,
         account.display_name,
     )
-    new_hash = await _strong_password_hash(services, data.new_password, personal)
+    await _refuse_weak_password(services, data.new_password, personal)
+    new_hash = await asyncio.to_thread(hash_password, data.new_password)
     async with services.db.write_session() as session:
-        # Only over the hash just verified: of two changes at once, the
-        # second finds the password it was given no longer the account's.
-        changed = await session.execute(
-            update(Account)
-            .where(Account.id == account_id)
-            .where(Account.password_hash == account.password_hash)
-            .values(password_hash=new_hash)
-        )
-        if changed.rowcount != 1:  # type: ignore[attr-defined]
-            if await session.get(Account, account_id) is None:
-                raise AccountGoneError
-            raise ProblemError(401, "invalid_credentials", "the password is wrong")
+        # Of two changes at once, the second finds the password it was
+        # given no longer the account's.
+        await _update_if_password_still(session, account, password_hash=new_hash)
         await session.execute(
             update(RefreshToken)
             .where(
@@ -418,11 +438,15 @@ async def do_change_password(
     return pair
 
 
-async def do_change_email(services: Services, account_id: str, data: EmailChange) -> Me:
+async def do_change_email(
+    services: Services, account_id: str, data: EmailChange, admit: Admission
+) -> Me:
     """Give the account a new e-mail address, judged and compared as at
-    sign-up (another account's address is a 409 ``email_taken``)."""
-    await _account_whose_password_is(services, account_id, data.password)
+    sign-up (another account's address is a 409 ``email_taken``);
+    ``admit`` is called once the address has passed, as at sign-up."""
+    account = await _account_whose_password_is(services, account_id, data.password)
     email_canonical = _canonical_email(data.email)
+    await admit()
     try:
         async with services.db.write_session() as session:
             taken = await session.scalar(
@@ -433,13 +457,12 @@ async def do_change_email(services: Services, account_id: str, data: EmailChange
             )
             if taken is not None:
                 raise _taken(username=False)
-            changed = await session.execute(
-                update(Account)
-                .where(Account.id == account_id)
-                .values(email=data.email.strip(), email_canonical=email_canonical)
+            await _update_if_password_still(
+                session,
+                account,
+                email=typed_email(data.email),
+                email_canonical=email_canonical,
             )
-            if changed.rowcount != 1:  # type: ignore[attr-defined]
-                raise AccountGoneError
     except IntegrityError as exc:
         # Lost a race with a sign-up or a change to the same address.
         raise _taken(username=False) from exc
@@ -511,10 +534,14 @@ async def _delete_account_rows(services: Services, account: Account) -> list[str
         # hooks read would escape them, and then fail the cascade. Its
         # foreign key now waits for this transaction, and then fails (401).
         locked = await session.scalar(
-            select(Account.id).where(Account.id == account.id).with_for_update()
+            select(Account.password_hash)
+            .where(Account.id == account.id)
+            .with_for_update()
         )
         if locked is None:
             raise AccountGoneError  # deleted meanwhile by another request
+        if locked != account.password_hash:
+            raise _wrong_password()  # changed since it was checked
         for hook in _deletion_hooks:
             forget += await hook(session, account.id)
         await session.execute(delete(Account).where(Account.id == account.id))

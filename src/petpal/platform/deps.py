@@ -69,9 +69,12 @@ async def require_account(request: Request) -> AccessClaims:
 
 
 async def _enforce(
-    request: Request, services: Services, checks: Sequence[tuple[str, str]]
+    request: Request,
+    services: Services,
+    checks: Sequence[tuple[str, str]],
+    later: Sequence[tuple[str, str]] = (),
 ) -> None:
-    quota = await services.limiter.enforce(checks)
+    quota = await services.limiter.enforce(checks, later=later)
     if quota is not None:
         # Added to whatever the handler answers, a model or a Response of its
         # own, by the request edge (FastAPI's injected Response would reach
@@ -100,22 +103,33 @@ async def limit_sign_up(
     request: Request,
     services: Annotated[Services, Depends(get_services)],
 ) -> None:
-    """Every attempt counts against the client's ``sign_up_attempt`` limit;
-    ``sign_up`` is only checked here, and charged by the route once the
-    attempt made an account or found it taken (:func:`charge_sign_up`): a
-    person retyping a refused password is not locked out for an hour."""
+    """Every attempt counts against the client's ``sign_up_attempt`` limit.
+    ``sign_up`` is only checked here, so that a spent one is refused before
+    the attempt costs anything; the route charges it once what was typed
+    has passed (:func:`sign_up_admission`): a person retyping a refused
+    password is not locked out for an hour."""
     ip = _client_ip(request, services)
-    quota = await services.limiter.enforce(
-        [("sign_up_attempt", ip)], later=[("sign_up", ip)]
+    await _enforce(
+        request, services, [("sign_up_attempt", ip)], later=[("sign_up", ip)]
     )
-    if quota is not None:
-        add_response_headers(request.scope, quota.headers())
 
 
-async def charge_sign_up(request: Request, services: Services) -> None:
-    """Count a sign-up that made an account or found its name or address
-    taken against the client's ``sign_up`` limit."""
-    await services.limiter.charge("sign_up", _client_ip(request, services))
+Admission = Callable[[], Awaitable[None]]
+
+
+def sign_up_admission(request: Request, services: Services) -> Admission:
+    """What a route calls once a sign-up (or a change of address) has
+    passed every check of what was typed, before it looks for the name or
+    address taken: one hit against the client's ``sign_up`` limit, a 429
+    when it is spent. Taken at that point, atomically, so that sign-ups
+    sent together cannot all find the last slot free (found by a trial: 25
+    at once made 25 accounts), and an answer that an address is taken
+    costs one too."""
+
+    async def admit() -> None:
+        await _enforce(request, services, [("sign_up", _client_ip(request, services))])
+
+    return admit
 
 
 async def limit_log_in(

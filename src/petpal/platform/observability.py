@@ -150,10 +150,12 @@ def add_response_headers(scope: Scope, headers: Mapping[str, str]) -> None:
     The request edge writes them into the response start, so they reach the
     client on a model, on a Response a handler built itself and on an error.
     """
-    extra = scope.setdefault(_EXTRA_HEADERS, [])
-    extra += [
-        (name.lower().encode(), value.encode()) for name, value in headers.items()
-    ]
+    given = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    names = {name for name, _ in given}
+    # A header given again replaces the one given before (a rate limit's
+    # quota, checked early and charged later).
+    kept = [item for item in scope.get(_EXTRA_HEADERS, ()) if item[0] not in names]
+    scope[_EXTRA_HEADERS] = kept + given
 
 
 _REQUEST_ID = re.compile(rb"[!-~]{1,64}")
@@ -213,7 +215,12 @@ class RequestEdgeMiddleware:
                 status, answered = message["status"], True
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", encoded_id))
-                headers += scope.get(_EXTRA_HEADERS, ())
+                extra = scope.get(_EXTRA_HEADERS)
+                if extra:
+                    # The answer's own win: a 429 says the quota it refused
+                    # on, not the one an earlier limit of the route passed.
+                    own = {name.lower() for name, _ in headers}
+                    headers += [item for item in extra if item[0] not in own]
                 if api and not any(name == b"cache-control" for name, _ in headers):
                     headers.append(_NO_STORE)
                 message["headers"] = headers

@@ -153,9 +153,9 @@ class RateLimiter:
         it), or ``None`` when limits are off or the storage failed.
 
         The limits in ``later`` are only checked, after ``checks``: a spent
-        one refuses the request, and the caller :meth:`charge` s them once
-        it knows the request counts (their quota says what is left if it
-        does).
+        one refuses the request early, before it costs anything, and the
+        caller charges it (``enforce`` again) once it knows the request
+        counts. Their quota says what is left now.
         """
         if not self.enabled or time.monotonic() < self._bypass_until:
             return None
@@ -172,8 +172,7 @@ class RateLimiter:
                 if allowed and not with_quota:
                     continue
                 stats = await self._strategy.get_window_stats(item, name, identifier)
-                remaining = stats.remaining - (0 if charged or not allowed else 1)
-                quota = Quota(item.amount, remaining, stats.reset_time)
+                quota = Quota(item.amount, stats.remaining, stats.reset_time)
                 if not allowed:
                     RATE_LIMITED.labels(name).inc()
                     raise RateLimitedError(quota)
@@ -185,22 +184,6 @@ class RateLimiter:
             log.warning("ratelimit.storage_failed", error=type(exc).__name__)
             return None
         return tightest
-
-    async def charge(self, name: str, identifier: str) -> None:
-        """Count one hit against a limit :meth:`enforce` checked as ``later``.
-
-        Never refuses: the request has been served. (Requests served at the
-        same moment may all have found the last slot free, so the limit can
-        be passed by as many as arrive together.)
-        """
-        if not self.enabled or time.monotonic() < self._bypass_until:
-            return
-        try:
-            await self._strategy.hit(self.limits[name], name, identifier)
-        except (StorageError, OSError) as exc:
-            STORAGE_FAILURES.inc()
-            self._bypass_until = time.monotonic() + self._bypass_after_error
-            log.warning("ratelimit.storage_failed", error=type(exc).__name__)
 
 
 def _storage(

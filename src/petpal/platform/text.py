@@ -135,6 +135,18 @@ def canonical_email(raw: str) -> str | None:
         return None
 
 
+# What is trimmed from either end of an address as typed: spaces, tabs and
+# line breaks, as pasting leaves them, and the no-break and ideographic
+# spaces. Anything else a client sends there (a control character, a line
+# or paragraph separator) is refused as the address's own.
+_TRIMMED: Final = " \t\r\n\u00a0\u3000"
+
+
+def typed_email(raw: str) -> str:
+    """An e-mail address as typed, without the spaces around it."""
+    return raw.strip(_TRIMMED)
+
+
 def spell_email(raw: str) -> str:
     """The form an e-mail address is stored and compared in; a ValueError
     saying why if it is no valid address.
@@ -156,7 +168,7 @@ def spell_email(raw: str) -> str:
     is refused: it names the mailbox ``example.org`` does, and was a second
     account's address.
     """
-    email = unicodedata.normalize("NFC", raw.strip())
+    email = unicodedata.normalize("NFC", typed_email(raw))
     try:
         valid = email_validator.validate_email(
             email,
