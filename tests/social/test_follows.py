@@ -5,7 +5,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from petpal.platform.jobs import DONE, OutboxJob
 from petpal.platform.services import Services
@@ -346,3 +347,56 @@ async def test_a_follow_leaves_both_accounts_counts_cached_as_they_are(
                     stats.follower_count,
                     stats.following_count,
                 )
+
+
+# What a deletion of the star takes after its account's row, as the follow
+# or unfollow runs: the counters (a follow took them before the account's
+# row), or, with the counters held already, the follow's row (an unfollow
+# took it, then waited for the counters).
+_DELETION_STEPS = {
+    "POST": ([], "SELECT account_id FROM account_stats WHERE account_id = :star"),
+    "DELETE": (
+        ["SELECT account_id FROM account_stats WHERE account_id = :star FOR UPDATE"],
+        "SELECT id FROM follows WHERE followee_id = :star AND follower_id = :fan",
+    ),
+}
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE"])
+async def test_a_follow_waits_for_its_accounts_before_anything_else(
+    client: httpx.AsyncClient, services: Services, method: str
+) -> None:
+    """Found by a trial, on PostgreSQL: a follow of an account being
+    deleted answered 503. The deletion holds the account's row, then its
+    counters and follows; the follow (or unfollow) took those first, and
+    waited for the account's row, so each waited for the other. Here a
+    transaction does what a deletion does: the follow must wait for it
+    holding nothing."""
+    if services.db.is_sqlite:
+        pytest.skip("SQLite runs one write transaction at a time")
+    fan, star, other = await a_user(client), await a_user(client), await a_user(client)
+    url = f"/api/v1/accounts/{star.username}/follow"
+    # The star has counters to take, and (for DELETE) the fan a follow.
+    assert (await client.post(url, headers=other.headers)).status_code == 204
+    if method == "DELETE":
+        assert (await client.post(url, headers=fan.headers)).status_code == 204
+    held_first, then = _DELETION_STEPS[method]
+    ids = {"star": star.id, "fan": fan.id}
+    taken_by_the_follow = False
+    async with services.db.engine.connect() as connection, connection.begin():
+        await connection.execute(
+            text("SELECT id FROM accounts WHERE id = :star FOR UPDATE"), ids
+        )
+        for step in held_first:
+            await connection.execute(text(step), ids)
+        request = client.request(method, url, headers=fan.headers)
+        following = asyncio.create_task(request)
+        await asyncio.sleep(0.5)  # the follow runs as far as it can
+        try:
+            await connection.execute(text(then + " FOR UPDATE NOWAIT"), ids)
+        except DBAPIError:
+            taken_by_the_follow = True
+        # Leaving rolls back, as a deletion that failed would.
+    answer = await following
+    assert not taken_by_the_follow
+    assert answer.status_code == 204, answer.text

@@ -433,16 +433,40 @@ def _follow_change_statement(changed: Any) -> Any:
     return select(counted).add_cte(changed, job)
 
 
+def _both_accounts_held() -> Any:
+    """True once both accounts' rows are held (``FOR KEY SHARE``), which the
+    follow's row waits on before the statement writes anything.
+
+    An account's deletion holds its row first, then deletes its counters and
+    follows. A follow took the counters' rows first and the account's only
+    at its end (the foreign key's check), so the two could wait for each
+    other, and PostgreSQL ended one: the follow answered 503 (found by a
+    trial). Holding the accounts first, the follow waits for the deletion,
+    holding nothing, and then finds the account gone (404); or the deletion
+    waits for the follow.
+    """
+    accounts = Base.metadata.tables["accounts"]
+    held = (
+        select(accounts.c.id)
+        .where(accounts.c.id.in_([bindparam("follower"), bindparam("followee")]))
+        .with_for_update(read=True, key_share=True)
+        .cte("held")
+    )
+    # A count reads every row (EXISTS would stop at the first).
+    return select(func.count()).select_from(held).scalar_subquery() > 0
+
+
 def _follow_statement() -> Any:
     follows = _table(Follow)
+    row = select(
+        bindparam("follow_id", type_=follows.c.id.type),
+        bindparam("follower", type_=follows.c.follower_id.type),
+        bindparam("followee", type_=follows.c.followee_id.type),
+        bindparam("follow_at", type_=follows.c.created_at.type),
+    ).where(_both_accounts_held())
     added = (
         postgresql.insert(follows)
-        .values(
-            id=bindparam("follow_id"),
-            follower_id=bindparam("follower"),
-            followee_id=bindparam("followee"),
-            created_at=bindparam("follow_at", type_=follows.c.created_at.type),
-        )
+        .from_select(["id", "follower_id", "followee_id", "created_at"], row)
         .on_conflict_do_nothing()
         .returning(follows.c.id)
         .cte("added")
@@ -456,6 +480,7 @@ def _unfollow_statement() -> Any:
         .where(
             Follow.follower_id == bindparam("follower"),
             Follow.followee_id == bindparam("followee"),
+            _both_accounts_held(),
         )
         .returning(Follow.id)
         .cte("removed")
