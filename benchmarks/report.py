@@ -81,7 +81,7 @@ from loadtest.run import (
 )
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
-PASSWORD = "petpal-demo-password"
+PASSWORD = "pawprints-on-the-porch"
 API = "/api/v1"
 HOME_ROUTE = "/api/v1/feed/home"
 SEED_TIMEOUT_SECONDS = 3 * 3600

@@ -30,7 +30,7 @@ PASSWORD_ENV = "PETPAL_LOADTEST_PASSWORD"
 SEED_ENV = "PETPAL_LOADTEST_SEED"
 # Without them: the demo seed's owners (`petpal seed`, README).
 DEMO_ACCOUNTS = "maya,theo,sam,lena"
-DEMO_PASSWORD = "petpal-demo-password"  # the published demo log-in
+DEMO_PASSWORD = "pawprints-on-the-porch"  # the published demo log-in
 
 # One more simulated client asks for /healthz, which the server answers with a
 # constant, five times a second: a yardstick for what the machine alone adds

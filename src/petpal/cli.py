@@ -176,7 +176,8 @@ def seed(
     password: Annotated[
         str | None,
         typer.Option(
-            help="Password of every generated account (default: petpal-demo-password)."
+            help="Password of every generated account "
+            "(default: pawprints-on-the-porch)."
         ),
     ] = None,
     append: Annotated[

@@ -263,6 +263,14 @@ async def test_bad_sign_up_bodies_are_422(
         "biscuit@example.org",  # the e-mail address
         "a" * 300,  # past the length limit: refused as too long first
         "a" * 200,  # a run of one letter, however long
+        # Found by a trial: a space or a hyphen made three parts of two,
+        # which zxcvbn counts as at least 10^8 guesses.
+        "password 2024",
+        "qwerty 2024",
+        "iloveyou 2024",
+        "biscuit_lover 2024",
+        "biscuit-2024",
+        "petpal 2024",  # the site's name
     ],
 )
 async def test_passwords_easy_to_guess_are_refused(
@@ -397,6 +405,11 @@ async def test_a_password_is_as_long_as_its_stable_form(
         ),
         # Found by a trial: only the whole address was judged, not its name.
         ("quixoticblanderwick", {"email": "quixoticblanderwick@example.org"}),
+        # Found by a trial: the details, a year and a mark between them.
+        ("rover smith 2024", {"display_name": "Rover Smith"}),
+        ("goldie.fish 2023", {"email": "goldie.fish@example.org"}),
+        ("Qb1-2024!", {}),
+        ("qb12024qb1", {}),
     ],
 )
 async def test_a_password_made_of_the_account_s_own_details_is_weak(
@@ -410,6 +423,23 @@ async def test_a_password_made_of_the_account_s_own_details_is_weak(
         "made of the account's username, e-mail address or display name"
         in (problem["detail"])
     )
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        PASSWORD,
+        "orange tractor lamp",
+        "maya loves long walks on the beach",  # the name, and much more
+        "k#9Lp!2q",  # random, its symbols kept
+        "Tr0ub4dor&3",
+    ],
+)
+def test_passwords_hard_to_guess_pass_every_reading(password: str) -> None:
+    """Judged without its joiners and without the account's details too,
+    a password that is hard to guess still passes."""
+    personal = ["maya", "maya@example.org", "Maya Lopez"]
+    assert security.password_weakness(password, personal, 2) is None
 
 
 def test_only_a_password_s_first_32_characters_are_judged(

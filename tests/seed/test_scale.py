@@ -179,7 +179,7 @@ async def test_a_generated_data_set_is_what_the_app_would_have_written(
     assert 0.25 <= report.active_share <= 0.35
     assert "median" in report.render()
     # It says how to log in (found by a trial: "with the seed's password").
-    assert report.render().endswith("with the password petpal-demo-password")
+    assert report.render().endswith("with the password pawprints-on-the-porch")
     custom = dataclasses.replace(report, default_password=False)
     assert custom.render().endswith("with the password given with --password")
 

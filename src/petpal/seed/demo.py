@@ -20,7 +20,7 @@ from petpal.platform.services import Services
 from petpal.platform.settings import Settings
 
 PHOTOS = Path(__file__).parent / "photos"
-DEMO_PASSWORD = "petpal-demo-password"  # noqa: S105 - published demo login
+DEMO_PASSWORD = "pawprints-on-the-porch"  # noqa: S105 - published demo login
 
 
 @dataclass(frozen=True)

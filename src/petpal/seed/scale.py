@@ -45,7 +45,7 @@ from petpal.seed.columns import Batch
 from petpal.seed.library import SEED_PHOTOS, prepare_library
 from petpal.seed.shape import DAY, DataSet
 
-DEFAULT_PASSWORD = "petpal-demo-password"  # noqa: S105 - published demo login
+DEFAULT_PASSWORD = "pawprints-on-the-porch"  # noqa: S105 - published demo login
 
 
 class SeedRefusedError(Exception):
