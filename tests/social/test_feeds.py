@@ -183,6 +183,30 @@ async def test_a_parameter_given_twice_is_422(
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("/api/v1/adoptions?location=%ff", "location"),
+        ("/api/v1/adoptions?species=dog&location=Ber%C3", "location"),
+        ("/api/v1/feed/public?cursor=%80abc", "cursor"),
+    ],
+)
+async def test_a_parameter_whose_escapes_are_no_utf8_text_is_422(
+    client: httpx.AsyncClient, url: str, name: str
+) -> None:
+    """Found by a trial: ``?location=%ff`` searched for U+FFFD, which
+    Starlette puts in place of bytes that are no UTF-8, and found nothing
+    (a 200)."""
+    problem = assert_problem(await client.get(url), 422)
+    assert problem["errors"][0]["location"] == ["query", name], problem
+    # Text that is UTF-8, escaped or not, is read as ever.
+    good = await client.get("/api/v1/adoptions?location=%C4%B0stanbul")
+    assert good.status_code == 200, good.text
+    # A parameter the route does not read is ignored, as it was.
+    ignored = await client.get("/api/v1/feed/public?x=%ff")
+    assert ignored.status_code == 200, ignored.text
+
+
 async def test_signed_but_nonsensical_cursors_are_400(
     client: httpx.AsyncClient, services: Services
 ) -> None:

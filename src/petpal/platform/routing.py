@@ -22,8 +22,9 @@ A path with an encoded slash (``%2F``) is a 404: the server decodes it
 into a separator, and the router would match the path it was not. A query
 naming one of the route's own parameters twice (``?limit=5&limit=50``)
 is a 422: FastAPI would take the last and drop the other unsaid, and no
-route here takes a list in its query. Parameters a route does not take
-are ignored, repeated or not, as they are once.
+route here takes a list in its query; so is one whose %-escapes are no
+UTF-8 text, which Starlette would read as U+FFFD. Parameters a route does
+not take are ignored, repeated or not, as they are once.
 
 Everything else goes to the router itself, unchanged: a path no route
 matches (its 404; the app makes no redirects to the path with or without
@@ -35,7 +36,9 @@ HEAD there is a 405, as it is in FastAPI itself.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import NoReturn
 from urllib.parse import parse_qsl
 
 from fastapi.dependencies.models import Dependant
@@ -150,12 +153,13 @@ class RouteIndex:
                 allowed.add("HEAD")
             raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
         route, child_scope = chosen
-        if b"&" in scope.get("query_string", b""):
+        query = scope.get("query_string", b"")
+        if b"&" in query or b"%" in query:
             names = self._query_names.get(id(route))
             if names is None:
                 names = self._query_names[id(route)] = _query_names(route)
             if names:
-                _refuse_repeated_parameters(scope["query_string"], names)
+                _check_parameters(query, names)
         if "router" not in scope:
             scope["router"] = self.router
         scope.update(child_scope)
@@ -179,21 +183,34 @@ def _query_names(route: BaseRoute) -> frozenset[str]:
     return frozenset(names)
 
 
-def _refuse_repeated_parameters(query: bytes, names: frozenset[str]) -> None:
-    # Decoded as Starlette decodes it, so ``l%69mit`` is ``limit``.
-    seen: set[str] = set()
-    for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-        if name in seen and name in names:
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "repeated_parameter",
-                        "loc": ("query", name),
-                        "msg": "given more than once: give it once",
-                    }
-                ]
-            )
-        seen.add(name)
+def _check_parameters(query: bytes, names: frozenset[str]) -> None:
+    """Refuse a parameter of the route's (``names``) given twice, or whose
+    %-escapes decode to no UTF-8 text: Starlette put U+FFFD in its place,
+    and ``?location=%ff`` searched for that (found by a trial)."""
+    given: set[str] = set()
+    # Decoded as Starlette decodes it, so ``l%69mit`` is ``limit``; bytes
+    # that are no UTF-8 become lone surrogates, which no text has.
+    pairs = parse_qsl(
+        query.decode("latin-1"), keep_blank_values=True, errors="surrogateescape"
+    )
+    for name, value in pairs:
+        if name not in names:
+            continue
+        if name in given:
+            _refuse(name, "repeated_parameter", "given more than once: give it once")
+        if _UNDECODED.search(value):
+            _refuse(name, "invalid_text", "its %-escapes are not UTF-8 text")
+        given.add(name)
+
+
+# What surrogateescape leaves of a byte that is no UTF-8.
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _refuse(name: str, kind: str, message: str) -> NoReturn:
+    raise RequestValidationError(
+        [{"type": kind, "loc": ("query", name), "msg": message}]
+    )
 
 
 def index_routes(router: Router) -> None:
