@@ -38,6 +38,14 @@ async def _change_password(
     )
 
 
+async def _change_email(
+    client: httpx.AsyncClient, user: User, email: str, password: str = PASSWORD
+) -> httpx.Response:
+    return await client.put(
+        EMAIL_URL, headers=user.headers, json={"email": email, "password": password}
+    )
+
+
 async def _log_in(
     client: httpx.AsyncClient, login: str, password: str
 ) -> httpx.Response:
@@ -139,11 +147,7 @@ async def test_a_new_address_logs_in_and_the_old_one_no_more(
 ) -> None:
     maya = await a_user(client)
     old = f"{maya.username}@example.org"
-    changed = await client.put(
-        EMAIL_URL,
-        headers=maya.headers,
-        json={"email": "Maya.New@ÉXAMPLE.org", "password": PASSWORD},
-    )
+    changed = await _change_email(client, maya, "Maya.New@ÉXAMPLE.org")
     assert changed.status_code == 200, changed.text
     assert changed.json()["email"] == "Maya.New@ÉXAMPLE.org"
     me = await client.get("/api/v1/accounts/me", headers=maya.headers)
@@ -177,9 +181,7 @@ async def test_an_address_change_refused_changes_nothing(
 ) -> None:
     await a_user(client, "taken")
     maya = await a_user(client)
-    refused = await client.put(
-        EMAIL_URL, headers=maya.headers, json={"email": email, "password": password}
-    )
+    refused = await _change_email(client, maya, email, password)
     assert_problem(refused, status, code)
     me = await client.get("/api/v1/accounts/me", headers=maya.headers)
     assert me.json()["email"] == f"{maya.username}@example.org"
@@ -190,11 +192,7 @@ async def test_an_address_changed_to_its_own_other_spelling_is_kept(
 ) -> None:
     """The account's own address in another case is not another's (409)."""
     maya = await a_user(client)
-    changed = await client.put(
-        EMAIL_URL,
-        headers=maya.headers,
-        json={"email": f"{maya.username.upper()}@Example.ORG", "password": PASSWORD},
-    )
+    changed = await _change_email(client, maya, f"{maya.username.upper()}@Example.ORG")
     assert changed.status_code == 200, changed.text
     assert changed.json()["email"] == f"{maya.username.upper()}@Example.ORG"
 
@@ -272,11 +270,7 @@ async def test_an_address_change_checked_against_a_password_changed_since_fails(
     a password change all went through."""
     maya = await a_user(client)
     await _during_a_password_change(services, monkeypatch, maya)
-    refused = await client.put(
-        EMAIL_URL,
-        headers=maya.headers,
-        json={"email": "elsewhere@example.org", "password": PASSWORD},
-    )
+    refused = await _change_email(client, maya, "elsewhere@example.org")
     assert_problem(refused, 401, "invalid_credentials")
     me = await client.get("/api/v1/accounts/me", headers=maya.headers)
     assert me.json()["email"] == f"{maya.username}@example.org"
@@ -302,11 +296,7 @@ async def test_spaces_around_a_new_address_are_trimmed(
     client: httpx.AsyncClient, around: str
 ) -> None:
     maya = await a_user(client)
-    changed = await client.put(
-        EMAIL_URL,
-        headers=maya.headers,
-        json={"email": f"{around}moved@example.org{around}", "password": PASSWORD},
-    )
+    changed = await _change_email(client, maya, f"{around}moved@example.org{around}")
     assert changed.status_code == 200, changed.text
     assert changed.json()["email"] == "moved@example.org"
 
@@ -318,9 +308,5 @@ async def test_other_characters_around_an_address_are_refused(
     """Found by a trial: these were dropped unsaid at either end, and
     refused inside."""
     maya = await a_user(client)
-    refused = await client.put(
-        EMAIL_URL,
-        headers=maya.headers,
-        json={"email": f"{around}moved@example.org", "password": PASSWORD},
-    )
+    refused = await _change_email(client, maya, f"{around}moved@example.org")
     assert_problem(refused, 422, "invalid_email")

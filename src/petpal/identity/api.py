@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request, Response
 
 from petpal.identity import service
@@ -28,6 +30,16 @@ from petpal.platform.deps import (
 from petpal.platform.wire import json_response
 
 router = APIRouter(tags=["identity"])
+
+
+def _asks_for(password: str) -> dict[int | str, dict[str, Any]]:
+    """The 401 of a route that asks for the account's password again."""
+    return {
+        401: {
+            "description": "Missing, invalid or expired access token, or a "
+            f"wrong {password}"
+        }
+    }
 
 
 @router.post(
@@ -91,12 +103,7 @@ async def update_me(
 @router.delete(
     "/accounts/me",
     status_code=204,
-    responses={
-        401: {
-            "description": "Missing, invalid or expired access token, or a wrong "
-            "password"
-        }
-    },
+    responses=_asks_for("password"),
     dependencies=[Depends(limit_password_check)],
 )
 async def delete_me(
@@ -111,12 +118,7 @@ async def delete_me(
 @router.put(
     "/accounts/me/password",
     response_model=TokenPair,
-    responses={
-        401: {
-            "description": "Missing, invalid or expired access token, or a wrong "
-            "current password"
-        }
-    },
+    responses=_asks_for("current password"),
     dependencies=[Depends(limit_password_check)],
 )
 async def change_password(
@@ -131,12 +133,7 @@ async def change_password(
 @router.put(
     "/accounts/me/email",
     response_model=Me,
-    responses={
-        401: {
-            "description": "Missing, invalid or expired access token, or a wrong "
-            "password"
-        }
-    },
+    responses=_asks_for("password"),
     dependencies=[Depends(limit_password_check)],
 )
 async def change_email(
