@@ -55,76 +55,70 @@ def hash_password(password: str) -> str:
     return _hasher.hash(stable_password(password))
 
 
-# A password's first 32 characters are what zxcvbn judges (the rest can
-# only make it harder to guess). Its l33t matcher's time grows faster than
-# the length: 72 symbols that each read as a letter (``4@8({[<3…``) took
-# 1.2 s of CPU here and 4 s on a loaded machine, per sign-up (found by a
-# trial); 32 take 0.3 s at worst. Four or five words still fit.
-_JUDGED_LENGTH = 32
+# A password's first 24 characters are what zxcvbn judges, in each of its
+# readings (the rest can only make it harder to guess). Its l33t matcher's
+# time grows faster than the length: 72 symbols that each read as a letter
+# (``4@8({[<3…``) took 1.2 s of CPU, per sign-up (found by a trial), and 32
+# crafted ones 0.8 s (another); 24 take 0.26 s at worst. Four words fit.
+_JUDGED_LENGTH = 24
+
+# Words an attacker of this site tries first, as they try the account's own.
+_SITE_WORDS = ("petpal",)
+
+# What is not a letter or a digit: a separator, or a symbol.
+_NOT_ALNUM = regex.compile(r"[^\p{L}\p{N}]+")
+# A run of letters or of digits: the words of a detail (``zorblax99`` is
+# ``zorblax`` and ``99``; ``Zorblax&Kitty``, ``zorblax+kitty@…`` are
+# ``zorblax`` and ``kitty``).
+_WORDS = regex.compile(r"\p{L}+|\p{N}+")
+# Words of the account's details shorter than this are not taken out.
+_DETAIL_MIN_LENGTH = 3
 
 
-def _personal_inputs(personal: Sequence[str]) -> list[str]:
-    """What a password must not be made of: each text as given and in NFKC
-    form (a display name typed in full width, found by a trial), and an
-    e-mail address's local part on its own (``rex@example.org`` with the
-    password ``rex…``)."""
-    inputs: dict[str, None] = {}
-    for text in personal:
+def _detail_texts(personal: Sequence[str]) -> list[str]:
+    """Each detail as given and in NFKC form (a display name typed in full
+    width, found by a trial), and an e-mail address's local part on its own
+    (``rex@example.org`` with the password ``rex…``); the site's name."""
+    texts: dict[str, None] = {}
+    for text in (*personal, *_SITE_WORDS):
         for form in (text, stable_password(text)):
-            inputs[form] = None
+            texts[form] = None
             local, at, _ = form.rpartition("@")
             if at and local:
-                inputs[local] = None
-    return [text for text in inputs if text]
+                texts[local] = None
+    return [text for text in texts if text]
+
+
+def _personal_inputs(texts: Sequence[str]) -> list[str]:
+    """What zxcvbn is told a password must not be made of: the details, each
+    also with its separators out (``Maya Lopez`` is ``mayalopez``) and word
+    by word, so that its l33t matcher finds ``m4y4l0p3z`` too."""
+    inputs: dict[str, None] = {}
+    for text in texts:
+        inputs[text] = None
+        inputs[_NOT_ALNUM.sub("", text)] = None
+        for word in _WORDS.findall(text):
+            inputs[word] = None
+    return [text for text in inputs if len(text) >= _DETAIL_MIN_LENGTH]
+
+
+def _without_details(password: str, texts: Sequence[str]) -> str | None:
+    """``password`` with the words of the account's details taken out
+    (whatever their case), or None if it holds none."""
+    words = {
+        word.casefold()
+        for text in texts
+        for word in (_NOT_ALNUM.sub("", text), *_WORDS.findall(text))
+        if len(word) >= _DETAIL_MIN_LENGTH
+    }
+    pattern = "|".join(regex.escape(word) for word in sorted(words, key=len)[::-1])
+    rest = regex.sub(pattern, "", password, flags=regex.IGNORECASE) if words else ""
+    return rest if rest != password else None
 
 
 _MADE_OF_DETAILS = (
     "It is made of the account's username, e-mail address or display name."
 )
-
-# Words an attacker of this site tries first, as they try the account's own.
-_SITE_WORDS = ("petpal",)
-
-# What joins the words of a password: spaces, hyphens, underscores, dots,
-# commas and slashes. zxcvbn counts each run as a part of its own, and
-# three parts cost an attacker at least 10^8 guesses in its model, so
-# ``alexis 2024`` scored as strong as four random words, where
-# ``alexis2024`` was refused (found by a trial). Other symbols stay: in a
-# random password they are what makes it hard to guess.
-_JOINERS = regex.compile(r"[\s\-_.,/]+")
-# Account details shorter than this are not taken out of a password.
-_DETAIL_MIN_LENGTH = 3
-
-
-def _details(personal: Sequence[str]) -> list[str]:
-    """The words of the account's details (of an address, its local part)
-    and the site's name, longest first, case-folded."""
-    words: set[str] = set(_SITE_WORDS)
-    for text in personal:
-        text = stable_password(text).casefold()
-        local, at, _ = text.rpartition("@")
-        for part in (local if at else text, *_JOINERS.split(local if at else text)):
-            joined = _JOINERS.sub("", part)
-            if len(joined) >= _DETAIL_MIN_LENGTH:
-                words.add(joined)
-    return sorted(words, key=len, reverse=True)
-
-
-def _readings(password: str, details: Sequence[str]) -> list[tuple[str, bool]]:
-    """``password`` as an attacker tries it: as typed; with its joiners
-    taken out; and with the account's details taken out too, (the reading,
-    whether it is what is left once the details are out). Nothing left of
-    the last is no reading: the password is all details."""
-    readings = [(password, False)]
-    joined = _JOINERS.sub("", password)
-    if joined and joined != password:
-        readings.append((joined, False))
-    rest = joined.casefold()
-    for word in details:
-        rest = rest.replace(word, "")
-    if rest != joined.casefold():
-        readings.append((rest, True))
-    return readings
 
 
 def password_weakness(
@@ -133,15 +127,24 @@ def password_weakness(
     """Why ``password`` is too easy to guess, or None if it is not.
 
     zxcvbn scores it 0 to 4 by the guesses an attacker would need, knowing
-    common passwords, words, names, keyboard runs, dates and ``personal``
-    (the account's username and e-mail address, as typed and as stored, and
-    its display name: see ``_personal_inputs``), and the site's name; under
-    ``minimum`` it is refused with zxcvbn's own advice. It is judged as
-    typed, without its spaces and punctuation, and without the account's
-    details: what is left of ``rover smith 2024`` once ``Rover Smith`` is
-    taken out is a year. Length and character classes alone say little:
-    ``Password1!`` passes such rules, and four common words pass none of
-    them yet are strong.
+    common passwords, words, names, keyboard runs, dates, the account's
+    details (``personal``: its username and e-mail address, as typed and as
+    stored, and its display name) and the site's name; under ``minimum`` it
+    is refused with zxcvbn's own advice. Length and character classes alone
+    say little: ``Password1!`` passes such rules, and four common words pass
+    none of them yet are strong.
+
+    zxcvbn counts each character it reads as no pattern as a part of its
+    own, and three parts cost at least 10^8 guesses in its model: a space
+    or a ``#`` made ``alexis 2024`` as strong as four random words, where
+    ``alexis2024`` was refused (found by two trials). So it is judged in
+    more readings, as an attacker tries it: without the characters that are
+    not letters or digits, which counts when zxcvbn finds the whole of what
+    is left in its patterns (``dragon#dragon#dragon`` is a repeat; the
+    letters of a random ``k#9Lp!2q`` are no pattern, and its symbols are
+    what make it strong); and with the account's details taken out, when
+    what is left must be strong on its own (``rover smith 2024`` for Rover
+    Smith leaves a year; nothing left is weak).
     """
     if minimum <= 0:
         return None
@@ -149,34 +152,54 @@ def password_weakness(
     # processes that set passwords need.
     from zxcvbn import zxcvbn
 
-    # Judged as it is hashed: full-width ＰＡＳＳＷＯＲＤ is "PASSWORD".
-    judged_text = stable_password(password)[:_JUDGED_LENGTH]
-    inputs = _personal_inputs([*personal, *_SITE_WORDS])
-    for reading, is_rest in _readings(judged_text, _details(personal)):
-        if not reading:
-            return f"this password is too easy to guess. {_MADE_OF_DETAILS}"
-        judged = zxcvbn(reading, user_inputs=inputs)
+    texts = _detail_texts(personal)
+    inputs = _personal_inputs(texts)
+
+    def weakness(reading: str, *, whole_patterns: bool) -> dict[str, Any] | None:
+        judged: dict[str, Any] = zxcvbn(reading[:_JUDGED_LENGTH], user_inputs=inputs)
         if judged["score"] >= minimum:
-            continue
-        feedback = judged["feedback"]
-        # zxcvbn says nothing of its own when the account's details are
-        # what make it weak; the detail said only "add another word" (a
-        # trial).
-        own = is_rest or any(
-            match.get("dictionary_name") == "user_inputs"
-            for match in judged["sequence"]
-        )
-        advice = " ".join(
-            text
-            for text in (
-                _MADE_OF_DETAILS if own else "",
-                feedback["warning"],
-                *feedback["suggestions"],
-            )
-            if text
-        )
-        return f"this password is too easy to guess. {advice}".strip()
+            return None
+        if whole_patterns and any(
+            match["pattern"] == "bruteforce" for match in judged["sequence"]
+        ):
+            return None  # weak for want of its symbols, which it has
+        return judged
+
+    # Judged as it is hashed: full-width ＰＡＳＳＷＯＲＤ is "PASSWORD".
+    typed = stable_password(password)
+    rest = _without_details(typed, texts)
+    readings = [(typed, False)]
+    if rest is not None:
+        if not _NOT_ALNUM.sub("", rest):
+            return f"this password is too easy to guess. {_MADE_OF_DETAILS}"
+        readings.append((rest, True))
+    for reading, is_rest in readings:
+        judged = weakness(reading, whole_patterns=False)
+        joined = _NOT_ALNUM.sub("", reading)
+        if judged is None and joined != reading:
+            judged = weakness(joined, whole_patterns=True)
+        if judged is not None:
+            return _advice(judged, own=is_rest)
     return None
+
+
+def _advice(judged: dict[str, Any], *, own: bool) -> str:
+    # zxcvbn says nothing of its own when the account's details are what
+    # make it weak; the detail said only "add another word" (a trial).
+    own = own or any(
+        match.get("dictionary_name") == "user_inputs" for match in judged["sequence"]
+    )
+    feedback = judged["feedback"]
+    advice = " ".join(
+        text
+        for text in (
+            _MADE_OF_DETAILS if own else "",
+            feedback["warning"],
+            *feedback["suggestions"],
+        )
+        if text
+    )
+    return f"this password is too easy to guess. {advice}".strip()
 
 
 class Verdict(Enum):
