@@ -111,8 +111,10 @@ def _without_details(password: str, texts: Sequence[str]) -> str | None:
         for word in (_NOT_ALNUM.sub("", text), *_WORDS.findall(text))
         if len(word) >= _DETAIL_MIN_LENGTH
     }
+    if not words:
+        return None
     pattern = "|".join(regex.escape(word) for word in sorted(words, key=len)[::-1])
-    rest = regex.sub(pattern, "", password, flags=regex.IGNORECASE) if words else ""
+    rest = regex.sub(pattern, "", password, flags=regex.IGNORECASE)
     return rest if rest != password else None
 
 
