@@ -68,7 +68,7 @@ from sqlalchemy.engine import make_url
 
 from benchmarks import profile
 from loadtest.dataset import RunError, delete_keys_under, sql_value
-from loadtest.mix import COMMENTS, ROOT
+from loadtest.mix import COMMENTS, DEMO_PASSWORD, ROOT
 from loadtest.run import (
     BIN,
     DEFAULT_ADMIN_DATABASE_URL,
@@ -81,7 +81,6 @@ from loadtest.run import (
 )
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
-PASSWORD = "pawprints-on-the-porch"
 API = "/api/v1"
 HOME_ROUTE = "/api/v1/feed/home"
 SEED_TIMEOUT_SECONDS = 3 * 3600
@@ -304,7 +303,7 @@ def log_in_readers(url: str, users: int, count: int) -> Readers:
     with httpx.Client(base_url=url + API, timeout=60) as client:
         for name in names:
             answer = client.post(
-                "/auth/token", json={"login": name, "password": PASSWORD}
+                "/auth/token", json={"login": name, "password": DEMO_PASSWORD}
             )
             answer.raise_for_status()
             token = answer.json()["access_token"]

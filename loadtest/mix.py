@@ -30,7 +30,9 @@ PASSWORD_ENV = "PETPAL_LOADTEST_PASSWORD"
 SEED_ENV = "PETPAL_LOADTEST_SEED"
 # Without them: the demo seed's owners (`petpal seed`, README).
 DEMO_ACCOUNTS = "maya,theo,sam,lena"
-DEMO_PASSWORD = "pawprints-on-the-porch"  # the published demo log-in
+# The published demo log-in (petpal.seed.DEMO_PASSWORD; the load test drives
+# the server from outside, and imports none of it).
+DEMO_PASSWORD = "pawprints-on-the-porch"
 
 # One more simulated client asks for /healthz, which the server answers with a
 # constant, five times a second: a yardstick for what the machine alone adds

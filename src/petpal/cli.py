@@ -18,6 +18,7 @@ import typer
 
 from petpal.platform import datadir
 from petpal.platform.settings import Settings, get_settings
+from petpal.seed import DEMO_PASSWORD
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and replay background jobs.")
@@ -176,8 +177,7 @@ def seed(
     password: Annotated[
         str | None,
         typer.Option(
-            help="Password of every generated account "
-            "(default: pawprints-on-the-porch)."
+            help=f"Password of every generated account (default: {DEMO_PASSWORD})."
         ),
     ] = None,
     append: Annotated[

@@ -31,7 +31,7 @@ from petpal.identity.schemas import (
     SignUp,
     TokenPair,
 )
-from petpal.platform.db import utcnow
+from petpal.platform.db import rowcount, utcnow
 from petpal.platform.deps import Admission, resolves_logins
 from petpal.platform.errors import (
     ConflictError,
@@ -212,10 +212,16 @@ async def do_log_in(services: Services, data: LogIn) -> TokenPair:
 
 
 async def _password_hash_held(
-    services: Services, session: AsyncSession, account_id: str
+    services: Services,
+    session: AsyncSession,
+    account_id: str,
+    *,
+    exclusive: bool = False,
 ) -> str | None:
-    """The account's password hash, its row held against a password change
-    until the transaction ends (on PostgreSQL; SQLite writes one at a time).
+    """The account's password hash (None if it is gone), its row held until
+    the transaction ends: against a password change, or, ``exclusive``,
+    against every write that names the account (on PostgreSQL; SQLite
+    writes one at a time).
 
     A session is made only under it: a log-in or a refresh that began before
     a change either ends before it (and the change revokes its session) or
@@ -223,7 +229,7 @@ async def _password_hash_held(
     """
     query = select(Account.password_hash).where(Account.id == account_id)
     if not services.db.is_sqlite:
-        query = query.with_for_update(read=True)
+        query = query.with_for_update(read=not exclusive)
     return await session.scalar(query)
 
 
@@ -393,7 +399,7 @@ async def _update_if_password_still(
         .where(Account.password_hash == account.password_hash)
         .values(**values)
     )
-    if getattr(changed, "rowcount", 0) != 1:
+    if rowcount(changed) != 1:
         if await session.get(Account, account.id) is None:
             raise AccountGoneError
         raise _wrong_password()
@@ -533,10 +539,8 @@ async def _delete_account_rows(services: Services, account: Account) -> list[str
         # Locked first: a post or a like of the account's committed while the
         # hooks read would escape them, and then fail the cascade. Its
         # foreign key now waits for this transaction, and then fails (401).
-        locked = await session.scalar(
-            select(Account.password_hash)
-            .where(Account.id == account.id)
-            .with_for_update()
+        locked = await _password_hash_held(
+            services, session, account.id, exclusive=True
         )
         if locked is None:
             raise AccountGoneError  # deleted meanwhile by another request

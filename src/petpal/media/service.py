@@ -65,7 +65,7 @@ from petpal.media.imaging import (
 from petpal.media.models import FAILED, PROCESSING, READY, Media
 from petpal.media.schemas import MediaView, VariantView
 from petpal.media.upload import receive_file
-from petpal.platform.db import utcnow
+from petpal.platform.db import rowcount, utcnow
 from petpal.platform.errors import (
     RETRY_AFTER_SECONDS,
     InvalidInputError,
@@ -260,7 +260,7 @@ async def do_fail_processing(session: AsyncSession, media_id: str, reason: str) 
         .where(Media.id == media_id, Media.status == PROCESSING)
         .values(status=FAILED, failure_reason=reason, processed_at=failed_at)
     )
-    if getattr(result, "rowcount", 0):
+    if rowcount(result):
         enqueue(
             session,
             DISCARD_UPLOAD_JOB,
@@ -376,7 +376,7 @@ async def _unname_upload(services: Services, media_id: str, key: str) -> bool:
     """
     async with services.db.write_session() as session:
         result = await session.execute(_stop_naming(media_id, key))
-        if getattr(result, "rowcount", 0):
+        if rowcount(result):
             return True
         still_named = await session.scalar(
             select(Media.id).where(Media.id == media_id, Media.incoming_key == key)

@@ -86,6 +86,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def rowcount(result: Any) -> int:
+    """How many rows a data-changing statement's result says it changed (0
+    when the driver does not say)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def _count_query(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
     if statement.startswith("BEGIN"):
         return  # our own transaction start on SQLite, not a query

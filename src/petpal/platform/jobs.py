@@ -56,7 +56,14 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from petpal.platform.db import JOBS_ENQUEUED, Base, Database, UTCDateTime, utcnow
+from petpal.platform.db import (
+    JOBS_ENQUEUED,
+    Base,
+    Database,
+    UTCDateTime,
+    rowcount,
+    utcnow,
+)
 from petpal.platform.errors import backend_unavailable
 from petpal.platform.ids import new_id
 
@@ -791,7 +798,7 @@ async def replay_dead_jobs(db: Database, job_ids: list[str] | None = None) -> in
         result = await session.execute(
             query.values(status=PENDING, attempts=0, available_at=utcnow())
         )
-        return int(getattr(result, "rowcount", 0) or 0)
+        return rowcount(result)
 
 
 async def refresh_outbox_gauges(db: Database) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -161,14 +160,11 @@ class RateLimiter:
             return None
         tightest: Quota | None = None
         try:
-            for (name, identifier), charged in itertools.chain(
-                ((check, True) for check in checks), ((check, False) for check in later)
-            ):
+            counted = [(check, self._strategy.hit) for check in checks]
+            counted += [(check, self._strategy.test) for check in later]
+            for (name, identifier), count in counted:
                 item = self.limits[name]
-                if charged:
-                    allowed = await self._strategy.hit(item, name, identifier)
-                else:
-                    allowed = await self._strategy.test(item, name, identifier)
+                allowed = await count(item, name, identifier)
                 if allowed and not with_quota:
                     continue
                 stats = await self._strategy.get_window_stats(item, name, identifier)

@@ -102,15 +102,11 @@ def _personal_inputs(texts: Sequence[str]) -> list[str]:
     return [text for text in inputs if len(text) >= _DETAIL_MIN_LENGTH]
 
 
-def _without_details(password: str, texts: Sequence[str]) -> str | None:
-    """``password`` with the words of the account's details taken out
-    (whatever their case), or None if it holds none."""
-    words = {
-        word.casefold()
-        for text in texts
-        for word in (_NOT_ALNUM.sub("", text), *_WORDS.findall(text))
-        if len(word) >= _DETAIL_MIN_LENGTH
-    }
+def _without_details(password: str, inputs: Sequence[str]) -> str | None:
+    """``password`` with the words of the account's details (those of
+    ``_personal_inputs`` made of letters and digits alone) taken out,
+    whatever their case; None if it holds none."""
+    words = {word.casefold() for word in inputs if not _NOT_ALNUM.search(word)}
     if not words:
         return None
     pattern = "|".join(regex.escape(word) for word in sorted(words, key=len)[::-1])
@@ -154,8 +150,7 @@ def password_weakness(
     # processes that set passwords need.
     from zxcvbn import zxcvbn
 
-    texts = _detail_texts(personal)
-    inputs = _personal_inputs(texts)
+    inputs = _personal_inputs(_detail_texts(personal))
 
     def weakness(reading: str, *, whole_patterns: bool) -> dict[str, Any] | None:
         judged: dict[str, Any] = zxcvbn(reading[:_JUDGED_LENGTH], user_inputs=inputs)
@@ -169,7 +164,7 @@ def password_weakness(
 
     # Judged as it is hashed: full-width ＰＡＳＳＷＯＲＤ is "PASSWORD".
     typed = stable_password(password)
-    rest = _without_details(typed, texts)
+    rest = _without_details(typed, inputs)
     readings = [(typed, False)]
     if rest is not None:
         if not _NOT_ALNUM.sub("", rest):

@@ -18,9 +18,9 @@ from petpal.identity.service import forget_usernames
 from petpal.platform.app import create_app
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings
+from petpal.seed import DEMO_PASSWORD
 
 PHOTOS = Path(__file__).parent / "photos"
-DEMO_PASSWORD = "pawprints-on-the-porch"  # noqa: S105 - published demo login
 
 
 @dataclass(frozen=True)

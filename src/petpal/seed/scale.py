@@ -35,6 +35,7 @@ from petpal.platform.redis_rankings import RedisRankingBackend
 from petpal.platform.security import hash_password
 from petpal.platform.settings import Settings
 from petpal.platform.storage import Storage
+from petpal.seed import DEMO_PASSWORD
 from petpal.seed.bulk import (
     Loader,
     PostgresLoader,
@@ -45,7 +46,7 @@ from petpal.seed.columns import Batch
 from petpal.seed.library import SEED_PHOTOS, prepare_library
 from petpal.seed.shape import DAY, DataSet
 
-DEFAULT_PASSWORD = "pawprints-on-the-porch"  # noqa: S105 - published demo login
+DEFAULT_PASSWORD = DEMO_PASSWORD
 
 
 class SeedRefusedError(Exception):

@@ -26,7 +26,6 @@ from prometheus_client import Counter as MetricCounter
 from sqlalchemy import (
     ColumnElement,
     Integer,
-    Result,
     Select,
     Table,
     bindparam,
@@ -57,7 +56,7 @@ from petpal.identity.service import (
 )
 from petpal.media.service import queue_release, require_ready_media
 from petpal.platform.cache import CacheBackendError, WriteMarks
-from petpal.platform.db import Base, utcnow
+from petpal.platform.db import Base, rowcount, utcnow
 from petpal.platform.errors import (
     ConflictError,
     ForbiddenError,
@@ -146,10 +145,6 @@ def _table(model: type[Base]) -> Table:
     return cast(Table, model.__table__)
 
 
-def _rowcount(result: Result[Any]) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 async def _insert_if_absent(
     session: AsyncSession, model: type[Base], values: dict[str, Any]
 ) -> bool:
@@ -164,7 +159,7 @@ async def _insert_if_absent(
         statement: Any = postgresql.insert(_table(model)).on_conflict_do_nothing()
     else:
         statement = sqlite.insert(_table(model)).on_conflict_do_nothing()
-    return _rowcount(await connection.execute(statement.values(values))) == 1
+    return rowcount(await connection.execute(statement.values(values))) == 1
 
 
 async def _ensure_stats(session: AsyncSession, account_id: str) -> None:
@@ -389,7 +384,7 @@ async def _change_follow_in_transaction(
                     Follow.followee_id == followee_id,
                 )
             )
-            changed = _rowcount(result) == 1
+            changed = rowcount(result) == 1
         if not changed:
             return None
         counts = await _bump_follow_stats(session, follower_id, followee_id, delta)
@@ -794,7 +789,7 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
         )
         photo_ids = photos.all()
         result = await session.execute(delete(Post).where(Post.id == post_id))
-        removed = _rowcount(result) == 1
+        removed = rowcount(result) == 1
         if removed:
             await _bump_stats(session, author_id, post_count=-1)
             # Pages stop showing it once the invalidation below is done; the
@@ -1278,7 +1273,7 @@ async def do_delete_comment(
                 "only the comment's author or the post's author may delete it"
             )
         result = await session.execute(delete(Comment).where(Comment.id == comment_id))
-        removed = _rowcount(result) == 1
+        removed = rowcount(result) == 1
         if removed:
             await session.execute(
                 update(Post)
