@@ -643,6 +643,10 @@ def measure_all(
                 one.url, mix, options.seconds, one.server_pids, roles=one.roles
             )
         if "freshness" not in options.skip:
+            # The mix's likes, comments and follows queue more jobs than the
+            # one-process worker runs meanwhile: the uploads would otherwise
+            # wait behind that backlog and measure it instead of themselves.
+            wait_for_jobs(env)
             results.freshness = measure_freshness(one, env, options)
         if "mix" not in options.skip:
             # After the uploads: comments and follows alone queue jobs faster
