@@ -287,9 +287,15 @@ async def test_an_address_change_counts_as_a_sign_up(settings: Settings) -> None
             )
 
         assert (await change("probe_1@example.org")).status_code == 200
+        # The account's own address, retyped, probes nothing: not charged.
+        retyped = await change("Probe_1@Example.org")
+        assert retyped.status_code == 200
+        assert retyped.json()["email"] == "Probe_1@Example.org"
         assert_rate_limited(await change("probe_2@example.org"), 2)
         # A refused address is no probe, and does not count.
         assert_problem(await change("x@@example.org"), 422, "invalid_email")
+        # Once limited, the own address still is not charged (nor refused).
+        assert (await change("probe_1@example.org")).status_code == 200
 
 
 async def test_every_sign_up_attempt_counts_against_the_attempt_limit(

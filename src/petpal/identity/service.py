@@ -449,10 +449,13 @@ async def do_change_email(
 ) -> Me:
     """Give the account a new e-mail address, judged and compared as at
     sign-up (another account's address is a 409 ``email_taken``);
-    ``admit`` is called once the address has passed, as at sign-up."""
+    ``admit`` is called once the address has passed, as at sign-up, unless
+    it is the account's own address retyped (another case, say): that tells
+    nothing of other accounts, and is not charged (found by a trial)."""
     account = await _account_whose_password_is(services, account_id, data.password)
     email_canonical = _canonical_email(data.email)
-    await admit()
+    if email_canonical != account.email_canonical:
+        await admit()
     try:
         async with services.db.write_session() as session:
             taken = await session.scalar(
