@@ -49,6 +49,22 @@ async def test_unknown_routes_and_methods_are_problems(
         assert answer.headers["allow"] == allowed, path
 
 
+async def test_a_path_named_whole_is_its_own_routes_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    """Found by a trial: /pets/{pet_id} took the methods /pets/of-the-day
+    does not, so a DELETE was a 404 "the pet was not found", and a PUT's
+    405 named the other route's methods."""
+    user = await a_user(client)
+    path = "/api/v1/pets/of-the-day"
+    for method in ("DELETE", "PATCH", "PUT", "POST", "OPTIONS"):
+        answer = await client.request(method, path, headers=user.headers, json={})
+        assert_problem(answer, 405, "method_not_allowed")
+        assert answer.headers["allow"] == "GET, HEAD", method
+    # The route's own methods still reach it.
+    assert (await client.head(path)).status_code in (200, 404)
+
+
 async def test_every_response_carries_a_request_id(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz", headers={"X-Request-ID": "abc123"})
     assert response.headers["x-request-id"] == "abc123"

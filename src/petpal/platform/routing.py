@@ -17,6 +17,12 @@ from the router's, both as RFC 9110 asks:
 - A known path asked with a method none of its routes takes is a 405 whose
   ``Allow`` names every method the path takes, HEAD wherever GET; the
   router's names only those of the first route of the path.
+- A path that a route names whole, with no parameter (``/pets/of-the-day``),
+  is that route's alone: a route with a parameter in its place
+  (``/pets/{pet_id}``) never takes it. The router tried it for the methods
+  the literal route does not take, so a ``DELETE`` of Pet of the Day was a
+  404 "the pet was not found", and its 405 listed the other route's
+  methods (found by a trial).
 
 A path with an encoded slash (``%2F``) is a 404: the server decodes it
 into a separator, and the router would match the path it was not. A query
@@ -79,11 +85,15 @@ class RouteIndex:
         self._root = _Node()
         # By the route's id (routes are not hashable); made anew with the tree.
         self._query_names: dict[int, frozenset[str]] = {}
+        # The routes of each path named whole, without a parameter.
+        self._literal: dict[str, list[BaseRoute]] = {}
         self._build()
 
     def _build(self) -> None:
         self._query_names = {}
+        self._literal = {}
         root = _Node()
+        literal: dict[str, list[BaseRoute]] = {}
         for order, route in enumerate(self.router.routes):
             path_format = getattr(route, "path_format", None)
             if not isinstance(path_format, str) or not path_format.startswith("/"):
@@ -96,7 +106,10 @@ class RouteIndex:
             for segment in _literal_segments(path_format):
                 node = node.children.setdefault(segment, _Node())
             node.routes.append((order, route))
+            if isinstance(route, Route) and "{" not in path_format:
+                literal.setdefault(path_format, []).append(route)
         self._indexed, self._root = list(self.router.routes), root
+        self._literal = literal
 
     def candidates(self, path: str) -> list[BaseRoute]:
         """The routes that can match ``path``, in declaration order."""
@@ -133,7 +146,8 @@ class RouteIndex:
         allowed: set[str] = set()  # the methods of the routes matched in part
         head = scope["method"] == "HEAD"
         as_get = False  # a HEAD served by the GET route
-        for route in self.candidates(scope["path"]):
+        path = scope["path"]
+        for route in self._literal.get(path) or self.candidates(path):
             match, child_scope = route.matches(scope)
             methods = getattr(route, "methods", None) or set()
             if match is Match.PARTIAL and head and "GET" in methods:
