@@ -442,6 +442,28 @@ def test_animations_keep_their_frames_timing_and_loop(name: str) -> None:
     assert output.info["loop"] == source_loop
 
 
+@pytest.mark.parametrize(
+    ("container", "expected_loop"),
+    [("AVIF", 0), ("GIF", 1)],
+)
+def test_an_animation_without_a_loop_count_plays_as_browsers_play_it(
+    tmp_path: Path, container: str, expected_loop: int
+) -> None:
+    """Found by a trial: an animated AVIF, which Pillow reads no loop count
+    from and browsers play for ever, came out playing once. A GIF without
+    the NETSCAPE extension plays once, as browsers play it."""
+    frames = [Image.new("RGB", (64, 48), (40 * i, 90, 200 - 40 * i)) for i in range(5)]
+    path = tmp_path / f"animation.{container.lower()}"
+    frames[0].save(
+        path, container, save_all=True, append_images=frames[1:], duration=200
+    )
+    with Image.open(path) as source:
+        assert "loop" not in source.info
+    output = _decode(_variant(_ready(path), "large"))
+    assert _frame_count(output) == 5
+    assert output.info["loop"] == expected_loop
+
+
 def test_transparency_survives() -> None:
     output = _decode(_variant(_ready(EDGE_CASES / "png_palette_trns.png"), "large"))
     assert output.mode == "RGBA"

@@ -473,8 +473,13 @@ def _loop_count(im: Image.Image) -> int:
     loop = im.info.get("loop")
     if isinstance(loop, int) and loop >= 0:
         return loop
-    # A GIF without the NETSCAPE extension plays once; 0 would mean forever.
-    return 1
+    if im.format == "GIF":
+        # A GIF without the NETSCAPE extension plays once; 0 means forever.
+        return 1
+    # Pillow reads no count from an animated AVIF, which browsers play
+    # for ever unless its edit list says otherwise: it played once here
+    # (found by a trial). APNG and WebP always give theirs.
+    return 0
 
 
 def _render(
