@@ -151,7 +151,20 @@ async def test_upload_must_be_multipart_with_a_file_field(
         headers=user.headers,
         files={"photo": ("a.jpg", b"x", "image/jpeg")},
     )
-    assert_problem(wrong_field, 400, "malformed_upload")
+    problem = assert_problem(wrong_field, 400, "malformed_upload")
+    assert "has no 'file' part" in problem["detail"]
+    # Found by a trial: a 'file' part cut short (no closing boundary) was
+    # said to be missing.
+    cut_short = await client.post(
+        "/api/v1/media",
+        headers={**user.headers, "content-type": "multipart/form-data; boundary=zzz"},
+        content=(
+            b'--zzz\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="a.jpg"\r\n\r\n\xff\xd8\xff\xe0 partial bytes'
+        ),
+    )
+    problem = assert_problem(cut_short, 400, "malformed_upload")
+    assert "cut short" in problem["detail"]
     broken = await client.post(
         "/api/v1/media",
         headers={**user.headers, "content-type": "multipart/form-data; boundary=zzz"},

@@ -35,6 +35,8 @@ class _PartState:
     headers: dict[bytes, bytes] = field(default_factory=dict)
     is_file_field: bool = False
     filename: str | None = None
+    # A 'file' part began: a body without one that ends is cut short.
+    file_started: bool = False
 
 
 def _bad_request(detail: str) -> ProblemError:
@@ -91,6 +93,7 @@ async def receive_file(
                 "upload one photo per request"
             )
         state.is_file_field = name == FILE_FIELD
+        state.file_started = state.file_started or state.is_file_field
         raw_filename = disposition.get(b"filename")
         state.filename = (
             raw_filename.decode("utf-8", "replace")[:255] if raw_filename else None
@@ -138,6 +141,12 @@ async def receive_file(
     out.close()
     if not found:
         path.unlink(missing_ok=True)
+        if state.file_started:
+            # Found by a trial: this was "has no 'file' part".
+            raise _bad_request(
+                "the multipart body ends inside its 'file' part, without the "
+                "closing boundary: the upload was cut short"
+            )
         raise _bad_request("the multipart body has no 'file' part")
     if found[0].size == 0:
         path.unlink(missing_ok=True)
