@@ -146,6 +146,22 @@ def test_mentions_are_canonical_usernames() -> None:
     assert extract_mentions("@café @lenaの猫 @lеna @ab @" + "x" * 31) == []
 
 
+def test_an_address_holds_no_tag_and_mentions_nobody() -> None:
+    """Found by a trial: ``#`` and ``@`` inside web addresses began tags
+    and mentions."""
+    caption = (
+        "adopt via https://shelter.example.org/#adopt-now or "
+        "https://example.org/?q=#lost, follow https://mastodon.social/@theo "
+        "and example.org/#found; HTTPS://X.ORG/@SAM too. #dogs with @lena "
+        "(#cats) see: https://a.org/x #birds"
+    )
+    assert extract_hashtags(caption) == ["dogs", "cats", "birds"]
+    assert extract_mentions(caption) == ["lena"]
+    # A path's # or @ is part of it, scheme or not: cats/#dogs is no tag.
+    assert extract_hashtags("cats/#dogs x/@lena") == []
+    assert extract_mentions("cats/#dogs x/@lena x/＠sam") == []
+
+
 @pytest.mark.parametrize("name", ["Ｍａｙａ", "MAYA", "maya"])
 def test_usernames_normalise_to_one_form(name: str) -> None:
     assert canonical_username(name) == "maya"

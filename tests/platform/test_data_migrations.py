@@ -1,6 +1,6 @@
 """Migrations that rewrite stored data: 0004 (İ in hashtags and places),
 0005 (e-mail domains in their IDNA form), 0006 (hashtags with joiners),
-0007 (mentions with connectors)."""
+0007 (mentions with connectors), 0008 (no tags or mentions in addresses)."""
 
 from __future__ import annotations
 
@@ -212,3 +212,42 @@ async def test_mentions_cut_at_a_connector_are_found_again_in_their_captions(
     await services.cache.invalidate(post_key(cut["id"]))
     shown = await client.get(f"/api/v1/posts/{cut['id']}")
     assert shown.json()["mentions"] == ["user_1"]
+
+
+async def test_tags_and_mentions_in_addresses_are_found_again(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """Before 0008's rules a ``#`` or an ``@`` in an address began a tag or
+    a mention (found by a trial). 0008 finds both again in the captions
+    that hold an address, and leaves the others as they are."""
+    alice, theo = await many_users(services, 2)
+    async with services.db.write_session() as session:
+        await session.execute(
+            update(Account)
+            .where(Account.id == theo.id)
+            .values(username="theo", username_canonical="theo")
+        )
+    media_id = await a_photo(client, alice, services, photos)
+    caption = "adopt https://shelter.example.org/#adopt-now mastodon.social/@theo #dogs"
+    linked = await a_post(client, alice, media_id, caption)
+    plain = await a_post(client, alice, media_id, "#adopt with @theo")
+    async with services.db.write_session() as session:
+        # As the old rules stored them.
+        await session.execute(delete(PostTag).where(PostTag.post_id == linked["id"]))
+        for position, tag in enumerate(["adopt", "dogs"]):
+            session.add(PostTag(tag=tag, post_id=linked["id"], position=position))
+        session.add(PostMention(post_id=linked["id"], account_id=theo.id, position=0))
+        await session.execute(text("UPDATE alembic_version SET version_num = '0007'"))
+
+    await asyncio.to_thread(upgrade, services.settings)
+
+    assert await _linked(services, PostTag, PostTag.tag) == [
+        (linked["id"], "dogs"),
+        (plain["id"], "adopt"),
+    ]
+    assert await _linked(services, PostMention, PostMention.account_id) == [
+        (plain["id"], theo.id),
+    ]
+    await services.cache.invalidate(post_key(linked["id"]))
+    shown = (await client.get(f"/api/v1/posts/{linked['id']}")).json()
+    assert (shown["hashtags"], shown["mentions"]) == (["dogs"], [])

@@ -77,7 +77,7 @@ _TAG = rf"[{_WORD}]+(?:{_JOINER}[{_WORD}]*)*"
 # "(#x)" is. It is the whole word: one too long to store is refused with a
 # 422 (found by a trial: it was cut to its first 100 characters, a tag the
 # author never wrote).
-HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&])#({_TAG})")
+HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&/])#({_TAG})")
 # A mention is written as its username is typed: in any width or case
 # (``@ＬＥＮＡ``, ``＠lena``), found as a word after an at sign and kept if it
 # normalises to a username (``lookup_username``).
@@ -85,7 +85,18 @@ HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&])#({_TAG})")
 # (full width ``＿`` and its kin) can be part of a username: ``@lena‿`` is
 # ``lena``, as before connectors were part of tags (found by a trial).
 _NAME_WORD = r"\p{L}\p{M}\p{N}_\uff3f\ufe33\ufe34\ufe4d-\ufe4f"
-MENTION_PATTERN = regex.compile(rf"(?<![{_WORD}@＠])[@＠]([{_NAME_WORD}]{{1,60}})")
+MENTION_PATTERN = regex.compile(rf"(?<![{_WORD}@＠/])[@＠]([{_NAME_WORD}]{{1,60}})")
+# An address in a caption is no tag and mentions nobody, whatever it holds
+# (found by a trial: ``https://shelter.example.org/#adopt-now`` was the tag
+# ``adopt``, ``https://mastodon.social/@theo`` mentioned theo): from a
+# scheme's ``://`` to the next space, it is left out before either is found.
+# A ``#`` or an ``@`` right after a ``/`` (``example.org/#adopt``) is part
+# of a path too, with or without a scheme (the patterns above).
+_ADDRESS = regex.compile(r"(?<![\p{L}\p{N}])[A-Za-z][A-Za-z0-9+.\-]*://\S*")
+
+
+def _without_addresses(text: str) -> str:
+    return _ADDRESS.sub(" ", text) if "://" in text else text
 
 
 # Case-folding spells the capital dotted I of Turkish and Azeri (``İ``) as an
@@ -297,7 +308,8 @@ def extract_hashtags(text: str) -> list[str]:
     list a tag whose page cannot be asked for (found by a trial).
     """
     seen: dict[str, None] = {}
-    for match in HASHTAG_PATTERN.finditer(unicodedata.normalize("NFC", text)):
+    normalized = unicodedata.normalize("NFC", text)
+    for match in HASHTAG_PATTERN.finditer(_without_addresses(normalized)):
         tag = canonical_tag(match.group(1))
         if (
             _TAG_WORD.fullmatch(tag)
@@ -310,7 +322,7 @@ def extract_hashtags(text: str) -> list[str]:
 
 def extract_mentions(text: str) -> list[str]:
     seen: dict[str, None] = {}
-    for match in MENTION_PATTERN.finditer(text):
+    for match in MENTION_PATTERN.finditer(_without_addresses(text)):
         name = lookup_username(match.group(1))
         if name is not None:
             seen.setdefault(name, None)

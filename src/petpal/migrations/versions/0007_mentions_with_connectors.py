@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import context, op
 
-from petpal.platform.text import extract_mentions
+from petpal.migrations.captions import captions_holding, find_mentions_again
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -32,52 +31,8 @@ _CONNECTORS = "\u203f\u2040\u2054\ufe33\ufe34\ufe4d\ufe4e\ufe4f\uff3f"
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    holds = " OR ".join(f"caption LIKE :c{i}" for i in range(len(_CONNECTORS)))
-    posts = bind.execute(
-        sa.text(f"SELECT id, caption FROM posts WHERE {holds}"),  # noqa: S608
-        {f"c{i}": f"%{ch}%" for i, ch in enumerate(_CONNECTORS)},
-    ).all()
-    changed = False
-    for post_id, caption in posts:
-        names = extract_mentions(caption)
-        found: dict[str, str] = {}
-        if names:
-            found = dict(
-                bind.execute(
-                    sa.text(
-                        "SELECT username_canonical, id FROM accounts"
-                        " WHERE username_canonical IN :names"
-                    ).bindparams(sa.bindparam("names", expanding=True)),
-                    {"names": names},
-                ).all()
-            )
-        mentioned = [found[name] for name in names if name in found]
-        stored = bind.execute(
-            sa.text(
-                "SELECT account_id FROM post_mentions WHERE post_id = :id"
-                " ORDER BY position"
-            ),
-            {"id": post_id},
-        ).scalars()
-        if list(stored) == mentioned:
-            continue
-        bind.execute(
-            sa.text("DELETE FROM post_mentions WHERE post_id = :id"), {"id": post_id}
-        )
-        if mentioned:
-            bind.execute(
-                sa.text(
-                    "INSERT INTO post_mentions (post_id, account_id, position)"
-                    " VALUES (:id, :account, :position)"
-                ),
-                [
-                    {"id": post_id, "account": account, "position": i}
-                    for i, account in enumerate(mentioned)
-                ],
-            )
-        changed = True
-    if changed:
+    posts = captions_holding(op.get_bind(), _CONNECTORS)
+    if find_mentions_again(op.get_bind(), posts):
         # Cached posts hold the old mentions: the migration's caller clears
         # the cache (petpal.platform.migrate).
         context.config.attributes["cache_stale"] = True
