@@ -43,6 +43,7 @@ ROOMY = {
     "rate_limit_like": "1000/minute",
     "rate_limit_comment": "1000/minute",
     "rate_limit_follow": "1000/minute",
+    "rate_limit_pet": "1000/minute",
 }
 
 
@@ -124,16 +125,26 @@ def _actions(services: Services, photos: Path) -> dict[str, Action]:
                 headers=user.headers,
             )
 
+    async def pet(client: httpx.AsyncClient, user: User) -> httpx.Response:
+        return await client.post(
+            "/api/v1/pets",
+            json={"name": "Rex", "species": "dog", "available_for_adoption": True},
+            headers=user.headers,
+        )
+
     return {
         "post": post,
         "like": like,
         "comment": comment,
         "follow": follow,
         "upload": upload,
+        "pet": pet,
     }
 
 
-@pytest.mark.parametrize("action", ["post", "like", "comment", "follow", "upload"])
+@pytest.mark.parametrize(
+    "action", ["post", "like", "comment", "follow", "upload", "pet"]
+)
 async def test_each_account_action_is_refused_past_its_limit(
     settings: Settings, photos: Path, action: str
 ) -> None:
@@ -164,6 +175,7 @@ _OPERATIONS = {
     "comment": ("post", "/api/v1/posts/{post_id}/comments"),
     "follow": ("post", "/api/v1/accounts/{username}/follow"),
     "upload": ("post", "/api/v1/media"),
+    "pet": ("post", "/api/v1/pets"),
 }
 
 
@@ -198,6 +210,7 @@ async def test_the_schema_declares_the_headers_limited_answers_carry(
             ("post", "/api/v1/accounts"),
             ("post", "/api/v1/auth/token"),
             ("patch", "/api/v1/posts/{post_id}"),  # an edit counts as posting
+            ("patch", "/api/v1/pets/{pet_id}"),  # and as making a pet
             # The password counts as a log-in.
             ("delete", "/api/v1/accounts/me"),
             ("put", "/api/v1/accounts/me/password"),
@@ -541,3 +554,32 @@ async def test_replicas_share_their_counts_through_redis(settings: Settings) -> 
                 assert (await _log_in(client, "someone")).status_code == 401
         async with client_from(other, "192.0.2.90") as client:
             assert_rate_limited(await _log_in(client, "someone"), 2)
+
+
+async def test_pet_edits_count_as_pets(settings: Settings) -> None:
+    """Found by a trial: 150 pets made in two seconds filled the adoption
+    listing, and listing one again moved it to the top, as often as asked."""
+    async with (
+        limited_app(settings, rate_limit_pet="3/hour") as app,
+        client_from(app, "192.0.2.27") as client,
+    ):
+        alice = await a_member(app.state.services)
+        made = await client.post(
+            "/api/v1/pets",
+            json={"name": "Scout", "species": "dog", "available_for_adoption": True},
+            headers=alice.headers,
+        )
+        assert made.status_code == 201
+        path = f"/api/v1/pets/{made.json()['id']}"
+        for listed in (False, True):
+            relisted = await client.patch(
+                path, json={"available_for_adoption": listed}, headers=alice.headers
+            )
+            assert relisted.status_code == 200
+        refused = await client.patch(
+            path, json={"available_for_adoption": False}, headers=alice.headers
+        )
+        assert_rate_limited(refused, 3)
+        # Reading and deleting are not limited.
+        assert (await client.get(path)).status_code == 200
+        assert (await client.delete(path, headers=alice.headers)).status_code == 204

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import StringConstraints
 
 from petpal.pets import service
@@ -14,6 +14,7 @@ from petpal.platform.deps import (
     CursorParam,
     LimitParam,
     ServicesDep,
+    limit_per_account,
 )
 from petpal.platform.ids import GivenId
 from petpal.platform.pagination import Page
@@ -34,6 +35,7 @@ LocationFilter = Annotated[
     status_code=201,
     response_model=PetView,
     responses={201: {"headers": LOCATION}},
+    dependencies=[Depends(limit_per_account("pet"))],
 )
 async def create_pet(
     data: PetCreate, me: CurrentAccount, services: ServicesDep, response: Response
@@ -43,7 +45,8 @@ async def create_pet(
     return pet
 
 
-# Declared before /pets/{pet_id}, which would otherwise take "of-the-day".
+# A path named whole is its route's alone (platform/routing.py): declared
+# before /pets/{pet_id} all the same, for the router behind the index.
 @router.get(
     "/pets/of-the-day",
     response_model=PetOfTheDayView,
@@ -58,7 +61,11 @@ async def get_pet(pet_id: GivenId, services: ServicesDep) -> PetView:
     return await service.get_pet(services, pet_id)
 
 
-@router.patch("/pets/{pet_id}", response_model=PetView)
+@router.patch(
+    "/pets/{pet_id}",
+    response_model=PetView,
+    dependencies=[Depends(limit_per_account("pet"))],
+)
 async def update_pet(
     pet_id: GivenId, data: PetUpdate, me: CurrentAccount, services: ServicesDep
 ) -> PetView:

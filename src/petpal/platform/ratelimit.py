@@ -121,6 +121,7 @@ class RateLimiter:
             "like": settings.rate_limit_like,
             "comment": settings.rate_limit_comment,
             "follow": settings.rate_limit_follow,
+            "pet": settings.rate_limit_pet,
         }
         items = {name: parse(text) for name, text in limits.items()}
         storage, pool = _storage(settings)
