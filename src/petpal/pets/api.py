@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import StringConstraints
+from pydantic import BeforeValidator, StringConstraints
 
 from petpal.pets import service
 from petpal.pets.schemas import PetCreate, PetOfTheDayView, PetUpdate, PetView, Species
@@ -22,6 +22,21 @@ from petpal.platform.text import STORABLE
 from petpal.platform.wire import page_response
 
 router = APIRouter(tags=["pets"])
+
+
+def _species_as_chosen(value: object) -> object:
+    # A search form's "any" sends the parameter empty, and a person may
+    # type "Cat" (found by a trial: both were a 422).
+    if isinstance(value, str):
+        return value.strip().lower() or None
+    return value
+
+
+SpeciesFilter = Annotated[
+    Species | None,
+    BeforeValidator(_species_as_chosen),
+    Query(description="One species, in any letter case; empty for any"),
+]
 
 # The length before the check (see petpal.platform.text).
 LocationFilter = Annotated[
@@ -99,7 +114,7 @@ async def list_account_pets(
 )
 async def list_adoptions(
     services: ServicesDep,
-    species: Species | None = None,
+    species: SpeciesFilter = None,
     location: LocationFilter = None,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
