@@ -7,8 +7,8 @@ with every route added. :class:`RouteIndex` tries only the routes that can
 match: those whose literal start (the path up to the first parameter) is a
 start of the request's path, found by walking a tree of path segments. They
 are tried in declaration order with their own ``matches``, so the route
-chosen and its path parameters are exactly the router's. Two answers differ
-from the router's, both as RFC 9110 asks:
+chosen and its path parameters are exactly the router's. Three answers differ
+from the router's, the first two as RFC 9110 asks:
 
 - A HEAD is served by the route that would serve a GET, and the server
   sends that answer's headers without its content (section 9.3.2: every
@@ -19,10 +19,10 @@ from the router's, both as RFC 9110 asks:
   router's names only those of the first route of the path.
 - A path that a route names whole, with no parameter (``/pets/of-the-day``),
   is that route's alone: a route with a parameter in its place
-  (``/pets/{pet_id}``) never takes it. The router tried it for the methods
-  the literal route does not take, so a ``DELETE`` of Pet of the Day was a
-  404 "the pet was not found", and its 405 listed the other route's
-  methods (found by a trial).
+  (``/pets/{pet_id}``) never takes it, whichever was declared first. The
+  router tried it for the methods the literal route does not take, so a
+  ``DELETE`` of Pet of the Day was a 404 "the pet was not found", and its
+  405 listed the other route's methods (found by a trial).
 
 A path with an encoded slash (``%2F``) is a 404: the server decodes it
 into a separator, and the router would match the path it was not. A query
