@@ -473,8 +473,13 @@ def cache_clear(data_dir: DataDir = None) -> None:
 
 @media_app.command("sweep-uploads")
 def media_sweep_uploads(data_dir: DataDir = None) -> None:
-    """Delete raw uploads nothing needs any more (run it daily, e.g. from cron)."""
-    from petpal.media.service import do_sweep_uploads
+    """Delete raw uploads nothing needs any more (run it daily, e.g. from cron),
+    and what killed processes left in this data directory's scratch folder."""
+    from petpal.media.service import (
+        SCRATCH_ABANDONED_SECONDS,
+        do_sweep_uploads,
+        sweep_scratch,
+    )
     from petpal.platform.services import Services
 
     settings = _existing_settings(data_dir)
@@ -487,7 +492,11 @@ def media_sweep_uploads(data_dir: DataDir = None) -> None:
             swept = await do_sweep_uploads(services)
         finally:
             await services.close()
-        return f"{swept.deleted} of {swept.examined} stored upload(s) deleted"
+        scratch = sweep_scratch(settings.data_dir / "tmp", SCRATCH_ABANDONED_SECONDS)
+        return (
+            f"{swept.deleted} of {swept.examined} stored upload(s) deleted; "
+            f"{scratch} abandoned scratch file(s) deleted"
+        )
 
     typer.echo(asyncio.run(run()))
 

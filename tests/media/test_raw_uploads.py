@@ -7,6 +7,8 @@ takes the same path through ``Storage`` as S3 does).
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -249,6 +251,7 @@ def test_petpal_media_sweep_uploads(
     orphan = settings.media_dir / "incoming" / "01J00000000000000000000000"
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"a photo whose row never committed")
+    left, kept = _scratch_files(settings.data_dir / "tmp")
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(cli_app, ["media", "sweep-uploads"])
@@ -256,4 +259,52 @@ def test_petpal_media_sweep_uploads(
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert "1 of 1 stored upload(s) deleted" in result.output
+    assert "2 abandoned scratch file(s) deleted" in result.output
     assert not orphan.exists()
+    assert not any(path.exists() for path in left)
+    assert all(path.exists() for path in kept)
+
+
+def _scratch_files(scratch: Path) -> tuple[list[Path], list[Path]]:
+    """What killed processes left in the scratch folder two hours ago (an
+    upload being received, a job's folder), and two in use now (one a folder
+    whose file was written just now)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    old = time.time() - 2 * 3600
+    upload = scratch / "upload-left"
+    upload.write_bytes(b"half an upload")
+    job = scratch / "tmpjobleft"
+    job.mkdir()
+    (job / "source").write_bytes(b"a photo being decoded")
+    busy = scratch / "tmpjobbusy"
+    busy.mkdir()
+    (busy / "source").write_bytes(b"a photo being decoded now")
+    for path in (upload, job / "source", job, busy):
+        os.utime(path, (old, old))
+    receiving = scratch / "upload-now"
+    receiving.write_bytes(b"an upload arriving")
+    return [upload, job], [busy, busy / "source", receiving]
+
+
+async def test_scratch_files_killed_processes_left_are_swept(
+    stack: tuple[httpx.AsyncClient, Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial, in distributed mode: a worker killed while it
+    decoded a photo, or a server killed during an upload, left the file in
+    the data directory's tmp folder for ever (only an embedded server, the
+    folder's only user, emptied it at start). A process sweeps it when it
+    next needs it after a while."""
+    client, services = stack
+    left, kept = _scratch_files(services.settings.data_dir / "tmp")
+    monkeypatch.setattr(media_service, "_scratch_swept_at", {})
+    user = await a_user(client)
+    photo = await an_uploaded_photo(client, user, GPS_PHOTO, services)
+    assert photo["status"] == "ready"
+    assert not any(path.exists() for path in left)
+    assert all(path.exists() for path in kept)
+    # Not again before the interval: one left now stays until then.
+    late = services.settings.data_dir / "tmp" / "upload-late"
+    late.write_bytes(b"x")
+    os.utime(late, (0, 0))
+    await an_uploaded_photo(client, user, GPS_PHOTO, services)
+    assert late.exists()

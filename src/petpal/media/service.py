@@ -39,7 +39,10 @@ one still shown elsewhere stays. A photo uploaded and never used is kept.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import tempfile
+import time
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -100,9 +103,7 @@ def image_limits(services: Services) -> ImageLimits:
 
 async def do_upload(services: Services, owner_id: str, request: Request) -> Media:
     limits = image_limits(services)
-    received = await receive_file(
-        request, services.settings.data_dir / "tmp", limits.max_bytes
-    )
+    received = await receive_file(request, await _scratch(services), limits.max_bytes)
     try:
         try:
             header = await asyncio.to_thread(inspect_header, received.path, limits)
@@ -202,7 +203,7 @@ async def do_process(services: Services, media_id: str) -> None:
         return
     incoming_key = media.incoming_key
 
-    with tempfile.TemporaryDirectory(dir=_tmp_dir(services)) as workdir:
+    with tempfile.TemporaryDirectory(dir=await _scratch(services)) as workdir:
         source = Path(workdir) / "source"
         await services.storage.download_to(incoming_key, source)
         try:
@@ -424,10 +425,71 @@ async def _resume_processing(services: Services, media_id: str) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-def _tmp_dir(services: Services) -> Path:
+# --- scratch files -----------------------------------------------------------------
+
+# An upload being received and a photo being decoded live in the data
+# directory's ``tmp`` folder, written as they arrive and deleted when their
+# request or job ends, whatever its outcome. Only a process that was killed
+# leaves one there (up to 25 MB each; found by a trial, in distributed mode,
+# where several processes share the folder and none may empty it at start).
+# One untouched for this long is such a leftover: an upload's file is
+# written at least every 20 s (``http_protocol.BODY_IDLE_SECONDS``), and a
+# job's is read within seconds of its download.
+SCRATCH_ABANDONED_SECONDS = 3600.0
+# Each process looks for leftovers when it next needs the folder after this
+# long, and `petpal media sweep-uploads` does whenever it runs.
+SCRATCH_SWEEP_INTERVAL_SECONDS = 600.0
+_scratch_swept_at: dict[Path, float] = {}
+
+
+async def _scratch(services: Services) -> Path:
+    """The scratch folder, swept of leftovers now and then."""
     path = services.settings.data_dir / "tmp"
     path.mkdir(parents=True, exist_ok=True)
+    now = time.monotonic()
+    last = _scratch_swept_at.get(path)
+    if last is None or now - last >= SCRATCH_SWEEP_INTERVAL_SECONDS:
+        _scratch_swept_at[path] = now
+        await asyncio.to_thread(sweep_scratch, path, SCRATCH_ABANDONED_SECONDS)
     return path
+
+
+def sweep_scratch(path: Path, older_than_seconds: float) -> int:
+    """Delete what killed processes left in the scratch folder ``path``:
+    each entry nothing in has changed for ``older_than_seconds``; how many."""
+    cutoff = time.time() - older_than_seconds
+    deleted = 0
+    try:
+        entries = list(os.scandir(path))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if _last_change(entry) >= cutoff:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            continue  # its request or job ended meanwhile
+        except OSError as exc:
+            log.warning("media.scratch_not_deleted", path=entry.path, error=repr(exc))
+            continue
+        deleted += 1
+    if deleted:
+        log.info("media.scratch_swept", path=str(path), deleted=deleted)
+    return deleted
+
+
+def _last_change(entry: os.DirEntry[str]) -> float:
+    """The newest modification time of ``entry`` and all it holds."""
+    newest = entry.stat(follow_symlinks=False).st_mtime
+    if entry.is_dir(follow_symlinks=False):
+        for folder, _, files in os.walk(entry.path):
+            for name in [folder, *(os.path.join(folder, f) for f in files)]:
+                newest = max(newest, os.lstat(name).st_mtime)
+    return newest
 
 
 async def _finish(services: Services, media_id: str, **values: Any) -> bool:
