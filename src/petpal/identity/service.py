@@ -668,6 +668,21 @@ async def resolve_username(services: Services, username: str) -> str:
     return blob.decode()
 
 
+async def named_account(
+    services: Services, username: str, caller: AccessClaims | None
+) -> str:
+    """The username a path names; ``me`` (with ``caller``, see
+    ``deps.caller_if_me``) is the caller's own, as it is now (a token names
+    the one it had when it was issued). Found by a trial: ``/accounts/me``
+    answered, ``/accounts/me/pets`` was a 404 "the account was not found"."""
+    if caller is None:
+        return username
+    found = await summary_wires(services, [caller.account_id])
+    if caller.account_id not in found:
+        raise AccountGoneError
+    return str(found[caller.account_id]["username"])
+
+
 async def summary_wires(services: Services, account_ids: list[str]) -> dict[str, Wire]:
     """``AccountSummary``'s JSON shape of the existing accounts among the ids,
     in one cache round trip."""

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BeforeValidator, StringConstraints
 
+from petpal.identity.service import named_account
 from petpal.pets import service
 from petpal.pets.schemas import PetCreate, PetOfTheDayView, PetUpdate, PetView, Species
 from petpal.platform.deps import (
@@ -13,6 +14,7 @@ from petpal.platform.deps import (
     CurrentAccount,
     CursorParam,
     LimitParam,
+    PathCaller,
     ServicesDep,
     limit_per_account,
 )
@@ -99,9 +101,11 @@ async def delete_pet(
 async def list_account_pets(
     username: str,
     services: ServicesDep,
+    caller: PathCaller,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
 ) -> Response:
+    username = await named_account(services, username, caller)
     return page_response(
         await service.list_account_pets(services, username, cursor, limit)
     )

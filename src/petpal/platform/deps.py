@@ -68,6 +68,20 @@ async def require_account(request: Request) -> AccessClaims:
     return claims
 
 
+# What ``/accounts/{username}/…`` takes for the signed-in account, as
+# ``/accounts/me`` does: a reserved name, which no account has.
+ME = "me"
+
+
+async def caller_if_me(request: Request, username: str) -> AccessClaims | None:
+    """The caller, if the path's account is ``me`` (which needs its token);
+    otherwise None, and no token is read, as for any public read."""
+    return await require_account(request) if username == ME else None
+
+
+PathCaller = Annotated[AccessClaims | None, Depends(caller_if_me)]
+
+
 async def _enforce(
     request: Request,
     services: Services,

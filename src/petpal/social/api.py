@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 
 from petpal.identity.schemas import AccountSummary
+from petpal.identity.service import named_account
 from petpal.platform.deps import (
     DEFAULT_PAGE_SIZE,
     LOCATION,
@@ -10,6 +11,7 @@ from petpal.platform.deps import (
     CursorParam,
     LimitParam,
     OptionalAccount,
+    PathCaller,
     ServicesDep,
     limit_per_account,
 )
@@ -58,9 +60,11 @@ async def unfollow(
 async def followers(
     username: str,
     services: ServicesDep,
+    caller: PathCaller,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
 ) -> Page[AccountSummary]:
+    username = await named_account(services, username, caller)
     return await service.list_followers(services, username, cursor, limit)
 
 
@@ -68,9 +72,11 @@ async def followers(
 async def following(
     username: str,
     services: ServicesDep,
+    caller: PathCaller,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
 ) -> Page[AccountSummary]:
+    username = await named_account(services, username, caller)
     return await service.list_following(services, username, cursor, limit)
 
 
@@ -79,9 +85,11 @@ async def account_posts(
     username: str,
     viewer: OptionalAccount,
     services: ServicesDep,
+    caller: PathCaller,
     cursor: CursorParam = None,
     limit: LimitParam = DEFAULT_PAGE_SIZE,
 ) -> Response:
+    username = await named_account(services, username, caller)
     return page_response(
         await service.account_posts(
             services, username, _viewer_id(viewer), cursor, limit
