@@ -30,24 +30,7 @@ def find_tags_again(bind: Connection, posts: Captions) -> bool:
         tags = extract_hashtags(caption)
         if any(len(tag) > _TAG_MAX_LENGTH for tag in tags):
             continue
-        stored = bind.execute(
-            sa.text("SELECT tag FROM post_tags WHERE post_id = :id ORDER BY position"),
-            {"id": post_id},
-        ).scalars()
-        if list(stored) == tags:
-            continue
-        bind.execute(
-            sa.text("DELETE FROM post_tags WHERE post_id = :id"), {"id": post_id}
-        )
-        if tags:
-            bind.execute(
-                sa.text(
-                    "INSERT INTO post_tags (tag, post_id, position)"
-                    " VALUES (:tag, :id, :position)"
-                ),
-                [{"tag": t, "id": post_id, "position": i} for i, t in enumerate(tags)],
-            )
-        changed = True
+        changed = _link(bind, "post_tags", "tag", post_id, tags) or changed
     return changed
 
 
@@ -69,31 +52,39 @@ def find_mentions_again(bind: Connection, posts: Captions) -> bool:
                 ).all()
             )
         mentioned = [found[name] for name in names if name in found]
-        stored = bind.execute(
-            sa.text(
-                "SELECT account_id FROM post_mentions WHERE post_id = :id"
-                " ORDER BY position"
-            ),
-            {"id": post_id},
-        ).scalars()
-        if list(stored) == mentioned:
-            continue
-        bind.execute(
-            sa.text("DELETE FROM post_mentions WHERE post_id = :id"), {"id": post_id}
+        changed = (
+            _link(bind, "post_mentions", "account_id", post_id, mentioned) or changed
         )
-        if mentioned:
-            bind.execute(
-                sa.text(
-                    "INSERT INTO post_mentions (post_id, account_id, position)"
-                    " VALUES (:id, :account, :position)"
-                ),
-                [
-                    {"id": post_id, "account": account, "position": i}
-                    for i, account in enumerate(mentioned)
-                ],
-            )
-        changed = True
     return changed
+
+
+def _link(
+    bind: Connection, table: str, column: str, post_id: str, values: list[str]
+) -> bool:
+    """Make ``values`` the post's rows of ``table`` in order; True if they
+    were not. The table and column are this module's own names."""
+    stored = bind.execute(
+        sa.text(
+            f"SELECT {column} FROM {table} WHERE post_id = :id"  # noqa: S608
+            " ORDER BY position"
+        ),
+        {"id": post_id},
+    ).scalars()
+    if list(stored) == values:
+        return False
+    bind.execute(
+        sa.text(f"DELETE FROM {table} WHERE post_id = :id"),  # noqa: S608
+        {"id": post_id},
+    )
+    if values:
+        bind.execute(
+            sa.text(
+                f"INSERT INTO {table} ({column}, post_id, position)"  # noqa: S608
+                " VALUES (:value, :id, :position)"
+            ),
+            [{"value": v, "id": post_id, "position": i} for i, v in enumerate(values)],
+        )
+    return True
 
 
 def captions_holding(bind: Connection, pieces: Sequence[str]) -> list[tuple[str, str]]:
