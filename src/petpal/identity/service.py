@@ -32,7 +32,7 @@ from petpal.identity.schemas import (
     TokenPair,
 )
 from petpal.platform.db import rowcount, utcnow
-from petpal.platform.deps import Admission, resolves_logins
+from petpal.platform.deps import ME, Admission, resolves_logins
 from petpal.platform.errors import (
     ConflictError,
     InvalidInputError,
@@ -671,11 +671,12 @@ async def resolve_username(services: Services, username: str) -> str:
 async def named_account(
     services: Services, username: str, caller: AccessClaims | None
 ) -> str:
-    """The username a path names; ``me`` (with ``caller``, see
-    ``deps.caller_if_me``) is the caller's own, as it is now (a token names
-    the one it had when it was issued). Found by a trial: ``/accounts/me``
-    answered, ``/accounts/me/pets`` was a 404 "the account was not found"."""
-    if caller is None:
+    """The username a path names; ``me`` (with its ``caller``, see
+    ``deps.caller_if_me``) is the caller's own, read by its id: a deleted
+    account's name may be someone else's now. Found by a trial:
+    ``/accounts/me`` answered, ``/accounts/me/pets`` was a 404 "the account
+    was not found"."""
+    if caller is None or username != ME:
         return username
     found = await summary_wires(services, [caller.account_id])
     if caller.account_id not in found:
