@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from petpal.platform.db import utcnow
 from petpal.platform.jobs import PENDING, OutboxJob, replay_dead_jobs
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings, get_settings
-from tests.factories import a_user, an_uploaded_photo, drain_jobs
+from tests.factories import User, a_user, an_uploaded_photo, assert_problem, drain_jobs
 
 PHOTO = Path(__file__).parent.parent / "fixtures" / "photos" / "camera-exif"
 GPS_PHOTO = PHOTO / "apple_iphone5_ori3_gps.jpg"
@@ -308,3 +308,81 @@ async def test_scratch_files_killed_processes_left_are_swept(
     os.utime(late, (0, 0))
     await an_uploaded_photo(client, user, GPS_PHOTO, services)
     assert late.exists()
+
+
+async def _upload_in_two(
+    client: httpx.AsyncClient,
+    user: User,
+    between: Callable[[list[Path]], None],
+    scratch: Path,
+) -> httpx.Response:
+    """Upload the GPS photo in two pieces; ``between`` gets the scratch
+    files of the upload being received, after the first."""
+    photo = GPS_PHOTO.read_bytes()
+    head = (
+        b'--zzz\r\nContent-Disposition: form-data; name="file"; '
+        b'filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    )
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head + photo[:50]
+        between(sorted(scratch.glob("upload-*")))  # noqa: ASYNC240 - a test's look
+        yield photo[50:] + b"\r\n--zzz--\r\n"
+
+    return await client.post(
+        "/api/v1/media",
+        headers={**user.headers, "content-type": "multipart/form-data; boundary=zzz"},
+        content=body(),
+    )
+
+
+async def test_a_held_scratch_file_is_never_swept(
+    stack: tuple[httpx.AsyncClient, Services],
+) -> None:
+    """Found by a trial: an upload arriving slowly kept the time its file
+    was made (its bytes wait in the write buffer), so a sweep took it for a
+    leftover and deleted it, and the upload ended in a 500."""
+    client, services = stack
+    user = await a_user(client)
+    scratch = services.settings.data_dir / "tmp"
+    seen: list[Path] = []
+
+    def sweep_while_receiving(files: list[Path]) -> None:
+        assert files
+        for path in files:
+            os.utime(path, (0, 0))
+        seen.extend(files)
+        assert media_service.sweep_scratch(scratch, 3600) == 0
+        assert all(path.exists() for path in files)
+
+    answer = await _upload_in_two(client, user, sweep_while_receiving, scratch)
+    assert answer.status_code == 202, answer.text
+    assert seen
+    assert not any(path.exists() for path in seen)
+    # A job's folder is held the same way while it runs.
+    job = scratch / "tmpjob"
+    job.mkdir()
+    os.utime(job, (0, 0))
+    with media_service.held_scratch(job):
+        assert media_service.sweep_scratch(scratch, 3600) == 0
+    assert media_service.sweep_scratch(scratch, 3600) == 1
+    assert not job.exists()
+
+
+async def test_an_upload_whose_scratch_file_vanished_is_a_problem(
+    stack: tuple[httpx.AsyncClient, Services],
+) -> None:
+    """Deleted by hand under a live upload: a 503 saying to send it again,
+    not a 500."""
+    client, services = stack
+    user = await a_user(client)
+
+    def delete(files: list[Path]) -> None:
+        for path in files:
+            path.unlink()
+
+    answer = await _upload_in_two(
+        client, user, delete, services.settings.data_dir / "tmp"
+    )
+    assert_problem(answer, 503, "upload_lost")
+    assert "Retry-After" in answer.headers

@@ -39,12 +39,14 @@ one still shown elsewhere stays. A photo uploaded and never used is kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -112,6 +114,15 @@ async def do_upload(services: Services, owner_id: str, request: Request) -> Medi
         media_id = new_id()
         incoming_key = f"{INCOMING_PREFIX}{media_id}"
         await services.storage.put(incoming_key, received.path, header.content_type)
+    except FileNotFoundError as exc:
+        # Its scratch file was deleted under it (by hand: the sweep leaves
+        # held files alone); a 500 said nothing of what to do.
+        raise ProblemError(
+            503,
+            "upload_lost",
+            "the upload was lost on the server before it was stored; send it again",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ) from exc
     finally:
         received.path.unlink(missing_ok=True)
     media = Media(
@@ -203,7 +214,10 @@ async def do_process(services: Services, media_id: str) -> None:
         return
     incoming_key = media.incoming_key
 
-    with tempfile.TemporaryDirectory(dir=await _scratch(services)) as workdir:
+    with (
+        tempfile.TemporaryDirectory(dir=await _scratch(services)) as workdir,
+        held_scratch(Path(workdir)),
+    ):
         source = Path(workdir) / "source"
         await services.storage.download_to(incoming_key, source)
         try:
@@ -428,13 +442,15 @@ async def _resume_processing(services: Services, media_id: str) -> bool:
 # --- scratch files -----------------------------------------------------------------
 
 # An upload being received and a photo being decoded live in the data
-# directory's ``tmp`` folder, written as they arrive and deleted when their
-# request or job ends, whatever its outcome. Only a process that was killed
-# leaves one there (up to 25 MB each; found by a trial, in distributed mode,
-# where several processes share the folder and none may empty it at start).
-# One untouched for this long is such a leftover: an upload's file is
-# written at least every 20 s (``http_protocol.BODY_IDLE_SECONDS``), and a
-# job's is read within seconds of its download.
+# directory's ``tmp`` folder, deleted when their request or job ends,
+# whatever its outcome. Only a process that was killed leaves one there (up
+# to 25 MB each; found by a trial, in distributed mode, where several
+# processes share the folder and none may empty it at start). Each is held
+# with a shared lock (``flock``) while in use, which the system drops when
+# its process dies: the sweep deletes an entry whose exclusive lock it can
+# take, and which nothing has changed in for this long (the lock is taken
+# a moment after the entry is made; an upload's file, once closed, waits
+# seconds for its storage).
 SCRATCH_ABANDONED_SECONDS = 3600.0
 # Each process looks for leftovers when it next needs the folder after this
 # long, and `petpal media sweep-uploads` does whenever it runs.
@@ -454,9 +470,21 @@ async def _scratch(services: Services) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def held_scratch(path: Path) -> Iterator[None]:
+    """Hold the scratch entry ``path`` as in use (see ``sweep_scratch``)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(descriptor)
+
+
 def sweep_scratch(path: Path, older_than_seconds: float) -> int:
     """Delete what killed processes left in the scratch folder ``path``:
-    each entry nothing in has changed for ``older_than_seconds``; how many."""
+    each entry no process holds and nothing in has changed for
+    ``older_than_seconds``; how many."""
     cutoff = time.time() - older_than_seconds
     deleted = 0
     try:
@@ -467,10 +495,8 @@ def sweep_scratch(path: Path, older_than_seconds: float) -> int:
         try:
             if _last_change(entry) >= cutoff:
                 continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
+            if not _delete_unless_held(entry):
+                continue
         except FileNotFoundError:
             continue  # its request or job ended meanwhile
         except OSError as exc:
@@ -480,6 +506,26 @@ def sweep_scratch(path: Path, older_than_seconds: float) -> int:
     if deleted:
         log.info("media.scratch_swept", path=str(path), deleted=deleted)
     return deleted
+
+
+def _delete_unless_held(entry: os.DirEntry[str]) -> bool:
+    """Delete ``entry`` if no process holds it; True if it was deleted."""
+    if entry.is_symlink():
+        os.unlink(entry.path)  # none of ours: removed, never followed
+        return True
+    descriptor = os.open(entry.path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # in use, however old it looks
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+        return True
+    finally:
+        os.close(descriptor)
 
 
 def _last_change(entry: os.DirEntry[str]) -> float:

@@ -7,6 +7,7 @@ keep memory flat however large the file claims to be.
 
 from __future__ import annotations
 
+import fcntl
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,11 @@ async def receive_file(
         dir=directory, prefix="upload-", delete=False
     )
     path = Path(out.name)
+    # In use while open: the scratch sweep (media.service.sweep_scratch)
+    # leaves a file alone whose lock it cannot take, however old it looks
+    # (found by a trial: bytes wait in the write buffer, so a slow upload's
+    # file kept the time it was made, and a sweep deleted it mid-upload).
+    fcntl.flock(out.fileno(), fcntl.LOCK_SH)
     state = _PartState()
     found: list[ReceivedFile] = []
     written = 0
