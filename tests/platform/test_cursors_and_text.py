@@ -177,19 +177,33 @@ def test_mentions_are_canonical_usernames() -> None:
 
 
 def test_an_address_holds_no_tag_and_mentions_nobody() -> None:
-    """Found by a trial: ``#`` and ``@`` inside web addresses began tags
-    and mentions."""
+    """Found by two trials: ``#`` and ``@`` inside web addresses began tags
+    and mentions, with a scheme or without, and after a letter in Japanese,
+    which puts no space before an address."""
     caption = (
         "adopt via https://shelter.example.org/#adopt-now or "
         "https://example.org/?q=#lost, follow https://mastodon.social/@theo "
         "and example.org/#found; HTTPS://X.ORG/@SAM too. #dogs with @lena "
-        "(#cats) see: https://a.org/x #birds"
+        "(#cats) see: https://a.org/x #birds "
+        "en.wikipedia.org/wiki/Beagle_(dog)#History x.org/?ref=@maya "
+        "www.x.org/~@theo x.org/path;#adopt 詳しくはhttps://ja.wikipedia.org/wiki/"
+        "ビーグル_(犬)#歴史 #犬"
     )
-    assert extract_hashtags(caption) == ["dogs", "cats", "birds"]
+    assert extract_hashtags(caption) == ["dogs", "cats", "birds", "犬"]
     assert extract_mentions(caption) == ["lena"]
-    # A path's # or @ is part of it, scheme or not: cats/#dogs is no tag.
-    assert extract_hashtags("cats/#dogs x/@lena") == []
-    assert extract_mentions("cats/#dogs x/@lena x/＠sam") == []
+
+
+def test_a_slash_alone_makes_no_address() -> None:
+    """Found by the trial after: ``w/@maya`` and ``#cats/#dogs`` lost their
+    mention and tags to a rule that took any ``/`` for a path."""
+    caption = "Walk w/@maya w/#friends #cats/#dogs @lena/@theo v1.2/#beta"
+    assert extract_hashtags(caption) == ["friends", "cats", "dogs", "beta"]
+    assert extract_mentions(caption) == ["maya", "lena", "theo"]
+
+
+def test_an_account_elsewhere_is_no_mention() -> None:
+    """``@theo@mastodon.social`` names an account of another server."""
+    assert extract_mentions("@theo@mastodon.social and @lena, ＠sam＠x.org") == ["lena"]
 
 
 @pytest.mark.parametrize("name", ["Ｍａｙａ", "MAYA", "maya"])

@@ -231,12 +231,16 @@ async def test_tags_and_mentions_in_addresses_are_found_again(
     caption = "adopt https://shelter.example.org/#adopt-now mastodon.social/@theo #dogs"
     linked = await a_post(client, alice, media_id, caption)
     plain = await a_post(client, alice, media_id, "#adopt with @theo")
+    # Right as they were stored, and left so (a first 0008 took them out).
+    slashed = await a_post(client, alice, media_id, "walk w/@theo and w/#friends")
+    elsewhere = await a_post(client, alice, media_id, "hi @theo@mastodon.social")
     async with services.db.write_session() as session:
         # As the old rules stored them.
         await session.execute(delete(PostTag).where(PostTag.post_id == linked["id"]))
         for position, tag in enumerate(["adopt", "dogs"]):
             session.add(PostTag(tag=tag, post_id=linked["id"], position=position))
-        session.add(PostMention(post_id=linked["id"], account_id=theo.id, position=0))
+        for post in (linked, elsewhere):
+            session.add(PostMention(post_id=post["id"], account_id=theo.id, position=0))
         await session.execute(text("UPDATE alembic_version SET version_num = '0007'"))
 
     await asyncio.to_thread(upgrade, services.settings)
@@ -244,9 +248,11 @@ async def test_tags_and_mentions_in_addresses_are_found_again(
     assert await _linked(services, PostTag, PostTag.tag) == [
         (linked["id"], "dogs"),
         (plain["id"], "adopt"),
+        (slashed["id"], "friends"),
     ]
     assert await _linked(services, PostMention, PostMention.account_id) == [
         (plain["id"], theo.id),
+        (slashed["id"], theo.id),
     ]
     await services.cache.invalidate(post_key(linked["id"]))
     shown = (await client.get(f"/api/v1/posts/{linked['id']}")).json()

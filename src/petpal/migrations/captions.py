@@ -88,7 +88,8 @@ def _link(
 
 
 def captions_holding(bind: Connection, pieces: Sequence[str]) -> list[tuple[str, str]]:
-    """Every post whose caption holds one of ``pieces``, with its caption."""
+    """Every post whose caption holds one of ``pieces`` (LIKE patterns, so
+    ``%`` in one is anything), with its caption."""
     holds = " OR ".join(f"caption LIKE :c{i}" for i in range(len(pieces)))
     return [
         (post_id, caption)

@@ -77,7 +77,7 @@ _TAG = rf"[{_WORD}]+(?:{_JOINER}[{_WORD}]*)*"
 # "(#x)" is. It is the whole word: one too long to store is refused with a
 # 422 (found by a trial: it was cut to its first 100 characters, a tag the
 # author never wrote).
-HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&/])#({_TAG})")
+HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&])#({_TAG})")
 # A mention is written as its username is typed: in any width or case
 # (``@ＬＥＮＡ``, ``＠lena``), found as a word after an at sign and kept if it
 # normalises to a username (``lookup_username``).
@@ -85,18 +85,29 @@ HASHTAG_PATTERN = regex.compile(rf"(?<![{_WORD}&/])#({_TAG})")
 # (full width ``＿`` and its kin) can be part of a username: ``@lena‿`` is
 # ``lena``, as before connectors were part of tags (found by a trial).
 _NAME_WORD = r"\p{L}\p{M}\p{N}_\uff3f\ufe33\ufe34\ufe4d-\ufe4f"
-MENTION_PATTERN = regex.compile(rf"(?<![{_WORD}@＠/])[@＠]([{_NAME_WORD}]{{1,60}})")
+# A name followed by another at sign is an account elsewhere (the
+# fediverse's ``@theo@mastodon.social``), not ours.
+MENTION_PATTERN = regex.compile(
+    rf"(?<![{_WORD}@＠])[@＠]([{_NAME_WORD}]{{1,60}})(?![{_NAME_WORD}@＠])"
+)
 # An address in a caption is no tag and mentions nobody, whatever it holds
-# (found by a trial: ``https://shelter.example.org/#adopt-now`` was the tag
-# ``adopt``, ``https://mastodon.social/@theo`` mentioned theo): from a
-# scheme's ``://`` to the next space, it is left out before either is found.
-# A ``#`` or an ``@`` right after a ``/`` (``example.org/#adopt``) is part
-# of a path too, with or without a scheme (the patterns above).
-_ADDRESS = regex.compile(r"(?<![\p{L}\p{N}])[A-Za-z][A-Za-z0-9+.\-]*://\S*")
+# (found by two trials: ``https://shelter.example.org/#adopt-now`` was the
+# tag ``adopt``, ``mastodon.social/@theo`` mentioned theo): from a scheme's
+# ``://``, or from a host name with a dot, a letter in its last label, and
+# then a ``/`` (``en.wikipedia.org/wiki/Beagle#History``; not ``9.5/``),
+# to the next space, it is left
+# out before either is found. A scheme may follow a letter: Japanese puts
+# no space before it. A ``/`` alone makes no address: ``w/@maya`` and
+# ``#cats/#dogs`` are a mention and two tags.
+_ADDRESS = regex.compile(
+    r"(?:[A-Za-z][A-Za-z0-9+.\-]*://"
+    r"|(?<![\p{L}\p{N}\p{M}_.\-])(?:[\p{L}\p{N}\-]+\.)+[\p{N}\-]*\p{L}[\p{L}\p{N}\-]*/)"
+    r"\S*"
+)
 
 
 def _without_addresses(text: str) -> str:
-    return _ADDRESS.sub(" ", text) if "://" in text else text
+    return _ADDRESS.sub(" ", text) if "/" in text else text
 
 
 # Case-folding spells the capital dotted I of Turkish and Azeri (``İ``) as an
