@@ -54,3 +54,31 @@ async def test_me_needs_a_token_and_its_account(client: httpx.AsyncClient) -> No
     for name in LISTS:
         gone = await client.get(f"/api/v1/accounts/me/{name}", headers=alice.headers)
         assert_problem(gone, 401)
+
+
+async def test_me_is_spelt_as_any_name(client: httpx.AsyncClient) -> None:
+    """Found by the final trial: ``ME`` and ``ｍｅ`` were 404s, where
+    ``MAYA`` is maya; and following ``me`` was a 404 where following
+    oneself by name is a 422."""
+    alice = await a_user(client)
+    await a_pet(client, alice, name="Scout")
+    for spelling in ("ME", "Me", "ｍｅ"):
+        pets = await client.get(
+            f"/api/v1/accounts/{spelling}/pets", headers=alice.headers
+        )
+        assert [p["name"] for p in pets.json()["items"]] == ["Scout"], spelling
+        profile = await client.get(
+            f"/api/v1/accounts/{spelling}", headers=alice.headers
+        )
+        assert profile.json()["username"] == alice.username, spelling
+        assert_problem(await client.get(f"/api/v1/accounts/{spelling}/pets"), 401)
+    for method in ("POST", "DELETE"):
+        answer = await client.request(
+            method, "/api/v1/accounts/me/follow", headers=alice.headers
+        )
+        by_name = await client.request(
+            method, f"/api/v1/accounts/{alice.username}/follow", headers=alice.headers
+        )
+        assert answer.status_code == by_name.status_code, method
+        if answer.status_code != 204:
+            assert answer.json()["code"] == by_name.json()["code"], method

@@ -21,6 +21,7 @@ from petpal.platform.deps import (
     LOCATION,
     CurrentAccount,
     OptionalAccount,
+    PathCaller,
     ServicesDep,
     limit_log_in,
     limit_password_check,
@@ -149,8 +150,11 @@ async def change_email(
 
 @router.get("/accounts/{username}", response_model=Profile)
 async def get_profile(
-    username: str, viewer: OptionalAccount, services: ServicesDep
+    username: str, viewer: OptionalAccount, services: ServicesDep, caller: PathCaller
 ) -> Response:
+    # /accounts/me itself is the route above (with the e-mail address);
+    # ``ME`` or ``ｍｅ`` is the caller's profile, as in the paths below it.
+    username = await service.named_account(services, username, caller)
     account_id = await service.resolve_username(services, username)
     return json_response(
         await service.profile_wire(

@@ -32,7 +32,7 @@ from petpal.identity.schemas import (
     TokenPair,
 )
 from petpal.platform.db import rowcount, utcnow
-from petpal.platform.deps import ME, Admission, resolves_logins
+from petpal.platform.deps import Admission, is_me, resolves_logins
 from petpal.platform.errors import (
     ConflictError,
     InvalidInputError,
@@ -676,7 +676,7 @@ async def named_account(
     account's name may be someone else's now. Found by a trial:
     ``/accounts/me`` answered, ``/accounts/me/pets`` was a 404 "the account
     was not found"."""
-    if caller is None or username != ME:
+    if caller is None or not is_me(username):
         return username
     found = await summary_wires(services, [caller.account_id])
     if caller.account_id not in found:

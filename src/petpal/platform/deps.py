@@ -16,7 +16,7 @@ from petpal.platform.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from petpal.platform.ratelimit import client_ip, login_key
 from petpal.platform.security import AccessClaims, read_access_token
 from petpal.platform.services import Services
-from petpal.platform.text import LOGIN_MAX_LENGTH, check_storable
+from petpal.platform.text import LOGIN_MAX_LENGTH, check_storable, fold
 
 # Every dependency here is ``async def``, though none of them awaits: FastAPI
 # runs a plain ``def`` dependency in a worker thread, which cost more CPU per
@@ -69,14 +69,19 @@ async def require_account(request: Request) -> AccessClaims:
 
 
 # What ``/accounts/{username}/…`` takes for the signed-in account, as
-# ``/accounts/me`` does: a reserved name, which no account has.
+# ``/accounts/me`` does: a reserved name, which no account has. Spelt as
+# any username may be (``ME``, full-width ``ｍｅ``).
 ME = "me"
+
+
+def is_me(username: str) -> bool:
+    return fold(username) == ME
 
 
 async def caller_if_me(request: Request, username: str) -> AccessClaims | None:
     """The caller, if the path's account is ``me`` (which needs its token);
     otherwise None, and no token is read, as for any public read."""
-    return await require_account(request) if username == ME else None
+    return await require_account(request) if is_me(username) else None
 
 
 PathCaller = Annotated[AccessClaims | None, Depends(caller_if_me)]

@@ -43,15 +43,20 @@ def _viewer_id(viewer: OptionalAccount) -> str | None:
     status_code=204,
     dependencies=[Depends(limit_per_account("follow"))],
 )
-async def follow(username: str, me: CurrentAccount, services: ServicesDep) -> Response:
+async def follow(
+    username: str, me: CurrentAccount, services: ServicesDep, caller: PathCaller
+) -> Response:
+    # Following "me" is following oneself: a 422, as by name.
+    username = await named_account(services, username, caller)
     await service.do_follow(services, me.account_id, username)
     return Response(status_code=204)
 
 
 @router.delete("/accounts/{username}/follow", status_code=204)
 async def unfollow(
-    username: str, me: CurrentAccount, services: ServicesDep
+    username: str, me: CurrentAccount, services: ServicesDep, caller: PathCaller
 ) -> Response:
+    username = await named_account(services, username, caller)
     await service.do_unfollow(services, me.account_id, username)
     return Response(status_code=204)
 
