@@ -36,8 +36,8 @@ class _PartState:
     headers: dict[bytes, bytes] = field(default_factory=dict)
     is_file_field: bool = False
     filename: str | None = None
-    # A 'file' part began: a body without one that ends is cut short.
-    file_started: bool = False
+    # A part began and has not ended: a body that stops here was cut short.
+    in_part: bool = False
 
 
 def _bad_request(detail: str) -> ProblemError:
@@ -99,7 +99,6 @@ async def receive_file(
                 "upload one photo per request"
             )
         state.is_file_field = name == FILE_FIELD
-        state.file_started = state.file_started or state.is_file_field
         raw_filename = disposition.get(b"filename")
         state.filename = (
             raw_filename.decode("utf-8", "replace")[:255] if raw_filename else None
@@ -116,7 +115,11 @@ async def receive_file(
             )
         out.write(data[start:end])
 
+    def on_part_begin() -> None:
+        state.in_part = True
+
     def on_part_end() -> None:
+        state.in_part = False
         if state.is_file_field:
             found.append(ReceivedFile(path=path, size=written, filename=state.filename))
         state.headers.clear()
@@ -125,6 +128,7 @@ async def receive_file(
     parser = MultipartParser(
         options[b"boundary"],
         {
+            "on_part_begin": on_part_begin,
             "on_header_field": on_header_field,
             "on_header_value": on_header_value,
             "on_header_end": on_header_end,
@@ -147,11 +151,12 @@ async def receive_file(
     out.close()
     if not found:
         path.unlink(missing_ok=True)
-        if state.file_started:
-            # Found by a trial: this was "has no 'file' part".
+        if state.in_part:
+            # Found by two trials: this was "has no 'file' part", even
+            # when the body stopped in the file part's own headers.
             raise _bad_request(
-                "the multipart body ends inside its 'file' part, without the "
-                "closing boundary: the upload was cut short"
+                "the multipart body ends inside a part, without its closing "
+                "boundary: the upload was cut short"
             )
         raise _bad_request("the multipart body has no 'file' part")
     if found[0].size == 0:
