@@ -201,6 +201,41 @@ def test_a_slash_alone_makes_no_address() -> None:
     assert extract_mentions(caption) == ["maya", "lena", "theo"]
 
 
+def test_a_tag_or_mention_is_no_host_name() -> None:
+    """Found by the trial after that: ``#node.js/#rocks`` lost ``node``,
+    ``@maya.lena/#x`` its mention; and a host with a port, a query without a
+    path, or after dots still gave tags and mentions."""
+    caption = (
+        "#node.js/#rocks #cats/#dogs.com/#x @maya.lena/#y "
+        "shelter.example.org:8080/#adopt shelter.example.org:8080/@theo "
+        "shelter.example.org?ref=@lena Adopt...shelter.example.org/#found "
+        "#猫https://x.org/#z"
+    )
+    assert extract_hashtags(caption) == [
+        "node",
+        "rocks",
+        "cats",
+        "dogs",
+        "x",
+        "y",
+        "猫",
+    ]
+    assert extract_mentions(caption) == ["maya"]
+
+
+@pytest.mark.parametrize(
+    "caption",
+    ["a-" * 20000 + "/", "a." * 20000 + "/", "A" * 40000 + "/", "a/" * 20000],
+)
+def test_long_runs_without_spaces_hold_no_address(caption: str) -> None:
+    """The inputs a trial found a regular expression took seconds on (7 s
+    for 40,000 characters: time in the square of the length); the scan
+    that replaced it reads each once (``benchmarks``-free: a slow run of
+    this test is the sign)."""
+    assert extract_hashtags(caption + " #ok") == ["ok"]
+    assert extract_mentions(caption + " @maya") == ["maya"]
+
+
 def test_an_account_elsewhere_is_no_mention() -> None:
     """``@theo@mastodon.social`` names an account of another server."""
     assert extract_mentions("@theo@mastodon.social and @lena, ＠sam＠x.org") == ["lena"]

@@ -36,8 +36,8 @@ class _PartState:
     headers: dict[bytes, bytes] = field(default_factory=dict)
     is_file_field: bool = False
     filename: str | None = None
-    # A part began and has not ended: a body that stops here was cut short.
-    in_part: bool = False
+    # The closing boundary came: a body that stops before it was cut short.
+    ended: bool = False
 
 
 def _bad_request(detail: str) -> ProblemError:
@@ -115,11 +115,10 @@ async def receive_file(
             )
         out.write(data[start:end])
 
-    def on_part_begin() -> None:
-        state.in_part = True
+    def on_end() -> None:
+        state.ended = True
 
     def on_part_end() -> None:
-        state.in_part = False
         if state.is_file_field:
             found.append(ReceivedFile(path=path, size=written, filename=state.filename))
         state.headers.clear()
@@ -128,13 +127,13 @@ async def receive_file(
     parser = MultipartParser(
         options[b"boundary"],
         {
-            "on_part_begin": on_part_begin,
             "on_header_field": on_header_field,
             "on_header_value": on_header_value,
             "on_header_end": on_header_end,
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": on_end,
         },
     )
     try:
@@ -151,12 +150,12 @@ async def receive_file(
     out.close()
     if not found:
         path.unlink(missing_ok=True)
-        if state.in_part:
-            # Found by two trials: this was "has no 'file' part", even
-            # when the body stopped in the file part's own headers.
+        if not state.ended:
+            # Found by three trials: this was "has no 'file' part", for a
+            # body that stopped in the file part, its headers or a boundary.
             raise _bad_request(
-                "the multipart body ends inside a part, without its closing "
-                "boundary: the upload was cut short"
+                "the multipart body ends before its closing boundary: the "
+                "upload was cut short"
             )
         raise _bad_request("the multipart body has no 'file' part")
     if found[0].size == 0:
