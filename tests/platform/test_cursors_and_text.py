@@ -202,14 +202,14 @@ def test_a_slash_alone_makes_no_address() -> None:
 
 
 def test_a_tag_or_mention_is_no_host_name() -> None:
-    """Found by the trial after that: ``#node.js/#rocks`` lost ``node``,
-    ``@maya.lena/#x`` its mention; and a host with a port, a query without a
-    path, or after dots still gave tags and mentions."""
+    """Found by the trials after that: ``#node.js/#rocks`` lost ``node``,
+    ``@maya.lena/#x`` its mention, ``@the_dog.house/`` mentioned the account
+    ``the_``; and a host with a port or after dots still gave tags and
+    mentions."""
     caption = (
         "#node.js/#rocks #cats/#dogs.com/#x @maya.lena/#y "
         "shelter.example.org:8080/#adopt shelter.example.org:8080/@theo "
-        "shelter.example.org?ref=@lena Adopt...shelter.example.org/#found "
-        "#猫https://x.org/#z"
+        "Adopt...shelter.example.org/#found #猫https://x.org/#z"
     )
     assert extract_hashtags(caption) == [
         "node",
@@ -221,6 +221,16 @@ def test_a_tag_or_mention_is_no_host_name() -> None:
         "猫",
     ]
     assert extract_mentions(caption) == ["maya"]
+    # A connector is a tag's and a name's, so neither is cut at one.
+    named = (
+        "@the_dog.house/ @ｍａｙａ＿ｌｅｎａ.art/ #dog_friendly.cafes/ #good‿boy.jp/"
+    )
+    assert extract_mentions(named) == ["the_dog", "maya_lena"]
+    assert extract_hashtags(named) == ["dog_friendly", "good‿boy"]
+    # A "?" makes no address: sentences run together keep their tags.
+    run_on = "Anyone in St.Louis?#vet Best day ever.Right?#beach U.S?@maya"
+    assert extract_hashtags(run_on) == ["vet", "beach"]
+    assert extract_mentions(run_on) == ["maya"]
 
 
 @pytest.mark.parametrize(
@@ -259,3 +269,12 @@ def test_names_of_the_platforms_own_voice_are_reserved(name: str) -> None:
     with pytest.raises(ValueError, match="reserved"):
         canonical_username(name)
     assert canonical_username("modest_pet") == "modest_pet"
+
+
+def test_a_tag_asked_for_is_judged_by_its_length_first() -> None:
+    """Found by a trial: normalising a long run of combining marks takes
+    time in the square of its length, and ``/tags/{tag}`` had no bound."""
+    from petpal.social.service import lookup_tag
+
+    assert lookup_tag("\u0301\u0316" * 20000) is None
+    assert lookup_tag("#Café") == "café"

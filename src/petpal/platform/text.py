@@ -96,13 +96,15 @@ MENTION_PATTERN = regex.compile(
 # of text between spaces, an address starts at a scheme's letters before
 # ``://`` (after a letter too: Japanese puts no space before it), or at a
 # host name with a dot, a letter in its last label and perhaps a port,
-# before a ``/`` or a ``?`` (``en.wikipedia.org/wiki/Beagle#History``;
-# not ``9.5/``, nor ``#node.js/`` or ``@maya.lena/``, a tag's and a
-# mention's own words), and runs to the end of that run of text. A ``/``
-# alone makes no address: ``w/@maya`` and ``#cats/#dogs`` are a mention and
-# two tags. Found by scanning each run once: a regular expression that did
-# it took time in the square of a caption's length (a trial: 54 ms for
-# 2,200 characters, 7 s for 40,000).
+# before a ``/`` (``en.wikipedia.org/wiki/Beagle#History``; not ``9.5/``,
+# nor ``#node.js/``, ``@the_dog.house/``, a tag's and a mention's own
+# words), and runs to the end of that run of text. A ``/`` alone makes no
+# address: ``w/@maya`` and ``#cats/#dogs`` are a mention and two tags; nor
+# does a ``?`` (``St.Louis?#vet``, a sentence without its space, is two
+# words and a tag, so ``example.org?ref=@lena`` mentions lena). Found by
+# scanning each run once: a regular expression that did it took time in
+# the square of a caption's length (a trial: 54 ms for 2,200 characters,
+# 7 s for 40,000).
 _RUN = regex.compile(r"\S+")
 _SCHEME_CHARACTERS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-"
@@ -136,7 +138,7 @@ def _address_start(word: str) -> int | None:
         if start < scheme_end:
             return start
     for end, character in enumerate(word):
-        if character in "/?":
+        if character == "/":
             host = _host_start(word, end)
             if host is not None:
                 return host
@@ -170,7 +172,14 @@ def _host_start(word: str, end: int) -> int | None:
 
 
 def _is_word(character: str) -> bool:
-    return character.isalnum() or unicodedata.category(character).startswith("M")
+    """Letters, digits, marks and connectors: what a host name, a tag or a
+    username is made of, so that the scan back from a ``/`` reaches the
+    ``#`` or ``@`` of a tag or mention (found by a trial: ``@the_dog.house/``
+    stopped at the underscore, and mentioned the account ``the_``)."""
+    if character.isalnum():
+        return True
+    category = unicodedata.category(character)
+    return category.startswith("M") or category == "Pc"
 
 
 # Case-folding spells the capital dotted I of Turkish and Azeri (``İ``) as an

@@ -1464,6 +1464,10 @@ async def account_posts(
 
 def lookup_tag(raw: str) -> str | None:
     """The canonical form of the hashtag ``raw`` (with or without '#'), if valid."""
+    if len(raw) > 8 * TAG_MAX_LENGTH:
+        # No tag once normalised; and normalising a long run of combining
+        # marks takes time in the square of its length (found by a trial).
+        return None
     text = unicodedata.normalize("NFC", "#" + raw.removeprefix("#"))
     if HASHTAG_PATTERN.fullmatch(text) is None:
         return None
