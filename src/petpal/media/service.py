@@ -436,7 +436,7 @@ async def _resume_processing(services: Services, media_id: str) -> bool:
             )
             .values(status=PROCESSING, failure_reason=None, processed_at=None)
         )
-    return bool(getattr(result, "rowcount", 0))
+    return rowcount(result) > 0
 
 
 # --- scratch files -----------------------------------------------------------------
@@ -548,7 +548,7 @@ async def _finish(services: Services, media_id: str, **values: Any) -> bool:
             .values(processed_at=utcnow(), **values)
         )
     await services.cache.invalidate(media_key(media_id))
-    return bool(getattr(result, "rowcount", 0))
+    return rowcount(result) > 0
 
 
 async def _still_there(services: Services, media_id: str) -> bool:

@@ -49,7 +49,7 @@ from petpal.pets.schemas import (
     PetView,
     Species,
 )
-from petpal.platform.db import utcnow
+from petpal.platform.db import rowcount, utcnow
 from petpal.platform.errors import (
     ForbiddenError,
     InvalidInputError,
@@ -631,7 +631,7 @@ async def _drop_pick(session: AsyncSession, day: date, pet_id: str) -> bool:
     dropped = await session.execute(
         delete(PetOfTheDay).where(PetOfTheDay.day == day, PetOfTheDay.pet_id == pet_id)
     )
-    return bool(getattr(dropped, "rowcount", 0))
+    return rowcount(dropped) > 0
 
 
 # --- for other services -------------------------------------------------------
