@@ -1,6 +1,7 @@
 """Migrations that rewrite stored data: 0004 (İ in hashtags and places),
 0005 (e-mail domains in their IDNA form), 0006 (hashtags with joiners),
-0007 (mentions with connectors), 0008 (no tags or mentions in addresses)."""
+0007 (mentions with connectors), 0008 (no tags or mentions in addresses),
+0009 (places without accents)."""
 
 from __future__ import annotations
 
@@ -257,3 +258,50 @@ async def test_tags_and_mentions_in_addresses_are_found_again(
     await services.cache.invalidate(post_key(linked["id"]))
     shown = (await client.get(f"/api/v1/posts/{linked['id']}")).json()
     assert (shown["hashtags"], shown["mentions"]) == (["dogs"], [])
+
+
+async def test_places_are_folded_again_without_their_accents(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Before 0009 a place was folded by case only, so ``malmo`` found no
+    Malmö (found by a trial). 0009 folds every stored place again, and the
+    search finds it by its plain spelling; a place with no accent stays."""
+    alice = await a_member(services)
+    accented = await a_pet(
+        client, alice, location="Malmö, Skåne", available_for_adoption=True
+    )
+    plain = await a_pet(client, alice, location="Lund", available_for_adoption=True)
+    nowhere = await a_pet(client, alice, available_for_adoption=True)
+    async with services.db.write_session() as session:
+        # As the fold before 0009 stored it.
+        await session.execute(
+            update(Pet)
+            .where(Pet.id == accented["id"])
+            .values(location_folded="malmö, skåne")
+        )
+        await session.execute(text("UPDATE alembic_version SET version_num = '0008'"))
+    in_redis = bool(services.settings.redis_url)
+    if in_redis:
+        await services.cache.backend.set("before-0009", b"1", 600)
+
+    await asyncio.to_thread(upgrade, services.settings)
+
+    async with services.db.read_session() as session:
+        folded = dict(
+            (
+                await session.execute(
+                    select(Pet.id, Pet.location_folded).where(
+                        Pet.id.in_([accented["id"], plain["id"], nowhere["id"]])
+                    )
+                )
+            ).all()
+        )
+    assert folded == {
+        accented["id"]: "malmo, skane",
+        plain["id"]: "lund",
+        nowhere["id"]: "",
+    }
+    if in_redis:
+        assert await services.cache.backend.get("before-0009") is None
+    adoptions = await client.get("/api/v1/adoptions", params={"location": "malmo"})
+    assert [p["id"] for p in adoptions.json()["items"]] == [accented["id"]]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -65,7 +64,7 @@ from petpal.platform.pagination import (
     encode_cursor,
 )
 from petpal.platform.services import Services
-from petpal.platform.text import fold
+from petpal.platform.text import fold_location
 from petpal.platform.wire import Wire, WirePage
 
 PET_TTL = 600.0
@@ -104,12 +103,6 @@ def account_pet_ids_key(owner_id: str) -> str:
 
 def _account_pets_scope(owner_id: str) -> str:
     return f"account-pets:{owner_id}"
-
-
-def fold_location(text: str) -> str:
-    """The form locations are matched in: compatibility-normalised,
-    case-folded (``İ`` as ``i``), normalised again: folding can undo NFKC."""
-    return unicodedata.normalize("NFKC", fold(text))
 
 
 def today_utc() -> date:

@@ -45,8 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from petpal.media.models import READY
-from petpal.pets.service import fold_location
-from petpal.platform.text import extract_hashtags
+from petpal.platform.text import extract_hashtags, fold_location
 from petpal.seed import vocabulary as words
 from petpal.seed.columns import (
     I64,
