@@ -704,6 +704,46 @@ def test_a_gif_of_very_many_frames_is_refused_without_walking_them_all(
     assert fp.furthest < len(gif) // 100
 
 
+# Two bytes of image data to each block, an empty comment, a byte that
+# starts no block: each costs Pillow a step of its walk, as a frame does.
+_GIF_TINY_DATA_FRAME = _GIF_FRAME[:-5] + b"\x02" + b"\x01D" * 1_000_000 + b"\x00"
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        pytest.param(_GIF_TINY_DATA_FRAME, id="one-byte data blocks"),
+        pytest.param(b"!\xfe\x00" * 700_000 + _GIF_FRAME, id="empty comments first"),
+        pytest.param(_GIF_FRAME + b"!\xfe\x00" * 700_000, id="empty comments after"),
+        pytest.param(b"\x00" * 2_000_000 + _GIF_FRAME, id="stray bytes first"),
+        pytest.param(_GIF_FRAME + b"\x07" * 2_000_000, id="stray bytes after"),
+    ],
+)
+def test_a_gif_of_very_many_tiny_blocks_is_refused_without_walking_them_all(
+    blocks: bytes,
+) -> None:
+    gif = _GIF_SCREEN + blocks + b";"
+    fp = _FurthestRead(gif)
+    with pytest.raises(ImageRejected) as rejected:
+        _read_header(fp, "gif", LIMITS)
+    assert (rejected.value.status, rejected.value.code) == (422, "unreadable_image")
+    assert "blocks" in rejected.value.detail
+    assert fp.furthest < len(gif) // 20
+
+
+def test_a_large_gif_of_ordinary_blocks_is_walked_whole() -> None:
+    # 300 frames of 60 KB, their data in blocks of 255 bytes as encoders
+    # write it, a delay and a comment each: just under the limits.
+    data = (b"\xff" + bytes(255)) * 240 + b"\x00"
+    frame = _GIF_DELAY + b"!\xfe\x05hello\x00" + _GIF_FRAME[:-5] + b"\x02" + data
+    gif = _GIF_SCREEN + _GIF_LOOP + frame * LIMITS.max_frames + b";"
+    assert len(gif) > 18_000_000
+
+    header = _read_header(_FurthestRead(gif), "gif", LIMITS)
+
+    assert header.frames == LIMITS.max_frames
+
+
 @pytest.mark.parametrize(
     "blocks",
     [

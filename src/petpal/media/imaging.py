@@ -265,11 +265,13 @@ def _describe_refusal(head: bytes) -> str:
 
 def _read_header(fp: BinaryIO, image_format: str, limits: ImageLimits) -> ImageHeader:
     spec = _FORMATS[image_format]
+    if image_format == "gif":
+        _walk_gif(fp, limits)
     try:
         with Image.open(fp, formats=spec.pillow_formats) as im:
             width, height = im.size
             _check_frame_size(width, height, limits)
-            frames = _frame_count(im, fp, spec, limits)
+            frames = _frame_count(im, spec)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -306,30 +308,28 @@ def _check_frame_size(width: int, height: int, limits: ImageLimits) -> None:
         )
 
 
-def _frame_count(
-    im: Image.Image, fp: BinaryIO, spec: _FormatSpec, limits: ImageLimits
-) -> int:
+def _frame_count(im: Image.Image, spec: _FormatSpec) -> int:
     if not spec.can_animate:
         return 1
-    if im.format == "GIF":
-        # Pillow counts a GIF's frames by walking every frame's blocks, a few
-        # microseconds each: a 24 MB upload of a million empty frames held
-        # the request for 3.6 s before its 413 (found by a trial). Our own
-        # walk stops one frame past the limit; under it, Pillow's count
-        # walks no further than ours did.
-        seen = _gif_frames_up_to(fp, limits.max_frames + 1)
-        if seen > limits.max_frames:
-            raise ImageRejected(
-                413,
-                "too_many_frames",
-                f"the animation has more than {limits.max_frames} frames; "
-                f"the limit is {limits.max_frames}",
-            )
+    # For GIF this walks every frame's blocks, which _walk_gif has bounded.
     return max(1, int(getattr(im, "n_frames", 1)))
 
 
-def _gif_frames_up_to(fp: BinaryIO, most: int) -> int:
-    """Count a GIF's image descriptors, up to ``most``, as Pillow walks them.
+# Pillow walks a GIF's blocks one at a time, in Python, a few microseconds
+# each: to open it (up to the first frame) and to count its frames. A file
+# can be made of tiny blocks: a 24 MB GIF of a million empty frames held the
+# request for 3.6 s before its 413 (found by a trial), and empty extensions,
+# one-byte data blocks or bytes that start no block cost the same. So a GIF
+# is walked first, as Pillow would walk it, no further than a GIF of the
+# frame limit and of its size needs: a step for every 128 bytes (encoders
+# write image data in blocks of 255) and 16 for each frame's own blocks.
+_GIF_BYTES_PER_STEP: Final = 128
+_GIF_STEPS_PER_FRAME: Final = 16
+
+
+def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> None:
+    """Refuse a GIF of more frames than the limit, or of far more blocks
+    than its frames and bytes need, before Pillow walks them.
 
     Blocks are walked as Pillow's GIF reader does: an extension's or an
     image's data is skipped by its sub-blocks' lengths, a byte that starts
@@ -338,38 +338,50 @@ def _gif_frames_up_to(fp: BinaryIO, most: int) -> int:
     """
     start = fp.tell()
     try:
+        size = fp.seek(0, os.SEEK_END)
+        steps = size // _GIF_BYTES_PER_STEP + _GIF_STEPS_PER_FRAME * (
+            limits.max_frames + 1
+        )
         fp.seek(10)  # the signature and the screen's size
         flags = fp.read(1)
         fp.seek(2, os.SEEK_CUR)  # background colour and aspect ratio
         if flags and flags[0] & 0x80:
             fp.seek(3 << ((flags[0] & 7) + 1), os.SEEK_CUR)  # global palette
         frames = 0
-        while frames < most:
+        while steps > 0:
+            steps -= 1
             introducer = fp.read(1)
             if not introducer or introducer == b";":
-                break
-            if introducer == b"!":
-                fp.seek(1, os.SEEK_CUR)  # the extension's label
-                _skip_gif_sub_blocks(fp)
-            elif introducer == b",":
+                return
+            if introducer == b",":
+                frames += 1
+                if frames > limits.max_frames:
+                    raise ImageRejected(
+                        413,
+                        "too_many_frames",
+                        f"the animation has more than {limits.max_frames} "
+                        f"frames; the limit is {limits.max_frames}",
+                    )
                 descriptor = fp.read(9)
                 if len(descriptor) < 9:
-                    break
+                    return  # Pillow's to refuse
                 if descriptor[8] & 0x80:
                     fp.seek(3 << ((descriptor[8] & 7) + 1), os.SEEK_CUR)
                 fp.seek(1, os.SEEK_CUR)  # LZW's minimum code size
-                _skip_gif_sub_blocks(fp)
-                frames += 1
-        return frames
+            elif introducer == b"!":
+                fp.seek(1, os.SEEK_CUR)  # the extension's label
+            else:
+                continue
+            while steps > 0 and (length := fp.read(1)) and length != b"\0":
+                steps -= 1
+                fp.seek(length[0], os.SEEK_CUR)
+        raise ImageRejected(
+            422,
+            "unreadable_image",
+            "the GIF is cut into far more blocks than its frames need",
+        )
     finally:
         fp.seek(start)
-
-
-def _skip_gif_sub_blocks(fp: BinaryIO) -> None:
-    while length := fp.read(1):
-        if length == b"\0":
-            return
-        fp.seek(length[0], os.SEEK_CUR)
 
 
 def _check_animation_size(
