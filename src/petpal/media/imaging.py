@@ -26,7 +26,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, cast
 
 import blurhash
 import pillow_heif
@@ -265,13 +265,15 @@ def _describe_refusal(head: bytes) -> str:
 
 def _read_header(fp: BinaryIO, image_format: str, limits: ImageLimits) -> ImageHeader:
     spec = _FORMATS[image_format]
-    if image_format == "gif":
-        _walk_gif(fp, limits)
+    gif_frames = _walk_gif(fp, limits) if image_format == "gif" else None
+    size = fp.seek(0, os.SEEK_END)
+    fp.seek(0)
+    counted = _CountedReads(fp, _HEADER_READS + size // _HEADER_BYTES_PER_READ)
     try:
-        with Image.open(fp, formats=spec.pillow_formats) as im:
+        with Image.open(counted.as_file(), formats=spec.pillow_formats) as im:
             width, height = im.size
             _check_frame_size(width, height, limits)
-            frames = _frame_count(im, spec)
+            frames = gif_frames or _frame_count(im, spec)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -309,32 +311,70 @@ def _check_frame_size(width: int, height: int, limits: ImageLimits) -> None:
 
 
 def _frame_count(im: Image.Image, spec: _FormatSpec) -> int:
-    if not spec.can_animate:
-        return 1
-    # For GIF this walks every frame's blocks, which _walk_gif has bounded.
-    return max(1, int(getattr(im, "n_frames", 1)))
+    # A GIF's are counted by _walk_gif; the other formats say theirs.
+    return max(1, int(getattr(im, "n_frames", 1))) if spec.can_animate else 1
 
 
-# Pillow walks a GIF's blocks one at a time, in Python, a few microseconds
-# each: to open it (up to the first frame) and to count its frames. A file
-# can be made of tiny blocks: a 24 MB GIF of a million empty frames held the
-# request for 3.6 s before its 413 (found by a trial), and empty extensions,
-# one-byte data blocks or bytes that start no block cost the same. So a GIF
-# is walked first, as Pillow would walk it, no further than a GIF of the
-# frame limit and of its size needs: a step for every 128 bytes (encoders
-# write image data in blocks of 255) and 16 for each frame's own blocks.
+# Pillow reads headers in Python, and the blocks between a GIF's frames and
+# a PNG's chunks after its pixels too: one read of the file or more for each
+# marker, chunk, block or byte that starts none, a few microseconds each,
+# and a file can be made of millions of tiny ones. Found by trials: 24 MB of
+# empty PNG chunks took 9.4 s of CPU to open, 20 MB of JPEG fill bytes 11 s,
+# a GIF of a million empty frames 3.6 s to count, all in the upload request.
+# So each file is read through _CountedReads, which refuses it past what an
+# honest one needs. A header takes a few reads per marker or chunk, and
+# big ones (ICC profiles, EXIF, XMP) come in pieces of up to 64 KB.
+_HEADER_READS: Final = 4096
+_HEADER_BYTES_PER_READ: Final = 16_384
+# Decoding reads the pixels 64 KB at a time, a PNG's in its chunks (8 KB
+# from most encoders, three reads each), and seeking to a GIF's next frame
+# walks the last one's data again, two reads per block of 255 bytes.
+_DECODE_BYTES_PER_READ: Final = 32
+_TOO_MANY_PIECES: Final = "the file is cut into far more pieces than an image needs"
+
+
+class _CountedReads:
+    """A file that refuses (:class:`ImageRejected`) its ``most``-th read."""
+
+    def __init__(self, fp: BinaryIO, most: int) -> None:
+        self._fp = fp
+        self._left = most
+
+    def read(self, size: int = -1) -> bytes:
+        self._left -= 1
+        if self._left < 0:
+            raise ImageRejected(422, "unreadable_image", _TOO_MANY_PIECES)
+        return self._fp.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+    def as_file(self) -> BinaryIO:
+        # What Pillow uses of a file: read, seek and tell.
+        return cast(BinaryIO, self)
+
+
+# Our own walk of a GIF, as Pillow would walk it, both to count its frames
+# no further than one past the limit and to stop where a GIF of the limit's
+# frames and of its size would have ended: a step for every 128 bytes
+# (encoders write image data in blocks of 255) and 16 for each frame's own
+# blocks (its delay, a comment, its image).
 _GIF_BYTES_PER_STEP: Final = 128
 _GIF_STEPS_PER_FRAME: Final = 16
 
 
-def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> None:
-    """Refuse a GIF of more frames than the limit, or of far more blocks
-    than its frames and bytes need, before Pillow walks them.
+def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> int:
+    """Count a GIF's frames; refuse one of more frames than the limit, or of
+    far more blocks than its frames and bytes need.
 
     Blocks are walked as Pillow's GIF reader does: an extension's or an
     image's data is skipped by its sub-blocks' lengths, a byte that starts
     no block is passed over, and the trailer or the file's end stops the
-    walk. The file's position is put back.
+    walk, as does a frame cut short (Pillow's to refuse or to decode what it
+    can). The file's position is put back.
     """
     start = fp.tell()
     try:
@@ -352,7 +392,7 @@ def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> None:
             steps -= 1
             introducer = fp.read(1)
             if not introducer or introducer == b";":
-                return
+                return frames
             if introducer == b",":
                 frames += 1
                 if frames > limits.max_frames:
@@ -364,7 +404,7 @@ def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> None:
                     )
                 descriptor = fp.read(9)
                 if len(descriptor) < 9:
-                    return  # Pillow's to refuse
+                    return frames - 1
                 if descriptor[8] & 0x80:
                     fp.seek(3 << ((descriptor[8] & 7) + 1), os.SEEK_CUR)
                 fp.seek(1, os.SEEK_CUR)  # LZW's minimum code size
@@ -375,11 +415,7 @@ def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> None:
             while steps > 0 and (length := fp.read(1)) and length != b"\0":
                 steps -= 1
                 fp.seek(length[0], os.SEEK_CUR)
-        raise ImageRejected(
-            422,
-            "unreadable_image",
-            "the GIF is cut into far more blocks than its frames need",
-        )
+        raise ImageRejected(422, "unreadable_image", _TOO_MANY_PIECES)
     finally:
         fp.seek(start)
 
@@ -441,7 +477,9 @@ def _process(path: Path, limits: ImageLimits) -> ProcessedImage:
     header = inspect_header(path, limits)
     with path.open("rb") as fp:
         spec = _FORMATS[header.format]
-        with Image.open(fp, formats=spec.pillow_formats) as im:
+        size = os.fstat(fp.fileno()).st_size
+        counted = _CountedReads(fp, _HEADER_READS + size // _DECODE_BYTES_PER_READ)
+        with Image.open(counted.as_file(), formats=spec.pillow_formats) as im:
             if header.frames > 1:
                 return _process_animation(im, header.frames)
             return _process_still(im)
