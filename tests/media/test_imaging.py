@@ -795,6 +795,51 @@ def test_a_png_of_very_many_tiny_chunks_after_its_pixels_fails_to_process(
         process_image(path, LIMITS)
 
 
+def _spinner(image_format: str) -> bytes:
+    """300 frames of 16x16, a few dozen bytes each, as Pillow writes them."""
+    frames = [
+        Image.new("RGB", (16, 16), (i % 256, (7 * i) % 256, (13 * i) % 256))
+        for i in range(LIMITS.max_frames)
+    ]
+    out = io.BytesIO()
+    frames[0].save(
+        out, image_format, save_all=True, append_images=frames[1:], duration=40, loop=0
+    )
+    return out.getvalue()
+
+
+SMALL_ANIMATIONS = {
+    "gif": lambda: _spinner("GIF"),
+    "png": lambda: _spinner("PNG"),
+    "webp": lambda: _spinner("WEBP"),
+    # A delay and a comment to each 1x1 frame: about 4,000 reads to decode
+    # 10 KB, more than its size alone would allow.
+    "gif with comments": lambda: (
+        _GIF_SCREEN
+        + _GIF_LOOP
+        + (_GIF_DELAY + _GIF_COMMENT + _GIF_FRAME) * LIMITS.max_frames
+        + b";"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SMALL_ANIMATIONS)
+def test_a_small_animation_of_the_most_frames_is_processed(
+    name: str, tmp_path: Path
+) -> None:
+    # Its reads are counted against its frames too, not only its size (a
+    # first count by size alone refused the last of these).
+    path = tmp_path / "animation"
+    path.write_bytes(SMALL_ANIMATIONS[name]())
+
+    result = process_image(path, LIMITS)
+
+    assert result.animated
+    with Image.open(io.BytesIO(_variant(result, "large").data)) as webp:
+        # The WebP encoder merges frames that are alike, as the last's are.
+        assert webp.n_frames == (1 if "comments" in name else LIMITS.max_frames)
+
+
 def test_a_large_gif_of_ordinary_blocks_is_walked_whole() -> None:
     # 300 frames of 60 KB, their data in blocks of 255 bytes as encoders
     # write it, a delay and a comment each: just under the limits.

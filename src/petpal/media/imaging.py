@@ -328,8 +328,10 @@ _HEADER_READS: Final = 4096
 _HEADER_BYTES_PER_READ: Final = 16_384
 # Decoding reads the pixels 64 KB at a time, a PNG's in its chunks (8 KB
 # from most encoders, three reads each), and seeking to a GIF's next frame
-# walks the last one's data again, two reads per block of 255 bytes.
+# walks the last one's data again, two reads per block of 255 bytes; each
+# frame's own blocks take a dozen reads more.
 _DECODE_BYTES_PER_READ: Final = 32
+_DECODE_READS_PER_FRAME: Final = 64
 _TOO_MANY_PIECES: Final = "the file is cut into far more pieces than an image needs"
 
 
@@ -478,7 +480,12 @@ def _process(path: Path, limits: ImageLimits) -> ProcessedImage:
     with path.open("rb") as fp:
         spec = _FORMATS[header.format]
         size = os.fstat(fp.fileno()).st_size
-        counted = _CountedReads(fp, _HEADER_READS + size // _DECODE_BYTES_PER_READ)
+        counted = _CountedReads(
+            fp,
+            _HEADER_READS
+            + size // _DECODE_BYTES_PER_READ
+            + _DECODE_READS_PER_FRAME * header.frames,
+        )
         with Image.open(counted.as_file(), formats=spec.pillow_formats) as im:
             if header.frames > 1:
                 return _process_animation(im, header.frames)
