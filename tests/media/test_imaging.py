@@ -840,6 +840,39 @@ def test_a_small_animation_of_the_most_frames_is_processed(
         assert webp.n_frames == (1 if "comments" in name else LIMITS.max_frames)
 
 
+@pytest.mark.parametrize("animation_frames", [1, 2, LIMITS.max_frames])
+def test_an_apng_default_image_is_not_one_of_its_frames(
+    animation_frames: int, tmp_path: Path
+) -> None:
+    # The default image is for viewers that show no animation (found by a
+    # trial: 300 frames and a default image were refused as 301 frames).
+    default = Image.new("RGB", (24, 24), (255, 0, 0))
+    frames = [
+        Image.new("RGB", (24, 24), (0, (40 + 7 * i) % 256, 255))
+        for i in range(animation_frames)
+    ]
+    path = tmp_path / "default.png"
+    default.save(
+        path,
+        "PNG",
+        save_all=True,
+        append_images=frames,
+        default_image=True,
+        duration=50,
+    )
+
+    header = inspect_header(path, LIMITS)
+    result = process_image(path, LIMITS)
+
+    assert header.frames == animation_frames
+    assert result.animated == (animation_frames > 1)
+    with Image.open(io.BytesIO(_variant(result, "large").data)) as shown:
+        for index in range(getattr(shown, "n_frames", 1)):
+            shown.seek(index)
+            red, _, blue = shown.convert("RGB").getpixel((12, 12))
+            assert red < 40 and blue > 200, index  # never the red default image
+
+
 def test_a_large_gif_of_ordinary_blocks_is_walked_whole() -> None:
     # 300 frames of 60 KB, their data in blocks of 255 bytes as encoders
     # write it, a delay and a comment each: just under the limits.

@@ -311,8 +311,20 @@ def _check_frame_size(width: int, height: int, limits: ImageLimits) -> None:
 
 
 def _frame_count(im: Image.Image, spec: _FormatSpec) -> int:
-    # A GIF's are counted by _walk_gif; the other formats say theirs.
-    return max(1, int(getattr(im, "n_frames", 1))) if spec.can_animate else 1
+    """The frames a viewer shows. A GIF's are counted by _walk_gif; the
+    other formats say theirs, and an APNG may have a default image besides,
+    for viewers that show no animation, which Pillow counts as frame 0."""
+    if not spec.can_animate:
+        return 1
+    return max(1, int(getattr(im, "n_frames", 1)) - _first_frame(im))
+
+
+def _first_frame(im: Image.Image) -> int:
+    # Pillow's PNG reader says whether the default image is one of the
+    # animation's frames or an image of its own (found by a trial: an APNG
+    # of 300 frames was refused as 301, and its default image was shown as
+    # the first frame).
+    return 1 if getattr(im, "default_image", False) else 0
 
 
 # Pillow reads headers in Python, and the blocks between a GIF's frames and
@@ -487,8 +499,10 @@ def _process(path: Path, limits: ImageLimits) -> ProcessedImage:
             + _DECODE_READS_PER_FRAME * header.frames,
         )
         with Image.open(counted.as_file(), formats=spec.pillow_formats) as im:
+            first = _first_frame(im)
             if header.frames > 1:
-                return _process_animation(im, header.frames)
+                return _process_animation(im, first, header.frames)
+            im.seek(first)
             return _process_still(im)
 
 
@@ -563,10 +577,10 @@ def _orientation(im: Image.Image) -> Image.Transpose | None:
     return _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
 
 
-def _process_animation(im: Image.Image, frame_count: int) -> ProcessedImage:
+def _process_animation(im: Image.Image, first: int, frame_count: int) -> ProcessedImage:
     frames: list[Image.Image] = []
     durations: list[int] = []
-    for index in range(frame_count):
+    for index in range(first, first + frame_count):
         im.seek(index)
         im.load()  # WebP fills in the frame's duration only here
         frames.append(_to_srgb_8bit(ImageOps.exif_transpose(im), keep_alpha=True))
