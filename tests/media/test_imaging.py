@@ -870,7 +870,9 @@ def test_an_apng_default_image_is_not_one_of_its_frames(
         for index in range(getattr(shown, "n_frames", 1)):
             shown.seek(index)
             red, _, blue = shown.convert("RGB").getpixel((12, 12))
-            assert red < 40 and blue > 200, index  # never the red default image
+            # Never the red default image.
+            assert red < 40, index
+            assert blue > 200, index
 
 
 def test_a_large_gif_of_ordinary_blocks_is_walked_whole() -> None:

@@ -142,6 +142,15 @@ def _bad_bodies() -> list[Any]:
         pytest.param(
             {"name": "Rex", "species": "dog", "location": "l" * 121}, id="location"
         ),
+        # Found by a trial: a place of one accent looked blank and matched
+        # every search; a breed may not look blank either. Empty is fine.
+        *(
+            pytest.param(
+                {"name": "Rex", "species": "dog", field: value}, id=field + " " + label
+            )
+            for field in ("location", "breed")
+            for value, label in [("\u0301", "a lone accent"), ("\u200b\u3164", "blank")]
+        ),
         pytest.param(
             {"name": "Rex", "species": "dog", "birth_date": "2023-02-30"}, id="Feb 30"
         ),

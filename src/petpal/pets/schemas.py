@@ -20,7 +20,7 @@ from petpal.media.schemas import MediaView
 from petpal.platform.db import utcnow
 from petpal.platform.ids import ForeignId
 from petpal.platform.inputs import NotNull
-from petpal.platform.text import NAME, STORABLE, VISIBLE
+from petpal.platform.text import NAME, STORABLE, VISIBLE, VISIBLE_OR_EMPTY
 
 EARLIEST_BIRTH_DATE = dt.date(1950, 1, 1)
 # The calendar runs furthest ahead at UTC+14 (Kiribati): a pet born "today"
@@ -75,6 +75,7 @@ Breed = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=80),
     STORABLE,
+    VISIBLE_OR_EMPTY,
 ]
 Bio = Annotated[
     str,
@@ -85,6 +86,7 @@ Location = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=120),
     STORABLE,
+    VISIBLE_OR_EMPTY,
 ]
 BirthDate = Annotated[
     dt.date, BeforeValidator(_iso_date_only), AfterValidator(_plausible_birth_date)

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Select, delete, exists, func, select
+from sqlalchemy import Select, delete, exists, false, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -322,7 +322,11 @@ async def list_adoptions(
     if species is not None:
         query = query.where(Pet.species == species.value)
     folded = fold_location(location.strip()) if location else ""
-    if folded:
+    if location and location.strip() and not folded:
+        # Only marks that places are searched without (found by a trial: a
+        # lone accent listed every pet): nothing to find.
+        query = query.where(false())
+    elif folded:
         # TODO(adoption-search-index): a substring match scans the listing
         # (newest first, so a page stops early); a trigram index on
         # location_folded retires the scan once the listing grows large.

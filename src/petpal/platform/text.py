@@ -195,14 +195,39 @@ def fold(text: str) -> str:
 
 
 # Places are searched as people type them, often without their accents:
-# ``malmo`` finds Malmö, ``ha noi`` Hà Nội. The accents are the marks of the
-# Combining Diacritical Marks block, those of Latin, Greek and Cyrillic
-# letters; other scripts' marks are vowels or parts of their letters and
-# stay (Devanagari's vowel signs, Japanese's voicing marks). A few letters
-# carry their stroke in the letter itself, with no mark to drop, and are
-# written plain in the same way (Tromsø as Tromso, Łódź as Lodz, Kırıkkale
-# as Kirikkale).
-_ACCENTS = regex.compile("[\u0300-\u036f]")
+# ``malmo`` finds Malmö, ``ha noi`` Hà Nội. What is dropped is what everyday
+# writing leaves out: the marks of Latin and Greek letters (the Combining
+# Diacritical Marks block); on Cyrillic letters only the stress marks and
+# the diaeresis of ё, often written е (й, ї and ў are letters of their own:
+# found by a trial, и found й); Hebrew's points and Arabic's vowel marks,
+# hamza and elongation; the Devanagari nukta. Other scripts' marks are
+# vowels or parts of their letters and stay (Devanagari's vowel signs,
+# Japanese's voicing marks). A few letters carry their stroke in the letter
+# itself, with no mark to drop, and are written plain in the same way
+# (Tromsø as Tromso, Łódź as Lodz, Kırıkkale as Kirikkale).
+_LATIN_AND_GREEK_ACCENTS = range(0x0300, 0x0370)
+_CYRILLIC = range(0x0400, 0x0530)
+_CYRILLIC_STRESS = frozenset("\u0300\u0301")
+_UNWRITTEN = frozenset(
+    chr(code)
+    for first, last in (
+        (0x0591, 0x05BD),  # Hebrew cantillation and points
+        (0x05BF, 0x05BF),
+        (0x05C1, 0x05C2),
+        (0x05C4, 0x05C5),
+        (0x05C7, 0x05C7),
+        (0x0610, 0x061A),  # Arabic honorifics and small letters
+        (0x0640, 0x0640),  # Arabic elongation (tatweel)
+        (0x064B, 0x065F),  # Arabic vowel marks and hamza
+        (0x0670, 0x0670),
+        (0x06D6, 0x06DC),  # Quranic annotation
+        (0x06DF, 0x06E4),
+        (0x06E7, 0x06E8),
+        (0x06EA, 0x06ED),
+        (0x093C, 0x093C),  # Devanagari nukta
+    )
+    for code in range(first, last + 1)
+)
 _PLAIN_LETTERS = str.maketrans(
     {
         "æ": "ae",
@@ -219,15 +244,32 @@ _PLAIN_LETTERS = str.maketrans(
 )
 
 
+def _unwritten(mark: str, letter: str) -> bool:
+    """Whether ``mark``, after ``letter``, is one people write without."""
+    if ord(mark) in _LATIN_AND_GREEK_ACCENTS:
+        if letter and ord(letter) in _CYRILLIC:
+            return mark in _CYRILLIC_STRESS or (mark == "\u0308" and letter == "е")
+        return True
+    return mark in _UNWRITTEN
+
+
 def fold_location(text: str) -> str:
     """The form locations are matched in: compatibility-normalised,
-    case-folded (``İ`` as ``i``), without accents, normalised again.
+    case-folded (``İ`` as ``i``), without the marks everyday writing leaves
+    out, normalised again.
 
     Migration 0009 folded the places stored before it by this rule; a
     change here needs a migration that folds them again.
     """
-    bare = _ACCENTS.sub("", unicodedata.normalize("NFD", fold(text)))
-    return unicodedata.normalize("NFKC", bare.translate(_PLAIN_LETTERS))
+    kept: list[str] = []
+    letter = ""
+    for ch in unicodedata.normalize("NFD", fold(text)):
+        if unicodedata.combining(ch) == 0 and ch != "\u0640":
+            letter = ch
+        elif _unwritten(ch, letter):
+            continue
+        kept.append(ch)
+    return unicodedata.normalize("NFKC", "".join(kept).translate(_PLAIN_LETTERS))
 
 
 def canonical_username(raw: str) -> str:
@@ -369,6 +411,11 @@ def check_visible(value: str) -> str:
     return value
 
 
+def check_visible_or_empty(value: str) -> str:
+    """As :func:`check_visible`, but an optional field may be left empty."""
+    return check_visible(value) if value else value
+
+
 # Embedding and override controls, and the marks that steer them, can make
 # a name display as something else ("\u202egnp.exe" shows as "exe.png");
 # right-to-left letters stay welcome.
@@ -408,6 +455,9 @@ STORABLE = AfterValidator(check_storable)
 # For names and comments: a value of only blanks or zero-width characters
 # would render as nothing at all.
 VISIBLE = AfterValidator(check_visible)
+# For a pet's breed and place, which may be left empty (found by a trial: a
+# place of one combining accent looked blank and matched every search).
+VISIBLE_OR_EMPTY = AfterValidator(check_visible_or_empty)
 NAME = AfterValidator(check_name)
 
 
