@@ -102,6 +102,7 @@ def serve(
     from petpal.platform.migrate import upgrade
 
     settings = _settings(data_dir)
+    _require_secret_key(settings)
     if workers > 1 and not settings.redis_url:
         # Each process would keep its own cache, home timelines and rate
         # limits: a follow or a comment made through one would stay unseen
@@ -319,6 +320,7 @@ def _run_worker(
 
     settings = _settings(None)
     _require_broker(settings)
+    _require_secret_key(settings)
     names = [name.strip() for name in queues.split(",") if name.strip()]
     unknown = sorted(set(names) - set(QUEUE_NAMES))
     if unknown or not names:
@@ -372,6 +374,12 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     """End the command with ``message`` on stderr, no traceback."""
     typer.echo(message, err=True)
     raise typer.Exit(code)
+
+
+def _require_secret_key(settings: Settings) -> None:
+    # Found by a trial: the server said so at start-up, in a traceback.
+    if missing := settings.secret_key_missing():
+        _fail(f"petpal: {missing}")
 
 
 def _require_broker(settings: Settings) -> None:

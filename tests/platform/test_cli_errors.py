@@ -101,6 +101,22 @@ def test_a_url_of_the_wrong_kind_is_refused_by_name(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [("serve", "--port", "1"), ("worker",)])
+def test_a_database_url_without_a_secret_key_is_refused_in_a_line(
+    settings: Settings, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Found by a trial: ``serve`` said so at start-up, in a traceback."""
+    changed = _embedded(
+        settings,
+        tmp_path,
+        database_url="postgresql+asyncpg://postgres@127.0.0.1:1/nowhere",
+        broker_url="amqp://guest:guest@127.0.0.1:1//",
+        secret_key="",
+    )
+    result = run_petpal(changed, *command)
+    _one_line_error(result, 2, "PETPAL_SECRET_KEY", "PETPAL_DATABASE_URL")
+
+
 def test_a_database_without_the_schema_is_said_in_a_line(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -331,14 +331,20 @@ class Settings(BaseSettings):
         """Root of the local object store (keys start with media/ or incoming/)."""
         return self.data_dir / "storage"
 
-    def secret_key_or_generate(self) -> str:
-        if self.secret_key:
-            return self.secret_key
-        if self.database_url:
-            raise RuntimeError(
+    def secret_key_missing(self) -> str | None:
+        """Why the tokens' key must be given, if it must be and was not."""
+        if self.database_url and not self.secret_key:
+            return (
                 "PETPAL_SECRET_KEY must be set when PETPAL_DATABASE_URL is: every "
                 "replica has to sign tokens with the same key"
             )
+        return None
+
+    def secret_key_or_generate(self) -> str:
+        if self.secret_key:
+            return self.secret_key
+        if missing := self.secret_key_missing():
+            raise RuntimeError(missing)
         key_file = self.data_dir / "secret.key"
         if not key_file.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
