@@ -26,6 +26,7 @@ from PIL import ExifTags, Image, ImageChops, ImageCms, ImageStat
 import petpal
 from petpal.media.imaging import (
     CHEAP_STEP_SHORTFALL,
+    MAX_JPEG_SCANS,
     VARIANT_SIZES,
     ImageFailed,
     ImageHeader,
@@ -873,6 +874,57 @@ def test_an_apng_default_image_is_not_one_of_its_frames(
             # Never the red default image.
             assert red < 40, index
             assert blue > 200, index
+
+
+def _progressive_jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 130, 140)).save(out, "JPEG", progressive=True)
+    return out.getvalue()
+
+
+def _with_scans(total: int, straddling: bool) -> bytes:
+    """A progressive JPEG whose last scan is repeated to ``total`` scans;
+    with ``straddling``, the second scan's marker lies across the 1 MB
+    boundary at which the count reads the file."""
+    honest = _progressive_jpeg()
+    first = honest.index(b"\xff\xda")
+    first_scan_data = first + 2 + int.from_bytes(honest[first + 2 : first + 4], "big")
+    second = honest.index(b"\xff\xda", first_scan_data)
+    last = honest.rindex(b"\xff\xda")
+    end = honest.rindex(b"\xff\xd9")
+    # Zeros in the first scan's data move the later scans along.
+    filler = (1 << 20) - (second - first_scan_data) - 1 if straddling else 0
+    extra = total - honest[:end].count(b"\xff\xda")
+    return (
+        honest[:second]
+        + bytes(filler)
+        + honest[second:end]
+        + honest[last:end] * extra
+        + honest[end:]
+    )
+
+
+@pytest.mark.parametrize("straddling", [False, True])
+def test_a_jpeg_of_very_many_scans_is_refused(straddling: bool) -> None:
+    # Each scan walks the whole picture (found by a trial: 76,923 scans in
+    # 2 MB took 105 s of the photo job).
+    at_the_limit = _with_scans(MAX_JPEG_SCANS, straddling)
+    assert _read_header(io.BytesIO(at_the_limit), "jpeg", LIMITS).frames == 1
+
+    with pytest.raises(ImageRejected) as rejected:
+        _read_header(
+            io.BytesIO(_with_scans(MAX_JPEG_SCANS + 1, straddling)), "jpeg", LIMITS
+        )
+    assert (rejected.value.status, rejected.value.code) == (422, "unreadable_image")
+    assert "scans" in rejected.value.detail
+
+
+def test_a_jpeg_scan_count_stops_at_the_picture_end() -> None:
+    # What follows the end (an MPO's other picture, a phone's video) is not
+    # the picture's.
+    honest = _progressive_jpeg()
+    trailer = (b"\xff\xda" + bytes(10)) * (2 * MAX_JPEG_SCANS)
+    assert _read_header(io.BytesIO(honest + trailer), "jpeg", LIMITS).frames == 1
 
 
 def test_a_large_gif_of_ordinary_blocks_is_walked_whole() -> None:
