@@ -47,7 +47,7 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
         log.info("cache.cleared_for_new_database", keys=clear_prefix(settings))
     elif config.attributes.get("cache_stale"):
         # A migration rewrote rows the cache may hold (0004, 0006: tags;
-        # 0007: mentions; 0008: both; 0009: places).
+        # 0007: mentions; 0008: both; 0009, 0010: places).
         log.info("cache.cleared_after_migration", keys=clear_prefix(settings))
 
 

@@ -197,16 +197,20 @@ def fold(text: str) -> str:
 # Places are searched as people type them, often without their accents:
 # ``malmo`` finds Malmö, ``ha noi`` Hà Nội. What is dropped is what everyday
 # writing leaves out: the marks of Latin and Greek letters (the Combining
-# Diacritical Marks block); on Cyrillic letters only the stress marks and
-# the diaeresis of ё, often written е (й, ї and ў are letters of their own:
-# found by a trial, и found й); Hebrew's points and Arabic's vowel marks,
-# hamza and elongation; the Devanagari nukta. Other scripts' marks are
-# vowels or parts of their letters and stay (Devanagari's vowel signs,
-# Japanese's voicing marks). A few letters carry their stroke in the letter
-# itself, with no mark to drop, and are written plain in the same way
-# (Tromsø as Tromso, Łódź as Lodz, Kırıkkale as Kirikkale).
+# Diacritical Marks block); on Cyrillic letters only the stress marks on
+# vowels and the diaeresis of ё, often written е (й, ї, ў and Macedonian's
+# ѓ and ќ, a consonant and an acute, are letters of their own: found by
+# trials); Hebrew's points and Arabic's vowel marks, hamza and elongation;
+# the Devanagari nukta. Other scripts' marks are vowels or parts of their
+# letters and stay (Devanagari's vowel signs, Japanese's voicing marks). A
+# few letters carry their stroke in the letter itself, with no mark to
+# drop, and are written plain in the same way (Tromsø as Tromso, Łódź as
+# Lodz, Kırıkkale as Kirikkale). Characters that show nothing (a soft
+# hyphen or a zero-width space pasted from a web page) are dropped, every
+# dash is a hyphen-minus, and Catalan's l·l is ll.
 _LATIN_AND_GREEK_ACCENTS = range(0x0300, 0x0370)
 _CYRILLIC = range(0x0400, 0x0530)
+_CYRILLIC_VOWELS = frozenset("аеёиоуыэюяіїєѐѝ")
 _CYRILLIC_STRESS = frozenset("\u0300\u0301")
 _UNWRITTEN = frozenset(
     chr(code)
@@ -248,7 +252,9 @@ def _unwritten(mark: str, letter: str) -> bool:
     """Whether ``mark``, after ``letter``, is one people write without."""
     if ord(mark) in _LATIN_AND_GREEK_ACCENTS:
         if letter and ord(letter) in _CYRILLIC:
-            return mark in _CYRILLIC_STRESS or (mark == "\u0308" and letter == "е")
+            if mark in _CYRILLIC_STRESS:
+                return letter in _CYRILLIC_VOWELS
+            return mark == "\u0308" and letter == "е"
         return True
     return mark in _UNWRITTEN
 
@@ -256,20 +262,26 @@ def _unwritten(mark: str, letter: str) -> bool:
 def fold_location(text: str) -> str:
     """The form locations are matched in: compatibility-normalised,
     case-folded (``İ`` as ``i``), without the marks everyday writing leaves
-    out, normalised again.
+    out and the characters that show nothing, normalised again.
 
-    Migration 0009 folded the places stored before it by this rule; a
-    change here needs a migration that folds them again.
+    Migrations 0009 and 0010 folded the places stored before them by this
+    rule; a change here needs a migration that folds them again.
     """
     kept: list[str] = []
     letter = ""
     for ch in unicodedata.normalize("NFD", fold(text)):
+        category = unicodedata.category(ch)
+        if category == "Cf":
+            continue
+        if category == "Pd":
+            ch = "-"
         if unicodedata.combining(ch) == 0 and ch != "\u0640":
             letter = ch
         elif _unwritten(ch, letter):
             continue
         kept.append(ch)
-    return unicodedata.normalize("NFKC", "".join(kept).translate(_PLAIN_LETTERS))
+    plain = "".join(kept).translate(_PLAIN_LETTERS).replace("l·l", "ll")
+    return unicodedata.normalize("NFKC", plain)
 
 
 def canonical_username(raw: str) -> str:

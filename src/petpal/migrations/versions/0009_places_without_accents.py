@@ -17,9 +17,9 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable, Sequence
 
-import sqlalchemy as sa
 from alembic import context, op
 
+from petpal.migrations.places import fold_places_again
 from petpal.platform.text import fold, fold_location
 
 revision: str = "0009"
@@ -27,47 +27,18 @@ down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Pets are read this many at a time, in the order of their ids, so a large
-# table is never held in memory at once.
-_BATCH = 10_000
-
 
 def upgrade() -> None:
-    _fold_places_again(fold_location)
+    _folded(fold_location)
 
 
 def downgrade() -> None:
     # The fold before this revision: the accents kept.
-    _fold_places_again(lambda place: unicodedata.normalize("NFKC", fold(place)))
+    _folded(lambda place: unicodedata.normalize("NFKC", fold(place)))
 
 
-def _fold_places_again(rule: Callable[[str], str]) -> None:
-    bind = op.get_bind()
-    changed = False
-    after = ""
-    while True:
-        rows = bind.execute(
-            sa.text(
-                "SELECT id, location, location_folded FROM pets"
-                " WHERE id > :after AND location <> '' ORDER BY id LIMIT :batch"
-            ),
-            {"after": after, "batch": _BATCH},
-        ).all()
-        if not rows:
-            break
-        after = rows[-1][0]
-        refolded = [
-            {"id": pet_id, "folded": folded}
-            for pet_id, location, stored in rows
-            if (folded := rule(location)) != stored
-        ]
-        if refolded:
-            bind.execute(
-                sa.text("UPDATE pets SET location_folded = :folded WHERE id = :id"),
-                refolded,
-            )
-            changed = True
-    if changed:
+def _folded(rule: Callable[[str], str]) -> None:
+    if fold_places_again(op.get_bind(), rule):
         # Cached adoption pages were found by the old forms: the migration's
         # caller clears the cache (petpal.platform.migrate).
         context.config.attributes["cache_stale"] = True
