@@ -178,7 +178,7 @@ def _settings_for_migration(database_url: str) -> Settings:
 @pytest.fixture(scope="session")
 def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = tmp_path_factory.mktemp("template")
-    upgrade(make_settings(data_dir, secret_key="template"))
+    upgrade(make_settings(data_dir, secret_key="template-" + "t" * 40))
     return data_dir / "petpal.sqlite3"
 
 

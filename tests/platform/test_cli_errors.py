@@ -117,6 +117,16 @@ def test_a_database_url_without_a_secret_key_is_refused_in_a_line(
     _one_line_error(result, 2, "PETPAL_SECRET_KEY", "PETPAL_DATABASE_URL")
 
 
+@pytest.mark.parametrize("key", [" ", "short", " " * 40, "x" * 31])
+def test_a_secret_key_too_short_to_sign_with_is_refused_by_name(
+    settings: Settings, tmp_path: Path, key: str
+) -> None:
+    """Found by a trial: ``serve`` signed tokens with a key of one space."""
+    result = run_petpal(_embedded(settings, tmp_path, secret_key=key), "migrate")
+    _one_line_error(result, 2, "PETPAL_SECRET_KEY", "at least 32 characters")
+    assert not tmp_path.joinpath("petpal.sqlite3").exists()
+
+
 def test_a_database_without_the_schema_is_said_in_a_line(
     settings: Settings, tmp_path: Path
 ) -> None:

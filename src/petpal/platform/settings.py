@@ -16,6 +16,7 @@ import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Final
 
 from limits import parse
 from pydantic import Field, ValidationInfo, field_validator
@@ -41,6 +42,9 @@ _URL_SCHEMES = {
     "redis_url": ("redis", "rediss", "unix"),
     "broker_url": ("amqp", "amqps", "pyamqp"),
 }
+
+
+MIN_SECRET_KEY_LENGTH: Final = 32
 
 
 class Settings(BaseSettings):
@@ -287,6 +291,19 @@ class Settings(BaseSettings):
                 f"{what} is visible ASCII characters ending in '{separator}' "
                 f"({default}), so that it names this deployment's {names} and "
                 "no one else's"
+            )
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: str) -> str:
+        # Found by a trial: a key of one space signed tokens. HS256 wants a
+        # key of 256 bits or more; 32 characters are the least we take.
+        if value and len(value.strip()) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(
+                f"at least {MIN_SECRET_KEY_LENGTH} characters, not counting "
+                "spaces at its ends, if given: a long random string, such as "
+                "secrets.token_urlsafe(48) makes"
             )
         return value
 
