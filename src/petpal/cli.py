@@ -12,13 +12,16 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from petpal.platform import datadir
 from petpal.platform.settings import Settings, get_settings
 from petpal.seed import DEMO_PASSWORD
+
+if TYPE_CHECKING:
+    from petpal.platform.db import Database
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and replay background jobs.")
@@ -250,6 +253,7 @@ def relay(
 
     async def run() -> None:
         db = Database(settings)
+        await _require_schema(db)
         relay = BrokerRelay(settings, db, make_broker(settings))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -374,6 +378,29 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     """End the command with ``message`` on stderr, no traceback."""
     typer.echo(message, err=True)
     raise typer.Exit(code)
+
+
+async def _require_schema(db: Database) -> None:
+    """Raise the database's own error if the schema is missing: a daemon
+    would retry for ever what only `petpal migrate` mends (found by a
+    trial: the relay logged the failing query every five seconds). A
+    database that does not answer yet is retried, as it may come up."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        async with db.read_session() as session:
+            await session.execute(text("SELECT 1 FROM outbox_jobs LIMIT 0"))
+    except DBAPIError as exc:
+        if _schema_missing(str(exc.orig if exc.orig is not None else exc)):
+            await db.dispose()
+            raise
+
+
+def _schema_missing(detail: str) -> bool:
+    return "no such table" in detail or bool(
+        re.search(r"relation \S+ does not exist", detail)
+    )
 
 
 def _require_secret_key(settings: Settings) -> None:
@@ -555,7 +582,7 @@ def _raised_by_the_cache(exc: Exception) -> bool:
 def _fail_backend(what: str, exc: BaseException) -> NoReturn:
     detail = _one_line(str(exc) or type(exc).__name__)
     hint = ""
-    if "no such table" in detail or re.search(r"relation \S+ does not exist", detail):
+    if _schema_missing(detail):
         hint = " (no schema: `petpal migrate` makes it)"
     typer.echo(f"petpal: {what} failed: {detail}{hint}", err=True)
     raise SystemExit(1)

@@ -127,6 +127,19 @@ def test_a_secret_key_too_short_to_sign_with_is_refused_by_name(
     assert not tmp_path.joinpath("petpal.sqlite3").exists()
 
 
+def test_the_relay_on_a_database_without_the_schema_says_so_in_a_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Found by a trial: it logged the failing query every five seconds,
+    for ever."""
+    (tmp_path / "petpal.sqlite3").touch()
+    changed = _embedded(
+        settings, tmp_path, broker_url="amqp://guest:guest@127.0.0.1:1//"
+    )
+    result = run_petpal(changed, "relay", "--metrics-port", "0")
+    _one_line_error(result, 1, "no such table", "petpal migrate")
+
+
 def test_a_database_without_the_schema_is_said_in_a_line(
     settings: Settings, tmp_path: Path
 ) -> None:
