@@ -13,6 +13,8 @@ import contextlib
 import functools
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -925,6 +927,42 @@ def test_a_jpeg_scan_count_stops_at_the_picture_end() -> None:
     honest = _progressive_jpeg()
     trailer = (b"\xff\xda" + bytes(10)) * (2 * MAX_JPEG_SCANS)
     assert _read_header(io.BytesIO(honest + trailer), "jpeg", LIMITS).frames == 1
+
+
+def test_an_animation_of_huge_frames_is_brought_down_frame_by_frame(
+    tmp_path: Path,
+) -> None:
+    # Eight frames of 5000x5000 in a 140 KB GIF, at the limit of pixels an
+    # animation may hold (found by a trial: the job kept every frame at full
+    # size, 1.4 GB, and converted each there). Peak memory is read in a
+    # process of its own; one frame at full size is 100 MB.
+    frames = []
+    for i in range(8):
+        frame = Image.new("P", (5000, 5000), 0)
+        frame.putpalette([0, 0, 0, 255, 255, 255])
+        frame.paste(1, (i * 300, i * 300, i * 300 + 2000, i * 300 + 2000))
+        frames.append(frame)
+    path = tmp_path / "huge.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    script = (
+        "import resource, sys; from pathlib import Path; "
+        "from petpal.media.imaging import ImageLimits, process_image; "
+        "r = process_image(Path(sys.argv[1]), ImageLimits()); "
+        "print(r.animated, [(v.width, v.height) for v in r.variants], "
+        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split(maxsplit=1)
+    animated, rest = out[0], out[1]
+    sizes, peak_mb = rest.rsplit(maxsplit=1)
+    assert animated == "True"
+    assert sizes == "[(320, 320), (1080, 1080), (2048, 2048)]"
+    assert int(peak_mb) < 800, peak_mb
 
 
 def test_a_large_gif_of_ordinary_blocks_is_walked_whole() -> None:
