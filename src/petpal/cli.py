@@ -253,7 +253,7 @@ def relay(
 
     async def run() -> None:
         db = Database(settings)
-        await _require_schema(db)
+        await _wait_for_schema(db)
         relay = BrokerRelay(settings, db, make_broker(settings))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -380,21 +380,39 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-async def _require_schema(db: Database) -> None:
-    """Raise the database's own error if the schema is missing: a daemon
-    would retry for ever what only `petpal migrate` mends (found by a
-    trial: the relay logged the failing query every five seconds). A
-    database that does not answer yet is retried, as it may come up."""
+# How long the relay waits before asking a database that did not answer.
+SCHEMA_RETRY_SECONDS = 5.0
+
+
+async def _wait_for_schema(db: Database) -> None:
+    """Return once the database answers with the schema; raise its own
+    error if the schema is missing, which only `petpal migrate` mends (found
+    by a trial: the relay logged the failing query every five seconds, for
+    ever). A database that does not answer yet is waited for, as it may be
+    starting beside the relay (found by the next trial: the relay exited)."""
+    import structlog
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    try:
-        async with db.read_session() as session:
-            await session.execute(text("SELECT 1 FROM outbox_jobs LIMIT 0"))
-    except DBAPIError as exc:
-        if _schema_missing(str(exc.orig if exc.orig is not None else exc)):
-            await db.dispose()
-            raise
+    log = structlog.get_logger("petpal.relay")
+    while True:
+        try:
+            async with db.read_session() as session:
+                await session.execute(text("SELECT 1 FROM outbox_jobs LIMIT 0"))
+            return
+        except DBAPIError as exc:
+            detail = str(exc.orig if exc.orig is not None else exc)
+            if _schema_missing(detail):
+                await db.dispose()
+                raise
+        except OSError as exc:
+            detail = str(exc) or type(exc).__name__
+        log.warning(
+            "relay.database_unavailable",
+            error=_one_line(detail),
+            retry_in_seconds=SCHEMA_RETRY_SECONDS,
+        )
+        await asyncio.sleep(SCHEMA_RETRY_SECONDS)
 
 
 def _schema_missing(detail: str) -> bool:

@@ -920,6 +920,35 @@ def test_a_jpeg_of_very_many_scans_is_refused(straddling: bool) -> None:
     assert "scans" in rejected.value.detail
 
 
+def _with_a_segment_before_the_second_scan(jpeg: bytes, segment: bytes) -> bytes:
+    second = jpeg.index(b"\xff\xda", jpeg.index(b"\xff\xda") + 2)
+    return jpeg[:second] + segment + jpeg[second:]
+
+
+@pytest.mark.parametrize("marker", [b"\xff\xfe", b"\xff\xe5", b"\xff\xc4"])
+def test_a_segment_between_scans_is_skipped_by_its_length(marker: bytes) -> None:
+    # Found by a trial: an end of image inside a comment (or an APP5, or a
+    # Huffman table) between scans hid the scans after it from a count that
+    # stopped at the first one.
+    hiding = marker + b"\x00\x06" + b"x\xff\xd9y"
+    too_many = _with_scans(MAX_JPEG_SCANS + 1, straddling=False)
+    with pytest.raises(ImageRejected, match="scans"):
+        _read_header(
+            io.BytesIO(_with_a_segment_before_the_second_scan(too_many, hiding)),
+            "jpeg",
+            LIMITS,
+        )
+    # Nor is a scan marker inside one a scan.
+    holding = marker + b"\x00\x0a" + b"\xff\xda" * 4
+    at_the_limit = _with_scans(MAX_JPEG_SCANS, straddling=False)
+    header = _read_header(
+        io.BytesIO(_with_a_segment_before_the_second_scan(at_the_limit, holding)),
+        "jpeg",
+        LIMITS,
+    )
+    assert header.frames == 1
+
+
 def test_a_jpeg_scan_count_stops_at_the_picture_end() -> None:
     # What follows the end (an MPO's other picture, a phone's video) is not
     # the picture's.
@@ -962,6 +991,68 @@ def test_an_animation_of_huge_frames_is_brought_down_frame_by_frame(
         (2048, 1707),
     ]
     assert converted == [(2048, 1707)] * 3
+
+
+def _gif_frame_block(frame: Image.Image, left: int = 0, top: int = 0) -> bytes:
+    """``frame`` as one image block of a GIF, its palette its own."""
+    out = io.BytesIO()
+    frame.save(out, "GIF")
+    data = out.getvalue()
+    palette_size = 3 << ((data[10] & 7) + 1)
+    palette = data[13 : 13 + palette_size]
+    image = data.index(b",", 13 + palette_size)
+    width, height = frame.size
+    return (
+        b","
+        + struct.pack("<HHHH", left, top, width, height)
+        + bytes([0x80 | (data[10] & 7)])
+        + palette
+        + data[image + 10 : -1]
+    )
+
+
+def test_a_gif_frame_reaching_past_the_pixel_limit_is_refused() -> None:
+    # Found by a trial: a 9400x9400 frame on a 200x100 screen passed a check
+    # of the screen alone, and the job took 1.1 GB to decode it.
+    first = Image.new("P", (200, 100), 0)
+    out = io.BytesIO()
+    first.save(out, "GIF")
+    screen = out.getvalue()[:-1]
+    huge = (
+        b"," + struct.pack("<HHHH", 0, 0, 9400, 9400) + b"\x00" + b"\x02\x02D\x01\x00"
+    )
+    with pytest.raises(ImageRejected) as rejected:
+        _read_header(io.BytesIO(screen + huge + b";"), "gif", LIMITS)
+    assert (rejected.value.status, rejected.value.code) == (413, "too_many_pixels")
+    assert "9400x9400" in rejected.value.detail
+
+
+def test_a_gif_frame_reaching_past_the_screen_is_cropped_not_squashed(
+    tmp_path: Path,
+) -> None:
+    # Found by a trial: a 600x600 frame on a 200x100 screen was squashed to
+    # 200x100; what is shown is the screen, as browsers show it.
+    first = Image.new("RGB", (200, 100), (255, 0, 0)).quantize(2)
+    big = Image.new("RGB", (600, 600), (0, 0, 255))
+    big.paste((0, 255, 0), (0, 0, 100, 600))  # green at the left
+    out = io.BytesIO()
+    first.save(out, "GIF", duration=100, loop=0)
+    screen = out.getvalue()[:-1]
+    path = tmp_path / "past.gif"
+    path.write_bytes(screen + _gif_frame_block(big.quantize(4)) + b";")
+
+    header = inspect_header(path, LIMITS)
+    result = process_image(path, LIMITS)
+
+    assert (header.width, header.height, header.frames) == (200, 100, 2)
+    assert (result.width, result.height, result.animated) == (200, 100, True)
+    with Image.open(io.BytesIO(_variant(result, "large").data)) as shown:
+        shown.seek(1)
+        frame = shown.convert("RGB")
+        assert frame.size == (200, 100)
+        # Cropped, the green band keeps its 100 px; squashed, it had 33.
+        assert frame.getpixel((80, 50))[1] > 200
+        assert frame.getpixel((150, 50))[2] > 200
 
 
 def test_a_large_gif_of_ordinary_blocks_is_walked_whole() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from petpal.platform.settings import Settings
-from tests.conftest import run_petpal
+from tests.conftest import BIN, run_petpal, settings_env
 
 
 def _embedded(settings: Settings, data_dir: Path, **changes: object) -> Settings:
@@ -117,7 +117,9 @@ def test_a_database_url_without_a_secret_key_is_refused_in_a_line(
     _one_line_error(result, 2, "PETPAL_SECRET_KEY", "PETPAL_DATABASE_URL")
 
 
-@pytest.mark.parametrize("key", [" ", "short", " " * 40, "x" * 31])
+@pytest.mark.parametrize(
+    "key", [" ", "short", " " * 40, "x" * 31, "\u200b" * 40, "x\u200b" * 31]
+)
 def test_a_secret_key_too_short_to_sign_with_is_refused_by_name(
     settings: Settings, tmp_path: Path, key: str
 ) -> None:
@@ -138,6 +140,33 @@ def test_the_relay_on_a_database_without_the_schema_says_so_in_a_line(
     )
     result = run_petpal(changed, "relay", "--metrics-port", "0")
     _one_line_error(result, 1, "no such table", "petpal migrate")
+
+
+def test_the_relay_waits_for_a_database_that_does_not_answer_yet(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Found by a trial: it exited at once; the database may be starting
+    beside it."""
+    changed = _embedded(
+        settings,
+        tmp_path,
+        database_url="postgresql+asyncpg://postgres@127.0.0.1:1/nowhere",
+        broker_url="amqp://guest:guest@127.0.0.1:1//",
+    )
+    relay = subprocess.Popen(
+        [str(BIN / "petpal"), "relay", "--metrics-port", "0"],
+        env=settings_env(changed),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            relay.wait(timeout=3)
+    finally:
+        relay.terminate()
+        output, _ = relay.communicate(timeout=10)
+    assert "relay.database_unavailable" in output, output
 
 
 def test_a_database_without_the_schema_is_said_in_a_line(

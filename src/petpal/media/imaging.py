@@ -23,6 +23,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -265,7 +266,7 @@ def _describe_refusal(head: bytes) -> str:
 
 def _read_header(fp: BinaryIO, image_format: str, limits: ImageLimits) -> ImageHeader:
     spec = _FORMATS[image_format]
-    gif_frames = _walk_gif(fp, limits) if image_format == "gif" else None
+    gif = _walk_gif(fp, limits) if image_format == "gif" else None
     size = fp.seek(0, os.SEEK_END)
     fp.seek(0)
     counted = _CountedReads(fp, _HEADER_READS + size // _HEADER_BYTES_PER_READ)
@@ -273,7 +274,7 @@ def _read_header(fp: BinaryIO, image_format: str, limits: ImageLimits) -> ImageH
         with Image.open(counted.as_file(), formats=spec.pillow_formats) as im:
             width, height = im.size
             _check_frame_size(width, height, limits)
-            frames = gif_frames or _frame_count(im, spec)
+            frames = gif.frames if gif and gif.frames else _frame_count(im, spec)
             if image_format == "jpeg":
                 _check_jpeg_scans(fp, size)
     except ImageRejected:
@@ -294,7 +295,11 @@ def _read_header(fp: BinaryIO, image_format: str, limits: ImageLimits) -> ImageH
             f"the file starts like a {image_format.upper()} image but its header "
             "cannot be read",
         ) from exc
-    _check_animation_size(width, height, frames, limits)
+    if gif is not None:
+        # Every frame is decoded onto the canvas the furthest one reaches.
+        _check_animation_size(gif.width, gif.height, frames, limits)
+    else:
+        _check_animation_size(width, height, frames, limits)
     return ImageHeader(image_format, width, height, frames, spec.content_type)
 
 
@@ -380,22 +385,27 @@ class _CountedReads:
 # 105 s of the photo job's CPU). Decoders guard against it by a limit of
 # this kind; scans are counted from the first to the picture's end.
 MAX_JPEG_SCANS: Final = 100
-_SCAN: Final = b"\xff\xda"
-_END_OF_IMAGE: Final = b"\xff\xd9"
-# Markers with no length after them: restarts, and what pads a marker.
-_STANDALONE_MARKERS: Final = frozenset(
-    bytes([code]) for code in (0x00, 0x01, *range(0xD0, 0xD8))
-)
+_SCAN: Final = 0xDA
+_END_OF_IMAGE: Final = 0xD9
+# Markers with no length after them: a stuffed byte and fill (0x00, 0xFF,
+# which no marker is), the arithmetic coder's TEM, restarts, start of image.
+_STANDALONE_MARKERS: Final = frozenset({0x00, 0x01, *range(0xD0, 0xD9), 0xFF})
+# What a decoder takes for a marker in entropy-coded data.
+_MARKER: Final = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 
 def _check_jpeg_scans(fp: BinaryIO, size: int) -> None:
     """Refuse a JPEG of more than ``MAX_JPEG_SCANS`` scans.
 
-    Scans are counted by their markers, from the first scan's data to the
-    end of the picture: inside entropy-coded data a 0xFF byte is always
-    followed by 0 or a restart marker, so a marker's bytes appear nowhere
-    else. An EXIF thumbnail, a JPEG of its own, lies before the first scan;
-    an MPO's second picture or a phone's appended video after the end.
+    From the first scan's data to the end of the picture, markers are found
+    as a decoder finds them: inside entropy-coded data a 0xFF byte is always
+    followed by 0, a restart marker or another 0xFF, so the first byte pair
+    that is none of these is a marker; a segment between scans (tables, a
+    comment) is skipped by its length, whatever bytes it holds (found by a
+    trial: an end-of-image marker inside a comment hid 5,000 scans from a
+    count that stopped at the first one, and 8 s of the job). An EXIF
+    thumbnail, a JPEG of its own, lies before the first scan; an MPO's
+    second picture or a phone's appended video after the end.
     """
     start = fp.tell()
     try:
@@ -403,14 +413,24 @@ def _check_jpeg_scans(fp: BinaryIO, size: int) -> None:
         if first_scan_data is None:
             return  # Pillow found a scan, so this is not reached
         fp.seek(first_scan_data)
-        scans = 1
-        carry = b""
-        while chunk := fp.read(1 << 20):
-            data = carry + chunk
-            end = data.find(_END_OF_IMAGE)
-            if end >= 0:
-                data = data[:end]
-            scans += data.count(_SCAN)
+        data = fp.read()
+    finally:
+        fp.seek(start)
+    scans = 1
+    position = 0
+    while marker := _MARKER.search(data, position):
+        code = data[marker.start() + 1]
+        position = marker.end()
+        if code == _END_OF_IMAGE:
+            return
+        if code in _STANDALONE_MARKERS:
+            continue
+        length = int.from_bytes(data[position : position + 2], "big")
+        if length < 2:
+            return  # the decoder's to refuse
+        position += length
+        if code == _SCAN:
+            scans += 1
             if scans > MAX_JPEG_SCANS:
                 raise ImageRejected(
                     422,
@@ -418,13 +438,6 @@ def _check_jpeg_scans(fp: BinaryIO, size: int) -> None:
                     f"the JPEG is written in more than {MAX_JPEG_SCANS} scans; "
                     "encoders write about ten",
                 )
-            if end >= 0:
-                return
-            # A marker split between two chunks is found in the next one;
-            # one found whole here is not counted twice.
-            carry = data[-1:] if data.endswith(b"\xff") else b""
-    finally:
-        fp.seek(start)
 
 
 def _first_scan_data(fp: BinaryIO, size: int) -> int | None:
@@ -440,10 +453,10 @@ def _first_scan_data(fp: BinaryIO, size: int) -> int | None:
             marker = fp.read(1)
         if not marker:
             return None
-        if marker in _STANDALONE_MARKERS:
+        if marker[0] in _STANDALONE_MARKERS:
             continue
         length = int.from_bytes(fp.read(2), "big")
-        if marker == b"\xda":
+        if marker[0] == _SCAN:
             return fp.tell() + length - 2
         fp.seek(length - 2, os.SEEK_CUR)
     return None
@@ -458,9 +471,20 @@ _GIF_BYTES_PER_STEP: Final = 128
 _GIF_STEPS_PER_FRAME: Final = 16
 
 
-def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> int:
-    """Count a GIF's frames; refuse one of more frames than the limit, or of
-    far more blocks than its frames and bytes need.
+@dataclasses.dataclass
+class _GifShape:
+    frames: int
+    # What Pillow decodes every frame onto: the screen, grown to reach the
+    # furthest frame (found by a trial: a 9400x9400 frame on a 200x100
+    # screen passed a check of the screen alone, and took 1.1 GB).
+    width: int
+    height: int
+
+
+def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> _GifShape:
+    """Count a GIF's frames and measure the canvas they are decoded onto;
+    refuse one of more frames than the limit, a frame reaching past the
+    pixel limit, or far more blocks than its frames and bytes need.
 
     Blocks are walked as Pillow's GIF reader does: an extension's or an
     image's data is skipped by its sub-blocks' lengths, a byte that starts
@@ -474,20 +498,19 @@ def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> int:
         steps = size // _GIF_BYTES_PER_STEP + _GIF_STEPS_PER_FRAME * (
             limits.max_frames + 1
         )
-        fp.seek(10)  # the signature and the screen's size
-        flags = fp.read(1)
-        fp.seek(2, os.SEEK_CUR)  # background colour and aspect ratio
-        if flags and flags[0] & 0x80:
-            fp.seek(3 << ((flags[0] & 7) + 1), os.SEEK_CUR)  # global palette
-        frames = 0
+        fp.seek(6)  # the signature
+        screen = fp.read(7)
+        shape = _GifShape(0, _u16(screen, 0), _u16(screen, 2))
+        if len(screen) == 7 and screen[4] & 0x80:
+            fp.seek(3 << ((screen[4] & 7) + 1), os.SEEK_CUR)  # global palette
         while steps > 0:
             steps -= 1
             introducer = fp.read(1)
             if not introducer or introducer == b";":
-                return frames
+                return shape
             if introducer == b",":
-                frames += 1
-                if frames > limits.max_frames:
+                shape.frames += 1
+                if shape.frames > limits.max_frames:
                     raise ImageRejected(
                         413,
                         "too_many_frames",
@@ -496,7 +519,19 @@ def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> int:
                     )
                 descriptor = fp.read(9)
                 if len(descriptor) < 9:
-                    return frames - 1
+                    shape.frames -= 1
+                    return shape
+                right = _u16(descriptor, 0) + _u16(descriptor, 4)
+                bottom = _u16(descriptor, 2) + _u16(descriptor, 6)
+                if right * bottom > limits.max_pixels:
+                    raise ImageRejected(
+                        413,
+                        "too_many_pixels",
+                        f"a frame of the animation reaches {right}x{bottom} "
+                        f"pixels; the limit is {limits.max_pixels} pixels",
+                    )
+                shape.width = max(shape.width, right)
+                shape.height = max(shape.height, bottom)
                 if descriptor[8] & 0x80:
                     fp.seek(3 << ((descriptor[8] & 7) + 1), os.SEEK_CUR)
                 fp.seek(1, os.SEEK_CUR)  # LZW's minimum code size
@@ -510,6 +545,11 @@ def _walk_gif(fp: BinaryIO, limits: ImageLimits) -> int:
         raise ImageRejected(422, "unreadable_image", _TOO_MANY_PIECES)
     finally:
         fp.seek(start)
+
+
+def _u16(data: bytes, offset: int) -> int:
+    """A GIF's little-endian 16-bit number; 0 where the data ends early."""
+    return int.from_bytes(data[offset : offset + 2], "little")
 
 
 def _check_animation_size(
@@ -670,7 +710,13 @@ def _process_animation(im: Image.Image, first: int, frame_count: int) -> Process
         im.load()  # WebP fills in the frame's duration only here
         turn = _orientation(im)
         icc_profile = im.info.get("icc_profile")
-        frame = _resize(_to_8bit(im, keep_alpha=True), largest)
+        frame = _to_8bit(im, keep_alpha=True)
+        if frame.size != (stored_width, stored_height):
+            # A GIF's frame reaching past the screen grows Pillow's canvas;
+            # what is shown is the first frame's canvas, as browsers show
+            # it (found by a trial: the later frames were squashed into it).
+            frame = frame.crop((0, 0, stored_width, stored_height))
+        frame = _resize(frame, largest)
         if frame is im:
             frame = im.copy()  # the decoder's own, which the next seek overwrites
         if turn is not None:

@@ -22,6 +22,8 @@ from limits import parse
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from petpal.platform.text import visible_length
+
 # A key or queue-name prefix: at least one visible ASCII character before its
 # separator.
 _PREFIX = re.compile(r"[!-~]{2,100}")
@@ -299,11 +301,11 @@ class Settings(BaseSettings):
     def _check_secret_key(cls, value: str) -> str:
         # Found by a trial: a key of one space signed tokens. HS256 wants a
         # key of 256 bits or more; 32 characters are the least we take.
-        if value and len(value.strip()) < MIN_SECRET_KEY_LENGTH:
+        if value and visible_length(value) < MIN_SECRET_KEY_LENGTH:
             raise ValueError(
                 f"at least {MIN_SECRET_KEY_LENGTH} characters, not counting "
-                "spaces at its ends, if given: a long random string, such as "
-                "secrets.token_urlsafe(48) makes"
+                "spaces and invisible ones, if given: a long random string, "
+                "such as secrets.token_urlsafe(48) makes"
             )
         return value
 

@@ -232,6 +232,17 @@ _UNWRITTEN = frozenset(
     )
     for code in range(first, last + 1)
 )
+# Besides format characters (Cf): the variation selectors, the combining
+# grapheme joiner and the Hangul fillers (found by a trial: a search of only
+# U+FE0F listed the pet whose place held one).
+_SHOWS_NOTHING_IN_PLACES = (
+    frozenset(map(chr, range(0xFE00, 0xFE10)))
+    | frozenset(map(chr, range(0xE0100, 0xE01F0)))
+    | frozenset("\u034f\u115f\u1160\u3164")
+)
+# Every dash (Pd) is a hyphen-minus, and so is the minus sign (Sm); the
+# wave dashes of Japanese ranges are the tilde a full-width one folds to.
+_DASHES = {"\u2212": "-", "\u301c": "~", "\u3030": "~"}
 _PLAIN_LETTERS = str.maketrans(
     {
         "æ": "ae",
@@ -271,10 +282,9 @@ def fold_location(text: str) -> str:
     letter = ""
     for ch in unicodedata.normalize("NFD", fold(text)):
         category = unicodedata.category(ch)
-        if category == "Cf":
+        if category == "Cf" or ch in _SHOWS_NOTHING_IN_PLACES:
             continue
-        if category == "Pd":
-            ch = "-"
+        ch = _DASHES.get(ch, "-" if category == "Pd" else ch)
         if unicodedata.combining(ch) == 0 and ch != "\u0640":
             letter = ch
         elif _unwritten(ch, letter):
@@ -414,6 +424,11 @@ def _shows_nothing(ch: str) -> bool:
         or ch in _BLANK
         or unicodedata.category(ch) in ("Cf", "Cc", "Mn", "Me")
     )
+
+
+def visible_length(value: str) -> int:
+    """How many of ``value``'s characters show something."""
+    return sum(1 for ch in value if not _shows_nothing(ch))
 
 
 def check_visible(value: str) -> str:
