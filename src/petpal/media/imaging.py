@@ -276,7 +276,7 @@ def _read_header(fp: BinaryIO, image_format: str, limits: ImageLimits) -> ImageH
             _check_frame_size(width, height, limits)
             frames = gif.frames if gif and gif.frames else _frame_count(im, spec)
             if image_format == "jpeg":
-                _check_jpeg_scans(fp, size)
+                _check_jpeg_scans(fp)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -383,41 +383,38 @@ class _CountedReads:
 # and rarely more than a few dozen, but a scan can be a few bytes long
 # (found by a trial: a 2 MB file of 76,923 scans of a 12 MP picture took
 # 105 s of the photo job's CPU). Decoders guard against it by a limit of
-# this kind; scans are counted from the first to the picture's end.
+# this kind.
 MAX_JPEG_SCANS: Final = 100
 _SCAN: Final = 0xDA
 _END_OF_IMAGE: Final = 0xD9
-# Markers with no length after them: a stuffed byte and fill (0x00, 0xFF,
-# which no marker is), the arithmetic coder's TEM, restarts, start of image.
-_STANDALONE_MARKERS: Final = frozenset({0x00, 0x01, *range(0xD0, 0xD9), 0xFF})
+# Markers with no length after them: the arithmetic coder's TEM, restarts,
+# start of image. (A stuffed 0x00 and fill 0xFF are never taken for one.)
+_STANDALONE_MARKERS: Final = frozenset({0x01, *range(0xD0, 0xD9)})
 # What a decoder takes for a marker in entropy-coded data.
 _MARKER: Final = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 
-def _check_jpeg_scans(fp: BinaryIO, size: int) -> None:
+def _check_jpeg_scans(fp: BinaryIO) -> None:
     """Refuse a JPEG of more than ``MAX_JPEG_SCANS`` scans.
 
-    From the first scan's data to the end of the picture, markers are found
-    as a decoder finds them: inside entropy-coded data a 0xFF byte is always
-    followed by 0, a restart marker or another 0xFF, so the first byte pair
-    that is none of these is a marker; a segment between scans (tables, a
-    comment) is skipped by its length, whatever bytes it holds (found by a
-    trial: an end-of-image marker inside a comment hid 5,000 scans from a
-    count that stopped at the first one, and 8 s of the job). An EXIF
-    thumbnail, a JPEG of its own, lies before the first scan; an MPO's
-    second picture or a phone's appended video after the end.
+    Markers are found as a decoder finds them, from the start of image to
+    its end: inside entropy-coded data a 0xFF byte is always followed by 0,
+    a restart marker or another 0xFF, so the first byte pair that is none of
+    these is a marker, and every segment (tables, a comment, EXIF) is
+    skipped by its length, whatever bytes it holds (found by a trial: an
+    end-of-image marker inside a comment between scans hid 5,000 scans from
+    a count that stopped at the first one, and 8 s of the job). So an EXIF
+    thumbnail, a JPEG of its own inside a segment, is not counted, nor an
+    MPO's second picture or a phone's video after the end.
     """
     start = fp.tell()
     try:
-        first_scan_data = _first_scan_data(fp, size)
-        if first_scan_data is None:
-            return  # Pillow found a scan, so this is not reached
-        fp.seek(first_scan_data)
+        fp.seek(0)
         data = fp.read()
     finally:
         fp.seek(start)
-    scans = 1
-    position = 0
+    scans = 0
+    position = 2  # past the start of image
     while marker := _MARKER.search(data, position):
         code = data[marker.start() + 1]
         position = marker.end()
@@ -438,28 +435,6 @@ def _check_jpeg_scans(fp: BinaryIO, size: int) -> None:
                     f"the JPEG is written in more than {MAX_JPEG_SCANS} scans; "
                     "encoders write about ten",
                 )
-
-
-def _first_scan_data(fp: BinaryIO, size: int) -> int | None:
-    """Where the first scan's data starts: after the segments before it,
-    walked by their lengths as Pillow walked them (whose count of reads
-    bounded the walk), bytes that start no marker passed over."""
-    fp.seek(2)  # the start of image
-    for _ in range(_HEADER_READS + size // _HEADER_BYTES_PER_READ):
-        if fp.read(1) != b"\xff":
-            continue
-        marker = fp.read(1)
-        while marker == b"\xff":  # fill bytes
-            marker = fp.read(1)
-        if not marker:
-            return None
-        if marker[0] in _STANDALONE_MARKERS:
-            continue
-        length = int.from_bytes(fp.read(2), "big")
-        if marker[0] == _SCAN:
-            return fp.tell() + length - 2
-        fp.seek(length - 2, os.SEEK_CUR)
-    return None
 
 
 # Our own walk of a GIF, as Pillow would walk it, both to count its frames

@@ -321,8 +321,9 @@ async def list_adoptions(
     query = select(Pet).where(Pet.listing_id.is_not(None))
     if species is not None:
         query = query.where(Pet.species == species.value)
-    folded = fold_location(location.strip()) if location else ""
-    if location and location.strip() and not folded:
+    typed = location.strip() if location else ""
+    folded = fold_location(typed)
+    if typed and not folded:
         # Only marks that places are searched without (found by a trial: a
         # lone accent listed every pet): nothing to find.
         query = query.where(false())

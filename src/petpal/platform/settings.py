@@ -22,8 +22,6 @@ from limits import parse
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from petpal.platform.text import visible_length
-
 # A key or queue-name prefix: at least one visible ASCII character before its
 # separator.
 _PREFIX = re.compile(r"[!-~]{2,100}")
@@ -301,6 +299,10 @@ class Settings(BaseSettings):
     def _check_secret_key(cls, value: str) -> str:
         # Found by a trial: a key of one space signed tokens. HS256 wants a
         # key of 256 bits or more; 32 characters are the least we take.
+        # Imported here: the text module brings regex and email_validator,
+        # 50 ms every command would pay at start-up for a key it may not have.
+        from petpal.platform.text import visible_length
+
         if value and visible_length(value) < MIN_SECRET_KEY_LENGTH:
             raise ValueError(
                 f"at least {MIN_SECRET_KEY_LENGTH} characters, not counting "

@@ -221,7 +221,6 @@ _UNWRITTEN = frozenset(
         (0x05C4, 0x05C5),
         (0x05C7, 0x05C7),
         (0x0610, 0x061A),  # Arabic honorifics and small letters
-        (0x0640, 0x0640),  # Arabic elongation (tatweel)
         (0x064B, 0x065F),  # Arabic vowel marks and hamza
         (0x0670, 0x0670),
         (0x06D6, 0x06DC),  # Quranic annotation
@@ -232,13 +231,15 @@ _UNWRITTEN = frozenset(
     )
     for code in range(first, last + 1)
 )
-# Besides format characters (Cf): the variation selectors, the combining
-# grapheme joiner and the Hangul fillers (found by a trial: a search of only
-# U+FE0F listed the pet whose place held one).
-_SHOWS_NOTHING_IN_PLACES = (
+# Passed over in a place, besides format characters (Cf): what shows
+# nothing, the variation selectors, the combining grapheme joiner and the
+# Hangul fillers (found by a trial: a search of only U+FE0F listed the pet
+# whose place held one); and Arabic's elongation (tatweel), which only
+# stretches a word.
+_PASSED_OVER_IN_PLACES = (
     frozenset(map(chr, range(0xFE00, 0xFE10)))
     | frozenset(map(chr, range(0xE0100, 0xE01F0)))
-    | frozenset("\u034f\u115f\u1160\u3164")
+    | frozenset("\u034f\u115f\u1160\u3164\u0640")
 )
 # Every dash (Pd) is a hyphen-minus, and so is the minus sign (Sm); the
 # wave dashes of Japanese ranges are the tilde a full-width one folds to.
@@ -282,10 +283,10 @@ def fold_location(text: str) -> str:
     letter = ""
     for ch in unicodedata.normalize("NFD", fold(text)):
         category = unicodedata.category(ch)
-        if category == "Cf" or ch in _SHOWS_NOTHING_IN_PLACES:
+        if category == "Cf" or ch in _PASSED_OVER_IN_PLACES:
             continue
         ch = _DASHES.get(ch, "-" if category == "Pd" else ch)
-        if unicodedata.combining(ch) == 0 and ch != "\u0640":
+        if unicodedata.combining(ch) == 0:
             letter = ch
         elif _unwritten(ch, letter):
             continue
