@@ -20,7 +20,7 @@ from petpal.media.schemas import MediaView
 from petpal.platform.db import utcnow
 from petpal.platform.ids import ForeignId
 from petpal.platform.inputs import NotNull
-from petpal.platform.text import NAME, STORABLE, VISIBLE, VISIBLE_OR_EMPTY
+from petpal.platform.text import NAME, PLACE, STORABLE, VISIBLE, VISIBLE_OR_EMPTY
 
 EARLIEST_BIRTH_DATE = dt.date(1950, 1, 1)
 # The calendar runs furthest ahead at UTC+14 (Kiribati): a pet born "today"
@@ -87,6 +87,7 @@ Location = Annotated[
     StringConstraints(strip_whitespace=True, max_length=120),
     STORABLE,
     VISIBLE_OR_EMPTY,
+    PLACE,
 ]
 BirthDate = Annotated[
     dt.date, BeforeValidator(_iso_date_only), AfterValidator(_plausible_birth_date)

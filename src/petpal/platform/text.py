@@ -444,6 +444,16 @@ def check_visible_or_empty(value: str) -> str:
     return check_visible(value) if value else value
 
 
+def check_place(value: str) -> str:
+    """Refuse a place no search can find: one that shows nothing, or only
+    what places are searched without (an Arabic elongation, marks)."""
+    if value and not fold_location(value):
+        raise ValueError(
+            "a place must contain a letter, digit or sign it can be searched by"
+        )
+    return value
+
+
 # Embedding and override controls, and the marks that steer them, can make
 # a name display as something else ("\u202egnp.exe" shows as "exe.png");
 # right-to-left letters stay welcome.
@@ -483,9 +493,12 @@ STORABLE = AfterValidator(check_storable)
 # For names and comments: a value of only blanks or zero-width characters
 # would render as nothing at all.
 VISIBLE = AfterValidator(check_visible)
-# For a pet's breed and place, which may be left empty (found by a trial: a
-# place of one combining accent looked blank and matched every search).
+# For a pet's breed, which may be left empty.
 VISIBLE_OR_EMPTY = AfterValidator(check_visible_or_empty)
+# For a pet's place, which may be left empty too (found by trials: a place
+# of one combining accent looked blank and matched every search; one of an
+# Arabic elongation alone was found by none).
+PLACE = AfterValidator(check_place)
 NAME = AfterValidator(check_name)
 
 
