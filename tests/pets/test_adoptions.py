@@ -220,11 +220,22 @@ async def test_location_filter_takes_wildcards_literally(
     underscore = await a_pet(client, owner, location="A_B", available_for_adoption=True)
     await a_pet(client, owner, location="AxB", available_for_adoption=True)
     backslash = await a_pet(client, owner, location="C\\D", available_for_adoption=True)
+    # The place is written into the statement (pets.service): quotes and
+    # the escape character are text too.
+    quoted = await a_pet(
+        client, owner, location="Bally O'Neill's 'end", available_for_adoption=True
+    )
+    slashed = await a_pet(client, owner, location="Km 5/7", available_for_adoption=True)
 
     assert await _listed_ids(client, location="%") == [percent["id"]]
     assert await _listed_ids(client, location="_") == [underscore["id"]]
     assert await _listed_ids(client, location="\\") == [backslash["id"]]
-    assert await _listed_ids(client, location="/") == []
+    assert await _listed_ids(client, location="'") == [quoted["id"]]
+    assert await _listed_ids(client, location="o'neill's 'e") == [quoted["id"]]
+    assert await _listed_ids(client, location="5/7") == [slashed["id"]]
+    assert await _listed_ids(client, location="/") == [slashed["id"]]
+    assert await _listed_ids(client, location="'; drop table pets; --") == []
+    assert await _listed_ids(client, location="o") != []
 
 
 async def test_filters_combine(client: httpx.AsyncClient) -> None:

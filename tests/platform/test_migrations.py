@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from petpal.models import metadata
+from petpal.platform.db import made_on
 from petpal.platform.migrate import upgrade
 from petpal.platform.settings import Settings
 from tests.conftest import (
@@ -32,7 +33,13 @@ from tests.conftest import (
 
 
 def _differences(connection: Connection) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection,
+        opts={
+            "compare_type": True,
+            "include_object": made_on(connection.dialect.name),
+        },
+    )
     return list(compare_metadata(context, metadata))
 
 

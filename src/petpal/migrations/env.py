@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from petpal.models import metadata
+from petpal.platform.db import made_on
 
 config = context.config
 
@@ -20,6 +21,7 @@ def _run(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=made_on(connection.dialect.name),
     )
     # Whether this run makes the schema in an empty database (see
     # petpal.platform.migrate.upgrade).

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Select, delete, exists, false, func, select
+from sqlalchemy import Select, bindparam, delete, exists, false, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -310,6 +311,10 @@ async def _newest_pet_ids(services: Services, owner_id: str) -> _PetIds:
     return _PetIds(found["ids"], found["more"])
 
 
+# What LIKE reads as wildcards, and the escape character itself.
+_LIKE_SPECIAL = re.compile("[%_/]")
+
+
 async def list_adoptions(
     services: Services,
     species: Species | None,
@@ -328,10 +333,18 @@ async def list_adoptions(
         # lone accent listed every pet): nothing to find.
         query = query.where(false())
     elif folded:
-        # TODO(adoption-search-index): a substring match scans the listing
-        # (newest first, so a page stops early); a trigram index on
-        # location_folded retires the scan once the listing grows large.
-        query = query.where(Pet.location_folded.contains(folded, autoescape=True))
+        # A substring, by the trigram index on PostgreSQL (pets.models) or
+        # the listing's, newest first, as the planner finds cheaper for this
+        # place: written into the statement, so that it is planned for each
+        # place. A prepared statement's generic plan, made after a few runs,
+        # took the trigrams for every place: 15 ms for "a", which 6,700 of
+        # 7,800 listed pets on 200k are in, against 0.2 ms by the listing.
+        pattern = "%" + _LIKE_SPECIAL.sub(r"/\g<0>", folded) + "%"
+        query = query.where(
+            Pet.location_folded.like(
+                bindparam("place", pattern, literal_execute=True), escape="/"
+            )
+        )
     # A cursor belongs to one list: the listing with these filters (found by
     # a trial: one from the whole listing was taken by a filtered one).
     scope = _adoptions_scope(species, folded)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy import DateTime, Index, MetaData, event, text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -56,6 +56,32 @@ OUTBOX_CHANNEL = "petpal_outbox"
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# Set in an index's ``info``: the one database engine (dialect name) it is
+# made on; see postgresql_only.
+ONLY_ON = "petpal_only_on"
+
+
+def postgresql_only(index: Index) -> Index:
+    """``index``, made on PostgreSQL alone (an index type SQLite lacks)."""
+    index.info[ONLY_ON] = "postgresql"
+    return index.ddl_if(dialect="postgresql")
+
+
+IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
+
+
+def made_on(dialect: str) -> IncludeObject:
+    """Alembic's ``include_object`` for a database of ``dialect``: leaves out
+    of a comparison with the models what another engine's schema alone has."""
+
+    def include(
+        item: Any, _name: str | None, type_: str, _reflected: bool, _other: Any
+    ) -> bool:
+        return type_ != "index" or item.info.get(ONLY_ON, dialect) == dialect
+
+    return include
 
 
 class UTCDateTime(TypeDecorator[datetime]):
