@@ -687,7 +687,7 @@ def measure_all(
             if "freshness" not in options.skip:
                 results.naive_upload = measure_naive_upload(naive, env, options)
     if "offline" not in options.skip:
-        results.offline = run_offline(env)
+        results.offline = run_offline(env, options)
 
 
 def measure_mix_actions(
@@ -817,8 +817,9 @@ def measure_naive_upload(
     }
 
 
-def run_offline(env: dict[str, str]) -> dict[str, str]:
-    """The photo and fan-out benchmarks, run as they are; their outputs."""
+def run_offline(env: dict[str, str], options: Options) -> dict[str, str]:
+    """The photo, fan-out and adoption search benchmarks, run as they are;
+    their outputs."""
     outputs: dict[str, str] = {}
     commands = {
         "photo processing": [
@@ -837,9 +838,16 @@ def run_offline(env: dict[str, str]) -> dict[str, str]:
             "--posts",
             "20",
         ],
+        "adoption search": [
+            str(BIN / "python"),
+            "benchmarks/adoption_search.py",
+            "--users",
+            str(options.users),
+        ],
     }
     fanout_env = {k: v for k, v in env.items() if not k.startswith("PETPAL_")}
     fanout_env["PETPAL_REDIS_URL"] = env["PETPAL_REDIS_URL"]
+    fanout_env["PETPAL_TEST_DATABASE_URL"] = admin_url()
     for name, command in commands.items():
         print(f"  {name}: {shlex.join(command[1:])}", flush=True)
         done = subprocess.run(

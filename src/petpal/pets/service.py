@@ -23,7 +23,16 @@ from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Select, bindparam, delete, exists, false, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -313,6 +322,36 @@ async def _newest_pet_ids(services: Services, owner_id: str) -> _PetIds:
 
 # What LIKE reads as wildcards, and the escape character itself.
 _LIKE_SPECIAL = re.compile("[%_/]")
+# Three letters or digits in a row: what pg_trgm makes a trigram of in a
+# search, which it reads as words of letters and digits.
+_TRIGRAM = re.compile(r"[^\W_]{3}")
+
+
+def listed_pets(species: Species | None, folded_location: str) -> Select[Pet]:
+    """The listing's pets of ``species`` in a place that holds
+    ``folded_location`` (as ``fold_location`` leaves it; empty for any)."""
+    query = select(Pet).where(Pet.listing_id.is_not(None))
+    if species is not None:
+        query = query.where(Pet.species == species.value)
+    if folded_location:
+        # A substring, by the trigram index on PostgreSQL (pets.models) or
+        # the listing's, newest first, as the planner finds cheaper for this
+        # place: written into the statement, so that it is planned for each
+        # place. A prepared statement's generic plan, made after a few runs,
+        # took the trigrams for every place: 15 ms for "a", which 6,700 of
+        # 7,800 listed pets on 200k are in, against 0.2 ms by the listing
+        # (benchmarks/adoption_search.py).
+        pattern = "%" + _LIKE_SPECIAL.sub(r"/\g<0>", folded_location) + "%"
+        column: ColumnElement[str] = Pet.location_folded.expression
+        if not _TRIGRAM.search(folded_location):
+            # No trigram to look up: the planner read the index whole for a
+            # rare pair of letters, slower than the walk (9 ms against 5.5).
+            # An expression of the column is one no index holds.
+            column = Pet.location_folded.concat("")
+        query = query.where(
+            column.like(bindparam("place", pattern, literal_execute=True), escape="/")
+        )
+    return query
 
 
 async def list_adoptions(
@@ -323,28 +362,13 @@ async def list_adoptions(
     limit: int,
 ) -> Page[PetView]:
     """Pets listed for adoption, newest listing first."""
-    query = select(Pet).where(Pet.listing_id.is_not(None))
-    if species is not None:
-        query = query.where(Pet.species == species.value)
     typed = location.strip() if location else ""
     folded = fold_location(typed)
+    query = listed_pets(species, folded)
     if typed and not folded:
         # Only marks that places are searched without (found by a trial: a
         # lone accent listed every pet): nothing to find.
         query = query.where(false())
-    elif folded:
-        # A substring, by the trigram index on PostgreSQL (pets.models) or
-        # the listing's, newest first, as the planner finds cheaper for this
-        # place: written into the statement, so that it is planned for each
-        # place. A prepared statement's generic plan, made after a few runs,
-        # took the trigrams for every place: 15 ms for "a", which 6,700 of
-        # 7,800 listed pets on 200k are in, against 0.2 ms by the listing.
-        pattern = "%" + _LIKE_SPECIAL.sub(r"/\g<0>", folded) + "%"
-        query = query.where(
-            Pet.location_folded.like(
-                bindparam("place", pattern, literal_execute=True), escape="/"
-            )
-        )
     # A cursor belongs to one list: the listing with these filters (found by
     # a trial: one from the whole listing was taken by a filtered one).
     scope = _adoptions_scope(species, folded)
