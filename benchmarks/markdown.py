@@ -301,8 +301,36 @@ def _two_workers_row(results: Results) -> Row:
         if ratio >= 1.4
         else f"with two processes {_cpu_limit(two)}; the machine has 2 cores, "
         "which the server shares with PostgreSQL, Redis, the relay, the job "
-        "worker and wrk" + _roles_text(two),
+        "worker and wrk" + _roles_text(two) + _per_request_rise(results),
     )
+
+
+def _per_request_rise(results: Results) -> str:
+    """How much more CPU a request took with two processes than with one,
+    ours and B0's: the part of the shortfall that is not cores."""
+    one, two = results.mix_one, results.mix_two
+    if one is None or two is None or not one.cpu_ms_per_request:
+        return ""
+    rise = two.cpu_ms_per_request / one.cpu_ms_per_request
+    # At one process's cost per request, the cores two used serve this many.
+    cores = two.server_cores
+    at_one_cost = 1000 * cores / one.cpu_ms_per_request / one.per_second
+    text = (
+        f"; a request of the mix took {one.cpu_ms_per_request:.2f} ms of server "
+        f"CPU with one process and {two.cpu_ms_per_request:.2f} ms with two "
+        f"({rise:.2f} ×): at one process's cost, the {cores:.2f} cores the two "
+        f"used would have served {at_one_cost:.2f} × one process's requests"
+    )
+    b0 = results.endpoints.get("B0")
+    if results.b0_two is not None and b0 is not None and b0.capacity.per_second:
+        b0_one, b0_two = b0.capacity, results.b0_two
+        text += (
+            f"; B0 (a constant answered before any middleware) gains "
+            f"{b0_two.per_second / b0_one.per_second:.2f} × from a second "
+            f"process here, its CPU per request {b0_one.cpu_ms_per_request:.3f} "
+            f"→ {b0_two.cpu_ms_per_request:.3f} ms"
+        )
+    return text
 
 
 def _endpoint_table(endpoints: dict[str, Endpoint], base: Capacity | None) -> list[str]:

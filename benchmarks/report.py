@@ -560,6 +560,9 @@ class Results:
     mix_one: Capacity | None = None
     mix_two: Capacity | None = None
     home_two: Capacity | None = None
+    # B0 with two processes: what a second process gives on this machine
+    # where there is no work of ours to share it.
+    b0_two: Capacity | None = None
     mix_open: OpenLoop | None = None
     # Each action of the mix on its own, and its share of the mix's requests.
     mix_actions: dict[str, Capacity] = field(default_factory=dict)
@@ -658,6 +661,9 @@ def measure_all(
         print("two server processes, cache on", flush=True)
         with stack(env, logs, workers=2) as two:
             home = requests["home feed"]
+            results.b0_two = capacity(
+                two.url, requests["B0"], options.seconds, two.server_pids
+            )
             results.home_two = capacity(
                 two.url, home, options.seconds, two.server_pids, roles=two.roles
             )

@@ -261,3 +261,33 @@ def test_the_report_says_where_the_mix_spends_its_cpu() -> None:
     assert "its server CPU goes to read_home_feed 69%, like_or_unlike 31%" in text
     # The machine's CPU but wrk's: (12 - 0.1 × 10) s over 10,000 requests.
     assert "| read_home_feed | 90% | 1,000 | 1.00 | 1.10 | 69% | 0 |" in text
+
+
+def test_the_report_says_how_much_more_a_request_costs_with_two_processes() -> None:
+    from pathlib import Path
+
+    from benchmarks.drivers import Capacity
+    from benchmarks.markdown import render
+    from benchmarks.report import Endpoint, Options, Results
+
+    results = Results()
+    # 10 s each: one process 6,000 requests on 9 CPU seconds (1.5 ms each);
+    # two, 7,000 on 14 s (2 ms each, 1.4 cores). At 1.5 ms, 1.4 cores serve
+    # 9,333 requests: 1.56 times one process's 6,000.
+    results.mix_one = Capacity(6_000, 10.0, 0, 9.0, 12.0, "")
+    results.mix_two = Capacity(7_000, 10.0, 0, 14.0, 19.0, "")
+    results.endpoints["B0"] = Endpoint(
+        "B0", Capacity(100_000, 10.0, 0, 6.0, 12.0, ""), {}, None, None
+    )
+    results.b0_two = Capacity(150_000, 10.0, 0, 12.0, 19.0, "")
+    options = Options(200_000, 10, 15, Path("out.md"), False, set())
+    text = render(options, results, "python3 dev.py bench --users 200000")
+    assert (
+        "a request of the mix took 1.50 ms of server CPU with one process and "
+        "2.00 ms with two (1.33 ×): at one process's cost, the 1.40 cores the two "
+        "used would have served 1.56 × one process's requests"
+    ) in text
+    assert (
+        "B0 (a constant answered before any middleware) gains 1.50 × from a "
+        "second process here, its CPU per request 0.060 → 0.080 ms"
+    ) in text
