@@ -291,3 +291,22 @@ def test_the_report_says_how_much_more_a_request_costs_with_two_processes() -> N
         "B0 (a constant answered before any middleware) gains 1.50 × from a "
         "second process here, its CPU per request 0.060 → 0.080 ms"
     ) in text
+
+
+def test_a_missed_latency_says_what_a_request_cost_at_that_rate() -> None:
+    from benchmarks.drivers import Capacity, OpenLoop
+    from benchmarks.markdown import _latency_limit
+    from benchmarks.report import Endpoint
+
+    # Saturated: 10,000 requests on 5 CPU seconds. At half of it: 5,000
+    # requests sent in 10 s, on 4.5 CPU seconds (0.9 ms each, 0.45 cores).
+    half = OpenLoop(
+        rate=500,
+        result={"sent": 5_000, "elapsed_seconds": 10.0, "latency_ms": {"p50": 2.0}},
+        server_cpu_seconds=4.5,
+    )
+    endpoint = Endpoint("post", Capacity(10_000, 10.0, 0, 5.0, 6.0, ""), {0.5: half})
+    assert _latency_limit(endpoint).startswith(
+        "median 2.0 ms; the server used 0.45 cores; CPU per request 0.90 ms in "
+        "this run, 0.50 ms at saturation;"
+    )
