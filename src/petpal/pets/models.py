@@ -26,8 +26,9 @@ class Pet(Base):
         # The adoption search by place, a substring of location_folded: on
         # PostgreSQL, by trigrams, so a place few or no listed pets are in
         # is answered from the index instead of a walk of the whole listing
-        # (13 ms warm and 58 ms cold for 7,800 listed pets on 200k, 0.2 ms
-        # with it). SQLite has no such index; the embedded mode walks it.
+        # (5 to 8 ms warm, 58 ms cold, for 7,779 listed pets on 200k; 0.02 ms
+        # with it: benchmarks/adoption_search.py). SQLite has no such index;
+        # the embedded mode walks the listing.
         postgresql_only(
             Index(
                 "ix_pets_listed_location_trigrams",
