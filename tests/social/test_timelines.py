@@ -189,6 +189,38 @@ async def test_following_and_unfollowing_change_the_feed_at_once(
         assert await home_ids(client, reader) == [mine["id"]]
 
 
+@pytest.mark.parametrize("posts", [8, 11])
+async def test_a_follow_of_more_posts_than_a_timeline_holds_loses_none(
+    settings: Settings, photos: Path, posts: int
+) -> None:
+    """Found by a trial: a warm timeline given the newest cap posts of an
+    account with more stayed complete, and the older ones were on no page.
+    Up to the cap they are added; past it, the timeline is rebuilt."""
+    async with an_app(settings, timeline_max_entries=8) as (client, services):
+        reader, alice = await many_users(services, 2)
+        media_id = await a_photo(client, alice, services, photos)
+        by_alice = [(await a_post(client, alice, media_id))["id"] for _ in range(posts)]
+        mine = await a_post(
+            client, reader, await a_photo(client, reader, services, photos)
+        )
+        assert await home_ids(client, reader) == [mine["id"]]  # warm
+
+        await follow(client, reader, alice)
+        newest_first = sorted([*by_alice, mine["id"]], reverse=True)
+        held = await stored(services, home_key(reader.id))
+        if posts <= 8:  # added (and trimmed back to the cap)
+            assert held is not None
+            assert held == newest_first[: len(held)]
+        else:  # forgotten
+            assert held is None
+        for _ in range(2):  # as the follow left it, then as rebuilt
+            seen = await walk(client, HOME, headers=reader.headers, limit=3)
+            assert [p["id"] for p in seen] == newest_first
+        await settle(services)  # the follow's backstop job changes nothing
+        seen = await walk(client, HOME, headers=reader.headers, limit=3)
+        assert [p["id"] for p in seen] == newest_first
+
+
 async def test_a_deleted_post_leaves_every_feed_before_its_job_runs(
     settings: Settings, photos: Path
 ) -> None:
