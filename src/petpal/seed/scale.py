@@ -32,6 +32,7 @@ from petpal.media.imaging import ImageLimits
 from petpal.platform.cache import CacheBackendError
 from petpal.platform.redis_cache import RedisBackend
 from petpal.platform.redis_rankings import RedisRankingBackend
+from petpal.platform.redis_timelines import RedisTimelineBackend
 from petpal.platform.security import hash_password
 from petpal.platform.settings import Settings
 from petpal.platform.storage import Storage
@@ -149,7 +150,7 @@ async def seed_scale(
     finally:
         await loader.close()
     await _forget_cached_names(settings, users)
-    await _forget_rankings(settings)
+    await _forget_derived(settings)
     finished = time.perf_counter()
     return _report(
         settings,
@@ -235,23 +236,30 @@ async def _forget_cached_names(settings: Settings, users: int) -> None:
         await backend.close()
 
 
-async def _forget_rankings(settings: Settings) -> None:
-    """Delete trending's rankings from a Redis kept across data sets.
+async def _forget_derived(settings: Settings) -> None:
+    """Delete trending's rankings and the timelines from a Redis kept across
+    data sets, or shared with servers that are running.
 
-    The bulk load bypasses the writes that keep them up to date, so a ranking
-    kept would miss every post loaded here until its week ended; deleted, it
-    is rebuilt from the rows at the next read. (In process, rankings live and
-    die with the server.)
+    The bulk load bypasses the writes that keep them up to date, so what was
+    kept would miss every post loaded here (found by a trial: the public
+    feed and #cats, read once before a seed, stayed empty after it, for as
+    long as they were read); deleted, each is rebuilt from the rows at its
+    next read. (In process, they live and die with the server, and a seed
+    beside a server is refused.)
     """
     if not settings.redis_url:
         return
-    backend = RedisRankingBackend.from_settings(settings)
-    try:
-        await backend.clear()
-    except CacheBackendError:
-        pass  # trending then misses the new posts until the ranking's week ends
-    finally:
-        await backend.close()
+    backends: list[RedisRankingBackend | RedisTimelineBackend] = [
+        RedisRankingBackend.from_settings(settings),
+        RedisTimelineBackend.from_settings(settings),
+    ]
+    for backend in backends:
+        try:
+            await backend.clear()
+        except CacheBackendError:
+            pass  # they miss the new posts until they expire
+        finally:
+            await backend.close()
 
 
 def _report(
