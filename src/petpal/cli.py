@@ -18,7 +18,7 @@ import typer
 
 from petpal.platform import datadir
 from petpal.platform.settings import Settings, get_settings
-from petpal.seed import DEMO_PASSWORD
+from petpal.seed import DEMO_PASSWORD, MAX_USERS
 
 if TYPE_CHECKING:
     from petpal.platform.db import Database
@@ -169,6 +169,7 @@ def seed(
         int | None,
         typer.Option(
             min=2,
+            max=MAX_USERS,
             help="Generate this many accounts (user_0 … user_<N-1>) and their"
             " pets, posts, follows, likes and comments, loaded in bulk. Without"
             " it: the small demo data set.",
@@ -196,6 +197,12 @@ def seed(
     from petpal.platform.migrate import upgrade
 
     settings = _settings(data_dir)
+    if users is not None and password is not None:
+        from petpal.seed.scale import password_problem
+
+        problem = password_problem(password, settings.password_min_strength)
+        if problem is not None:
+            raise typer.BadParameter(problem, param_hint="'--password'")
     if users is None:
         if password is not None or append or seed_:
             raise typer.BadParameter("--seed, --password and --append go with --users")

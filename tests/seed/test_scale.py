@@ -282,3 +282,26 @@ def test_seed_options_without_users_are_refused(tmp_path: Path) -> None:
         cli, ["seed", "--data-dir", str(tmp_path), "--users", "1"]
     )
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        # Found by a trial: a traceback from deep in numpy, or from memory.
+        (["--users", "99999999999999999999999"], "less than or equal to 5000000"),
+        (["--users", "5000001"], "less than or equal to 5000000"),
+        # Found by a trial: accounts nobody could log in to.
+        (["--users", "5", "--password", ""], "8 to 256 characters"),
+        (["--users", "5", "--password", "x"], "8 to 256 characters"),
+        (["--users", "5", "--password", "password123"], "too easy to guess"),
+    ],
+    ids=["huge", "past the bound", "empty password", "short", "weak"],
+)
+def test_a_data_set_no_one_could_make_or_use_is_refused(
+    tmp_path: Path, arguments: list[str], said: str
+) -> None:
+    result = CliRunner().invoke(cli, ["seed", "--data-dir", str(tmp_path), *arguments])
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "petpal.sqlite3").exists()  # nothing made

@@ -27,13 +27,15 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import TypeAdapter, ValidationError
 
+from petpal.identity.schemas import Password
 from petpal.media.imaging import ImageLimits
 from petpal.platform.cache import CacheBackendError
 from petpal.platform.redis_cache import RedisBackend
 from petpal.platform.redis_rankings import RedisRankingBackend
 from petpal.platform.redis_timelines import RedisTimelineBackend
-from petpal.platform.security import hash_password
+from petpal.platform.security import hash_password, password_weakness
 from petpal.platform.settings import Settings
 from petpal.platform.storage import Storage
 from petpal.seed import DEMO_PASSWORD
@@ -48,6 +50,21 @@ from petpal.seed.library import SEED_PHOTOS, prepare_library
 from petpal.seed.shape import DAY, DataSet
 
 DEFAULT_PASSWORD = DEMO_PASSWORD
+
+
+def password_problem(password: str, minimum_strength: int) -> str | None:
+    """Why a sign-up would refuse ``password``, or None: the generated
+    accounts' password is one people log in with (found by a trial: an
+    empty one was taken, and no account could log in)."""
+    try:
+        TypeAdapter(Password).validate_python(password)
+    except ValidationError as exc:
+        return "; ".join(
+            error["msg"].removeprefix("Value error, ") for error in exc.errors()
+        )
+    return password_weakness(
+        password, ("user_0", "user_0@example.org"), minimum_strength
+    )
 
 
 class SeedRefusedError(Exception):
