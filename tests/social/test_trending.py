@@ -486,3 +486,21 @@ async def test_a_like_succeeds_when_the_ranking_cannot_be_written(
     assert await ranking(services) is None
     assert await fresh(client, services) == ids([liked, newer])
     assert await ranking(services) == ids([liked, newer])
+
+
+async def test_a_few_authors_at_the_top_hide_no_one_else(
+    client: httpx.AsyncClient,
+    services: Services,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a trial: seven accounts of 300 posts each held the 2,000
+    members a snapshot read, and every other post was missing from it."""
+    monkeypatch.setattr(trending, "TRENDING_READ", 4)
+    quiet, busy = await many_users(services, 2)
+    await warm(client, services)
+    (alone,) = await posts_by(client, services, photos, [quiet])
+    media_id = await a_photo(client, busy, services, photos)
+    burst = [await a_post(client, busy, media_id) for _ in range(5)]
+    # The four newest, all busy's, are read first; three are kept.
+    assert await fresh(client, services) == [*ids(burst[:1:-1]), alone["id"]]

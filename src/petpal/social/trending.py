@@ -120,9 +120,10 @@ TRENDING_SNAPSHOT_TTL = 15 * 60.0
 TRENDING_SIZE = 500
 TRENDING_PER_AUTHOR = 3
 # Ranking members read for a snapshot: enough to fill it after the cap per
-# author, unless a few authors hold most of the top.
+# author, unless a few authors hold most of the top; then the whole ranking
+# is read.
 TRENDING_READ = 4 * TRENDING_SIZE
-# Posts a ranking holds; the lowest fall out.
+# Posts a ranking holds; the lowest fall out once there are a tenth more.
 TRENDING_KEEP = 5000
 # Posts a rebuild considers, from each of two angles (see the module).
 TRENDING_CANDIDATES = 1000
@@ -306,8 +307,8 @@ async def _load_scores(
 # --- reading --------------------------------------------------------------------
 
 
-async def _top_members(services: Services, now: datetime) -> list[str]:
-    """The ranking's top members, rebuilt first if it is missing."""
+async def _top_members(services: Services, now: datetime, count: int) -> list[str]:
+    """The ranking's ``count`` top members, rebuilt first if it is missing."""
     epoch = epoch_of(now)
     key = _ranking_key(epoch)
     load = functools.partial(_load_scores, services, epoch)
@@ -316,7 +317,7 @@ async def _top_members(services: Services, now: datetime) -> list[str]:
         scores = await load(now)
     else:
         try:
-            found = await services.rankings.top(key, TRENDING_READ)
+            found = await services.rankings.top(key, count)
         except CacheBackendError:
             found = None  # the build below then serves the rows, unstored
         if found is not None:
@@ -329,25 +330,41 @@ async def _top_members(services: Services, now: datetime) -> list[str]:
             keep=TRENDING_KEEP,
             ttl=(epoch_end - now + timedelta(days=1)).total_seconds(),
         )
-    return heapq.nlargest(TRENDING_READ, scores, key=lambda m: (scores[m], m))
+    return heapq.nlargest(count, scores, key=lambda m: (scores[m], m))
 
 
 async def _rank_trending(services: Services) -> bytes:
     """A new snapshot: the ranking's top, in the window, capped per author."""
     now = utcnow()
     floor = _id_floor(now - _window(services))
-    per_author: Counter[str] = Counter()
-    ranked: list[str] = []
-    aged: list[str] = []
-    for member in await _top_members(services, now):
-        post_id, _, author_id = member.partition(":")
-        if post_id < floor:
-            aged.append(member)
-            continue
-        if len(ranked) == TRENDING_SIZE or per_author[author_id] >= TRENDING_PER_AUTHOR:
-            continue
-        per_author[author_id] += 1
-        ranked.append(post_id)
+    count = TRENDING_READ
+    while True:
+        per_author: Counter[str] = Counter()
+        ranked: list[str] = []
+        aged: list[str] = []
+        members = await _top_members(services, now, count)
+        for member in members:
+            post_id, _, author_id = member.partition(":")
+            if post_id < floor:
+                aged.append(member)
+                continue
+            if (
+                len(ranked) == TRENDING_SIZE
+                or per_author[author_id] >= TRENDING_PER_AUTHOR
+            ):
+                continue
+            per_author[author_id] += 1
+            ranked.append(post_id)
+        if (
+            len(ranked) == TRENDING_SIZE
+            or len(members) < count
+            or count > TRENDING_KEEP
+        ):
+            break
+        # A few authors (or aged posts) hold most of the top: the rest of
+        # the ranking has posts the snapshot has room for (found by a trial:
+        # seven accounts of 300 posts each hid every other post).
+        count = TRENDING_KEEP + TRENDING_KEEP // 10
     if aged:
         with contextlib.suppress(CacheBackendError):
             await services.rankings.remove(_ranking_key(epoch_of(now)), aged)
