@@ -32,7 +32,7 @@ from petpal.seed.scale import (
     SeedRefusedError,
     seed_scale,
 )
-from petpal.seed.shape import DataSet
+from petpal.seed.shape import DAY, DataSet
 from tests.factories import a_user
 
 USERS = 2000
@@ -270,6 +270,19 @@ def _fingerprint(users: int, seed: int) -> str:
 def test_the_same_seed_makes_the_same_data_set() -> None:
     assert _fingerprint(300, 5) == _fingerprint(300, 5)
     assert _fingerprint(300, 5) != _fingerprint(300, 6)
+
+
+def test_posts_keep_their_pace_up_to_the_present() -> None:
+    """Found by a trial: posts thinned out towards the present (a fifth of
+    the usual number the day before), since each account's end at its last
+    activity and those were spread evenly over the week."""
+    photo = LibraryPhoto("dog", "jpeg", 1, 1, 1, "L00000fQfQfQfQfQfQfQfQfQfQfQ", [])
+    data = DataSet(5000, 3, NOW_US, "hash", [photo])
+    times = [b.columns["created_at"] for b in data.batches() if b.table == "posts"]
+    days = [(NOW_US - t) // DAY for column in times for t in column.us.tolist()]
+    per_day = [days.count(d) for d in range(60)]
+    month_ago = sum(per_day[30:60]) / 30
+    assert min(per_day[1:7]) > 0.7 * month_ago, per_day[:7]
 
 
 def test_seed_options_without_users_are_refused(tmp_path: Path) -> None:
