@@ -74,7 +74,7 @@ from petpal.platform.pagination import (
     encode_cursor,
 )
 from petpal.platform.services import Services
-from petpal.platform.text import fold_location
+from petpal.platform.text import fold_location, searchable_place
 from petpal.platform.wire import Wire, WirePage
 
 PET_TTL = 600.0
@@ -365,9 +365,9 @@ async def list_adoptions(
     typed = location.strip() if location else ""
     folded = fold_location(typed)
     query = listed_pets(species, folded)
-    if typed and not folded:
-        # Only marks that places are searched without (found by a trial: a
-        # lone accent listed every pet): nothing to find.
+    if typed and not searchable_place(folded):
+        # Only marks that places are searched without, and spaces (found by
+        # trials: a lone accent listed every pet): nothing to find.
         query = query.where(false())
     # A cursor belongs to one list: the listing with these filters (found by
     # a trial: one from the whole listing was taken by a filtered one).

@@ -432,6 +432,14 @@ def visible_length(value: str) -> int:
     return sum(1 for ch in value if not _shows_nothing(ch))
 
 
+def searchable_place(folded: str) -> bool:
+    """Whether a place as ``fold_location`` leaves it has something to find
+    by: a place or search of elongations and a space between them folds to
+    the space alone (found by a trial: it was taken, and such a search
+    listed every place with a space)."""
+    return visible_length(folded) > 0
+
+
 def check_visible(value: str) -> str:
     """Refuse text made only of spaces and characters that show nothing."""
     if all(_shows_nothing(ch) for ch in value):
@@ -446,8 +454,9 @@ def check_visible_or_empty(value: str) -> str:
 
 def check_place(value: str) -> str:
     """Refuse a place no search can find: one that shows nothing, or only
-    what places are searched without (an Arabic elongation, marks)."""
-    if value and not fold_location(value):
+    what places are searched without (an Arabic elongation, marks) and
+    spaces between them."""
+    if value and not searchable_place(fold_location(value)):
         raise ValueError(
             "a place must contain a letter, digit or sign it can be searched by"
         )
