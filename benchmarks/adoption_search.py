@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import random
+import shlex
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from petpal.pets.models import Pet
 from petpal.pets.service import listed_pets
@@ -124,6 +126,9 @@ async def run(url: str, rounds: int) -> int:
         listed = await connection.fetchval(
             "SELECT count(*) FROM pets WHERE listing_id IS NOT NULL"
         )
+        if not listed:
+            print("no pet is listed here: seed the database first", file=sys.stderr)
+            return 2
         total = await connection.fetchval("SELECT count(*) FROM pets")
         print(
             f"adoption search benchmark: {listed:,} of {total:,} pets listed; "
@@ -134,6 +139,8 @@ async def run(url: str, rounds: int) -> int:
             f"{'ratio':>12}  plans (index | without)"
         )
         for kind, words in (await places(connection)).items():
+            if not words:  # no listed pet has a place
+                continue
             indexed, walked = Timings(), Timings()
             for word in words:
                 sql = statement(word)
@@ -163,18 +170,30 @@ def main() -> int:
     parser.add_argument("--database-url", help="instead of the --users data set")
     parser.add_argument("--rounds", type=int, default=5)
     options = parser.parse_args()
-    if options.database_url:
-        url = make_url(options.database_url)
-    else:
-        admin = os.environ.get("PETPAL_TEST_DATABASE_URL", DEFAULT_ADMIN_URL)
-        url = make_url(admin).set(database=f"petpal_bench_u{options.users}")
+    admin = os.environ.get("PETPAL_TEST_DATABASE_URL", DEFAULT_ADMIN_URL)
+    try:
+        if options.database_url:
+            url = make_url(options.database_url)
+        else:
+            url = make_url(admin).set(database=f"petpal_bench_u{options.users}")
+    except ArgumentError as exc:
+        parser.error(f"not a database URL: {exc}")
+    if url.get_backend_name() != "postgresql":
+        parser.error("the trigram index is PostgreSQL's: give a postgresql:// URL")
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    code = asyncio.run(run(dsn, options.rounds))
+    try:
+        code = asyncio.run(run(dsn, options.rounds))
+    except (OSError, asyncpg.PostgresError) as exc:
+        shown = url.render_as_string(hide_password=True)
+        print(f"{shown}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     if code == 0:
-        print(
-            "reproduce: .venv/bin/python benchmarks/adoption_search.py"
-            + ("" if options.database_url else f" --users {options.users}")
+        measured = (
+            f" --database-url {shlex.quote(url.render_as_string(hide_password=True))}"
+            if options.database_url
+            else f" --users {options.users}"
         )
+        print(f"reproduce: .venv/bin/python benchmarks/adoption_search.py{measured}")
     return code
 
 
