@@ -504,3 +504,33 @@ async def test_a_few_authors_at_the_top_hide_no_one_else(
     burst = [await a_post(client, busy, media_id) for _ in range(5)]
     # The four newest, all busy's, are read first; three are kept.
     assert await fresh(client, services) == [*ids(burst[:1:-1]), alone["id"]]
+
+
+async def test_a_rebuilt_ranking_holds_more_than_a_few_busy_authors(
+    client: httpx.AsyncClient,
+    services: Services,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a trial: seven authors of 300 liked posts each were all of
+    a rebuild's candidates, the most engaged and the newest alike, and the
+    rebuilt ranking held nobody else. Here three of each, one an author."""
+    monkeypatch.setattr(trending, "TRENDING_CANDIDATES", 3)
+    monkeypatch.setattr(trending, "TRENDING_CANDIDATES_PER_AUTHOR", 1)
+    quiet, first, second, fan = await many_users(services, 4)
+    (alone,) = await posts_by(client, services, photos, [quiet])
+    busy = []
+    for author in (first, second):
+        media_id = await a_photo(client, author, services, photos)
+        for _ in range(3):
+            post = await a_post(client, author, media_id)
+            await like(client, post, fan)
+            busy.append(post)
+    await trending.forget_ranking(services)
+
+    shown = await fresh(client, services)  # rebuilt from the rows
+
+    assert alone["id"] in shown
+    # Each busy author's best, by engagement (their newest of equals) and by
+    # age: the same post.
+    assert sorted(shown) == sorted([alone["id"], busy[2]["id"], busy[5]["id"]])
