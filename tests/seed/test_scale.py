@@ -272,7 +272,7 @@ def test_the_same_seed_makes_the_same_data_set() -> None:
     assert _fingerprint(300, 5) != _fingerprint(300, 6)
 
 
-def test_posts_keep_their_pace_up_to_the_present() -> None:
+def test_posts_keep_their_pace_until_the_last_day() -> None:
     """Found by a trial: posts thinned out towards the present (a fifth of
     the usual number the day before), since each account's end at its last
     activity and those were spread evenly over the week."""

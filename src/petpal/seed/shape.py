@@ -190,7 +190,8 @@ class DataSet:
         # account's posts end at its last activity: spread evenly over the
         # week, the day before the data set had a fifth of the posts of a
         # day a month before (found by a trial, which saw trending's window
-        # hold 0.6% of all posts).
+        # hold 0.6% of all posts). The last day still has about half a
+        # day's, and its last hours fewer.
         self.last_active = lo + (
             (hi - lo) * np.where(self.active, v**0.125, v**0.5)
         ).astype(np.int64)
