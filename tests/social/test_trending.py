@@ -534,3 +534,31 @@ async def test_a_rebuilt_ranking_holds_more_than_a_few_busy_authors(
     # Each busy author's best, by engagement (their newest of equals) and by
     # age: the same post.
     assert sorted(shown) == sorted([alone["id"], busy[2]["id"], busy[5]["id"]])
+
+
+async def test_with_the_cache_off_a_snapshot_loads_the_scores_once(
+    client: httpx.AsyncClient,
+    services: Services,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The naive path (the benchmarks' baseline) loads the scores from the
+    rows at every read; a snapshot with room left read them twice."""
+    monkeypatch.setattr(trending, "TRENDING_READ", 1)
+    posts = await posts_by(client, services, photos, await many_users(services, 2))
+    loads: list[int] = []
+    load = trending._load_scores
+
+    async def counted(*args: Any) -> dict[str, float]:
+        loads.append(1)
+        return await load(*args)
+
+    monkeypatch.setattr(trending, "_load_scores", counted)
+    services.cache.enabled = False
+    try:
+        response = await client.get(TRENDING)
+    finally:
+        services.cache.enabled = True
+    assert response.status_code == 200, response.text
+    assert sorted(ids(response.json()["items"])) == sorted(ids(posts))
+    assert len(loads) == 1
