@@ -29,12 +29,11 @@ ranking missing and rebuilds it from the database, as after a Redis restart
 or eviction; a week's ranking expires a day after the week.
 
 Rebuilding. The most engaged and the newest posts of the window are
-candidates, to bound the work on a busy day, at most
-``TRENDING_CANDIDATES_PER_AUTHOR`` of one author's in each set (twice what
-a snapshot shows of an author): a post in neither set has no more
-engagement than the least engaged candidate and is older than the newest
-ones, or has an author with as many of both, so it could only rank near
-the end or be left out by the cap per author. Their scores are summed
+candidates, to bound the work on a busy day: a post in neither set has no
+more engagement than the least engaged candidate and is older than the
+newest ones, so it could only rank near the end. Each set holds
+``TRENDING_CANDIDATES`` posts, or more while a few authors hold so many of
+them that a snapshot could not be filled from them. Their scores are summed
 from the rows: each post's creation, and its likes and comments counted per
 minute. A ranking holds the best ``TRENDING_KEEP`` posts; new posts join it
 as they are made and the lowest fall out.
@@ -129,10 +128,9 @@ TRENDING_PER_AUTHOR = 3
 TRENDING_READ = 4 * TRENDING_SIZE
 # Posts a ranking holds; the lowest fall out once there are a tenth more.
 TRENDING_KEEP = 5000
-# Posts a rebuild considers, from each of two angles (see the module), and
-# of those, how many of one author's: twice what a snapshot shows.
+# Posts a rebuild considers, from each of two angles (see the module), at
+# the least.
 TRENDING_CANDIDATES = 1000
-TRENDING_CANDIDATES_PER_AUTHOR = 2 * TRENDING_PER_AUTHOR
 
 _CURRENT_KEY = "trending:current"
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -270,26 +268,20 @@ def _events_per_minute(
 async def _candidates(
     session: AsyncSession, query: Select[str, str, datetime]
 ) -> list[Any]:
-    """The first ``TRENDING_CANDIDATES`` rows of ``query`` (ordered), at most
-    ``TRENDING_CANDIDATES_PER_AUTHOR`` of each author's (found by a trial:
-    seven authors of 300 liked posts each were all of both sets, and a
-    rebuilt ranking held nobody else). Read four times as many at first,
-    then more while a few authors hold them: a cap per author in SQL (a
-    window function) numbered every post of the window, 49 and 67 ms
-    against 18 and 1 ms for the two sets on 200k."""
-    limit = 4 * TRENDING_CANDIDATES
+    """The first rows of ``query`` (ordered): ``TRENDING_CANDIDATES``, or
+    more while they cannot fill a snapshot at ``TRENDING_PER_AUTHOR`` posts
+    an author (found by a trial: seven authors of 300 liked posts each were
+    all of both sets, and a rebuilt ranking held nobody else). Always a
+    first part of the order, so a post left out ranks below all of them by
+    that order (a cap per author left out posts of many likes, which a like
+    then put into the ranking with its own weight alone: another trial)."""
+    limit = TRENDING_CANDIDATES
     while True:
         rows = (await session.execute(query.limit(limit))).all()
-        per_author: Counter[str] = Counter()
-        kept = []
-        for row in rows:
-            if per_author[row.author_id] < TRENDING_CANDIDATES_PER_AUTHOR:
-                per_author[row.author_id] += 1
-                kept.append(row)
-                if len(kept) == TRENDING_CANDIDATES:
-                    return kept
-        if len(rows) < limit:
-            return kept
+        per_author = Counter(row.author_id for row in rows)
+        shown = sum(min(n, TRENDING_PER_AUTHOR) for n in per_author.values())
+        if len(rows) < limit or shown >= TRENDING_SIZE:
+            return list(rows)
         limit *= 4
 
 
