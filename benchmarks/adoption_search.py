@@ -46,6 +46,8 @@ from petpal.pets.models import Pet
 from petpal.pets.service import listed_pets
 from petpal.platform.text import fold_location
 
+# As benchmarks/report.py and loadtest/run.py have it: run as a script, this
+# file cannot import either (only benchmarks/ is on the path).
 DEFAULT_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 PAGE = 21  # a page of 20 and one to tell whether there is more
 INDEX = "ix_pets_listed_location_trigrams"
@@ -175,6 +177,7 @@ def main() -> int:
         if options.database_url:
             url = make_url(options.database_url)
         else:
+            # benchmarks.report.dataset_name
             url = make_url(admin).set(database=f"petpal_bench_u{options.users}")
     except ArgumentError as exc:
         parser.error(f"not a database URL: {exc}")

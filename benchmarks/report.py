@@ -141,9 +141,14 @@ def admin_url() -> str:
     return os.environ.get("PETPAL_TEST_DATABASE_URL", DEFAULT_ADMIN_DATABASE_URL)
 
 
+def dataset_name(users: int) -> str:
+    """The database that keeps the data set of ``users`` accounts."""
+    return f"petpal_bench_u{users}"
+
+
 def ensure_dataset(options: Options, env: dict[str, str]) -> str:
     """The kept data set of ``options.users`` accounts; seeded when missing."""
-    name = f"petpal_bench_u{options.users}"
+    name = dataset_name(options.users)
     marker = Path(env["PETPAL_DATA_DIR"]) / ".seeded"
     # The name is made above from an int: nothing to quote.
     query = f"SELECT count(*) FROM pg_database WHERE datname = '{name}'"  # noqa: S608
@@ -168,7 +173,7 @@ def ensure_dataset(options: Options, env: dict[str, str]) -> str:
 
 
 def database_url(options: Options) -> str:
-    url = make_url(admin_url()).set(database=f"petpal_bench_u{options.users}")
+    url = make_url(admin_url()).set(database=dataset_name(options.users))
     return url.render_as_string(hide_password=False)
 
 

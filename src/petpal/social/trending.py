@@ -105,6 +105,7 @@ from petpal.platform.pagination import (
     decode_cursor,
     encode_cursor,
 )
+from petpal.platform.rankings import trim_threshold
 from petpal.platform.services import Services
 from petpal.platform.wire import WirePage
 from petpal.social.models import Comment, Like, Post
@@ -362,7 +363,7 @@ async def _rank_trending(services: Services) -> bytes:
     floor = _id_floor(now - _window(services))
     # With the cache off every read loads the scores from the rows: all of
     # them at once, then.
-    whole = TRENDING_KEEP + TRENDING_KEEP // 10
+    whole = trim_threshold(TRENDING_KEEP)  # the most a ranking holds
     count = TRENDING_READ if services.cache.enabled else whole
     while True:
         per_author: Counter[str] = Counter()
