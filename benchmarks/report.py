@@ -101,6 +101,7 @@ class Options:
     output: Path
     fresh: bool
     skip: set[str]
+    mix_rounds: int = 3
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -123,6 +124,13 @@ def parse_args(argv: list[str] | None) -> Options:
         default="",
         help="comma-separated parts to leave out: naive, mix, freshness, offline",
     )
+    add(
+        "--mix-rounds",
+        type=_at_least_one,
+        default=3,
+        help="rounds of the user mix with one server process, then two, that"
+        " give their ratio (default 3)",
+    )
     args = parser.parse_args(argv)
     return Options(
         users=args.users,
@@ -131,7 +139,18 @@ def parse_args(argv: list[str] | None) -> Options:
         output=args.output,
         fresh=args.fresh,
         skip={s for s in args.skip.split(",") if s},
+        mix_rounds=args.mix_rounds,
     )
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {value}")
+    return value
 
 
 # --- the data set ------------------------------------------------------------
@@ -569,6 +588,10 @@ class Results:
     # where there is no work of ours to share it.
     b0_two: Capacity | None = None
     mix_open: OpenLoop | None = None
+    # Further rounds of the mix with one process, then two, each pair back
+    # to back (after mix_one and mix_two, the first): the ratio of two
+    # separate runs moved from 1.04 to 2.54 between runs of one commit.
+    mix_rounds: list[tuple[Capacity, Capacity]] = field(default_factory=list)
     # Each action of the mix on its own, and its share of the mix's requests.
     mix_actions: dict[str, Capacity] = field(default_factory=dict)
     mix_shares: dict[str, float] = field(default_factory=dict)
@@ -685,6 +708,11 @@ def measure_all(
             results.mix_open = open_loop(
                 two.url, mix, rate, options.open_seconds, two.server_pids
             )
+            # What the mix queued is run here, not by the next stack's worker
+            # while that one is measured.
+            wait_for_jobs(env)
+        for _ in range(options.mix_rounds - 1):
+            results.mix_rounds.append(mix_round(env, logs, mix, options))
     if "naive" not in options.skip:
         print("the naive path: one server process, no cache", flush=True)
         naive_env = dict(
@@ -699,6 +727,29 @@ def measure_all(
                 results.naive_upload = measure_naive_upload(naive, env, options)
     if "offline" not in options.skip:
         results.offline = run_offline(env, options)
+
+
+def mix_round(
+    env: dict[str, str], logs: Path, mix: list[Request], options: Options
+) -> tuple[Capacity, Capacity]:
+    """The mix's capacity with one server process, then with two, each in a
+    stack of its own started for it, back to back; each stack runs the jobs
+    its mix queued before it stops."""
+    runs = []
+    for workers in (1, 2):
+        print(f"  the user mix again, {workers} server process(es) …", flush=True)
+        with stack(env, logs, workers=workers) as round_stack:
+            runs.append(
+                capacity(
+                    round_stack.url,
+                    mix,
+                    options.seconds,
+                    round_stack.server_pids,
+                    roles=round_stack.roles,
+                )
+            )
+            wait_for_jobs(env)
+    return runs[0], runs[1]
 
 
 def measure_mix_actions(

@@ -310,3 +310,46 @@ def test_a_missed_latency_says_what_a_request_cost_at_that_rate() -> None:
         "median 2.0 ms; the server used 0.45 cores; CPU per request 0.90 ms in "
         "this run, 0.50 ms at saturation;"
     )
+
+
+def test_two_processes_against_one_is_the_median_round() -> None:
+    """One pair of runs gave 1.04 × and another of the same commit 2.54 ×:
+    the verdict is the median of rounds, each of one process then two."""
+    from pathlib import Path
+
+    from benchmarks.drivers import Capacity
+    from benchmarks.markdown import render
+    from benchmarks.report import Options, Results
+
+    results = Results()
+    results.mix_one = Capacity(6_000, 10.0, 0, 9.0, 12.0, "")
+    results.mix_two = Capacity(6_000, 10.0, 0, 14.0, 19.0, "")  # 1.00 ×
+    results.mix_rounds = [
+        (
+            Capacity(5_000, 10.0, 0, 9.0, 12.0, ""),
+            Capacity(7_500, 10.0, 0, 14.0, 19.0, ""),
+        ),
+        (
+            Capacity(4_000, 10.0, 0, 9.0, 12.0, ""),
+            Capacity(12_000, 10.0, 0, 14.0, 19.0, ""),
+        ),
+    ]
+    options = Options(200_000, 10, 15, Path("out.md"), False, set())
+    text = render(options, results, "python3 dev.py bench --users 200000")
+    row = next(line for line in text.splitlines() if "two server processes" in line)
+    assert (
+        "1.50 ×, the median of 3 rounds of one process then two (1.00, 1.50, 3.00 ×);"
+        " the first (600/s → 600/s)"
+    ) in row
+    assert row.endswith("| met |")
+    assert "| round 3: two processes | 1,200 |" in text
+
+
+def test_the_mix_rounds_option_takes_a_count_of_at_least_one() -> None:
+    from benchmarks.report import parse_args
+
+    assert parse_args([]).mix_rounds == 3
+    assert parse_args(["--mix-rounds", "1"]).mix_rounds == 1
+    for wrong in ("0", "-2", "two"):
+        with pytest.raises(SystemExit):
+            parse_args(["--mix-rounds", wrong])
