@@ -41,6 +41,18 @@ def sh(*args: str | Path, env: dict[str, str] | None = None) -> None:
     subprocess.run([str(a) for a in args], cwd=ROOT, check=True, env=env)
 
 
+def from_here(*args: str | Path) -> None:
+    """Run a module of the repository from the caller's directory, so that a
+    relative path among the arguments is the caller's (found by a trial:
+    `--mix mix/neg.toml` was looked for in the repository)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), env.get("PYTHONPATH")])
+    )
+    print("+", " ".join(str(a) for a in args), flush=True)
+    subprocess.run([str(a) for a in args], check=True, env=env)
+
+
 def ensure_venv() -> None:
     """Create .venv and install the hash-checked pins, once per lock change."""
     if not PY.exists():
@@ -305,12 +317,12 @@ def lock(_argv: list[str]) -> None:
 
 def loadtest(argv: list[str]) -> None:
     """Run the load test (loadtest/run.py); `loadtest --help` lists its options."""
-    sh(PY, "-m", "loadtest.run", *argv)
+    from_here(PY, "-m", "loadtest.run", *argv)
 
 
 def bench(argv: list[str]) -> None:
     """Make docs/benchmarks.md (benchmarks/report.py); `bench --help` for options."""
-    sh(PY, "-m", "benchmarks.report", *argv)
+    from_here(PY, "-m", "benchmarks.report", *argv)
 
 
 def install(_argv: list[str]) -> None:

@@ -10,7 +10,9 @@ Locust, which monkeypatches the process with gevent.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,24 @@ class MixError(ValueError):
     """The mix file or the weight overrides do not describe a usable mix."""
 
 
+# What a mix may say. A weight becomes that many entries in Locust's task list,
+# so it is bounded; so are the pause (a person pausing a minute between actions
+# does next to nothing in a run), the API's page size and the photo poll.
+MAX_WEIGHT = 1_000
+MAX_PAUSE_SECONDS = 60
+MAX_PAGE_SIZE = 100
+MAX_READY_TIMEOUT_SECONDS = 120
+# The sections of a mix file and the keys of each.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "weights": ACTIONS,
+    "pause": ("min_seconds", "max_seconds"),
+    "feeds": ("page_size",),
+    "photos": ("files", "ready_timeout_seconds"),
+}
+# Where a weight override comes from, in messages.
+OVERRIDES = f"the weight overrides (--weights / ${WEIGHTS_ENV})"
+
+
 @dataclass(frozen=True)
 class Mix:
     weights: dict[str, int]
@@ -97,70 +117,245 @@ def load_mix(path: Path | None = None, overrides: str | None = None) -> Mix:
         path = Path(os.environ.get(MIX_ENV) or DEFAULT_MIX)
     if overrides is None:
         overrides = os.environ.get(WEIGHTS_ENV, "")
-    try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise MixError(f"cannot read the mix {path}: {exc}") from exc
-    try:
-        weights = _weights(data["weights"]) | parse_overrides(overrides)
-        mix = Mix(
-            weights=weights,
-            pause_min_seconds=float(data["pause"]["min_seconds"]),
-            pause_max_seconds=float(data["pause"]["max_seconds"]),
-            page_size=int(data["feeds"]["page_size"]),
-            photos=tuple(ROOT / name for name in data["photos"]["files"]),
-            photo_ready_timeout_seconds=float(data["photos"]["ready_timeout_seconds"]),
-            source=path,
+    sections = _sections(_read(path), path)
+    weights = _file_weights(sections["weights"], path)
+    overridden = parse_overrides(overrides)
+    weights |= overridden
+    pause, feeds, photos = sections["pause"], sections["feeds"], sections["photos"]
+    pause_min = _seconds(path, "pause", "min_seconds", pause, 0, MAX_PAUSE_SECONDS)
+    pause_max = _seconds(path, "pause", "max_seconds", pause, 0, MAX_PAUSE_SECONDS)
+    if pause_min > pause_max:
+        raise MixError(
+            f"{path}: [pause] min_seconds ({pause_min:g}) is more than "
+            f"max_seconds ({pause_max:g})"
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MixError(f"{path}: {type(exc).__name__} {exc}") from exc
-    _check(mix)
+    mix = Mix(
+        weights=weights,
+        pause_min_seconds=pause_min,
+        pause_max_seconds=pause_max,
+        page_size=_page_size(path, feeds),
+        photos=_photos(path, photos),
+        photo_ready_timeout_seconds=_seconds(
+            path,
+            "photos",
+            "ready_timeout_seconds",
+            photos,
+            0,
+            MAX_READY_TIMEOUT_SECONDS,
+            zero=False,
+        ),
+        source=path,
+    )
+    # What the file and the overrides say together.
+    where = f"{path} with {OVERRIDES}" if overridden else str(path)
+    if sum(mix.weights.values()) == 0:
+        raise MixError(
+            f"{where}: every weight is 0: the simulated people would do nothing"
+        )
+    if mix.weights["post_photo"] and not mix.photos:
+        raise MixError(f"{where}: post_photo has a weight but [photos] files is empty")
     return mix
 
 
 def parse_overrides(text: str) -> dict[str, int]:
     """``"comment=0, like_or_unlike=20"`` as a dict of weights."""
-    weights: dict[str, Any] = {}
+    weights: dict[str, int] = {}
     for item in text.split(","):
         if not item.strip():
             continue
         name, equals, value = item.partition("=")
-        if not equals:
-            raise MixError(f"a weight override is name=weight, not {item.strip()!r}")
-        weights[name.strip()] = value.strip()
-    return _weights(weights)
-
-
-def _weights(raw: dict[str, Any]) -> dict[str, int]:
-    weights: dict[str, int] = {}
-    for name, value in raw.items():
-        # bool is an int to Python, and `like = true` is surely a typo.
-        if isinstance(value, bool) or not str(value).isdigit():
-            raise MixError(f"the weight of {name} must be a whole number ≥ 0")
-        weights[name] = int(value)
+        name, value = name.strip(), value.strip()
+        if not equals or not name:
+            raise MixError(
+                f"{OVERRIDES}: a weight override is name=weight, not {item.strip()!r}"
+            )
+        weight = _whole_number(value)
+        if weight is None:
+            raise MixError(f"{OVERRIDES}: {_weight_rule(name)}, not {value!r}")
+        weights[name] = weight
+    if unknown := sorted(set(weights) - set(ACTIONS)):
+        raise MixError(
+            f"{OVERRIDES}: unknown actions {unknown}; "
+            f"the actions are {', '.join(ACTIONS)}"
+        )
     return weights
 
 
-def _check(mix: Mix) -> None:
-    unknown = sorted(set(mix.weights) - set(ACTIONS))
-    missing = [action for action in ACTIONS if action not in mix.weights]
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except UnicodeDecodeError as exc:
+        raise MixError(
+            f"cannot read the mix {path}: it is not UTF-8 text, as TOML must be "
+            f"(byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from exc
+    # TOMLDecodeError is a ValueError, and so is an integer of thousands of
+    # digits, which tomllib reads with int().
+    except (OSError, ValueError) as exc:
+        raise MixError(f"cannot read the mix {path}: {exc}") from exc
+
+
+def _sections(data: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """The file's sections, each a table, refusing any other key."""
+    known = ", ".join(f"[{name}]" for name in SECTIONS)
+    for key, value in data.items():
+        if key in SECTIONS:
+            continue
+        if isinstance(value, dict):
+            raise MixError(
+                f"{path}: unknown section [{_key(key)}]; the sections are {known}"
+            )
+        raise MixError(
+            f"{path}: unknown key {_key(key)} outside any section; "
+            f"the sections are {known}"
+        )
+    for name, keys in SECTIONS.items():
+        if name not in data:
+            raise MixError(
+                f"{path}: no section [{name}]; it has the keys {', '.join(keys)}"
+            )
+        if not isinstance(data[name], dict):
+            raise MixError(
+                f"{path}: {name} must be the section [{name}], a table, "
+                f"not {_value(data[name])}"
+            )
+        if name == "weights":
+            continue  # its keys are the actions: _file_weights says which.
+        for key in data[name]:
+            if key not in keys:
+                raise MixError(
+                    f"{path}: [{name}] has no key {_key(key)}; "
+                    f"its keys are {', '.join(keys)}"
+                )
+        for key in keys:
+            if key not in data[name]:
+                raise MixError(f"{path}: [{name}] lacks the key {key}")
+    return data
+
+
+def _file_weights(raw: dict[str, Any], path: Path) -> dict[str, int]:
+    unknown = sorted(set(raw) - set(ACTIONS))
+    missing = [action for action in ACTIONS if action not in raw]
     if unknown or missing:
         raise MixError(
-            f"{mix.source}: unknown actions {unknown}, actions without a weight "
-            f"{missing}; the actions are {', '.join(ACTIONS)}"
+            f"{path}: [weights] has unknown actions {unknown}, actions without "
+            f"a weight {missing}; the actions are {', '.join(ACTIONS)}"
         )
-    if sum(mix.weights.values()) == 0:
-        raise MixError("every weight is 0: the simulated people would do nothing")
-    if not 0 <= mix.pause_min_seconds <= mix.pause_max_seconds:
-        raise MixError("the pause needs 0 ≤ min_seconds ≤ max_seconds")
-    if not 1 <= mix.page_size <= 100:
-        raise MixError("page_size is 1 to 100, the API's limits")
-    if mix.weights["post_photo"] and not mix.photos:
-        raise MixError("post_photo has a weight but [photos] lists no files")
-    for photo in mix.photos:
+    weights: dict[str, int] = {}
+    for action in ACTIONS:
+        value = raw[action]
+        # bool is an int to Python, and `like = true` is surely a typo.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= MAX_WEIGHT
+        ):
+            raise MixError(
+                f"{path}: [weights] {_weight_rule(action)}, not {_value(value)}"
+            )
+        weights[action] = value
+    return weights
+
+
+def _weight_rule(name: str) -> str:
+    return f"the weight of {_key(name)} must be a whole number from 0 to {MAX_WEIGHT:,}"
+
+
+def _whole_number(text: str) -> int | None:
+    """``text`` as a weight, if it is 0 to MAX_WEIGHT in the ASCII digits 0-9."""
+    # Not str.isdigit(), which takes "²"; not int(), which takes "1_000", "٣"
+    # and spaces, and refuses thousands of digits with an error of its own.
+    match = re.fullmatch(r"0*([0-9]{1,4})", text)
+    if match is None or int(match[1]) > MAX_WEIGHT:
+        return None
+    return int(match[1])
+
+
+def _seconds(
+    path: Path,
+    section: str,
+    key: str,
+    table: dict[str, Any],
+    low: float,
+    high: float,
+    *,
+    zero: bool = True,
+) -> float:
+    """``table[key]``: a finite number of seconds, ``low`` (or more) to ``high``."""
+    value = table[key]
+    # Compared before float(): an int may be too large to be one. NaN is
+    # neither above nor below anything, so it fails the comparison.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (low <= value if zero else low < value)
+        or not value <= high
+        or not math.isfinite(value)
+    ):
+        bounds = f"from {low:g} to" if zero else f"more than {low:g} and at most"
+        raise MixError(
+            f"{path}: [{section}] {key} must be a number of seconds {bounds} "
+            f"{high:g}, not {_value(value)}"
+        )
+    return float(value)
+
+
+def _page_size(path: Path, table: dict[str, Any]) -> int:
+    value = table["page_size"]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= MAX_PAGE_SIZE
+    ):
+        raise MixError(
+            f"{path}: [feeds] page_size must be a whole number from 1 to "
+            f"{MAX_PAGE_SIZE}, the API's limits, not {_value(value)}"
+        )
+    return value
+
+
+def _photos(path: Path, table: dict[str, Any]) -> tuple[Path, ...]:
+    names = table["files"]
+    if not isinstance(names, list):
+        raise MixError(
+            f"{path}: [photos] files must be a list of paths, not {_value(names)}"
+        )
+    photos = []
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise MixError(
+                f"{path}: [photos] files must list paths from the repository "
+                f"root, not {_value(name)}"
+            )
+        photo = ROOT / name
         if not photo.is_file():
-            raise MixError(f"the photo {photo} does not exist")
+            raise MixError(
+                f"{path}: [photos] files: the photo {_value(name)} does not exist "
+                "(paths are from the repository root)"
+            )
+        photos.append(photo)
+    return tuple(photos)
+
+
+def _key(name: str) -> str:
+    # A TOML key as written, quoted if it needs quotes (and so on one line).
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else repr(name)
+
+
+def _value(value: Any) -> str:
+    """A value from the file as a message shows it: short and on one line."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = repr(value)
+    else:
+        text = str(value)  # numbers (nan and inf as TOML writes them), dates
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def describe(mix: Mix) -> str:

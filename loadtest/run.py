@@ -63,7 +63,15 @@ from loadtest.mix import (
     describe,
     load_mix,
 )
-from loadtest.stats import AGGREGATED, Results, read_results, table, verdict
+from loadtest.stats import (
+    AGGREGATED,
+    FINAL_RESULTS_ENV,
+    Results,
+    never_taken,
+    read_results,
+    table,
+    verdict,
+)
 
 BIN = Path(sys.executable).parent
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -107,7 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--users", type=int, default=30, help="simulated people (default 30)")
     add(
         "--spawn-rate",
-        type=float,
+        type=_finite,
         default=2,
         help="people started per second (default 2; each logs in, which costs "
         "the server about 0.2 s of CPU)",
@@ -115,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--duration", type=int, default=45, help="seconds of load (default 45)")
     add(
         "--p99-ms",
-        type=float,
+        type=_milliseconds,
         default=DEFAULT_P99_MS,
         help=f"p99 limit of every request (default {DEFAULT_P99_MS:g})",
     )
@@ -142,7 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add(
         "--access-token-ttl",
-        type=int,
+        type=_whole_seconds,
         help="the server's access-token lifetime in seconds; short, the "
         "simulated app refreshes its token during the run",
     )
@@ -154,16 +162,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return options
 
 
+# Checked as the options are read, not by Locust or the server after the
+# migration and the seed (found by a trial: `--spawn-rate nan` and
+# `--access-token-ttl -1` failed only then, and `--p99-ms nan` passed every
+# request, a comparison with NaN being false).
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a limit is over 0 ms, not {text!r}")
+    return value
+
+
+def _whole_seconds(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of seconds ≥ 1, not {text!r}")
+    return int(text)
+
+
 def p99_limits(options: argparse.Namespace) -> dict[str, float]:
     limits = {AGGREGATED: float(options.p99_ms)}
     for item in options.p99_limit:
         label, equals, value = item.rpartition("=")
         try:
-            limits[label.strip()] = float(value)
-        except ValueError:
+            limits[label.strip()] = _milliseconds(value)
+        except argparse.ArgumentTypeError:
             equals = ""
         if not equals or not label.strip():
-            raise RunError(f"--p99-limit is 'METHOD /route=MS', not {item!r}")
+            raise RunError(
+                f"--p99-limit is 'METHOD /route=MS' with MS a number over 0, "
+                f"not {item!r}"
+            )
     return limits
 
 
@@ -191,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print("\n" + table(results, limits))
     print(summary)
-    reasons = verdict(results, limits)
+    missed = never_taken(results, mix.weights)
+    if missed:
+        print(
+            f"NOTE: never taken in this run, so not measured: {', '.join(missed)}"
+            " (rare in the mix, or the run too short for them)"
+        )
+    reasons = verdict(results, limits, mix.weights)
     if reasons:
         print("\nLOAD TEST FAILED:")
         print("\n".join(f"  - {reason}" for reason in reasons), flush=True)
@@ -221,6 +265,10 @@ def reproduce(options: argparse.Namespace) -> str:
         words.append(f"--mix {shlex.quote(str(options.mix))}")
     if options.weights:
         words.append(f"--weights {shlex.quote(options.weights)}")
+    # Which account each person takes (found by a trial: left out).
+    words.append(f"--seed {shlex.quote(options.seed)}")
+    if options.results:
+        words.append(f"--results {shlex.quote(str(options.results))}")
     return " ".join(words)
 
 
@@ -228,7 +276,8 @@ def run(
     options: argparse.Namespace, mix: Mix, dataset: Dataset, cleanup: ExitStack
 ) -> tuple[Results, str]:
     work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="petpal-lt-")))
-    results_dir = options.results or work / "results"
+    # Absolute: Locust runs in the repository, the caller maybe elsewhere.
+    results_dir = (options.results or work / "results").resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     env = server_environment(options, work / "data", cleanup)
 
@@ -244,19 +293,39 @@ def run(
     print(f"data set {dataset.spec} ready in {time.monotonic() - started:.0f} s")
 
     prefix = results_dir / "locust"
+    final = results_dir / "locust_final.json"
+    final.unlink(missing_ok=True)  # a kept folder's earlier run
+    locust_log = results_dir / "locust.log"
     with measuring_cpu(server) as cpu:
-        run_locust(options, dataset, server.url, prefix, results_dir / "locust.log")
+        code = run_locust(options, dataset, server.url, prefix, final, locust_log)
     if server.process.poll() is not None:
         raise RunError(f"the server stopped during the run; see {results_dir}")
     # The server's own view (latency per route, SQL per request), to set
     # beside Locust's, which includes the time a request waits for the client.
     metrics = httpx.get(f"{server.url}/metrics", timeout=10)
     (results_dir / "metrics.txt").write_text(metrics.text)
-    try:
-        results = read_results(prefix)
-    except (OSError, KeyError) as exc:
-        raise RunError(f"Locust left no readable results: {exc}") from exc
+    results = final_results(final, code, locust_log)
     return results, _summary(options, results, cpu)
+
+
+def final_results(final: Path, code: int, locust_log: Path) -> Results:
+    """What Locust measured, from the file its quit wrote; RunError when
+    there is none, or when its exit status says what the results do not."""
+    try:
+        results = read_results(final)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RunError(
+            f"Locust exited with {code} and left no readable results ({exc}):\n"
+            f"{_tail(locust_log)}"
+        ) from exc
+    # 1 is Locust's "some requests failed or the scenarios raised"; a crash
+    # exits 1 too (found by a trial: a MemoryError was reported as missing
+    # files), so the results must say which.
+    if code == 1 and not (results.failures or results.exceptions):
+        raise RunError(
+            f"Locust exited with 1 but recorded no failure:\n{_tail(locust_log)}"
+        )
+    return results
 
 
 def server_environment(
@@ -366,7 +435,7 @@ def _machine_cpu_seconds() -> float:
 def serving(env: dict[str, str], log_path: Path) -> Iterator[Server]:
     """``petpal serve`` on a free loopback port, ready; stopped by pid on exit."""
     port = _free_port()
-    with log_path.open("ab") as log:
+    with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(BIN / "petpal"), "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
@@ -424,8 +493,10 @@ def run_locust(
     dataset: Dataset,
     url: str,
     prefix: Path,
+    final: Path,
     log_path: Path,
-) -> None:
+) -> int:
+    """Run Locust to its end; its exit status, 0 or 1 (else RunError)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), env.get("PYTHONPATH")])
@@ -434,6 +505,7 @@ def run_locust(
     env[ACCOUNT_COUNT_ENV] = str(dataset.account_count)
     env[PASSWORD_ENV] = dataset.password
     env[SEED_ENV] = options.seed
+    env[FINAL_RESULTS_ENV] = str(final.resolve())
     if options.mix:
         env[MIX_ENV] = str(options.mix.resolve())
     if options.weights is not None:
@@ -455,7 +527,8 @@ def run_locust(
         f"second, {options.duration} s",
         flush=True,
     )
-    with log_path.open("ab") as log:
+    # A kept folder's logs are this run's alone (found by a trial: appended).
+    with log_path.open("wb") as log:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
@@ -468,6 +541,7 @@ def run_locust(
     # 1 means "some requests failed", which the verdict reports in detail.
     if code not in (0, 1):
         raise RunError(f"Locust exited with {code}:\n{_tail(log_path)}")
+    return code
 
 
 def _tail(path: Path, lines: int = 30) -> str:

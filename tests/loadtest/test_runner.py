@@ -8,6 +8,7 @@ the Redis keys of a distributed run.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 import redis
 
 from loadtest.dataset import (
+    SEED_MAX_USERS,
+    SEED_MIN_USERS,
     RunError,
     parse_dataset,
     private_database,
@@ -23,6 +26,7 @@ from loadtest.dataset import (
     run_tag,
 )
 from loadtest.run import (
+    final_results,
     p99_limits,
     parse_args,
     reproduce,
@@ -31,6 +35,7 @@ from loadtest.run import (
 )
 from loadtest.stats import AGGREGATED
 from tests.conftest import (
+    FIXTURES,
     TEST_DATABASE_URL,
     TEST_REDIS_URL,
     PostgresServer,
@@ -48,9 +53,20 @@ def test_the_data_sets() -> None:
     assert scale.seed_args == ("seed", "--users", "20000")
     assert (scale.accounts, scale.account_count) == ("user_{i}", 20000)
     assert scale.prepared_accounts == 0
-    for wrong in ("scale", "scale:0", "scale:many", "large"):
+    # Found by a trial: "scale:²" passed isdigit() and failed in int().
+    for wrong in ("scale", "scale:many", "large", "scale:\u00b2", "scale:-5"):
         with pytest.raises(ValueError, match="'demo' or 'scale:N'"):
             parse_dataset(wrong)
+    # Found by a trial: refused by the seed, after a migration.
+    for wrong in ("scale:0", "scale:1", "scale:99999999"):
+        with pytest.raises(ValueError, match="has 2 to 5,000,000 accounts"):
+            parse_dataset(wrong)
+
+
+def test_the_data_sets_bounds_are_the_seeds() -> None:
+    from petpal.seed import MAX_USERS
+
+    assert (SEED_MIN_USERS, SEED_MAX_USERS) == (2, MAX_USERS)
 
 
 def test_p99_limits_default_and_per_request() -> None:
@@ -62,9 +78,32 @@ def test_p99_limits_default_and_per_request() -> None:
         AGGREGATED: 400.0,
         "POST /api/v1/auth/token": 1500.0,
     }
-    for wrong in ("POST /api/v1/auth/token", "=5", "GET /x=fast"):
+    wrong_limits = ["POST /api/v1/auth/token", "=5", "GET /x=fast"]
+    # Found by a trial: NaN passed every request; a negative one none.
+    wrong_limits += ["GET /x=nan", "GET /x=inf", "GET /x=-1", "GET /x=0"]
+    for wrong in wrong_limits:
         with pytest.raises(RunError, match="METHOD /route=MS"):
             p99_limits(parse_args(["--p99-limit", wrong]))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # Found by a trial: NaN turned the latency gate off.
+        ["--p99-ms", "nan"],
+        ["--p99-ms", "inf"],
+        ["--p99-ms", "-5"],
+        # Found by a trial: refused only by Locust or the server, after the
+        # migration and the seed; 0 was left out without a word.
+        ["--spawn-rate", "nan"],
+        ["--access-token-ttl", "-1"],
+        ["--access-token-ttl", "0"],
+    ],
+)
+def test_options_no_run_could_use_are_refused_at_once(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parse_args(argv)
+    assert refused.value.code == 2
 
 
 def test_the_printed_command_repeats_the_run() -> None:
@@ -73,6 +112,28 @@ def test_the_printed_command_repeats_the_run() -> None:
     again = reproduce(parse_args(argv)).removeprefix("python3 dev.py loadtest ")
 
     assert vars(parse_args(again.replace("'", "").split())) == vars(parse_args(argv))
+    # Found by a trial: which account each person takes was left out.
+    seeded = [*argv, "--seed", "other", "--results", "kept"]
+    again = reproduce(parse_args(seeded)).removeprefix("python3 dev.py loadtest ")
+    assert vars(parse_args(again.split())) == vars(parse_args(seeded))
+
+
+def test_locust_exiting_without_results_says_why(tmp_path: Path) -> None:
+    """Found by a trial: Locust died of a MemoryError, and the run said its
+    CSV files were missing; a crash exits 1, as failed requests do."""
+    log = tmp_path / "locust.log"
+    log.write_text("Traceback (most recent call last):\nMemoryError\n")
+    final = tmp_path / "locust_final.json"
+
+    with pytest.raises(RunError, match="exited with 1 and left no readable results"):
+        final_results(final, 1, log)
+    final.write_text('{"requests": [')  # cut short
+    with pytest.raises(RunError, match="MemoryError"):
+        final_results(final, 1, log)
+    shutil.copyfile(FIXTURES / "locust" / "run_final.json", final)
+    with pytest.raises(RunError, match="exited with 1 but recorded no failure"):
+        final_results(final, 1, log)
+    assert final_results(final, 0, log).aggregated is not None
 
 
 def test_embedded_runs_ignore_engine_settings_and_lift_rate_limits(
