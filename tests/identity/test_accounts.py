@@ -440,6 +440,16 @@ async def test_a_password_made_of_the_account_s_own_details_is_weak(
     )
 
 
+async def test_a_password_made_of_the_site_s_name_says_so(
+    client: httpx.AsyncClient,
+) -> None:
+    body = sign_up_body("qb1", password="petpal12")
+    problem = assert_problem(await client.post("/api/v1/accounts", json=body), 422)
+    assert problem["code"] == "weak_password"
+    # Found by a trial: it was said to be made of the account's details.
+    assert "or of this site's name" in problem["detail"]
+
+
 def _details(username: str, email: str = "", display_name: str = "X") -> list[str]:
     email = email or f"{username}@example.org"
     return [username, email, display_name]

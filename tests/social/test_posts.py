@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -177,6 +178,31 @@ async def test_only_the_author_deletes_a_post(
     assert_problem(await client.delete(url, headers=mallory.headers), 403, "forbidden")
     assert_problem(await client.delete(url), 401, "unauthorized")
     assert (await client.get(url)).status_code == 200
+
+
+async def test_a_post_deleted_by_several_requests_at_once_is_deleted_by_one(
+    client: httpx.AsyncClient, services: Services, photos: Path
+) -> None:
+    """Found by a trial: on PostgreSQL eight deletions of one post at once
+    all answered 204; one deleted it, and the rest should find it gone."""
+    alice = await a_member(services)
+    media_id = await a_photo(client, alice, services, photos)
+    post = await a_post(client, alice, media_id)
+    kept = await a_post(client, alice, media_id)
+    url = f"/api/v1/posts/{post['id']}"
+
+    answers = await asyncio.gather(
+        *(client.delete(url, headers=alice.headers) for _ in range(8))
+    )
+
+    assert sorted(a.status_code for a in answers) == [204] + [404] * 7
+    for answer in answers:
+        if answer.status_code == 404:
+            assert_problem(answer, 404, "not_found")
+    profile = await client.get(f"/api/v1/accounts/{alice.username}")
+    assert profile.json()["post_count"] == 1
+    listed = await client.get(f"/api/v1/accounts/{alice.username}/posts")
+    assert [p["id"] for p in listed.json()["items"]] == [kept["id"]]
 
 
 async def test_deleting_a_post_removes_everything_hanging_off_it(

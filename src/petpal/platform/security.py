@@ -114,8 +114,11 @@ def _without_details(password: str, inputs: Sequence[str]) -> str | None:
     return rest if rest != password else None
 
 
+# The site's name counts as the account's own (found by a trial: "petpal12"
+# was said to be made of the account's details, which it was not).
 _MADE_OF_DETAILS = (
-    "It is made of the account's username, e-mail address or display name."
+    "It is made of the account's username, e-mail address or display name,"
+    " or of this site's name."
 )
 
 

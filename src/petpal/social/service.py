@@ -789,24 +789,25 @@ async def do_delete_post(services: Services, post_id: str, account_id: str) -> N
         )
         photo_ids = photos.all()
         result = await session.execute(delete(Post).where(Post.id == post_id))
-        removed = rowcount(result) == 1
-        if removed:
-            await _bump_stats(session, author_id, post_count=-1)
-            # Pages stop showing it once the invalidation below is done; the
-            # job takes it out of the timelines.
-            enqueue(session, home.RETRACT_JOB, payload)
-            # Its photos stop being served, unless shown elsewhere too.
-            queue_release(session, photo_ids)
-    if removed:
-        SOCIAL_WRITES.labels("delete_post").inc()
+        if rowcount(result) != 1:
+            # Deleted by another request since it was read: that one answers
+            # 204 (found by a trial: on PostgreSQL eight deletions at once all
+            # did, as none locks the row before its delete).
+            raise NotFoundError("the post")
+        await _bump_stats(session, author_id, post_count=-1)
+        # Pages stop showing it once the invalidation below is done; the
+        # job takes it out of the timelines.
+        enqueue(session, home.RETRACT_JOB, payload)
+        # Its photos stop being served, unless shown elsewhere too.
+        queue_release(session, photo_ids)
+    SOCIAL_WRITES.labels("delete_post").inc()
     await services.cache.invalidate(
         post_key(post_id),
         _counts_key(author_id),
         counts_key(post_id),
         comments_head_key(post_id),
     )
-    if removed:
-        await trending.remove_post(services, post_id, author_id)
+    await trending.remove_post(services, post_id, author_id)
 
 
 async def get_post(services: Services, post_id: str, viewer_id: str | None) -> Wire:
@@ -1273,25 +1274,26 @@ async def do_delete_comment(
                 "only the comment's author or the post's author may delete it"
             )
         result = await session.execute(delete(Comment).where(Comment.id == comment_id))
-        removed = rowcount(result) == 1
-        if removed:
-            await session.execute(
-                update(Post)
-                .where(Post.id == post_id)
-                .values(comment_count=Post.comment_count - 1)
-            )
-    if removed:
-        SOCIAL_WRITES.labels("delete_comment").inc()
-        await services.cache.invalidate(counts_key(post_id), comments_head_key(post_id))
-        await trending.record_event(
-            services,
-            post_id,
-            post_author,
-            trending.COMMENT_WEIGHT,
-            commented_at,
-            undone=True,
+        if rowcount(result) != 1:
+            # The row was locked above, so not deleted meanwhile; as a post's
+            # deletion, only the request that deleted it answers 204.
+            raise NotFoundError("the comment")
+        await session.execute(
+            update(Post)
+            .where(Post.id == post_id)
+            .values(comment_count=Post.comment_count - 1)
         )
-        await _rewarm(services, post_id)
+    SOCIAL_WRITES.labels("delete_comment").inc()
+    await services.cache.invalidate(counts_key(post_id), comments_head_key(post_id))
+    await trending.record_event(
+        services,
+        post_id,
+        post_author,
+        trending.COMMENT_WEIGHT,
+        commented_at,
+        undone=True,
+    )
+    await _rewarm(services, post_id)
 
 
 async def list_comments(
