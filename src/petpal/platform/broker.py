@@ -52,6 +52,7 @@ from petpal.platform.jobs import (
     DEAD,
     DONE,
     PENDING,
+    PHOTO_FAMILY,
     QUEUED,
     RUNNING,
     DeliveryLimitReached,
@@ -66,7 +67,7 @@ from petpal.platform.settings import Settings
 log = structlog.get_logger(__name__)
 
 TASK_NAME = "petpal.run_job"
-QUEUE_NAMES = ("media", "notifications", "default")
+QUEUE_NAMES = (PHOTO_FAMILY, "notifications", "default")
 
 PUBLISHED = Counter(
     "petpal_jobs_published_total", "Jobs the relay handed to RabbitMQ", ["queue"]

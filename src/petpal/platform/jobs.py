@@ -96,6 +96,10 @@ DEAD_JOBS = Gauge(
 )
 
 PENDING, QUEUED, RUNNING, DONE, DEAD = "pending", "queued", "running", "done", "dead"
+# The family of the photo jobs (``media.process`` …), slow next to every other:
+# the broker gives them a queue of their own (broker.queue_for), and the
+# embedded relay runs the others first.
+PHOTO_FAMILY = "media"
 LEASE = timedelta(minutes=5)
 # Between attempts to record an outcome while the database is away: doubling
 # from the first to the last figure, in seconds.
@@ -731,15 +735,27 @@ class EmbeddedRelay:
 
     async def _claim(self, free: int) -> None:
         now = utcnow()
+        due_now = (OutboxJob.status == PENDING, OutboxJob.available_at <= now)
+        photos = OutboxJob.kind.startswith(f"{PHOTO_FAMILY}.")
         async with self._db.write_session() as session:
-            due = (
-                await session.scalars(
-                    select(OutboxJob)
-                    .where(OutboxJob.status == PENDING, OutboxJob.available_at <= now)
-                    .order_by(OutboxJob.available_at, OutboxJob.id)
-                    .limit(free)
-                )
-            ).all()
+            due: list[OutboxJob] = []
+            # Every other job first, then photos, each lane oldest first: in
+            # distributed mode photos have a queue and workers of their own,
+            # and here a post's fan-out waited behind every photo queued
+            # before it (found by a trial: 3.7 s behind 20 uploads, and a
+            # walk of the home feed begun meanwhile missed the post). Now it
+            # waits at most for a photo already being processed.
+            for lane in (~photos, photos):
+                if len(due) == free:
+                    break
+                due += (
+                    await session.scalars(
+                        select(OutboxJob)
+                        .where(*due_now, lane)
+                        .order_by(OutboxJob.available_at, OutboxJob.id)
+                        .limit(free - len(due))
+                    )
+                ).all()
             claimed = []
             for row in due:
                 # The lease: if this process dies, the row is due again later.
