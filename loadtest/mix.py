@@ -245,17 +245,20 @@ def _file_weights(raw: dict[str, Any], path: Path) -> dict[str, int]:
     weights: dict[str, int] = {}
     for action in ACTIONS:
         value = raw[action]
-        # bool is an int to Python, and `like = true` is surely a typo.
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not 0 <= value <= MAX_WEIGHT
-        ):
+        if not _whole_from(value, 0, MAX_WEIGHT):
             raise MixError(
                 f"{path}: [weights] {_weight_rule(action)}, not {_value(value)}"
             )
         weights[action] = value
     return weights
+
+
+def _whole_from(value: Any, low: int, high: int) -> bool:
+    """Whether ``value`` is a whole number from ``low`` to ``high``: bool is an
+    int to Python, and `like = true` is surely a typo."""
+    return (
+        not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
+    )
 
 
 def _weight_rule(name: str) -> str:
@@ -303,16 +306,12 @@ def _seconds(
 
 def _page_size(path: Path, table: dict[str, Any]) -> int:
     value = table["page_size"]
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not 1 <= value <= MAX_PAGE_SIZE
-    ):
+    if not _whole_from(value, 1, MAX_PAGE_SIZE):
         raise MixError(
             f"{path}: [feeds] page_size must be a whole number from 1 to "
             f"{MAX_PAGE_SIZE}, the API's limits, not {_value(value)}"
         )
-    return value
+    return int(value)
 
 
 def _photos(path: Path, table: dict[str, Any]) -> tuple[Path, ...]:

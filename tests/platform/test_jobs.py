@@ -26,6 +26,7 @@ from petpal.platform.jobs import (
 from petpal.platform.services import Services
 from petpal.platform.settings import Settings
 from tests.conftest import run_petpal
+from tests.social.builders import run_jobs
 
 calls: dict[str, list[Any]] = {"ok": [], "flaky": [], "broken": []}
 
@@ -150,14 +151,7 @@ async def test_other_jobs_run_before_photos_queued_earlier(services: Services) -
             enqueue(session, "media.test_photo", {"n": n})
     async with services.db.write_session() as session:
         enqueue(session, "test.fan_out", {})
-    relay = EmbeddedRelay(
-        services.db, services, concurrency=1, poll_seconds=0.05, max_attempts=3
-    )
-    relay.start()
-    try:
-        await relay.drain()
-    finally:
-        await relay.stop()
+    await run_jobs(services, concurrency=1)
     assert order == ["fan-out", "photo 0", "photo 1", "photo 2"]
 
 

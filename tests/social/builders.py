@@ -153,10 +153,14 @@ async def an_app(
             yield client, application.state.services
 
 
-async def run_jobs(services: Services) -> None:
+async def run_jobs(services: Services, concurrency: int = 2) -> None:
     """Run every due job, for an app built with run_jobs_in_process=False."""
     relay = EmbeddedRelay(
-        services.db, services, concurrency=2, poll_seconds=0.05, max_attempts=3
+        services.db,
+        services,
+        concurrency=concurrency,
+        poll_seconds=0.05,
+        max_attempts=3,
     )
     relay.start()
     try:
