@@ -172,6 +172,9 @@ def parse_overrides(text: str) -> dict[str, int]:
         weight = _whole_number(value)
         if weight is None:
             raise MixError(f"{OVERRIDES}: {_weight_rule(name)}, not {value!r}")
+        if name in weights:
+            # Found by a trial: the last was taken without a word.
+            raise MixError(f"{OVERRIDES}: {name} is given twice")
         weights[name] = weight
     if unknown := sorted(set(weights) - set(ACTIONS)):
         raise MixError(
@@ -183,17 +186,30 @@ def parse_overrides(text: str) -> dict[str, int]:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
+        text = path.read_bytes()
+    except OSError as exc:
+        raise MixError(f"cannot read the mix {path}: {exc}") from exc
+    # Found by a trial: "Invalid statement (at line 1, column 1)".
+    if text.startswith(b"\xef\xbb\xbf"):
+        raise MixError(
+            f"cannot read the mix {path}: it starts with a byte order mark, "
+            "which TOML does not allow (save it as UTF-8 without one)"
+        )
+    try:
+        return tomllib.loads(text.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise MixError(
             f"cannot read the mix {path}: it is not UTF-8 text, as TOML must be "
             f"(byte {exc.object[exc.start]:#04x} at offset {exc.start})"
         ) from exc
-    # TOMLDecodeError is a ValueError, and so is an integer of thousands of
-    # digits, which tomllib reads with int().
-    except (OSError, ValueError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise MixError(f"cannot read the mix {path}: {exc}") from exc
+    # An integer of thousands of digits, which tomllib reads with int()
+    # (found by a trial: the message was Python's, naming no key).
+    except ValueError as exc:
+        raise MixError(
+            f"cannot read the mix {path}: it holds a number too long to read"
+        ) from exc
 
 
 def _sections(data: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
@@ -328,6 +344,12 @@ def _photos(path: Path, table: dict[str, Any]) -> tuple[Path, ...]:
                 f"root, not {_value(name)}"
             )
         photo = ROOT / name
+        # Found by a trial: /etc/passwd and ../../ were taken.
+        if not photo.resolve().is_relative_to(ROOT):
+            raise MixError(
+                f"{path}: [photos] files: {_value(name)} is outside the "
+                "repository (paths are from its root)"
+            )
         if not photo.is_file():
             raise MixError(
                 f"{path}: [photos] files: the photo {_value(name)} does not exist "

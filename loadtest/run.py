@@ -183,9 +183,18 @@ def _milliseconds(text: str) -> float:
     return value
 
 
+# The server's longest duration (petpal.platform.settings.MAX_DURATION_SECONDS;
+# the runner imports none of the server, and a test holds the two equal).
+MAX_DURATION_SECONDS = 10 * 365 * 24 * 3600
+
+
 def _whole_seconds(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of seconds ≥ 1, not {text!r}")
+    digits = text.isascii() and text.isdigit()
+    if not digits or not 1 <= int(text) <= MAX_DURATION_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"a whole number of seconds from 1 to {MAX_DURATION_SECONDS:,}, "
+            f"not {text!r}"
+        )
     return int(text)
 
 
@@ -193,20 +202,41 @@ def p99_limits(options: argparse.Namespace) -> dict[str, float]:
     limits = {AGGREGATED: float(options.p99_ms)}
     for item in options.p99_limit:
         label, equals, value = item.rpartition("=")
+        label = label.strip()
         try:
-            limits[label.strip()] = _milliseconds(value)
+            limit = _milliseconds(value)
         except argparse.ArgumentTypeError:
             equals = ""
-        if not equals or not label.strip():
+        if not equals or not label:
             raise RunError(
                 f"--p99-limit is 'METHOD /route=MS' with MS a number over 0, "
                 f"not {item!r}"
             )
+        # Found by a trial: each was taken without a word, and did not do
+        # what it said.
+        if label in limits:
+            raise RunError(
+                f"--p99-limit {label!r} is given twice"
+                if label != AGGREGATED
+                else "--p99-ms is the limit of every request not named"
+            )
+        if BASELINE_NAME in label:
+            raise RunError(f"{BASELINE_NAME} is a yardstick, held to no limit")
+        limits[label] = limit
     return limits
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    # The mix and weights the environment names are this run's: Locust,
+    # which runs in the repository, is given the mix's full path, and the
+    # printed command names both (found by a trial: a relative
+    # PETPAL_LOADTEST_MIX was the caller's file to the runner and the
+    # repository's to Locust).
+    if options.mix is None and os.environ.get(MIX_ENV):
+        options.mix = Path(os.environ[MIX_ENV])
+    if options.weights is None:
+        options.weights = os.environ.get(WEIGHTS_ENV) or None
     try:
         limits = p99_limits(options)
         mix = load_mix(options.mix, options.weights)
@@ -279,6 +309,10 @@ def run(
     # Absolute: Locust runs in the repository, the caller maybe elsewhere.
     results_dir = (options.results or work / "results").resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
+    # A kept folder holds this run's files alone, also when this run is not
+    # made (found by a trial: the last run's results stayed beside its error).
+    for name in RESULT_FILES:
+        (results_dir / name).unlink(missing_ok=True)
     env = server_environment(options, work / "data", cleanup)
 
     started = time.monotonic()
@@ -294,7 +328,6 @@ def run(
 
     prefix = results_dir / "locust"
     final = results_dir / "locust_final.json"
-    final.unlink(missing_ok=True)  # a kept folder's earlier run
     locust_log = results_dir / "locust.log"
     with measuring_cpu(server) as cpu:
         code = run_locust(options, dataset, server.url, prefix, final, locust_log)
@@ -306,6 +339,19 @@ def run(
     (results_dir / "metrics.txt").write_text(metrics.text)
     results = final_results(final, code, locust_log)
     return results, _summary(options, results, cpu)
+
+
+# What a run writes into its results folder.
+RESULT_FILES = (
+    "locust_final.json",
+    "locust_stats.csv",
+    "locust_stats_history.csv",
+    "locust_failures.csv",
+    "locust_exceptions.csv",
+    "locust.log",
+    "server.log",
+    "metrics.txt",
+)
 
 
 def final_results(final: Path, code: int, locust_log: Path) -> Results:

@@ -187,7 +187,15 @@ def test_the_largest_weights_are_taken() -> None:
 def test_an_integer_too_long_to_read_is_refused(tmp_path: Path) -> None:
     path = _mix_file(tmp_path, _edited("comment = 3", "comment = " + "9" * 5000))
 
-    _file_refusal(path, "cannot read the mix")
+    # Found by a trial: Python's own words, naming no key.
+    _file_refusal(path, "it holds a number too long to read$")
+
+
+def test_a_mix_file_with_a_byte_order_mark_says_so(tmp_path: Path) -> None:
+    # Found by a trial: "Invalid statement (at line 1, column 1)".
+    path = _mix_file(tmp_path, b"\xef\xbb\xbf" + DEFAULT_MIX.read_bytes())
+
+    _file_refusal(path, "it starts with a byte order mark, which TOML does not")
 
 
 def _with_section_as(name: str, value: str) -> str:
@@ -280,6 +288,9 @@ def test_numbers_are_checked_strictly(
         ('["  "]', "files must list paths from the repository root, not '  '"),
         ("[3]", "files must list paths from the repository root, not 3"),
         ('["no/such.jpg"]', "files: the photo 'no/such.jpg' does not exist"),
+        # Found by a trial: taken, and uploaded.
+        ('["/etc/hostname"]', "files: '/etc/hostname' is outside the repository"),
+        ('["../../../etc/hostname"]', "files: '../../../etc/hostname' is outside"),
     ],
 )
 def test_photos_are_a_list_of_paths(tmp_path: Path, files: str, complaint: str) -> None:
@@ -366,6 +377,8 @@ def test_unknown_and_missing_keys_are_refused_by_name(
         ("comment=-1", "the weight of comment must be a whole number .*, not '-1'$"),
         ("comment=", "the weight of comment must be a whole number .*, not ''$"),
         ("tweet=3", r"unknown actions \['tweet'\]; the actions are read_home_feed, "),
+        # Found by a trial: the last was taken without a word.
+        ("comment=1,comment=2", "comment is given twice$"),
     ],
 )
 def test_a_bad_override_is_blamed_on_the_overrides(

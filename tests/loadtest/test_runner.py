@@ -8,14 +8,18 @@ the Redis keys of a distributed run.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
+import subprocess
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from loadtest import run
 from loadtest.dataset import (
     SEED_MAX_USERS,
     SEED_MIN_USERS,
@@ -25,6 +29,7 @@ from loadtest.dataset import (
     private_key_prefix,
     run_tag,
 )
+from loadtest.mix import BASELINE_NAME, DEFAULT_MIX, MIX_ENV, WEIGHTS_ENV, load_mix
 from loadtest.run import (
     final_results,
     p99_limits,
@@ -64,9 +69,52 @@ def test_the_data_sets() -> None:
 
 
 def test_the_data_sets_bounds_are_the_seeds() -> None:
+    from petpal.platform.settings import MAX_DURATION_SECONDS
     from petpal.seed import MAX_USERS
 
     assert (SEED_MIN_USERS, SEED_MAX_USERS) == (2, MAX_USERS)
+    assert run.MAX_DURATION_SECONDS == MAX_DURATION_SECONDS
+
+
+def test_a_mix_the_environment_names_is_the_runs_and_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial: a relative PETPAL_LOADTEST_MIX was the caller's
+    file to the runner and the repository's to Locust, which runs there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.toml").write_text(DEFAULT_MIX.read_text())
+    monkeypatch.setenv(MIX_ENV, "mine.toml")
+    monkeypatch.setenv(WEIGHTS_ENV, "comment=0")
+    seen: dict[str, Any] = {}
+
+    def stop_at_the_run(options: Any, mix: Any, *_: Any) -> Any:
+        seen.update(options=options, mix=mix)
+        raise RunError("stopped here")
+
+    monkeypatch.setattr(run, "run", stop_at_the_run)
+    assert run.main(["--dataset", "demo"]) == 2
+    assert seen["options"].mix == Path("mine.toml")
+    assert seen["mix"].source == Path("mine.toml")
+    assert seen["mix"].weights["comment"] == 0
+    printed = run.reproduce(seen["options"])
+    assert "--mix mine.toml --weights comment=0" in printed
+
+
+def test_a_kept_results_folder_holds_only_this_runs_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a trial: a run that could not be made left the last run's
+    results beside its error."""
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in run.RESULT_FILES:
+        (kept / name).write_text("the last run's")
+    (kept / "mine.txt").write_text("not the runner's")
+    options = parse_args(["--results", str(kept), "--dataset", "demo"])
+    monkeypatch.setenv("PETPAL_REFRESH_TOKEN_TTL_SECONDS", "0")  # migrate refuses
+    with ExitStack() as cleanup, pytest.raises(subprocess.CalledProcessError):
+        run.run(options, load_mix(), parse_dataset("demo"), cleanup)
+    assert sorted(p.name for p in kept.iterdir()) == ["mine.txt"]
 
 
 def test_p99_limits_default_and_per_request() -> None:
@@ -84,6 +132,15 @@ def test_p99_limits_default_and_per_request() -> None:
     for wrong in wrong_limits:
         with pytest.raises(RunError, match="METHOD /route=MS"):
             p99_limits(parse_args(["--p99-limit", wrong]))
+    # Found by a trial: each taken without a word, doing something else.
+    for twice, complaint in [
+        (["GET /x=1", "GET /x=900"], "'GET /x' is given twice"),
+        (["Aggregated=1"], "--p99-ms is the limit of every request not named"),
+        ([f"GET {BASELINE_NAME}=0.5"], "a yardstick, held to no limit"),
+    ]:
+        argv = [word for item in twice for word in ("--p99-limit", item)]
+        with pytest.raises(RunError, match=re.escape(complaint)):
+            p99_limits(parse_args(argv))
 
 
 @pytest.mark.parametrize(
@@ -98,6 +155,8 @@ def test_p99_limits_default_and_per_request() -> None:
         ["--spawn-rate", "nan"],
         ["--access-token-ttl", "-1"],
         ["--access-token-ttl", "0"],
+        # Found by a trial: taken, and every log-in was then a 500.
+        ["--access-token-ttl", "99999999999999999999"],
     ],
 )
 def test_options_no_run_could_use_are_refused_at_once(argv: list[str]) -> None:

@@ -82,6 +82,29 @@ def test_settings_out_of_range_are_refused_by_name(
 
 
 @pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        # Found by a trial: taken, and every log-in was a 500 (a timedelta
+        # that large overflows).
+        ("access_token_ttl_seconds", 10**20),
+        ("refresh_token_ttl_seconds", 10**12),
+        ("trending_window_hours", 10**6),
+        ("job_poll_seconds", float("inf")),
+        ("refresh_reuse_grace_seconds", float("nan")),
+    ],
+)
+def test_durations_past_ten_years_or_not_finite_are_refused(
+    settings: Settings, tmp_path: Path, setting: str, value: float
+) -> None:
+    changed = _embedded(settings, tmp_path, **{setting: value})
+    result = run_petpal(changed, "migrate")
+    assert result.returncode == 2, result
+    assert f"PETPAL_{setting.upper()}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not tmp_path.joinpath("petpal.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
     ("setting", "value", "command"),
     [
         ("database_url", "notaurl", ("migrate",)),

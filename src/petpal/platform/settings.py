@@ -16,7 +16,7 @@ import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from limits import parse
 from pydantic import Field, ValidationInfo, field_validator
@@ -47,8 +47,15 @@ _URL_SCHEMES = {
 MIN_SECRET_KEY_LENGTH: Final = 32
 
 
+# The longest duration a setting may give: ten years.
+MAX_DURATION_SECONDS = 10 * 365 * 24 * 3600
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PETPAL_", extra="ignore")
+    # No infinite or NaN number: PETPAL_JOB_POLL_SECONDS=inf was taken.
+    model_config = SettingsConfigDict(
+        env_prefix="PETPAL_", extra="ignore", allow_inf_nan=False
+    )
 
     # Where the embedded mode keeps its database, media and generated secret.
     data_dir: Path = Path("var")
@@ -262,6 +269,21 @@ class Settings(BaseSettings):
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         parse(value)  # raises ValueError, so a typo fails at start-up
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _check_duration(cls, value: Any, info: ValidationInfo) -> Any:
+        # Found by a trial: an access-token life of 10^20 s was taken, and
+        # every log-in was a 500 (a timedelta that large overflows).
+        name = info.field_name or ""
+        if name.endswith(("_seconds", "_hours")) and isinstance(value, int | float):
+            seconds = value * 3600 if name.endswith("_hours") else value
+            if seconds > MAX_DURATION_SECONDS:
+                raise ValueError(
+                    f"a duration is at most {MAX_DURATION_SECONDS:,} seconds "
+                    "(ten years)"
+                )
         return value
 
     @field_validator("database_url", "redis_url", "broker_url")
