@@ -63,9 +63,8 @@ class Results:
     aggregated: RequestStats | None
     failures: list[Failure]
     exceptions: list[str]
-    # How many times each action of the mix was taken; Locust's exit status.
+    # How many times each action of the mix was taken.
     actions: dict[str, int] = field(default_factory=dict)
-    exit_code: int = 0
 
 
 def read_results(path: Path) -> Results:
@@ -80,7 +79,6 @@ def read_results(path: Path) -> Results:
         ],
         exceptions=[str(line) for line in final["exceptions"]],
         actions={str(k): int(v) for k, v in final["actions"].items()},
-        exit_code=int(final["exit_code"]),
     )
 
 
