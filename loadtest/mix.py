@@ -317,7 +317,7 @@ def _seconds(
             f"{path}: [{section}] {key} must be a number of seconds {bounds} "
             f"{high:g}, not {_value(value)}"
         )
-    return float(value)
+    return float(value) + 0.0  # -0.0 is 0 (found by a trial: shown as -0)
 
 
 def _page_size(path: Path, table: dict[str, Any]) -> int:

@@ -101,6 +101,10 @@ READY_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 20
 # Beyond this share of the cores taken by other processes, the run says so.
 BUSY_MACHINE = 0.25
+# The bounds of a run: a person started every 100 s at the slowest, a day
+# at the longest.
+MIN_SPAWN_RATE = 0.01
+MAX_RUN_SECONDS = 24 * 3600
 # Locust lets users finish the action under way for this long after the run
 # time; post_photo waits for processing, so it is above that wait.
 LOCUST_STOP_TIMEOUT_SECONDS = 15
@@ -159,6 +163,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.users < 1 or options.spawn_rate <= 0 or options.duration < 1:
         parser.error("--users, --spawn-rate and --duration must be positive")
+    # Found by a trial: a spawn rate of 1e-300 a second and a run of
+    # 99,999,999,999 s were taken, and the seed began.
+    if options.spawn_rate < MIN_SPAWN_RATE:
+        parser.error(f"--spawn-rate is at least {MIN_SPAWN_RATE:g} a second")
+    if options.duration > MAX_RUN_SECONDS:
+        parser.error(f"--duration is at most {MAX_RUN_SECONDS:,} s (a day)")
     return options
 
 

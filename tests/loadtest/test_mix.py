@@ -317,6 +317,13 @@ def test_whole_seconds_and_the_limits_themselves_are_taken(tmp_path: Path) -> No
     assert mix.page_size == 100
 
 
+def test_a_pause_of_minus_zero_is_zero(tmp_path: Path) -> None:
+    # Found by a trial: taken and shown as "a pause of -0–2 s".
+    path = _mix_file(tmp_path, _edited("min_seconds = 0.5", "min_seconds = -0.0"))
+
+    assert "a pause of 0–2 s" in describe(load_mix(path, overrides=""))
+
+
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [

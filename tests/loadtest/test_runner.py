@@ -157,6 +157,9 @@ def test_p99_limits_default_and_per_request() -> None:
         ["--access-token-ttl", "0"],
         # Found by a trial: taken, and every log-in was then a 500.
         ["--access-token-ttl", "99999999999999999999"],
+        # Found by a trial: taken, and the seed began.
+        ["--spawn-rate", "1e-300"],
+        ["--duration", "99999999999"],
     ],
 )
 def test_options_no_run_could_use_are_refused_at_once(argv: list[str]) -> None:
