@@ -36,9 +36,11 @@ REQUIREMENTS = ROOT / "requirements" / "dev.txt"
 STAMP = VENV / ".petpal-installed"
 
 
-def sh(*args: str | Path, env: dict[str, str] | None = None) -> None:
+def sh(
+    *args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = ROOT
+) -> None:
     print("+", " ".join(str(a) for a in args), flush=True)
-    subprocess.run([str(a) for a in args], cwd=ROOT, check=True, env=env)
+    subprocess.run([str(a) for a in args], cwd=cwd, check=True, env=env)
 
 
 def from_here(*args: str | Path) -> None:
@@ -49,8 +51,7 @@ def from_here(*args: str | Path) -> None:
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), env.get("PYTHONPATH")])
     )
-    print("+", " ".join(str(a) for a in args), flush=True)
-    subprocess.run([str(a) for a in args], check=True, env=env)
+    sh(*args, env=env, cwd=None)  # None: the caller's directory
 
 
 def ensure_venv() -> None:

@@ -554,6 +554,8 @@ class Baseline(FastHttpUser):
 # run of only post_photo said no request was made). At quit, its statistics
 # are final: the runner reads them from this file (loadtest/stats.py).
 
+# The Environment Locust made, kept as it starts: the quit event is given
+# only the exit status, and the statistics live on the Environment.
 _ENVIRONMENT: list[Environment] = []
 
 

@@ -122,8 +122,8 @@ def load_mix(path: Path | None = None, overrides: str | None = None) -> Mix:
     overridden = parse_overrides(overrides)
     weights |= overridden
     pause, feeds, photos = sections["pause"], sections["feeds"], sections["photos"]
-    pause_min = _seconds(path, "pause", "min_seconds", pause, 0, MAX_PAUSE_SECONDS)
-    pause_max = _seconds(path, "pause", "max_seconds", pause, 0, MAX_PAUSE_SECONDS)
+    pause_min = _seconds(path, "pause", "min_seconds", pause, MAX_PAUSE_SECONDS)
+    pause_max = _seconds(path, "pause", "max_seconds", pause, MAX_PAUSE_SECONDS)
     if pause_min > pause_max:
         raise MixError(
             f"{path}: [pause] min_seconds ({pause_min:g}) is more than "
@@ -140,9 +140,8 @@ def load_mix(path: Path | None = None, overrides: str | None = None) -> Mix:
             "photos",
             "ready_timeout_seconds",
             photos,
-            0,
             MAX_READY_TIMEOUT_SECONDS,
-            zero=False,
+            zero_allowed=False,
         ),
         source=path,
     )
@@ -285,7 +284,7 @@ def _whole_number(text: str) -> int | None:
     """``text`` as a weight, if it is 0 to MAX_WEIGHT in the ASCII digits 0-9."""
     # Not str.isdigit(), which takes "²"; not int(), which takes "1_000", "٣"
     # and spaces, and refuses thousands of digits with an error of its own.
-    match = re.fullmatch(r"0*([0-9]{1,4})", text)
+    match = re.fullmatch(rf"0*([0-9]{{1,{len(str(MAX_WEIGHT))}}})", text)
     if match is None or int(match[1]) > MAX_WEIGHT:
         return None
     return int(match[1])
@@ -296,23 +295,23 @@ def _seconds(
     section: str,
     key: str,
     table: dict[str, Any],
-    low: float,
     high: float,
     *,
-    zero: bool = True,
+    zero_allowed: bool = True,
 ) -> float:
-    """``table[key]``: a finite number of seconds, ``low`` (or more) to ``high``."""
+    """``table[key]``: a finite number of seconds up to ``high``, from 0 (or
+    more than 0 unless ``zero_allowed``)."""
     value = table[key]
     # Compared before float(): an int may be too large to be one. NaN is
     # neither above nor below anything, so it fails the comparison.
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not (low <= value if zero else low < value)
+        or not (value >= 0 if zero_allowed else value > 0)
         or not value <= high
         or not math.isfinite(value)
     ):
-        bounds = f"from {low:g} to" if zero else f"more than {low:g} and at most"
+        bounds = "from 0 to" if zero_allowed else "more than 0 and at most"
         raise MixError(
             f"{path}: [{section}] {key} must be a number of seconds {bounds} "
             f"{high:g}, not {_value(value)}"
